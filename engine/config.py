@@ -1,0 +1,126 @@
+"""Engine and model configuration: what the user asked for, and what the checkpoint's config.json says."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
+           "float": torch.float32}
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    """The fields of a Hugging Face decoder config.json the engine uses (old and transformers-5 spellings)."""
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    hidden_act: str
+    dtype: torch.dtype
+    eos_token_ids: list[int]
+    sliding_window: int | None
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike) -> ModelConfig:
+        """Parse `path/config.json`."""
+        raw = json.loads((Path(path) / "config.json").read_text())
+        archs = raw.get("architectures") or []
+        heads = raw["num_attention_heads"]
+        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+        rope_theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        eos = raw.get("eos_token_id")
+        sliding = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
+        return cls(
+            architecture=archs[0] if archs else raw.get("model_type", "unknown"),
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=raw.get("num_key_value_heads") or heads,
+            head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope_theta),
+            rope_scaling=None if rope_type == "default" else {**rope, "rope_type": rope_type},
+            max_position_embeddings=raw.get("max_position_embeddings", 2048),
+            tie_word_embeddings=raw.get("tie_word_embeddings", False),
+            attention_bias=raw.get("attention_bias", False),
+            hidden_act=raw.get("hidden_act", "silu"),
+            dtype=_DTYPES.get(str(raw.get("torch_dtype") or raw.get("dtype") or "float32"), torch.float32),
+            eos_token_ids=[] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
+            sliding_window=sliding,
+        )
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """What `LLM(...)` was asked for, validated; `resolve` fills in what depends on the model and device."""
+
+    model: str
+    dtype: str = "auto"
+    device: str = "auto"
+    max_model_len: int | None = None
+    block_size: int = 16
+    kv_cache_blocks: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    gpu_memory_utilization: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not (Path(self.model) / "config.json").is_file():
+            raise ValueError(f"model: {self.model!r} is not a checkpoint directory with a config.json")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len!r}")
+        if self.kv_cache_blocks is not None and self.kv_cache_blocks < 1:
+            raise ValueError(f"kv_cache_blocks must be >= 1, got {self.kv_cache_blocks!r}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+
+    def torch_device(self) -> torch.device:
+        """`auto` is CUDA when available, else the CPU."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def torch_dtype(self, model: ModelConfig, device: torch.device) -> torch.dtype:
+        """`auto` is the checkpoint's dtype on a GPU and float32 on the CPU (where half precision is slow)."""
+        if self.dtype != "auto":
+            return _DTYPES[self.dtype]
+        return model.dtype if device.type == "cuda" else torch.float32
+
+    def resolved_max_model_len(self, model: ModelConfig) -> int:
+        """The context length: the user's, which may not exceed the model's positions (or sliding window)."""
+        limit = model.max_position_embeddings
+        if model.sliding_window:
+            limit = min(limit, model.sliding_window)
+        if self.max_model_len is None:
+            return limit
+        if self.max_model_len > limit:
+            raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's limit of {limit} tokens")
+        return self.max_model_len

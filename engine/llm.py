@@ -1,0 +1,103 @@
+"""LLM: offline batch generation, shaped like vLLM's `LLM`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence as Seq
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+
+DEFAULT_MODEL = str(Path(__file__).parent / "assets" / "pycoder-tiny")
+
+Prompt = str | list[int]
+
+
+class LLM:
+    """Load a Hugging Face checkpoint once, then `generate` or `chat` over batches of prompts.
+
+    model: a local checkpoint directory (default: the small code model shipped with the package).
+    dtype: "auto" (the checkpoint's on a GPU, float32 on the CPU), "float32", "float16" or "bfloat16".
+    device: "auto", "cuda", "cpu". max_model_len: the context length (default: the model's).
+    block_size: tokens per KV block. kv_cache_blocks: a fixed number of KV blocks (default: sized from
+    free memory). max_num_seqs: sequences running at once. max_num_batched_tokens: tokens per step.
+    enable_prefix_caching: reuse the KV of shared prompt prefixes. seed: seeds unseeded requests.
+    """
+
+    def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "auto",
+                 max_model_len: int | None = None, block_size: int = 16, kv_cache_blocks: int | None = None,
+                 max_num_seqs: int = 256, max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
+                 seed: int = 0) -> None:
+        self.engine = LLMEngine(EngineConfig(
+            model=model or DEFAULT_MODEL, dtype=dtype, device=device, max_model_len=max_model_len,
+            block_size=block_size, kv_cache_blocks=kv_cache_blocks, max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens, enable_prefix_caching=enable_prefix_caching, seed=seed))
+        self._ids = itertools.count()
+
+    def get_tokenizer(self):
+        """The checkpoint's Hugging Face tokenizer."""
+        return self.engine.tokenizer.hf
+
+    def generate(self, prompts: Prompt | Seq[Prompt], sampling_params: SamplingParams | Seq[SamplingParams] | None
+                 = None, use_tqdm: bool = False) -> list[RequestOutput]:
+        """Generate for one prompt or a batch (strings or token-id lists); outputs come in prompt order.
+
+        sampling_params: one for every prompt, or a list with one per prompt (default: SamplingParams()).
+        """
+        batch = _as_batch(prompts)
+        params = _per_prompt(sampling_params, len(batch))
+        return self._run(batch, params, use_tqdm)
+
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | Seq[SamplingParams] | None = None, add_generation_prompt: bool = True,
+             use_tqdm: bool = False) -> list[RequestOutput]:
+        """Generate replies to one conversation or a batch, rendered with the checkpoint's chat template."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        tokenizer = self.engine.tokenizer
+        batch = [tokenizer.encode_chat(conv, add_generation_prompt) for conv in conversations]
+        outputs = self._run(batch, _per_prompt(sampling_params, len(batch)), use_tqdm)
+        for output, conv in zip(outputs, conversations):
+            output.prompt = tokenizer.render_chat(conv, add_generation_prompt)
+        return outputs
+
+    def _run(self, prompts: list[Prompt], params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
+        ids = [f"offline-{next(self._ids)}" for _ in prompts]
+        try:
+            for request_id, prompt, p in zip(ids, prompts, params):
+                self.engine.add_request(request_id, prompt, p)
+            results: dict[str, RequestOutput] = {}
+            with tqdm(total=len(ids), desc="generate", disable=not use_tqdm) as bar:
+                while self.engine.has_unfinished_requests():
+                    for output in self.engine.step():
+                        if output.finished:
+                            results[output.request_id] = output
+                            bar.update(1)
+        finally:
+            for request_id in ids:
+                self.engine.abort_request(request_id)
+        return [results[request_id] for request_id in ids]
+
+
+def _as_batch(prompts: Prompt | Seq[Prompt]) -> list[Prompt]:
+    if isinstance(prompts, str):
+        return [prompts]
+    prompts = list(prompts)
+    if prompts and all(isinstance(t, int) for t in prompts):
+        return [prompts]
+    return prompts
+
+
+def _per_prompt(params: SamplingParams | Seq[SamplingParams] | None, count: int) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams()] * count
+    if isinstance(params, SamplingParams):
+        return [params] * count
+    params = list(params)
+    if len(params) != count:
+        raise ValueError(f"sampling_params has {len(params)} entries for {count} prompts")
+    return params

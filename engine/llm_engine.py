@@ -1,0 +1,129 @@
+"""LLMEngine: requests in, one step at a time, outputs out. `LLM` and `AsyncLLM` are its two faces."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig, ModelConfig
+from engine.model_runner import ModelRunner
+from engine.output_processor import OutputProcessor
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import Request, Sequence, derive_seed
+from engine.tokenizer import Tokenizer
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters and gauges for metrics and tests."""
+
+    num_running: int
+    num_waiting: int
+    kv_blocks_total: int
+    kv_blocks_used: int
+    num_preemptions: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+
+
+class LLMEngine:
+    """Holds the tokenizer, the model runner, the scheduler and the requests in flight."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.model_config = ModelConfig.from_dir(config.model)
+        self.max_model_len = config.resolved_max_model_len(self.model_config)
+        self.tokenizer = Tokenizer(config.model, self.model_config.eos_token_ids)
+        self.runner = ModelRunner(config, self.model_config, self.max_model_len, self.tokenizer.eos_token_ids)
+        self.blocks = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.processor = OutputProcessor(self.tokenizer)
+        self.requests: dict[str, Request] = {}
+        self._rng = random.Random(config.seed)
+        self._next_seq_id = 0
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                    stream: bool = False) -> None:
+        """Queue a prompt (text or token ids). Streamed requests get delta outputs from every step."""
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        if isinstance(prompt, str):
+            text, token_ids = prompt, self.tokenizer.encode(prompt)
+        else:
+            text, token_ids = None, [int(t) for t in prompt]
+        self._validate(token_ids, params)
+        request = Request(request_id, text, token_ids, params, stream)
+        room = self.max_model_len - len(token_ids)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        base_seed = params.seed if params.seed is not None else self._rng.getrandbits(64)
+        for index in range(params.n):
+            detok = self.tokenizer.detokenizer(token_ids, params.skip_special_tokens)
+            seq = Sequence(self._next_seq_id, request, index, list(token_ids), derive_seed(base_seed, index),
+                           max_tokens, detok)
+            self._next_seq_id += 1
+            request.seqs.append(seq)
+            self.scheduler.add(seq)
+        self.requests[request_id] = request
+
+    def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
+        vocab = self.model_config.vocab_size
+        if not token_ids:
+            raise ValueError("prompt must not be empty")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(token_ids)} tokens; the context length is {self.max_model_len}, "
+                             "so no token could be generated")
+        if min(token_ids) < 0 or max(token_ids) >= vocab:
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        for name, ids in (("logit_bias", params.logit_bias or {}), ("stop_token_ids", params.stop_token_ids)):
+            if any(t >= vocab for t in ids):
+                raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab})")
+
+    def abort_request(self, request_id: str) -> None:
+        """Stop a request now and free its blocks; it produces no further output."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return
+        for seq in request.seqs:
+            if not seq.finished:
+                seq.finish_reason = "abort"
+                self.scheduler.finish(seq)
+
+    def has_unfinished_requests(self) -> bool:
+        """Whether any request is still waiting or running."""
+        return bool(self.requests)
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, apply the results; return the outputs this step produced."""
+        scheduled = self.scheduler.schedule()
+        if not scheduled.seqs:
+            return []
+        result = self.runner.execute(scheduled)
+        self.scheduler.update(scheduled)
+        finished = self.processor.process(result, time.monotonic())
+        for seq in finished:
+            self.scheduler.finish(seq)
+        touched = {seq.request.request_id: seq.request for seq in scheduled.seqs}
+        outputs = []
+        for request_id, request in touched.items():
+            output = self.processor.make_output(request)
+            if output is not None:
+                outputs.append(output)
+            if request.finished:
+                del self.requests[request_id]
+        return outputs
+
+    def stats(self) -> EngineStats:
+        """A snapshot of the queues and the KV cache."""
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_blocks_total=self.blocks.num_blocks,
+            kv_blocks_used=self.blocks.num_blocks - self.blocks.num_free_blocks,
+            num_preemptions=self.scheduler.num_preemptions,
+            prefix_cache_queries=self.blocks.prefix_queries,
+            prefix_cache_hits=self.blocks.prefix_hits,
+        )

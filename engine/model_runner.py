@@ -1,0 +1,151 @@
+"""Owns the model and its KV cache: turns a scheduled step into tensors, runs the forward, samples.
+
+One step packs the new tokens of every scheduled sequence into flat tensors (no padding): token ids,
+positions, and the cache slot each token's key and value go to. The attention metadata says, per sequence,
+where its tokens start in the pack, how long its cached context is and which blocks hold it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.config import EngineConfig, ModelConfig
+from engine.loader import load_model
+from engine.models.attention import AttentionMetadata
+from engine.sampler import Sampler, SamplerOutput, TopLogprobs, top_logprobs
+from engine.scheduler import SchedulerOutput, needs_prompt_logprobs
+from engine.sequence import Sequence
+
+_CPU_KV_CACHE_CAP = 4 << 30       # bytes: never take more than this for the KV cache on the CPU by default
+
+
+@dataclass(slots=True)
+class StepOutput:
+    """What one forward produced: next tokens for the sequences that reached the end of their known tokens,
+    and prompt logprobs for the prompt positions computed this step."""
+
+    sampled_seqs: list[Sequence] = field(default_factory=list)
+    sampled: SamplerOutput | None = None
+    prompt_seqs: list[Sequence] = field(default_factory=list)
+    prompt_positions: list[range] = field(default_factory=list)   # prompt token indices, per prompt_seqs entry
+    prompt_logprobs: TopLogprobs | None = None
+
+
+class ModelRunner:
+    """Loads the checkpoint onto the device, allocates the paged KV cache and executes steps."""
+
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, max_model_len: int,
+                 eos_token_ids: list[int]) -> None:
+        self.config = config
+        self.model_config = model_config
+        self.device = config.torch_device()
+        self.dtype = config.torch_dtype(model_config, self.device)
+        self.block_size = config.block_size
+        self.max_model_len = max_model_len
+        self.model = load_model(config.model, model_config, max_model_len, self.dtype, self.device)
+        self.sampler = Sampler(eos_token_ids)
+        self.num_blocks = self._choose_num_blocks()
+        cfg = model_config
+        shape = (2, cfg.num_layers, self.num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        for i, attn in enumerate(self.model.attention_layers()):
+            attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+
+    def _block_bytes(self) -> int:
+        cfg = self.model_config
+        return 2 * cfg.num_layers * self.block_size * cfg.num_kv_heads * cfg.head_dim * self.dtype.itemsize
+
+    def _choose_num_blocks(self) -> int:
+        """`kv_cache_blocks` if given; else what free memory allows, but no more than the sequences could use."""
+        per_seq = -(-self.max_model_len // self.block_size)
+        if self.config.kv_cache_blocks is not None:
+            num_blocks = self.config.kv_cache_blocks
+        else:
+            num_blocks = min(self._memory_budget() // self._block_bytes(), self.config.max_num_seqs * per_seq)
+        if num_blocks < per_seq:
+            raise ValueError(f"the KV cache has room for {num_blocks} blocks of {self.block_size} tokens, fewer "
+                             f"than one sequence of max_model_len={self.max_model_len} needs ({per_seq}); "
+                             "raise kv_cache_blocks or lower max_model_len")
+        return num_blocks
+
+    def _memory_budget(self) -> int:
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            cfg = self.model_config
+            tokens = self.config.max_num_batched_tokens
+            activations = tokens * (6 * cfg.hidden_size + 3 * cfg.intermediate_size) * 4
+            logits = self.config.max_num_seqs * cfg.vocab_size * 4 * 4
+            return int(free - (1 - self.config.gpu_memory_utilization) * total - activations - logits)
+        return min(_CPU_KV_CACHE_CAP, _available_cpu_memory() // 4)
+
+    @torch.inference_mode()
+    def execute(self, step: SchedulerOutput) -> StepOutput:
+        """Run one scheduled step and sample the sequences that need a next token."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        cu_seqlens = [0]
+        seq_lens: list[int] = []
+        sample_rows: list[int] = []
+        out = StepOutput()
+        prompt_rows: list[int] = []
+        bs = self.block_size
+        for seq, count in zip(step.seqs, step.num_new_tokens):
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + count
+            input_ids += seq.token_ids[start:end]
+            positions += range(start, end)
+            table = seq.block_table
+            slots += [table[t // bs] * bs + t % bs for t in range(start, end)]
+            if needs_prompt_logprobs(seq):
+                first = max(start, len(seq.request.prompt_logprobs or [None]) - 1)
+                last = min(end, seq.num_prompt_tokens - 1)
+                if first < last:       # row t predicts prompt token t + 1
+                    prompt_rows += range(cu_seqlens[-1] + first - start, cu_seqlens[-1] + last - start)
+                    out.prompt_seqs.append(seq)
+                    out.prompt_positions.append(range(first + 1, last + 1))
+            cu_seqlens.append(cu_seqlens[-1] + count)
+            seq_lens.append(end)
+            if end == seq.num_tokens:
+                sample_rows.append(cu_seqlens[-1] - 1)
+                out.sampled_seqs.append(seq)
+        max_blocks = max(len(seq.block_table) for seq in step.seqs)
+        tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in step.seqs]
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            cu_seqlens_q=torch.tensor(cu_seqlens, dtype=torch.int32, device=dev),
+            max_seqlen_q=max(step.num_new_tokens),
+        )
+        hidden = self.model(torch.tensor(input_ids, dtype=torch.int64, device=dev),
+                            torch.tensor(positions, dtype=torch.int64, device=dev), meta)
+        if sample_rows:
+            logits = self.model.compute_logits(hidden[sample_rows])
+            out.sampled = self.sampler(logits, out.sampled_seqs)
+        if prompt_rows:
+            out.prompt_logprobs = self._prompt_logprobs(hidden, prompt_rows, out)
+        return out
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, rows: list[int], out: StepOutput) -> TopLogprobs:
+        targets: list[int] = []
+        ks: list[int] = []
+        for seq, span in zip(out.prompt_seqs, out.prompt_positions):
+            targets += seq.request.prompt_token_ids[span.start:span.stop]
+            ks += [seq.params.prompt_logprobs] * len(span)
+        logprobs = torch.log_softmax(self.model.compute_logits(hidden[rows]), dim=-1)
+        return top_logprobs(logprobs, torch.tensor(targets, device=self.device), ks)
+
+
+def _available_cpu_memory() -> int:
+    """MemAvailable from /proc/meminfo, or a conservative 8 GiB where that file does not exist."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30

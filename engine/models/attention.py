@@ -1,0 +1,55 @@
+"""Paged self-attention: project, rotate, write the KV cache and attend, through the `kernels` API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import kernels
+from engine.models.norm import RMSNorm
+from engine.models.rotary import RotaryEmbedding
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Where the step's tokens go in the paged cache and what each sequence attends to (see kernels.api)."""
+
+    slot_mapping: torch.Tensor      # [T] int64
+    block_tables: torch.Tensor      # [S, max_blocks] int32
+    seq_lens: torch.Tensor          # [S] int32, cached tokens after this step
+    cu_seqlens_q: torch.Tensor      # [S + 1] int32
+    max_seqlen_q: int
+
+
+class Attention(torch.nn.Module):
+    """Grouped-query attention with a fused q/k/v projection; optional biases (Qwen2, Llama's attention_bias)
+    and q/k norm (Qwen3)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, rotary: RotaryEmbedding,
+                 qkv_bias: bool, o_bias: bool, qk_norm_eps: float | None) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.qkv_sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
+        self.qkv_proj = torch.nn.Linear(hidden_size, sum(self.qkv_sizes), bias=qkv_bias)
+        self.o_proj = torch.nn.Linear(num_heads * head_dim, hidden_size, bias=o_bias)
+        self.q_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
+        self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
+        self.rotary = rotary
+        self.scale = head_dim ** -0.5
+        self.k_cache = torch.empty(0)
+        self.v_cache = torch.empty(0)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """x [T, hidden] -> [T, hidden]."""
+        q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q, k)
+        kernels.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        out = kernels.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.seq_lens,
+                                      meta.cu_seqlens_q, meta.max_seqlen_q, self.scale)
+        return self.o_proj(out.flatten(1))

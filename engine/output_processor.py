@@ -1,0 +1,148 @@
+"""After each step: append the drawn tokens, detokenize, decide which sequences stop, and build outputs.
+
+Stop rules, in order, once `min_tokens` tokens exist: EOS (unless ignore_eos) and `stop_token_ids` end a
+sequence without adding their text; a stop string anywhere in the new text (also across token boundaries)
+cuts the text before it (or after it with include_stop_str_in_output). Then `max_tokens`, which already
+includes the end of the context, ends it with "length".
+
+Streamed outputs are deltas, and never carry text that could still turn out to be the start of a stop
+string: that tail is held back until it is not.
+"""
+
+from __future__ import annotations
+
+from engine.model_runner import StepOutput
+from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
+from engine.sampler import TopLogprobs
+from engine.sequence import Request, Sequence
+from engine.tokenizer import Tokenizer
+
+
+class OutputProcessor:
+    """Applies a step's results to its sequences and reports which finished."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def process(self, step: StepOutput, now: float) -> list[Sequence]:
+        """Record the step's prompt logprobs and new tokens; return the sequences that just finished."""
+        if step.prompt_logprobs is not None:
+            row = 0
+            for seq, span in zip(step.prompt_seqs, step.prompt_positions):
+                request = seq.request
+                if request.prompt_logprobs is None:
+                    request.prompt_logprobs = [None]
+                for position in span:
+                    token = request.prompt_token_ids[position]
+                    request.prompt_logprobs.append(self._position_logprobs(step.prompt_logprobs, row, token))
+                    row += 1
+        finished = []
+        if step.sampled is None:
+            return finished
+        sampled = step.sampled
+        logprob_row = {row: i for i, row in enumerate(sampled.logprob_rows)}
+        for row, (seq, token) in enumerate(zip(step.sampled_seqs, sampled.token_ids)):
+            if seq.request.first_token_time is None:
+                seq.request.first_token_time = now
+            if seq.max_tokens == 0:          # only the prompt was wanted (prompt logprobs)
+                seq.finish_reason = "length"
+                finished.append(seq)
+                continue
+            seq.token_ids.append(token)
+            if row in logprob_row:
+                i = logprob_row[row]
+                seq.logprobs.append(self._position_logprobs(sampled.logprobs, i, token))
+                seq.cumulative_logprob += sampled.logprobs.chosen_logprob[i]
+            if self._check_stop(seq, token):
+                finished.append(seq)
+        return finished
+
+    def _position_logprobs(self, top: TopLogprobs, i: int, chosen: int) -> PositionLogprobs:
+        text = self.tokenizer.token_text
+        entry = {tid: Logprob(lp, rank, text(tid))
+                 for rank, (tid, lp) in enumerate(zip(top.top_ids[i], top.top_logprobs[i]), start=1)}
+        if chosen not in entry:
+            entry[chosen] = Logprob(top.chosen_logprob[i], top.chosen_rank[i], text(chosen))
+        return entry
+
+    def _check_stop(self, seq: Sequence, token: int) -> bool:
+        params = seq.params
+        may_stop = seq.num_output_tokens >= params.min_tokens
+        if may_stop and not params.ignore_eos and token in self.tokenizer.eos_token_ids:
+            seq.finish_reason = "stop"
+            return True
+        if may_stop and token in params.stop_token_ids:
+            seq.finish_reason, seq.stop_reason = "stop", token
+            return True
+        before = len(seq.text)
+        seq.text += seq.detokenizer.step(token)
+        if may_stop and params.stop and _cut_at_stop(seq, before):
+            return True
+        if seq.num_output_tokens >= seq.max_tokens:
+            seq.finish_reason = "length"
+            return True
+        return False
+
+    def make_output(self, request: Request) -> RequestOutput | None:
+        """The request's output now, or None if there is nothing to say. A streamed request gets what is new
+        since its last output; any other gets everything, once, when it finishes."""
+        if not request.stream and not request.finished:
+            return None
+        choices = [c for c in (_choice(seq, request.stream) for seq in request.seqs) if c is not None]
+        if not choices:
+            return None
+        prompt_logprobs = None if request.prompt_logprobs_sent else request.prompt_logprobs
+        request.prompt_logprobs_sent = request.stream and prompt_logprobs is not None
+        return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, choices,
+                             request.finished, prompt_logprobs, request.num_cached_tokens)
+
+
+def _choice(seq: Sequence, delta: bool) -> CompletionOutput | None:
+    """One choice: everything so far, or (delta) what is new since the last output and safe to show."""
+    wants_logprobs = seq.params.logprobs is not None
+    if not delta:
+        return CompletionOutput(seq.index, seq.text, seq.output_token_ids, _cumulative(seq),
+                                seq.logprobs if wants_logprobs else None, seq.finish_reason, seq.stop_reason)
+    if seq.finish_sent:
+        return None
+    shown = len(seq.text) if seq.finished else len(seq.text) - _held_back(seq.text, seq.params.stop)
+    new_tokens = seq.token_ids[seq.num_prompt_tokens + seq.sent_tokens:]
+    if not new_tokens and shown <= seq.sent_text and not seq.finished:
+        return None
+    choice = CompletionOutput(seq.index, seq.text[seq.sent_text:shown], new_tokens, _cumulative(seq),
+                              seq.logprobs[seq.sent_tokens:] if wants_logprobs else None,
+                              seq.finish_reason, seq.stop_reason)
+    seq.sent_text = max(seq.sent_text, shown)
+    seq.sent_tokens += len(new_tokens)
+    seq.finish_sent = seq.finished
+    return choice
+
+
+def _cumulative(seq: Sequence) -> float | None:
+    return seq.cumulative_logprob if seq.params.logprobs is not None else None
+
+
+def _cut_at_stop(seq: Sequence, before: int) -> bool:
+    """If a stop string occurs in the text added since `before`, cut the text there and finish."""
+    best = None
+    for stop in seq.params.stop:
+        at = seq.text.find(stop, max(0, before - len(stop) + 1))
+        if at != -1 and (best is None or at < best[0]):
+            best = (at, stop)
+    if best is None:
+        return False
+    at, stop = best
+    seq.text = seq.text[:at + len(stop)] if seq.params.include_stop_str_in_output else seq.text[:at]
+    seq.finish_reason, seq.stop_reason = "stop", stop
+    return True
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of a stop string."""
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), hold, -1):
+            if text.endswith(stop[:k]):
+                hold = k
+                break
+    return hold

@@ -1,0 +1,120 @@
+"""From logits to tokens: min_tokens, logit_bias and penalties, then `kernels.sample`, plus logprobs.
+
+Logprobs are the log-softmax of the raw logits, before any of the processing (vLLM's default), so they
+describe the model rather than the sampling settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import kernels
+from engine.sequence import Sequence
+
+
+@dataclass(slots=True)
+class TopLogprobs:
+    """Per row: the chosen token's logprob and rank, and the k most likely tokens (k may differ per row)."""
+
+    chosen_logprob: list[float]
+    chosen_rank: list[int]
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+
+
+def top_logprobs(logprobs: torch.Tensor, chosen: torch.Tensor, ks: list[int]) -> TopLogprobs:
+    """Logprob and rank of `chosen` [N] in `logprobs` [N, V], and each row's top-`ks[i]` tokens."""
+    chosen_lp = logprobs.gather(1, chosen[:, None]).squeeze(1)
+    rank = (logprobs > chosen_lp[:, None]).sum(dim=-1) + 1
+    k_max = max(ks)
+    top = logprobs.topk(k_max, dim=-1) if k_max else None
+    ids = top.indices.tolist() if top is not None else [[] for _ in ks]
+    vals = top.values.tolist() if top is not None else [[] for _ in ks]
+    return TopLogprobs(chosen_lp.tolist(), rank.tolist(), [row[:k] for row, k in zip(ids, ks)],
+                       [row[:k] for row, k in zip(vals, ks)])
+
+
+@dataclass(slots=True)
+class SamplerOutput:
+    """The tokens drawn, one per row, and their logprobs for the rows that asked (else None)."""
+
+    token_ids: list[int]
+    logprobs: TopLogprobs | None
+    logprob_rows: list[int]        # which rows `logprobs` describes, in order
+
+
+class Sampler:
+    """Turns the logits of the sequences that reached their next token into that token."""
+
+    def __init__(self, eos_token_ids: list[int]) -> None:
+        self.eos_token_ids = eos_token_ids
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
+        """logits [B, V] float32, one row per sequence in `seqs`."""
+        device = logits.device
+        logprob_rows = [i for i, seq in enumerate(seqs) if seq.params.logprobs is not None]
+        raw = torch.log_softmax(logits[logprob_rows], dim=-1) if logprob_rows else None
+        self._suppress_stops(logits, seqs)
+        self._add_bias(logits, seqs)
+        self._penalise(logits, seqs)
+        params = [seq.params for seq in seqs]
+        drawn = kernels.sample(
+            logits,
+            torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
+            torch.tensor([max(p.top_k, 0) for p in params], dtype=torch.int32, device=device),
+            torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
+            torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device),
+            torch.tensor([_signed64(seq.seed) for seq in seqs], dtype=torch.int64, device=device),
+            torch.tensor([seq.num_tokens for seq in seqs], dtype=torch.int64, device=device),
+        )
+        top = None
+        if raw is not None:
+            ks = [seqs[i].params.logprobs for i in logprob_rows]
+            top = top_logprobs(raw, drawn[logprob_rows], ks)
+        return SamplerOutput(drawn.tolist(), top, logprob_rows)
+
+    def _suppress_stops(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        """Before min_tokens are out, EOS (unless ignored) and the stop token ids cannot be drawn."""
+        for i, seq in enumerate(seqs):
+            params = seq.params
+            if seq.num_output_tokens < params.min_tokens:
+                banned = list(params.stop_token_ids) + ([] if params.ignore_eos else self.eos_token_ids)
+                if banned:
+                    logits[i, banned] = float("-inf")
+
+    def _add_bias(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        for i, seq in enumerate(seqs):
+            bias = seq.params.logit_bias
+            if bias:
+                ids = torch.tensor(list(bias), device=logits.device)
+                logits[i, ids] += torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+
+    def _penalise(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        rows = [i for i, seq in enumerate(seqs) if seq.params.has_penalties]
+        if not rows:
+            return
+        picked = [seqs[i] for i in rows]
+        device = logits.device
+        sub = logits[rows]
+        kernels.apply_penalties(
+            sub,
+            _padded([seq.request.prompt_token_ids for seq in picked], device),
+            _padded([seq.output_token_ids for seq in picked], device),
+            torch.tensor([seq.params.presence_penalty for seq in picked], dtype=torch.float32, device=device),
+            torch.tensor([seq.params.frequency_penalty for seq in picked], dtype=torch.float32, device=device),
+            torch.tensor([seq.params.repetition_penalty for seq in picked], dtype=torch.float32, device=device),
+        )
+        logits[rows] = sub
+
+
+def _padded(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    width = max(1, max(len(r) for r in rows))
+    return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.int64, device=device)
+
+
+def _signed64(seed: int) -> int:
+    """A seed as the int64 a tensor can hold (same 64 bits)."""
+    seed &= (1 << 64) - 1
+    return seed - (1 << 64) if seed >= 1 << 63 else seed

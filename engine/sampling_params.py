@@ -1,0 +1,93 @@
+"""SamplingParams: how to draw and when to stop, per request. Shaped like vLLM's, validated on creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_LOGPROBS = 20
+
+
+@dataclass
+class SamplingParams:
+    """Per-request sampling and stopping parameters.
+
+    n: choices per prompt. max_tokens: new tokens at most (None: until the context is full; 0: none, useful
+    with prompt_logprobs). temperature 0 is greedy. top_k -1 or 0, top_p 1 and min_p 0 switch those
+    filters off. The penalties follow OpenAI (presence, frequency: output tokens only) and vLLM (repetition:
+    prompt and output tokens). seed makes the draws depend only on (seed, position). stop strings are
+    matched on the decoded text and cut from it unless include_stop_str_in_output; stop_token_ids end the
+    sequence without adding their text. min_tokens suppresses EOS and every stop until that many tokens
+    were generated. logprobs k returns, per generated token, the k most likely tokens plus the sampled one;
+    prompt_logprobs does the same for the prompt tokens. Logprobs are from the raw model distribution
+    (before temperature, penalties and filters). logit_bias maps token id to a value added to its logit.
+    """
+
+    n: int = 1
+    max_tokens: int | None = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    logit_bias: dict[int, float] | None = None
+    skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        self.stop_token_ids = [int(t) for t in (self.stop_token_ids or [])]
+        if self.logit_bias:
+            self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+        self._validate()
+
+    def _validate(self) -> None:
+        _check(isinstance(self.n, int) and self.n >= 1, "n", "must be an integer >= 1", self.n)
+        _check(self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 0),
+               "max_tokens", "must be None or an integer >= 0", self.max_tokens)
+        _check(self.temperature >= 0, "temperature", "must be >= 0", self.temperature)
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
+        _check(isinstance(self.top_k, int) and self.top_k >= -1, "top_k", "must be -1, 0 (off) or >= 1", self.top_k)
+        _check(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]", self.min_p)
+        _check(-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]", self.presence_penalty)
+        _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]", self.frequency_penalty)
+        _check(self.repetition_penalty > 0, "repetition_penalty", "must be > 0", self.repetition_penalty)
+        _check(self.seed is None or isinstance(self.seed, int), "seed", "must be None or an integer", self.seed)
+        _check(all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings", self.stop)
+        _check(all(t >= 0 for t in self.stop_token_ids), "stop_token_ids", "must be >= 0", self.stop_token_ids)
+        _check(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens", "must be >= 0",
+               self.min_tokens)
+        _check(self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
+               f"must be <= max_tokens ({self.max_tokens})", self.min_tokens)
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, int) and 0 <= value <= MAX_LOGPROBS), name,
+                   f"must be None or an integer in [0, {MAX_LOGPROBS}]", value)
+        for token, bias in (self.logit_bias or {}).items():
+            _check(token >= 0, "logit_bias", "keys must be token ids >= 0", token)
+            _check(-100 <= bias <= 100, "logit_bias", "values must be in [-100, 100]", bias)
+
+    @property
+    def greedy(self) -> bool:
+        """Whether tokens are chosen by argmax."""
+        return self.temperature == 0
+
+    @property
+    def has_penalties(self) -> bool:
+        """Whether any of the three penalties is active."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+
+
+def _check(ok: bool, name: str, rule: str, value: object) -> None:
+    if not ok:
+        raise ValueError(f"{name} {rule}, got {value!r}")

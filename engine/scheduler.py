@@ -1,0 +1,139 @@
+"""Continuous batching with chunked prefill and preemption by recompute.
+
+Every step has a token budget (`max_num_batched_tokens`). A sequence is just "tokens known" versus "tokens
+whose KV is computed"; a step gives each sequence a number of new tokens to compute, so decodes (1 token),
+prefill chunks and resumed sequences mix freely in one batch:
+
+1. Running sequences first, oldest first: each gets all its uncomputed tokens, up to the budget. When its
+   blocks cannot grow, the newest running sequence is preempted (its blocks freed, its tokens kept) until
+   they can; it may be the sequence itself.
+2. Then, if nothing was preempted, waiting sequences in arrival order (preempted ones at the front), while
+   the budget, `max_num_seqs` and the free blocks allow. A new sequence starts after its longest cached
+   prefix. A preempted one recomputes its prompt and output as a prefill and goes on exactly where it
+   stopped: sampling depends only on (seed, position), so nothing it produces changes.
+
+`schedule()` returns plain data (a SchedulerOutput); the engine runs it and reports back with `update()`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.block_manager import BlockManager
+from engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """The sequences of one step and how many new tokens each computes, in batch order."""
+
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+    num_preempted: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens computed this step."""
+        return sum(self.num_new_tokens)
+
+    def add(self, seq: Sequence, num_new_tokens: int) -> None:
+        """Schedule `num_new_tokens` of `seq`."""
+        self.seqs.append(seq)
+        self.num_new_tokens.append(num_new_tokens)
+
+
+class Scheduler:
+    """Decides, step by step, which sequences run and how many of their tokens each computes."""
+
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        self.blocks = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        # Blocks kept free when admitting new work, so that running sequences can grow a little.
+        self.admission_reserve = block_manager.num_blocks // 100
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a new sequence."""
+        self.waiting.append(seq)
+
+    @property
+    def has_work(self) -> bool:
+        """Whether any sequence is waiting or running."""
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's sequences and token counts, allocating the blocks they need."""
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            count = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if not self._make_room(seq, seq.num_computed_tokens + count, out):
+                break
+            self.blocks.allocate(seq, seq.num_computed_tokens + count)
+            out.add(seq, count)
+            budget -= count
+            i += 1
+        while (not out.num_preempted and self.waiting and budget > 0
+               and len(self.running) < self.max_num_seqs):
+            seq = self.waiting[0]
+            cached = [] if needs_prompt_logprobs(seq) else self.blocks.find_cached_prefix(seq)
+            start = len(cached) * self.blocks.block_size
+            count = min(seq.num_tokens - start, budget)
+            if not self.blocks.can_allocate(seq, start + count, cached, self.admission_reserve):
+                break
+            self.waiting.popleft()
+            self.blocks.allocate(seq, start + count, cached)
+            if seq.num_preemptions == 0:
+                seq.request.num_cached_tokens = max(seq.request.num_cached_tokens, start)
+                self.blocks.prefix_queries += seq.num_tokens
+                self.blocks.prefix_hits += start
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.add(seq, count)
+            budget -= count
+        return out
+
+    def _make_room(self, seq: Sequence, num_tokens: int, out: SchedulerOutput) -> bool:
+        """Preempt the newest running sequences until `seq` can hold `num_tokens`; False if `seq` itself was."""
+        while not self.blocks.can_allocate(seq, num_tokens):
+            victim = self.running.pop()
+            self._preempt(victim)
+            out.num_preempted += 1
+            if victim is seq:
+                return False
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.free_seq(seq)
+        seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def update(self, out: SchedulerOutput) -> None:
+        """Record that the step's tokens were computed."""
+        for seq, count in zip(out.seqs, out.num_new_tokens):
+            seq.num_computed_tokens += count
+
+    def finish(self, seq: Sequence) -> None:
+        """Take `seq` out of the queues and return its blocks."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        self.blocks.free_seq(seq)
+        seq.status = SequenceStatus.FINISHED
+
+
+def needs_prompt_logprobs(seq: Sequence) -> bool:
+    """Whether `seq` must still compute logits over prompt positions (so it cannot start from the cache)."""
+    request = seq.request
+    return (seq.index == 0 and request.params.prompt_logprobs is not None
+            and len(request.prompt_logprobs or ()) < len(request.prompt_token_ids))

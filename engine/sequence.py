@@ -1,0 +1,109 @@
+"""Records of the work in flight: a Request (one prompt) and its Sequences (one per choice)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from engine.outputs import PositionLogprobs
+from engine.sampling_params import SamplingParams
+from engine.tokenizer import IncrementalDetokenizer
+
+_MASK64 = (1 << 64) - 1
+
+
+class SequenceStatus(Enum):
+    """WAITING: queued or preempted. RUNNING: has KV blocks. FINISHED: done, blocks returned."""
+
+    WAITING = 0
+    RUNNING = 1
+    FINISHED = 2
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """The seed of choice `index` of a request seeded with `seed` (choice 0 uses the seed itself)."""
+    if index == 0:
+        return seed
+    x = (seed * 0x9E3779B97F4A7C15 + index * 0xD1B54A32D192ED03) & _MASK64
+    x = ((x ^ (x >> 29)) * 0xBF58476D1CE4E5B9) & _MASK64
+    return x ^ (x >> 32)
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    """One choice of a request: its tokens, its place in the KV cache and its decoded output so far."""
+
+    seq_id: int
+    request: Request
+    index: int
+    token_ids: list[int]
+    seed: int
+    max_tokens: int                               # new tokens allowed, already capped by the context length
+    detokenizer: IncrementalDetokenizer
+    status: SequenceStatus = SequenceStatus.WAITING
+    num_computed_tokens: int = 0                  # tokens whose KV is in the cache
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)   # chained hashes of the full blocks registered
+    num_preemptions: int = 0
+    text: str = ""
+    logprobs: list[PositionLogprobs] = field(default_factory=list)
+    cumulative_logprob: float = 0.0
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    # What the last streamed output already carried (delta outputs start from here).
+    sent_text: int = 0
+    sent_tokens: int = 0
+    finish_sent: bool = False
+
+    @property
+    def params(self) -> SamplingParams:
+        """The request's sampling parameters."""
+        return self.request.params
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus generated tokens."""
+        return len(self.token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """Tokens of the prompt."""
+        return len(self.request.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Tokens generated so far."""
+        return len(self.token_ids) - len(self.request.prompt_token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        """The generated tokens."""
+        return self.token_ids[len(self.request.prompt_token_ids):]
+
+    @property
+    def finished(self) -> bool:
+        """Whether the sequence has ended."""
+        return self.status is SequenceStatus.FINISHED
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One prompt and its `n` choices, as the engine tracks it from add_request to its final output."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    stream: bool
+    arrival_time: float = field(default_factory=time.monotonic)
+    seqs: list[Sequence] = field(default_factory=list)
+    prompt_logprobs: list[PositionLogprobs | None] | None = None
+    prompt_logprobs_sent: bool = False
+    num_cached_tokens: int = 0
+    first_token_time: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether every choice has ended."""
+        return all(seq.finished for seq in self.seqs)

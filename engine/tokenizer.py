@@ -1,0 +1,85 @@
+"""The checkpoint's tokenizer and chat template (loaded locally), and byte-safe incremental detokenization."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers.decoders import DecodeStream
+from transformers import AutoTokenizer
+
+# Prompt tokens given to a detokenizer as context, so that the first generated token decodes as it would in
+# the middle of the text (SentencePiece tokenizers drop a leading space at the very start).
+_CONTEXT_TOKENS = 4
+
+
+class Tokenizer:
+    """Encoding, chat rendering, EOS ids and per-token text for one checkpoint."""
+
+    def __init__(self, path: str, model_eos_ids: list[int]) -> None:
+        self.hf = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.backend = self.hf.backend_tokenizer
+        self.eos_token_ids = _eos_ids(Path(path), model_eos_ids, self.hf.eos_token_id)
+        self.special_ids = set(self.hf.all_special_ids)
+        self._token_text: dict[int, str] = {}
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt, with the special tokens (e.g. BOS) the tokenizer adds by default."""
+        return self.hf(text)["input_ids"]
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        """Text of a whole token sequence."""
+        return self.hf.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the checkpoint ships a chat template."""
+        return bool(getattr(self.hf, "chat_template", None))
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt text of a conversation, rendered with the checkpoint's chat template."""
+        if not self.has_chat_template:
+            raise ValueError("this model has no chat template, so chat messages cannot be rendered")
+        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a rendered conversation (the template writes any BOS itself)."""
+        text = self.render_chat(messages, add_generation_prompt)
+        return self.hf(text, add_special_tokens=False)["input_ids"]
+
+    def token_text(self, token_id: int) -> str:
+        """The text of a single token (for logprobs), cached."""
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = self.backend.decode([token_id], skip_special_tokens=False)
+        return text
+
+    def detokenizer(self, prompt_ids: list[int], skip_special_tokens: bool) -> IncrementalDetokenizer:
+        """A fresh incremental detokenizer for text generated after `prompt_ids`."""
+        return IncrementalDetokenizer(self, prompt_ids[-_CONTEXT_TOKENS:], skip_special_tokens)
+
+
+class IncrementalDetokenizer:
+    """Turns generated tokens into text one at a time, holding back bytes of a character split over tokens."""
+
+    __slots__ = ("_backend", "_stream")
+
+    def __init__(self, tokenizer: Tokenizer, context_ids: list[int], skip_special_tokens: bool) -> None:
+        self._backend = tokenizer.backend
+        self._stream = DecodeStream(ids=context_ids, skip_special_tokens=skip_special_tokens)
+
+    def step(self, token_id: int) -> str:
+        """The new text that `token_id` completes ('' while a multi-byte character is incomplete)."""
+        return self._stream.step(self._backend, token_id) or ""
+
+
+def _eos_ids(path: Path, model_eos_ids: list[int], tokenizer_eos: int | None) -> list[int]:
+    """EOS ids from config.json, generation_config.json and the tokenizer, in that order, without repeats."""
+    ids = list(model_eos_ids)
+    gen = path / "generation_config.json"
+    if gen.is_file():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+        ids += [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer_eos is not None:
+        ids.append(tokenizer_eos)
+    return list(dict.fromkeys(ids))

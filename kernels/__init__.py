@@ -1,0 +1,13 @@
+"""Our kernels: paged attention, KV-cache writes, sampling and penalties.
+
+Each kernel has a Triton implementation (`kernels.triton_ops`) and a plain-torch reference
+(`kernels.reference`) that is both its test oracle and the CPU path. `kernels.use("triton" | "torch" | "auto")`
+or the KERNELS_BACKEND environment variable picks one; by default Triton runs on CUDA tensors and torch
+everywhere else.
+"""
+
+from kernels.api import apply_penalties, paged_attention, sample, store_kv
+from kernels.backend import configured as configured_backend
+from kernels.backend import use
+
+__all__ = ["apply_penalties", "configured_backend", "paged_attention", "sample", "store_kv", "use"]

@@ -1,0 +1,79 @@
+"""The kernel API the engine calls. Each function dispatches to Triton or to the torch reference.
+
+The contract is the same for both backends, so a researcher can swap in a kernel of their own by replacing
+one function of `kernels.triton_ops` and checking it against `kernels.reference` with the tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from kernels import backend
+from kernels.reference import attention as ref_attention
+from kernels.reference import sampling as ref_sampling
+
+
+def _triton(name: str):
+    return getattr(importlib.import_module("kernels.triton_ops"), name)
+
+
+def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write new keys and values into the paged caches.
+
+    key, value: [T, num_kv_heads, head_dim]. k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim].
+    slot_mapping: [T] integer, `block * block_size + offset` for each token; a negative slot is skipped.
+    """
+    if backend.resolve(key.device) == "triton":
+        return _triton("store_kv")(key, value, k_cache, v_cache, slot_mapping)
+    return ref_attention.store_kv(key, value, k_cache, v_cache, slot_mapping)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                    seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int,
+                    scale: float) -> torch.Tensor:
+    """Causal attention of the new tokens of a batch of sequences over their paged KV caches.
+
+    q: [T, num_heads, head_dim], the new tokens of all S sequences packed one after another (a decode has 1,
+    a prefill chunk many). cu_seqlens_q: [S+1] int32 offsets of each sequence's tokens in q.
+    seq_lens: [S] int32, the tokens in the cache for each sequence, the new ones included (they must have
+    been written with `store_kv` first). block_tables: [S, max_blocks] int32 block ids; entries past a
+    sequence's last block are ignored. max_seqlen_q: the largest q length. New token i of sequence s sits at
+    position seq_lens[s] - q_len[s] + i and attends to keys 0..that position. GQA when
+    num_heads > num_kv_heads (query head h reads kv head h // (num_heads // num_kv_heads)).
+    Returns [T, num_heads, head_dim] in q's dtype.
+    """
+    if backend.resolve(q.device) == "triton":
+        return _triton("paged_attention")(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
+                                          max_seqlen_q, scale)
+    return ref_attention.paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
+                                         max_seqlen_q, scale)
+
+
+def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+           min_p: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Draw one token id per row of `logits` [B, V] (float32, penalties already applied).
+
+    Per row: temperature [B] float32 (0 = greedy argmax), top_k [B] int32 (<= 0 = off), top_p [B] float32
+    (1 = off), min_p [B] float32 (0 = off), seeds [B] int64 and positions [B] int64 (the index of the token
+    being drawn in its sequence). The draw depends only on the row's logits, its parameters and
+    (seed, position), never on the other rows. Exact semantics: `kernels.reference.sampling`.
+    Returns [B] int64.
+    """
+    if backend.resolve(logits.device) == "triton":
+        return _triton("sample")(logits, temperature, top_k, top_p, min_p, seeds, positions)
+    return ref_sampling.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
+
+
+def apply_penalties(logits: torch.Tensor, prompt_tokens: torch.Tensor, output_tokens: torch.Tensor,
+                    presence: torch.Tensor, frequency: torch.Tensor, repetition: torch.Tensor) -> torch.Tensor:
+    """Apply presence, frequency and repetition penalties to `logits` [B, V] in place and return it.
+
+    prompt_tokens [B, Lp] and output_tokens [B, Lo] int64, padded with -1. presence, frequency,
+    repetition: [B] float32 (0, 0 and 1 are neutral). Exact semantics: `kernels.reference.sampling`.
+    """
+    if backend.resolve(logits.device) == "triton":
+        return _triton("apply_penalties")(logits, prompt_tokens, output_tokens, presence, frequency, repetition)
+    return ref_sampling.apply_penalties(logits, prompt_tokens, output_tokens, presence, frequency, repetition)

@@ -1,0 +1,72 @@
+"""Which implementation the kernel API dispatches to: our Triton kernels or the plain-torch references.
+
+The choice is made per call from the tensor's device unless it is forced, with `kernels.use(...)` or the
+`KERNELS_BACKEND` environment variable (`auto`, `triton` or `torch`):
+
+- `auto` (default): Triton for CUDA tensors, torch everywhere else.
+- `triton`: always Triton. On a CPU tensor this needs `TRITON_INTERPRET=1` (Triton's numpy interpreter),
+  which is how the kernels are tested on machines without a GPU.
+- `torch`: always the plain-torch references.
+
+Nothing here imports Triton or touches a GPU driver at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+
+_forced: str | None = None
+
+
+def use(backend: str) -> None:
+    """Force every kernel call to one backend ("triton" | "torch"), or "auto" to choose by device."""
+    global _forced
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernels backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    _forced = backend
+
+
+def configured() -> str:
+    """The backend set with `use()` or, failing that, the KERNELS_BACKEND environment variable."""
+    if _forced is not None:
+        return _forced
+    backend = os.environ.get("KERNELS_BACKEND", "auto").strip().lower() or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"KERNELS_BACKEND={backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def interpreter_on() -> bool:
+    """True when TRITON_INTERPRET=1, i.e. Triton kernels run on the CPU through numpy."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether the `triton` package can be imported (it is optional on CPU-only machines)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve(device: torch.device) -> str:
+    """The backend ("triton" or "torch") that a call on tensors of `device` runs."""
+    backend = configured()
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("kernels backend 'triton' was requested but the triton package is not installed")
+        if device.type != "cuda" and not interpreter_on():
+            raise RuntimeError(
+                f"kernels backend 'triton' on a {device.type} tensor needs TRITON_INTERPRET=1 "
+                "(Triton's CPU interpreter); use the 'torch' backend on this device instead"
+            )
+    return backend

@@ -1,0 +1,1 @@
+"""Plain-torch references of every kernel: the exact definitions, the test oracles and the CPU path."""

@@ -1,0 +1,92 @@
+"""Plain-torch paged attention and KV-cache writes: the test oracle of the Triton kernels and the CPU path.
+
+Layout (shared with the Triton kernels, see `kernels.api`): each layer's cache is
+`[num_blocks, block_size, num_kv_heads, head_dim]`; token `t` of a sequence lives in slot
+`block_tables[s, t // block_size] * block_size + t % block_size`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Decode batches gather their keys into one dense tensor; cap its size so a big batch is done in chunks.
+_MAX_GATHERED_ELEMENTS = 1 << 26
+
+
+def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write `key`/`value` [T, num_kv_heads, head_dim] into the caches at `slot_mapping` [T] (negative: skip)."""
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    slots = slot_mapping.long()
+    keep = slots >= 0
+    if not bool(keep.all()):
+        key, value, slots = key[keep], value[keep], slots[keep]
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, key.to(k_cache.dtype))
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, value.to(v_cache.dtype))
+
+
+def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """The first `length` tokens of one sequence's cache, as a dense [length, num_kv_heads, head_dim]."""
+    block_size = cache.shape[1]
+    num_blocks = -(-length // block_size)
+    return cache[block_table[:num_blocks].long()].flatten(0, 1)[:length]
+
+
+def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of q [Lq, H, D] over k/v [L, Hkv, D], q being the last Lq of the L positions."""
+    q_len, num_heads, _ = q.shape
+    length, num_kv_heads, _ = k.shape
+    group = num_heads // num_kv_heads
+    qh = q.float().transpose(0, 1)                                   # [H, Lq, D]
+    kh = k.float().transpose(0, 1).repeat_interleave(group, dim=0)   # [H, L, D]
+    vh = v.float().transpose(0, 1).repeat_interleave(group, dim=0)
+    mask = torch.ones(q_len, length, dtype=torch.bool, device=q.device).tril(diagonal=length - q_len)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)                                       # [Lq, H, D]
+
+
+def _attend_decodes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                    seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query token per sequence (q [S, H, D]), batched: gather each sequence's keys and mask the padding."""
+    num_seqs, num_heads, head_dim = q.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    max_len = int(seq_lens.max())
+    num_blocks = -(-max_len // block_size)
+    tables = block_tables[:, :num_blocks].long()
+    k = k_cache[tables].flatten(1, 2).float()                        # [S, K, Hkv, D]
+    v = v_cache[tables].flatten(1, 2).float()
+    qg = q.float().view(num_seqs, num_kv_heads, group, head_dim)
+    scores = torch.einsum("shgd,skhd->shgk", qg, k) * scale
+    positions = torch.arange(k.shape[1], device=q.device)
+    pad = positions[None, :] >= seq_lens[:, None]                    # [S, K]
+    scores.masked_fill_(pad[:, None, None, :], float("-inf"))
+    out = torch.einsum("shgk,skhd->shgd", scores.softmax(dim=-1), v)
+    return out.reshape(num_seqs, num_heads, head_dim)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                    seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int,
+                    scale: float) -> torch.Tensor:
+    """Causal attention of packed new tokens over their sequences' paged caches (contract in `kernels.api`)."""
+    out = torch.empty_like(q)
+    starts = cu_seqlens_q[:-1].tolist()
+    ends = cu_seqlens_q[1:].tolist()
+    lens = seq_lens.tolist()
+    decodes = [s for s in range(len(lens)) if ends[s] - starts[s] == 1]
+    if decodes:
+        block_size, num_kv_heads, head_dim = k_cache.shape[1:]
+        per_seq = max(lens[s] for s in decodes) * num_kv_heads * head_dim
+        chunk = max(1, _MAX_GATHERED_ELEMENTS // per_seq)
+        for i in range(0, len(decodes), chunk):
+            idx = torch.tensor(decodes[i:i + chunk], device=q.device)
+            rows = cu_seqlens_q[idx].long()
+            out[rows] = _attend_decodes(q[rows], k_cache, v_cache, block_tables[idx], seq_lens[idx],
+                                        scale).to(q.dtype)
+    for s in range(len(lens)):
+        if ends[s] - starts[s] > 1:
+            k = gather_kv(k_cache, block_tables[s], lens[s])
+            v = gather_kv(v_cache, block_tables[s], lens[s])
+            out[starts[s]:ends[s]] = _attend_one(q[starts[s]:ends[s]], k, v, scale).to(q.dtype)
+    return out

@@ -1,0 +1,95 @@
+"""Plain-torch sampling and penalties: the exact definitions the Triton sampler is tested against.
+
+Definitions (per row; `p` = softmax(logits / temperature)):
+- temperature 0: greedy, the first index of the largest logit.
+- min-p keeps tokens with p >= min_p * max(p).
+- top-k keeps tokens with p >= the k-th largest p (ties at the boundary are kept).
+- top-p keeps token i when the mass of the tokens strictly more likely than i is < top_p times the
+  mass left by the filters before it (so the most likely token is always kept, and ties are kept together).
+- The filters apply in that order; the draw is from the kept tokens, renormalised.
+- The draw depends only on (seed, position): one uniform number per row, from a counter-based hash of the
+  two, inverts the kept tokens' cumulative distribution. So a seeded request draws the same tokens
+  whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def uniform_from(seed: int, position: int) -> float:
+    """A uniform number in [0, 1) that depends only on (seed, position)."""
+    return (_splitmix64(_splitmix64(seed & _MASK64) ^ (position & _MASK64)) >> 11) * 2.0 ** -53
+
+
+def filter_probs(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                 min_p: torch.Tensor) -> torch.Tensor:
+    """Zero the probabilities that min-p, top-k and top-p remove (rows not renormalised). probs [B, V]."""
+    vocab = probs.shape[-1]
+    if bool((min_p > 0).any()):
+        floor = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
+        probs = probs.masked_fill(probs < floor, 0.0)
+    k = torch.where((top_k <= 0) | (top_k >= vocab), vocab, top_k).long()
+    if bool((k < vocab).any()):
+        kth = probs.topk(int(k.max()), dim=-1).values.gather(1, (k - 1)[:, None])
+        probs = probs.masked_fill(probs < kth, 0.0)
+    if bool((top_p < 1).any()):
+        ordered = probs.sort(dim=-1, descending=True).values
+        cumulative = ordered.cumsum(dim=-1)
+        above = torch.cat([torch.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], dim=-1)  # mass before
+        limit = torch.where(top_p < 1, top_p * cumulative[:, -1], float("inf"))[:, None]
+        last = ((above < limit).sum(dim=-1, keepdim=True) - 1).clamp(min=0)
+        probs = probs.masked_fill(probs < ordered.gather(1, last), 0.0)
+    return probs
+
+
+def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+           min_p: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Draw one token per row of `logits` [B, V]; see the module docstring for the exact semantics."""
+    greedy = logits.argmax(dim=-1)
+    random_rows = temperature > 0
+    if not bool(random_rows.any()):
+        return greedy
+    temp = torch.where(random_rows, temperature, 1.0).float()
+    probs = torch.softmax(logits.float() / temp[:, None], dim=-1)
+    probs = filter_probs(probs, top_k, top_p, min_p)
+    cdf = probs.double().cumsum(dim=-1)
+    u = [uniform_from(s, p) for s, p in zip(seeds.tolist(), positions.tolist())]
+    target = torch.tensor(u, dtype=torch.float64, device=logits.device) * cdf[:, -1]
+    drawn = torch.searchsorted(cdf, target[:, None], right=True).squeeze(1)
+    # Rounding can put the target at the very top of the cdf: fall back to the last token kept.
+    last_kept = probs.shape[-1] - 1 - (probs > 0).flip(-1).long().argmax(dim=-1)
+    drawn = torch.minimum(drawn, last_kept)
+    return torch.where(random_rows, drawn, greedy)
+
+
+def apply_penalties(logits: torch.Tensor, prompt_tokens: torch.Tensor, output_tokens: torch.Tensor,
+                    presence: torch.Tensor, frequency: torch.Tensor, repetition: torch.Tensor) -> torch.Tensor:
+    """Penalise repeated tokens in `logits` [B, V] in place, the way vLLM and OpenAI define it.
+
+    `prompt_tokens` [B, Lp] and `output_tokens` [B, Lo] are padded with -1. Repetition (CTRL-style) divides
+    positive logits and multiplies negative ones for tokens seen in the prompt or the output; presence
+    subtracts a constant and frequency a multiple of the count, for tokens in the output only.
+    """
+    batch, vocab = logits.shape
+    counts = torch.zeros(batch, vocab + 1, dtype=logits.dtype, device=logits.device)
+    out_ids = torch.where(output_tokens < 0, vocab, output_tokens).long()
+    counts.scatter_add_(1, out_ids, torch.ones_like(out_ids, dtype=logits.dtype))
+    counts = counts[:, :vocab]
+    seen = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=logits.device)
+    seen.scatter_(1, torch.where(prompt_tokens < 0, vocab, prompt_tokens).long(), True)
+    seen = seen[:, :vocab] | (counts > 0)
+    rep = repetition[:, None].to(logits.dtype)
+    penalised = torch.where(logits > 0, logits / rep, logits * rep)
+    logits.copy_(torch.where(seen, penalised, logits))
+    logits -= frequency[:, None].to(logits.dtype) * counts + presence[:, None].to(logits.dtype) * (counts > 0)
+    return logits

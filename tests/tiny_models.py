@@ -1,0 +1,75 @@
+"""Tiny random-weight checkpoints for tests, built with transformers' own configs and `save_pretrained`.
+
+Nothing comes from a model hub: the tokenizer is a byte-level BPE trained here with `tokenizers` on a few
+sentences and some multi-byte text, and each architecture gets a two-layer model with random weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for part in m['content'] %}{{ part['text'] }}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "def add(a, b):\n    return a + b\n",
+    "Paged attention keeps the KV cache in fixed-size blocks.",
+    "Continuous batching adds and removes sequences at every step.",
+    "café naïve résumé 日本語のテキスト 中文字符 😀🎉🚀 Ελληνικά русский",
+    "import os\nimport sys\nprint('hello world')\n",
+    "for i in range(10):\n    total += i * i\n",
+] * 20
+
+ARCHITECTURES = {
+    "llama": (transformers.LlamaConfig, {}),
+    "llama3": (transformers.LlamaConfig, {"rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}, "rope_theta": 500000.0}),
+    "mistral": (transformers.MistralConfig, {"sliding_window": None}),
+    "qwen2": (transformers.Qwen2Config, {}),
+    "qwen3": (transformers.Qwen3Config, {"head_dim": 32}),
+}
+
+
+def build_tokenizer(path: Path) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on CORPUS and save it with a ChatML template under `path`."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    return fast
+
+
+def build_checkpoint(path: Path, arch: str = "llama", *, tie: bool = False, dtype: torch.dtype = torch.float32,
+                     seed: int = 0, **overrides) -> Path:
+    """A two-layer random-weight checkpoint of `arch` with the test tokenizer, saved under `path`."""
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(path)
+    config_cls, extra = ARCHITECTURES[arch]
+    settings = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                    tie_word_embeddings=tie, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+                    pad_token_id=tokenizer.pad_token_id, initializer_range=0.2)
+    settings.update(extra)
+    settings.update(overrides)
+    config = config_cls(**settings)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config).to(dtype)
+    model.save_pretrained(path)
+    return path

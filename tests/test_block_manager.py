@@ -1,0 +1,125 @@
+"""The block manager: reference counts, prefix-cache hits, collision safety and eviction order."""
+
+from __future__ import annotations
+
+import pytest
+
+import engine.block_manager as bm
+from engine.block_manager import BlockManager
+from engine.sampling_params import SamplingParams
+from engine.sequence import Request, Sequence
+
+
+def make_seq(tokens: list[int], seq_id: int = 0) -> Sequence:
+    request = Request(f"r{seq_id}", None, list(tokens), SamplingParams(), stream=False)
+    seq = Sequence(seq_id, request, 0, list(tokens), seed=0, max_tokens=16, detokenizer=None)
+    request.seqs.append(seq)
+    return seq
+
+
+def admit(manager: BlockManager, seq: Sequence) -> int:
+    """Allocate the whole of `seq` after its cached prefix, as the scheduler does; return the cached tokens."""
+    cached = manager.find_cached_prefix(seq)
+    assert manager.can_allocate(seq, seq.num_tokens, cached)
+    manager.allocate(seq, seq.num_tokens, cached)
+    return len(cached) * manager.block_size
+
+
+def test_allocate_and_free_restore_every_block():
+    manager = BlockManager(8, 4, enable_prefix_caching=True)
+    a, b = make_seq(list(range(10)), 0), make_seq(list(range(100, 107)), 1)
+    admit(manager, a)
+    admit(manager, b)
+    assert len(a.block_table) == 3 and len(b.block_table) == 2
+    assert manager.num_free_blocks == 3
+    assert set(a.block_table).isdisjoint(b.block_table)
+    manager.free_seq(a)
+    manager.free_seq(b)
+    assert manager.num_free_blocks == 8
+    assert all(block.ref_count == 0 for block in manager.blocks)
+
+
+def test_shared_prefix_is_reused_and_reference_counted():
+    manager = BlockManager(16, 4, enable_prefix_caching=True)
+    first = make_seq(list(range(13)), 0)              # 3 full blocks + 1 token
+    assert admit(manager, first) == 0
+    second = make_seq(list(range(12)) + [99, 98], 1)  # same 3 full blocks, different tail
+    assert admit(manager, second) == 12
+    assert second.block_table[:3] == first.block_table[:3]
+    assert [manager.blocks[b].ref_count for b in first.block_table[:3]] == [2, 2, 2]
+    assert second.num_computed_tokens == 12
+    manager.free_seq(first)
+    assert [manager.blocks[b].ref_count for b in second.block_table[:3]] == [1, 1, 1]
+    manager.free_seq(second)
+    assert manager.num_free_blocks == 16
+
+
+def test_last_token_is_never_taken_from_the_cache():
+    manager = BlockManager(16, 4, enable_prefix_caching=True)
+    tokens = list(range(8))                            # exactly two full blocks
+    admit(manager, make_seq(tokens, 0))
+    again = make_seq(tokens, 1)
+    assert admit(manager, again) == 4                  # the second block holds the last token: recomputed
+
+
+def test_freed_blocks_are_revived_until_evicted():
+    manager = BlockManager(4, 4, enable_prefix_caching=True)
+    first = make_seq(list(range(9)), 0)
+    admit(manager, first)
+    manager.free_seq(first)
+    revived = make_seq(list(range(9)), 1)
+    assert admit(manager, revived) == 8
+    manager.free_seq(revived)
+    # Fill the whole cache with other tokens: the cached blocks are evicted, so nothing can hit any more.
+    other = make_seq(list(range(500, 516)), 2)
+    admit(manager, other)
+    manager.free_seq(other)
+    assert admit(manager, make_seq(list(range(9)), 3)) == 0
+
+
+def test_tail_blocks_are_evicted_before_head_blocks():
+    manager = BlockManager(6, 4, enable_prefix_caching=True)
+    first = make_seq(list(range(13)), 0)               # blocks for 0-3, 4-7, 8-11 cached, plus a partial one
+    admit(manager, first)
+    manager.free_seq(first)
+    # Two fresh blocks are needed: the free queue hands out the never-used ones, then the partial tail block.
+    other = make_seq(list(range(100, 106)), 1)
+    admit(manager, other)
+    assert admit(manager, make_seq(list(range(13)), 2)) == 12   # every cached full block survived
+
+
+def test_hash_collisions_never_share_wrong_blocks(monkeypatch):
+    monkeypatch.setattr(bm, "chain_hash", lambda parent, tokens: 42)   # every block collides
+    manager = BlockManager(16, 4, enable_prefix_caching=True)
+    admit(manager, make_seq([1, 2, 3, 4, 5, 6, 7, 8, 9], 0))
+    assert admit(manager, make_seq([9, 9, 9, 9, 5, 6, 7, 8, 9], 1)) == 0      # same hash, other tokens
+    assert admit(manager, make_seq([1, 2, 3, 4, 9, 9, 9, 9, 9], 2)) == 4      # the real match still hits
+
+
+def test_equal_blocks_after_different_prefixes_are_not_shared(monkeypatch):
+    # A hash that forgets the parent: blocks with equal tokens collide whatever precedes them. The parent
+    # check must still refuse a block whose KV was computed after another prefix.
+    monkeypatch.setattr(bm, "chain_hash", lambda parent, tokens: hash(tokens))
+    manager = BlockManager(16, 4, enable_prefix_caching=True)
+    admit(manager, make_seq([1, 2, 3, 4, 5, 6, 7, 8, 0], 0))
+    admit(manager, make_seq([9, 9, 9, 9, 5, 6, 7, 8, 0], 1))
+    assert admit(manager, make_seq([9, 9, 9, 9, 5, 6, 7, 8, 0], 2)) == 4
+    assert admit(manager, make_seq([1, 2, 3, 4, 5, 6, 7, 8, 0], 3)) == 8
+
+
+def test_prefix_caching_disabled_never_hits():
+    manager = BlockManager(16, 4, enable_prefix_caching=False)
+    admit(manager, make_seq(list(range(9)), 0))
+    assert admit(manager, make_seq(list(range(9)), 1)) == 0
+
+
+@pytest.mark.parametrize("reserve", [0, 2])
+def test_can_allocate_counts_revived_blocks(reserve):
+    manager = BlockManager(4, 4, enable_prefix_caching=True)
+    first = make_seq(list(range(9)), 0)
+    admit(manager, first)
+    manager.free_seq(first)                            # 4 free, 2 of them cached
+    seq = make_seq(list(range(9)) + list(range(50, 57)), 1)   # 16 tokens: 2 cached + 2 new blocks
+    cached = manager.find_cached_prefix(seq)
+    assert len(cached) == 2
+    assert manager.can_allocate(seq, 16, cached, reserve) == (reserve == 0)

@@ -1,0 +1,150 @@
+"""Sampling through the engine: seeds, filters, penalties, logit_bias and logprobs against transformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from test_models_vs_hf import PROMPTS, assert_all_blocks_free, hf_greedy
+
+from engine import LLM, SamplingParams
+from kernels.reference.sampling import apply_penalties
+
+
+@pytest.fixture(scope="module")
+def llm(llama_path) -> LLM:
+    return LLM(llama_path, block_size=8)
+
+
+@pytest.fixture(scope="module")
+def hf(llama_path):
+    return transformers.AutoModelForCausalLM.from_pretrained(llama_path, dtype=torch.float32).eval()
+
+
+def test_seeded_sampling_is_independent_of_the_batch(llm):
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=20, seed=1234, ignore_eos=True)
+    alone = llm.generate(PROMPTS[1], params)[0].outputs[0].token_ids
+    others = [SamplingParams(temperature=0.7, max_tokens=30, ignore_eos=True)] * 6
+    batch = llm.generate(PROMPTS[:7], others[:1] + [params] + others[1:])
+    assert batch[1].outputs[0].token_ids == alone
+    shuffled = llm.generate([PROMPTS[5], PROMPTS[1], PROMPTS[0]], [others[0], params, others[0]])
+    assert shuffled[1].outputs[0].token_ids == alone
+    assert_all_blocks_free(llm)
+
+
+def test_unseeded_requests_follow_the_engine_seed(llama_path):
+    params = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True)
+    runs = [LLM(llama_path, seed=seed).generate(PROMPTS[:3], params) for seed in (7, 7, 8)]
+    tokens = [[o.outputs[0].token_ids for o in run] for run in runs]
+    assert tokens[0] == tokens[1]
+    assert tokens[0] != tokens[2]
+
+
+def test_n_choices_are_seeded_per_choice(llm):
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=16, seed=99, ignore_eos=True)
+    out = llm.generate(PROMPTS[3], params)[0]
+    assert [c.index for c in out.outputs] == [0, 1, 2, 3]
+    choices = [tuple(c.token_ids) for c in out.outputs]
+    assert len(set(choices)) == 4
+    # Choice 0 of a seeded request is the request with n=1 and the same seed.
+    single = llm.generate(PROMPTS[3], SamplingParams(temperature=1.0, max_tokens=16, seed=99, ignore_eos=True))
+    assert single[0].outputs[0].token_ids == list(choices[0])
+
+
+def test_n_choices_share_the_prompt_blocks(llama_path):
+    llm = LLM(llama_path, block_size=4)
+    prompt = PROMPTS[4]
+    out = llm.generate(prompt, SamplingParams(n=3, temperature=0, max_tokens=8, ignore_eos=True))[0]
+    full_blocks = (len(out.prompt_token_ids) - 1) // 4
+    assert llm.engine.stats().prefix_cache_hits == 2 * full_blocks * 4
+    expected = hf_greedy(llama_path, prompt)[:8]
+    assert all(c.token_ids == expected for c in out.outputs)
+    assert_all_blocks_free(llm)
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1.0, top_k=1),
+    SamplingParams(temperature=2.0, top_p=1e-6),
+    SamplingParams(temperature=1.0, min_p=1.0),
+])
+def test_filters_that_leave_one_token_are_greedy(llm, llama_path, params):
+    params.max_tokens, params.ignore_eos, params.seed = 24, True, 5
+    outputs = llm.generate(PROMPTS[:4], params)
+    assert [o.outputs[0].token_ids for o in outputs] == [hf_greedy(llama_path, p) for p in PROMPTS[:4]]
+
+
+def test_logit_bias_forces_a_token(llm):
+    out = llm.generate(PROMPTS[0], SamplingParams(temperature=1.0, max_tokens=5, logit_bias={17: 100},
+                                                  ignore_eos=True))[0]
+    assert out.outputs[0].token_ids == [17] * 5
+
+
+def test_penalties_match_transformers_logits(llm, hf, llama_path):
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, presence_penalty=0.8,
+                            frequency_penalty=0.5, repetition_penalty=1.4)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(llama_path)
+    for prompt in PROMPTS[:3]:
+        ids = tokenizer(prompt)["input_ids"]
+        expected: list[int] = []
+        for _ in range(16):     # the oracle: transformers' logits, the penalty definition, argmax
+            with torch.no_grad():
+                logits = hf(torch.tensor([ids + expected])).logits[:, -1].float()
+            pad = [-1]
+            logits = apply_penalties(logits, torch.tensor([ids]), torch.tensor([expected or pad]),
+                                     torch.tensor([0.8]), torch.tensor([0.5]), torch.tensor([1.4]))
+            expected.append(int(logits.argmax()))
+        assert llm.generate(prompt, params)[0].outputs[0].token_ids == expected
+    assert expected != hf_greedy(llama_path, prompt)[:16]     # the penalties did change something
+
+
+def test_logprobs_are_the_raw_model_distribution(llm, hf, llama_path):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(llama_path)
+    prompt = PROMPTS[3]
+    params = SamplingParams(temperature=0.9, top_k=5, max_tokens=6, seed=3, logprobs=3, prompt_logprobs=2,
+                            ignore_eos=True)
+    out = llm.generate(prompt, params)[0]
+    choice = out.outputs[0]
+    ids = out.prompt_token_ids + choice.token_ids
+    with torch.no_grad():
+        reference = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), dim=-1)
+    n_prompt = len(out.prompt_token_ids)
+    assert len(choice.logprobs) == 6
+    total = 0.0
+    for i, (token, entry) in enumerate(zip(choice.token_ids, choice.logprobs)):
+        row = reference[n_prompt - 1 + i]
+        top = row.topk(3)
+        assert list(entry)[:3] == top.indices.tolist()
+        assert token in entry and len(entry) in (3, 4)
+        for tid, lp in entry.items():
+            assert lp.logprob == pytest.approx(row[tid].item(), abs=1e-4)
+            assert lp.rank == int((row > row[tid]).sum()) + 1
+            assert lp.decoded_token == tokenizer.decode([tid])
+        total += row[token].item()
+    assert choice.cumulative_logprob == pytest.approx(total, abs=1e-3)
+    assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == n_prompt
+    for j in range(1, n_prompt):
+        entry, row = out.prompt_logprobs[j], reference[j - 1]
+        assert ids[j] in entry and list(entry)[:2] == row.topk(2).indices.tolist()
+        assert entry[ids[j]].logprob == pytest.approx(row[ids[j]].item(), abs=1e-4)
+
+
+def test_prompt_logprobs_with_chunked_prefill_and_cache(llama_path):
+    llm = LLM(llama_path, block_size=4, max_num_batched_tokens=5)
+    prompt = PROMPTS[4]
+    llm.generate(prompt, SamplingParams(max_tokens=1))            # fills the prefix cache
+    params = SamplingParams(max_tokens=0, prompt_logprobs=0)
+    out = llm.generate(prompt, params)[0]
+    assert out.outputs[0].token_ids == [] and out.outputs[0].finish_reason == "length"
+    assert len(out.prompt_logprobs) == len(out.prompt_token_ids)
+    plain = LLM(llama_path, enable_prefix_caching=False).generate(prompt, params)[0]
+    for ours, theirs in zip(out.prompt_logprobs[1:], plain.prompt_logprobs[1:]):
+        assert ours.keys() == theirs.keys()
+        for tid in ours:
+            assert ours[tid].logprob == pytest.approx(theirs[tid].logprob, abs=1e-4)
+    assert_all_blocks_free(llm)
+
+
+def test_logprobs_zero_gives_the_sampled_token_only(llm):
+    out = llm.generate(PROMPTS[0], SamplingParams(max_tokens=4, logprobs=0, seed=1, ignore_eos=True))[0]
+    choice = out.outputs[0]
+    assert [list(entry) for entry in choice.logprobs] == [[t] for t in choice.token_ids]

@@ -1,0 +1,187 @@
+"""Greedy generation equals Hugging Face transformers' on every supported architecture, also when the
+prefix cache hits, when prefills are chunked and when sequences are preempted."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import transformers
+
+from engine import LLM, SamplingParams
+
+PROMPTS = [
+    "The quick brown fox",
+    "def add(a, b):\n    return",
+    "x",
+    "Paged attention keeps the KV cache in fixed-size blocks. Continuous batching adds and removes",
+    "import os\nimport sys\nprint('hello world')\n" * 3,
+    "café naïve résumé 日本語",
+    "for i in range(10):\n    total += i * i\n" * 5,
+    "Continuous batching adds and removes sequences at every step. The quick brown fox jumps over",
+    "😀🎉",
+]
+NEW_TOKENS = 24
+
+
+@functools.cache
+def hf_greedy(path: str, prompt: str | tuple[int, ...], new_tokens: int = NEW_TOKENS) -> list[int]:
+    """transformers' greedy continuation of one prompt (no padding, EOS not special), in float32."""
+    model = _hf_model(path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    ids = list(prompt) if isinstance(prompt, tuple) else tokenizer(prompt)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                             pad_token_id=tokenizer.pad_token_id)
+    return out[0, len(ids):].tolist()
+
+
+@functools.cache
+def _hf_model(path: str) -> transformers.PreTrainedModel:
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def greedy(max_tokens: int = NEW_TOKENS) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def assert_all_blocks_free(llm: LLM) -> None:
+    blocks = llm.engine.blocks
+    assert blocks.num_free_blocks == blocks.num_blocks
+    assert all(block.ref_count == 0 for block in blocks.blocks)
+
+
+def assert_matches_hf(llm: LLM, path: str, prompts: list[str]) -> None:
+    outputs = llm.generate(prompts, greedy())
+    assert [o.prompt for o in outputs] == prompts
+    for prompt, output in zip(prompts, outputs):
+        assert output.outputs[0].token_ids == hf_greedy(path, prompt), prompt
+        assert output.outputs[0].finish_reason == "length"
+    assert_all_blocks_free(llm)
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama3", "mistral", "qwen2", "qwen3"])
+def test_greedy_matches_transformers(checkpoint_factory, arch):
+    path = checkpoint_factory(arch, seed=len(arch))
+    assert_matches_hf(LLM(path), path, PROMPTS)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tied_embeddings(checkpoint_factory, arch):
+    path = checkpoint_factory(arch, tie=True)
+    llm = LLM(path)
+    head = llm.engine.runner.model.lm_head.weight
+    assert head.data_ptr() == llm.engine.runner.model.model.embed_tokens.weight.data_ptr()
+    assert_matches_hf(llm, path, PROMPTS[:4])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_checkpoints(checkpoint_factory, dtype):
+    # dtype="auto" computes in float32 on the CPU: the same as transformers loading the half weights in float32.
+    path = checkpoint_factory("qwen3", dtype=dtype)
+    llm = LLM(path)
+    assert llm.engine.runner.dtype == torch.float32
+    assert llm.engine.model_config.dtype == dtype
+    assert_matches_hf(llm, path, PROMPTS[:4])
+
+
+def test_half_precision_compute(checkpoint_factory):
+    # Computing in bfloat16 drifts from float32 after a while, but the first tokens must agree.
+    path = checkpoint_factory("llama")
+    outputs = LLM(path, dtype="bfloat16").generate(PROMPTS, greedy(4))
+    agree = sum(o.outputs[0].token_ids[0] == hf_greedy(path, p)[0] for p, o in zip(PROMPTS, outputs))
+    assert agree >= len(PROMPTS) - 2
+
+
+def test_sharded_checkpoint(checkpoint_factory, tmp_path):
+    path = checkpoint_factory("llama")
+    model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    model.save_pretrained(tmp_path, max_shard_size="100KB")
+    transformers.AutoTokenizer.from_pretrained(path).save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    outputs = LLM(str(tmp_path)).generate(PROMPTS[:3], greedy())
+    assert [o.outputs[0].token_ids for o in outputs] == [hf_greedy(path, p) for p in PROMPTS[:3]]
+
+
+def test_token_id_prompts(llama_path):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(llama_path)
+    ids = [tokenizer(p)["input_ids"] for p in PROMPTS[:3]]
+    outputs = LLM(llama_path).generate(ids, greedy())
+    for prompt_ids, output in zip(ids, outputs):
+        assert output.prompt is None and output.prompt_token_ids == prompt_ids
+        assert output.outputs[0].token_ids == hf_greedy(llama_path, tuple(prompt_ids))
+
+
+def test_prefix_cache_hits(llama_path):
+    shared = "Paged attention keeps the KV cache in fixed-size blocks. " * 4
+    prompts = [shared + tail for tail in ("The quick", "import os", "for i in", "x")]
+    llm = LLM(llama_path, block_size=8)
+    first = llm.generate(prompts[0], greedy())[0]
+    assert first.num_cached_tokens == 0
+    outputs = llm.generate(prompts[1:], greedy())
+    assert all(o.num_cached_tokens >= 8 * 4 for o in outputs)   # the shared prefix spans several blocks
+    assert llm.engine.stats().prefix_cache_hits > 0
+    for prompt, output in zip(prompts, [first] + outputs):
+        assert output.outputs[0].token_ids == hf_greedy(llama_path, prompt)
+    assert_all_blocks_free(llm)
+    # Running the same prompt again takes everything but the last token from the cache.
+    again = llm.generate(prompts[0], greedy())[0]
+    n_prompt = len(again.prompt_token_ids)
+    assert again.num_cached_tokens == (n_prompt - 1) // 8 * 8
+    assert again.outputs[0].token_ids == first.outputs[0].token_ids
+
+
+def test_prefix_cache_disabled(llama_path):
+    llm = LLM(llama_path, block_size=8, enable_prefix_caching=False)
+    prompt = PROMPTS[4]
+    llm.generate(prompt, greedy())
+    again = llm.generate(prompt, greedy())[0]
+    assert again.num_cached_tokens == 0 and llm.engine.stats().prefix_cache_hits == 0
+    assert again.outputs[0].token_ids == hf_greedy(llama_path, prompt)
+
+
+def test_chunked_prefill(llama_path):
+    llm = LLM(llama_path, max_num_batched_tokens=7, block_size=4)
+    chunks = []
+    schedule = llm.engine.scheduler.schedule
+
+    def spy():
+        out = schedule()
+        chunks.extend(n < s.num_tokens - s.num_computed_tokens for s, n in zip(out.seqs, out.num_new_tokens))
+        assert out.num_tokens <= 7
+        return out
+
+    llm.engine.scheduler.schedule = spy
+    assert_matches_hf(llm, llama_path, PROMPTS)
+    assert any(chunks), "no prefill was split into chunks"
+
+
+def test_preemption(llama_path):
+    # 12 blocks of 8 tokens: two long sequences cannot both keep growing, so one is preempted and recomputed.
+    llm = LLM(llama_path, block_size=8, kv_cache_blocks=16, max_model_len=128, max_num_batched_tokens=64)
+    assert_matches_hf(llm, llama_path, PROMPTS)
+    assert llm.engine.stats().num_preemptions > 0
+
+
+def test_everything_at_once(llama_path):
+    llm = LLM(llama_path, block_size=4, kv_cache_blocks=32, max_model_len=128, max_num_batched_tokens=16,
+              max_num_seqs=5)
+    shared = "Continuous batching adds and removes sequences at every step. "
+    prompts = PROMPTS + [shared + p for p in PROMPTS[:4]]
+    assert_matches_hf(llm, llama_path, prompts)
+    stats = llm.engine.stats()
+    assert stats.num_preemptions > 0 and stats.prefix_cache_hits > 0
+
+
+def test_unsupported_architecture(checkpoint_factory, tmp_path):
+    import json
+    import shutil
+
+    shutil.copytree(checkpoint_factory("llama"), tmp_path, dirs_exist_ok=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["architectures"] = ["GPT2LMHeadModel"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="GPT2LMHeadModel.*supported: LlamaForCausalLM, MistralForCausalLM"):
+        LLM(str(tmp_path))

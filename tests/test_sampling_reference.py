@@ -1,0 +1,125 @@
+"""The torch sampler and penalties against independent definitions: exact distributions and naive loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from kernels.reference.sampling import apply_penalties, sample
+
+VOCAB = 40
+DRAWS = 20000
+
+
+def exact_distribution(logits: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float) -> np.ndarray:
+    """The target distribution, computed from the written definitions one token at a time."""
+    z = logits / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    keep = np.ones_like(p, dtype=bool)
+    if min_p > 0:
+        keep &= p >= min_p * p.max()
+    q = np.where(keep, p, 0.0)
+    if top_k > 0:
+        kth = np.sort(q)[::-1][top_k - 1]
+        keep &= q >= kth
+    q = np.where(keep, p, 0.0)
+    if top_p < 1:
+        total = q.sum()
+        for i in range(len(q)):
+            if keep[i] and q[q > q[i]].sum() >= top_p * total:
+                keep[i] = False
+    q = np.where(keep, p, 0.0)
+    return q / q.sum()
+
+
+def draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float,
+         n: int = DRAWS) -> np.ndarray:
+    rows = logits.expand(n, -1)
+    tokens = sample(rows, torch.full((n,), temperature), torch.full((n,), top_k, dtype=torch.int32),
+                    torch.full((n,), top_p), torch.full((n,), min_p), torch.arange(n), torch.full((n,), 7))
+    return np.bincount(tokens.numpy(), minlength=logits.shape[-1])
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p, min_p", [
+    (1.0, 0, 1.0, 0.0),
+    (0.5, 0, 1.0, 0.0),
+    (1.5, 5, 1.0, 0.0),
+    (1.0, 0, 0.7, 0.0),
+    (1.0, 0, 1.0, 0.2),
+    (0.8, 12, 0.9, 0.05),
+])
+def test_draws_follow_the_exact_distribution(temperature, top_k, top_p, min_p):
+    logits = torch.randn(VOCAB, generator=torch.Generator().manual_seed(3)) * 2
+    expected = exact_distribution(logits.double().numpy(), temperature, top_k, top_p, min_p)
+    counts = draw(logits, temperature, top_k, top_p, min_p)
+    assert counts[expected == 0].sum() == 0, "a filtered-out token was drawn"
+    support = expected > 0
+    result = scipy.stats.chisquare(counts[support], expected[support] * DRAWS)
+    assert result.pvalue > 1e-3, (result, counts, expected * DRAWS)
+
+
+def test_ties_at_the_top_k_boundary_are_kept():
+    logits = torch.tensor([3.0, 1.0, 1.0, 1.0, -2.0])
+    counts = draw(logits, 1.0, 2, 1.0, 0.0, n=4000)
+    assert counts[4] == 0 and (counts[1:4] > 0).all()
+
+
+def test_top_p_always_keeps_the_most_likely_token():
+    logits = torch.tensor([5.0, 0.0, 0.0])
+    counts = draw(logits, 1.0, 0, 0.01, 0.0, n=500)
+    assert counts[0] == 500
+
+
+def test_greedy_is_argmax_and_ignores_filters():
+    logits = torch.randn(16, VOCAB)
+    tokens = sample(logits, torch.zeros(16), torch.full((16,), 3, dtype=torch.int32), torch.full((16,), 0.5),
+                    torch.full((16,), 0.1), torch.arange(16), torch.zeros(16, dtype=torch.int64))
+    assert torch.equal(tokens, logits.argmax(-1))
+
+
+def test_draws_depend_only_on_seed_and_position():
+    logits = torch.randn(8, VOCAB)
+    params = (torch.ones(8), torch.zeros(8, dtype=torch.int32), torch.ones(8), torch.zeros(8))
+    seeds, positions = torch.arange(8) * 1000, torch.arange(8) + 5
+    full = sample(logits, *params, seeds, positions)
+    # The same rows alone, or in another order inside another batch, draw the same tokens.
+    for i in range(8):
+        alone = sample(logits[i:i + 1], *(p[i:i + 1] for p in params), seeds[i:i + 1], positions[i:i + 1])
+        assert alone.item() == full[i].item()
+    order = torch.randperm(8)
+    shuffled = sample(logits[order], *(p[order] for p in params), seeds[order], positions[order])
+    assert torch.equal(shuffled, full[order])
+    # Another position or another seed is another draw (with this many rows, some must differ).
+    assert not torch.equal(sample(logits, *params, seeds, positions + 1), full)
+
+
+def naive_penalties(logits, prompt, output, presence, frequency, repetition):
+    out = logits.clone()
+    for b in range(logits.shape[0]):
+        for token in range(logits.shape[1]):
+            count = output[b].count(token)
+            if token in prompt[b] or count:
+                value = out[b, token]
+                out[b, token] = value / repetition[b] if value > 0 else value * repetition[b]
+            out[b, token] -= frequency[b] * count + presence[b] * (count > 0)
+    return out
+
+
+def test_penalties_match_the_definition():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 12)
+    prompt = [[1, 2, 2], [], [11]]
+    output = [[2, 3, 3, 3], [0, 5], []]
+    presence, frequency, repetition = [0.5, -1.0, 2.0], [0.3, 1.5, -0.5], [1.3, 0.7, 1.0]
+
+    def padded(rows):
+        width = max(1, max(map(len, rows)))
+        return torch.tensor([r + [-1] * (width - len(r)) for r in rows])
+
+    expected = naive_penalties(logits, prompt, output, presence, frequency, repetition)
+    got = apply_penalties(logits.clone(), padded(prompt), padded(output), torch.tensor(presence),
+                          torch.tensor(frequency), torch.tensor(repetition))
+    torch.testing.assert_close(got, expected)

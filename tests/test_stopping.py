@@ -1,0 +1,179 @@
+"""When sequences stop, what their text is, and how streamed deltas add up to it."""
+
+from __future__ import annotations
+
+import pytest
+from test_models_vs_hf import PROMPTS, assert_all_blocks_free
+
+from engine import LLM, SamplingParams
+from engine.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def llm(llama_path) -> LLM:
+    return LLM(llama_path, max_model_len=96)
+
+
+def greedy_text(llm: LLM, prompt: str, **kw) -> tuple[str, list[int]]:
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, **kw)
+    choice = llm.generate(prompt, params)[0].outputs[0]
+    return choice.text, choice.token_ids
+
+
+def readable_substring(text: str, start: int, length: int = 3) -> str:
+    """A substring of `text` at or after `start` made of ordinary characters, whose first occurrence is there."""
+    for i in range(start, len(text) - length):
+        piece = text[i:i + length]
+        if "\ufffd" not in piece and piece.isprintable() and text.find(piece) == i:
+            return piece
+    raise AssertionError(f"no usable substring in {text!r}")
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:4])
+def test_stop_string_cuts_the_text(llm, prompt):
+    text, _ = greedy_text(llm, prompt)
+    stop = readable_substring(text, 6)
+    at = text.find(stop)
+    choice = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True,
+                                                 stop=["never-there", stop]))[0].outputs[0]
+    assert choice.text == text[:at]
+    assert choice.finish_reason == "stop" and choice.stop_reason == stop
+    kept = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, stop=stop,
+                                               include_stop_str_in_output=True))[0].outputs[0]
+    assert kept.text == text[:at + len(stop)]
+
+
+def test_earliest_stop_string_wins(llm):
+    text, _ = greedy_text(llm, PROMPTS[0])
+    late, early = readable_substring(text, 20), readable_substring(text, 8)
+    choice = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True,
+                                                     stop=[late, early]))[0].outputs[0]
+    assert choice.text == text[:text.find(early)] and choice.stop_reason == early
+
+
+def test_stop_token_ids(llm):
+    text, tokens = greedy_text(llm, PROMPTS[1])
+    stop_id = tokens[5]
+    first = tokens.index(stop_id)
+    choice = llm.generate(PROMPTS[1], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True,
+                                                     stop_token_ids=[stop_id]))[0].outputs[0]
+    assert choice.token_ids == tokens[:first + 1]
+    assert choice.finish_reason == "stop" and choice.stop_reason == stop_id
+    assert choice.text == llm.get_tokenizer().decode(tokens[:first], skip_special_tokens=True)
+
+
+def test_eos_stops_unless_ignored_and_min_tokens_suppresses_it(llm):
+    eos = llm.get_tokenizer().eos_token_id
+    force_eos = {eos: 100.0}
+    choice = llm.generate(PROMPTS[0], SamplingParams(max_tokens=10, logit_bias=force_eos))[0].outputs[0]
+    assert choice.token_ids == [eos] and choice.text == "" and choice.finish_reason == "stop"
+    choice = llm.generate(PROMPTS[0], SamplingParams(max_tokens=10, logit_bias=force_eos, min_tokens=3,
+                                                     seed=0))[0].outputs[0]
+    assert len(choice.token_ids) == 4 and eos not in choice.token_ids[:3] and choice.token_ids[3] == eos
+    choice = llm.generate(PROMPTS[0], SamplingParams(max_tokens=10, logit_bias=force_eos,
+                                                     ignore_eos=True))[0].outputs[0]
+    assert choice.token_ids == [eos] * 10 and choice.finish_reason == "length"
+
+
+def test_min_tokens_holds_back_stop_strings(llm):
+    prompt = PROMPTS[2]
+    text, tokens = greedy_text(llm, prompt)
+    head = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=11, ignore_eos=True))[0].outputs[0].text
+    stop = readable_substring(head, 0, 1)           # occurs within the first 11 tokens' text
+    choice = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, stop=stop,
+                                                 min_tokens=12))[0].outputs[0]
+    at = text.find(stop, len(head))                 # only text from the 12th token on may stop it
+    assert len(choice.token_ids) >= 12
+    assert choice.text == (text if at == -1 else text[:at])
+    assert choice.finish_reason == ("length" if at == -1 else "stop")
+
+
+def test_max_tokens_and_the_end_of_the_context(llm):
+    prompt = PROMPTS[4]                      # 51 tokens
+    n_prompt = len(llm.get_tokenizer()(prompt)["input_ids"])
+    assert n_prompt < 96
+    choice = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=7, ignore_eos=True))[0].outputs[0]
+    assert len(choice.token_ids) == 7 and choice.finish_reason == "length"
+    for max_tokens in (None, 500):
+        params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+        choice = llm.generate(prompt, params)[0].outputs[0]
+        assert len(choice.token_ids) == 96 - n_prompt and choice.finish_reason == "length"
+    with pytest.raises(ValueError, match="context length is 96"):
+        llm.generate("x " * 200, SamplingParams())
+    assert_all_blocks_free(llm)
+
+
+def stream(llm: LLM, prompt: str, params: SamplingParams) -> tuple[list[str], list[int], str | None]:
+    engine = llm.engine
+    engine.add_request("stream-test", prompt, params, stream=True)
+    deltas, tokens, reason = [], [], None
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            (choice,) = output.outputs
+            assert reason is None, "output after the final one"
+            deltas.append(choice.text)
+            tokens += choice.token_ids
+            reason = choice.finish_reason
+    return deltas, tokens, reason
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_streamed_deltas_never_leak_a_stop_string(llm, include):
+    prompt = PROMPTS[3]
+    text, _ = greedy_text(llm, prompt)
+    stop = readable_substring(text, 10, 4)
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, stop=stop,
+                            include_stop_str_in_output=include)
+    final = llm.generate(prompt, params)[0].outputs[0]
+    deltas, tokens, reason = stream(llm, prompt, params)
+    assert "".join(deltas) == final.text and tokens == final.token_ids and reason == "stop"
+    shown = ""
+    for delta in deltas[:-1]:
+        shown += delta
+        assert final.text.startswith(shown) and stop not in shown
+    assert_all_blocks_free(llm)
+
+
+def test_streaming_without_stops_matches_the_full_text(llm):
+    params = SamplingParams(temperature=0.8, max_tokens=30, seed=4, ignore_eos=True)
+    final = llm.generate(PROMPTS[5], params)[0].outputs[0]
+    deltas, tokens, reason = stream(llm, PROMPTS[5], params)
+    assert "".join(deltas) == final.text and tokens == final.token_ids and reason == "length"
+
+
+def test_detokenization_is_byte_safe(llama_path):
+    tokenizer = Tokenizer(llama_path, [])
+    text = "café naïve 日本語のテキスト 😀🎉🚀 Ελληνικά"
+    ids = tokenizer.encode(text)
+    assert len(ids) > len(text) / 2          # multi-byte characters really are split over tokens
+    detok = tokenizer.detokenizer([], skip_special_tokens=True)
+    pieces = [detok.step(t) for t in ids]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("n", 0), ("max_tokens", -1), ("temperature", -0.5), ("top_p", 0.0), ("top_p", 1.5), ("top_k", -2),
+    ("min_p", 1.5), ("presence_penalty", 3.0), ("frequency_penalty", -2.5), ("repetition_penalty", 0.0),
+    ("stop", [""]), ("stop_token_ids", [-1]), ("min_tokens", -1), ("logprobs", 21), ("prompt_logprobs", -1),
+    ("logit_bias", {5: 200.0}),
+])
+def test_out_of_range_parameters_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"^{field}"):
+        SamplingParams(**{field: value})
+
+
+def test_min_tokens_may_not_exceed_max_tokens():
+    with pytest.raises(ValueError, match="min_tokens"):
+        SamplingParams(max_tokens=3, min_tokens=4)
+
+
+def test_engine_rejects_ids_outside_the_vocabulary(llm):
+    vocab = llm.engine.model_config.vocab_size
+    with pytest.raises(ValueError, match="prompt token ids"):
+        llm.generate([[1, 2, vocab]], SamplingParams())
+    with pytest.raises(ValueError, match="logit_bias"):
+        llm.generate("x", SamplingParams(logit_bias={vocab: 1.0}))
+    with pytest.raises(ValueError, match="sampling_params has 2 entries for 1 prompts"):
+        llm.generate(["x"], [SamplingParams(), SamplingParams()])
+    assert_all_blocks_free(llm)

@@ -106,9 +106,11 @@ class LLMEngine:
         finished = self.processor.process(result, time.monotonic())
         for seq in finished:
             self.scheduler.finish(seq)
-        touched = {seq.request.request_id: seq.request for seq in scheduled.seqs}
+        # Only streamed requests and those with a finished choice have anything to report.
+        reporting = {seq.request.request_id: seq.request for seq in scheduled.seqs
+                     if seq.request.stream or seq.finished}
         outputs = []
-        for request_id, request in touched.items():
+        for request_id, request in reporting.items():
             output = self.processor.make_output(request)
             if output is not None:
                 outputs.append(output)

@@ -59,16 +59,16 @@ class Sampler:
         self._suppress_stops(logits, seqs)
         self._add_bias(logits, seqs)
         self._penalise(logits, seqs)
-        params = [seq.params for seq in seqs]
-        drawn = kernels.sample(
-            logits,
-            torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
-            torch.tensor([max(p.top_k, 0) for p in params], dtype=torch.int32, device=device),
-            torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
-            torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device),
-            torch.tensor([_signed64(seq.seed) for seq in seqs], dtype=torch.int64, device=device),
-            torch.tensor([seq.num_tokens for seq in seqs], dtype=torch.int64, device=device),
-        )
+        floats, ints, top_k = [], [], []
+        for seq in seqs:
+            p = seq.params
+            floats.append((p.temperature, p.top_p, p.min_p))
+            ints.append((_signed64(seq.seed), seq.num_tokens))
+            top_k.append(max(p.top_k, 0))
+        temperature, top_p, min_p = torch.tensor(floats, dtype=torch.float32, device=device).T
+        seeds, positions = torch.tensor(ints, dtype=torch.int64, device=device).T
+        top_k = torch.tensor(top_k, dtype=torch.int32, device=device)
+        drawn = kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
         top = None
         if raw is not None:
             ks = [seqs[i].params.logprobs for i in logprob_rows]

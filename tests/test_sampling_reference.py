@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 import torch
 
-from kernels.reference.sampling import apply_penalties, sample
+from kernels.reference.sampling import apply_penalties, sample, uniform_from
 
 VOCAB = 40
 DRAWS = 20000
@@ -123,3 +123,23 @@ def test_penalties_match_the_definition():
     got = apply_penalties(logits.clone(), padded(prompt), padded(output), torch.tensor(presence),
                           torch.tensor(frequency), torch.tensor(repetition))
     torch.testing.assert_close(got, expected)
+
+
+def python_splitmix64(x: int) -> int:
+    mask = (1 << 64) - 1
+    x = (x + 0x9E3779B97F4A7C15) & mask
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
+def test_uniforms_are_splitmix64_of_seed_and_position():
+    seeds = torch.tensor([0, 1, -1, 2**63 - 1, -(2**63), 123456789])
+    positions = torch.tensor([0, 5, 7, 1, 2**40, 3])
+    got = uniform_from(seeds, positions).tolist()
+    mask = (1 << 64) - 1
+    for s, p, u in zip(seeds.tolist(), positions.tolist(), got):
+        expected = (python_splitmix64(python_splitmix64(s & mask) ^ (p & mask)) >> 11) * 2.0 ** -53
+        assert u == expected
+    many = uniform_from(torch.arange(50000) % 7, torch.arange(50000) // 7).numpy()
+    assert scipy.stats.kstest(many, "uniform").pvalue > 1e-3

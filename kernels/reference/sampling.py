@@ -16,19 +16,32 @@ from __future__ import annotations
 
 import torch
 
-_MASK64 = (1 << 64) - 1
+
+def _int64(constant: int) -> int:
+    """A 64-bit constant as the signed value an int64 tensor holds."""
+    return constant - (1 << 64) if constant >= 1 << 63 else constant
 
 
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
+_GOLDEN, _MIX1, _MIX2 = (_int64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
 
-def uniform_from(seed: int, position: int) -> float:
-    """A uniform number in [0, 1) that depends only on (seed, position)."""
-    return (_splitmix64(_splitmix64(seed & _MASK64) ^ (position & _MASK64)) >> 11) * 2.0 ** -53
+def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 tensors (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors (products wrap modulo 2**64, as in C)."""
+    x = x + _GOLDEN
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def uniform_from(seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Uniform float64 numbers in [0, 1), each depending only on its (seed, position) pair."""
+    bits = _splitmix64(_splitmix64(seeds.long()) ^ positions.long())
+    return _shr(bits, 11).double() * 2.0 ** -53
 
 
 def filter_probs(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
@@ -63,8 +76,7 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     probs = torch.softmax(logits.float() / temp[:, None], dim=-1)
     probs = filter_probs(probs, top_k, top_p, min_p)
     cdf = probs.double().cumsum(dim=-1)
-    u = [uniform_from(s, p) for s, p in zip(seeds.tolist(), positions.tolist())]
-    target = torch.tensor(u, dtype=torch.float64, device=logits.device) * cdf[:, -1]
+    target = uniform_from(seeds, positions) * cdf[:, -1]
     drawn = torch.searchsorted(cdf, target[:, None], right=True).squeeze(1)
     # Rounding can put the target at the very top of the cdf: fall back to the last token kept.
     last_kept = probs.shape[-1] - 1 - (probs > 0).flip(-1).long().argmax(dim=-1)

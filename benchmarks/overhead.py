@@ -1,0 +1,80 @@
+"""Scheduler/runner overhead: CPU time per engine step spent outside the model's forward.
+
+The model is replaced by a stub that costs nothing (it returns precomputed hidden states and logits), so
+what is timed is everything else a step does: scheduling, block management, input preparation, sampling
+bookkeeping, detokenization and output processing, for 1, 64 and 256 running sequences in steady decode.
+
+    python -m benchmarks.overhead [--model PATH] [--seqs 1 64 256] [--steps 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from engine import DEFAULT_MODEL, LLMEngine, SamplingParams
+from engine.config import EngineConfig
+
+
+class StubModel(torch.nn.Module):
+    """Stands in for the transformer: constant hidden states and logits, no compute worth measuring."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, max_tokens: int) -> None:
+        super().__init__()
+        self.hidden = torch.zeros(max_tokens, hidden_size)
+        self.logits = torch.randn(max_tokens, vocab_size, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta) -> torch.Tensor:
+        return self.hidden[: input_ids.shape[0]]
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.logits[: hidden.shape[0]].clone()
+
+
+def measure(model: str, num_seqs: int, steps: int, temperature: float) -> dict:
+    """Mean and median CPU seconds per decode step with `num_seqs` sequences running."""
+    engine = LLMEngine(EngineConfig(model=model, max_num_seqs=max(num_seqs, 1), max_num_batched_tokens=8192,
+                                    kv_cache_blocks=None))
+    cfg = engine.model_config
+    engine.runner.model = StubModel(cfg.hidden_size, cfg.vocab_size, 8192)
+    params = SamplingParams(temperature=temperature, max_tokens=steps + 8, ignore_eos=True, seed=1)
+    for i in range(num_seqs):
+        engine.add_request(f"r{i}", f"def function_number_{i}(argument):\n    return", params)
+    engine.step()                                   # the prefill step, not counted
+    times = []
+    for _ in range(steps):
+        start = time.process_time()
+        engine.step()
+        times.append(time.process_time() - start)
+    assert len(engine.scheduler.running) == num_seqs, "sequences finished early"
+    times.sort()
+    return {"num_seqs": num_seqs, "mean_ms": 1e3 * sum(times) / len(times), "p50_ms": 1e3 * times[len(times) // 2],
+            "p90_ms": 1e3 * times[int(len(times) * 0.9)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--seqs", type=int, nargs="+", default=[1, 64, 256])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results = [measure(args.model, n, args.steps, args.temperature) for n in args.seqs]
+    print(f"engine step overhead (model stubbed), {platform.processor() or platform.machine()}, "
+          f"temperature {args.temperature}")
+    print(f"{'seqs':>6} {'mean ms':>9} {'p50 ms':>9} {'p90 ms':>9}")
+    for r in results:
+        print(f"{r['num_seqs']:>6} {r['mean_ms']:>9.3f} {r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -55,14 +55,20 @@ def _attend_decodes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     max_len = int(seq_lens.max())
     num_blocks = -(-max_len // block_size)
     tables = block_tables[:, :num_blocks].long()
-    k = k_cache[tables].flatten(1, 2).float()                        # [S, K, Hkv, D]
-    v = v_cache[tables].flatten(1, 2).float()
-    qg = q.float().view(num_seqs, num_kv_heads, group, head_dim)
-    scores = torch.einsum("shgd,skhd->shgk", qg, k) * scale
-    positions = torch.arange(k.shape[1], device=q.device)
+    # Table entries past a sequence's last block may hold anything (the contract ignores them): read block 0.
+    past_end = torch.arange(num_blocks, device=q.device)[None, :] * block_size >= seq_lens[:, None]
+    tables = tables.masked_fill(past_end, 0)
+    positions = torch.arange(num_blocks * block_size, device=q.device)
     pad = positions[None, :] >= seq_lens[:, None]                    # [S, K]
-    scores.masked_fill_(pad[:, None, None, :], float("-inf"))
-    out = torch.einsum("shgk,skhd->shgd", scores.softmax(dim=-1), v)
+    k = k_cache[tables].flatten(1, 2).float()                        # [S, K, Hkv, D], a fresh copy
+    v = v_cache[tables].flatten(1, 2).float()
+    # Slots past a sequence's length were never written (they may be NaN): zero them so 0 * NaN cannot leak.
+    k[pad] = 0.0
+    v[pad] = 0.0
+    # The group's query heads play the part of SDPA's query length, so GQA needs no copy of k and v.
+    qg = q.float().view(num_seqs, num_kv_heads, group, head_dim)
+    out = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=~pad[:, None, None, :], scale=scale)
     return out.reshape(num_seqs, num_heads, head_dim)
 
 

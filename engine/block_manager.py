@@ -9,7 +9,9 @@ cached blocks are the first evicted.
 
 A block is registered in the map as soon as all of its tokens are scheduled, before the step that computes
 them runs: a request admitted later in the same step may then share it, because every layer writes the
-step's keys and values before it attends (this is how the `n` choices of a prompt share its blocks).
+step's keys and values before it attends. This is how the `n` choices of a prompt share (fork) its blocks;
+with prefix caching disabled, lookups are limited to the blocks of a sequence's first sibling, so the
+choices still share their prompt but requests never share with each other.
 """
 
 from __future__ import annotations
@@ -66,7 +68,11 @@ class BlockManager:
     def find_cached_prefix(self, seq: Sequence) -> list[int]:
         """Ids of the cached blocks that hold the longest prefix of `seq`'s tokens, leaving at least its last
         token to compute (its logits are needed). Nothing is taken yet: see `allocate`."""
-        if not self.enable_prefix_caching:
+        if self.enable_prefix_caching:
+            allowed = None
+        elif seq.index > 0:        # without prefix caching, the choices of one prompt still share it
+            allowed = set(seq.request.seqs[0].block_table)
+        else:
             return []
         found: list[int] = []
         parent = None
@@ -79,6 +85,8 @@ class BlockManager:
                 break
             block = self.blocks[block_id]
             if block.token_ids != chunk or block.parent != (found[-1] if found else None):
+                break
+            if allowed is not None and block_id not in allowed:
                 break
             found.append(block_id)
         return found
@@ -103,8 +111,7 @@ class BlockManager:
             seq.num_computed_tokens = len(cached) * self.block_size
         while len(seq.block_table) < self.blocks_needed(num_tokens):
             seq.block_table.append(self._take_fresh())
-        if self.enable_prefix_caching:
-            self._register_full_blocks(seq, num_tokens)
+        self._register_full_blocks(seq, num_tokens)
 
     def free_seq(self, seq: Sequence) -> None:
         """Return `seq`'s blocks, last block first so that a prompt's tail is evicted before its head."""
@@ -113,17 +120,23 @@ class BlockManager:
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free[block_id] = None
+                if not self.enable_prefix_caching:
+                    self._forget(block)
         seq.block_table.clear()
         seq.block_hashes.clear()
 
     def _take_fresh(self) -> int:
         block_id, _ = self.free.popitem(last=False)
         block = self.blocks[block_id]
-        if block.hash is not None and self.cached.get(block.hash) == block_id:
-            del self.cached[block.hash]
-        block.hash = block.token_ids = block.parent = None
+        self._forget(block)
         block.ref_count = 1
         return block_id
+
+    def _forget(self, block: Block) -> None:
+        """Drop a block's contents from the prefix cache."""
+        if block.hash is not None and self.cached.get(block.hash) == block.block_id:
+            del self.cached[block.hash]
+        block.hash = block.token_ids = block.parent = None
 
     def _register_full_blocks(self, seq: Sequence, num_tokens: int) -> None:
         full = min(num_tokens, seq.num_tokens) // self.block_size

@@ -51,15 +51,22 @@ def test_n_choices_are_seeded_per_choice(llm):
     assert single[0].outputs[0].token_ids == list(choices[0])
 
 
-def test_n_choices_share_the_prompt_blocks(llama_path):
-    llm = LLM(llama_path, block_size=4)
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_n_choices_share_the_prompt_blocks(llama_path, prefix_caching):
+    llm = LLM(llama_path, block_size=4, enable_prefix_caching=prefix_caching)
     prompt = PROMPTS[4]
-    out = llm.generate(prompt, SamplingParams(n=3, temperature=0, max_tokens=8, ignore_eos=True))[0]
+    params = SamplingParams(n=3, temperature=0, max_tokens=8, ignore_eos=True)
+    out = llm.generate(prompt, params)[0]
     full_blocks = (len(out.prompt_token_ids) - 1) // 4
     assert llm.engine.stats().prefix_cache_hits == 2 * full_blocks * 4
     expected = hf_greedy(llama_path, prompt)[:8]
     assert all(c.token_ids == expected for c in out.outputs)
     assert_all_blocks_free(llm)
+    # The choices of another request for the same prompt share their prompt again, and also reuse the
+    # first request's blocks when prefix caching is on.
+    llm.generate(prompt, params)
+    shared = (3 if prefix_caching else 2) * full_blocks * 4
+    assert llm.engine.stats().prefix_cache_hits == 2 * full_blocks * 4 + shared
 
 
 @pytest.mark.parametrize("params", [

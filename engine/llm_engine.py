@@ -100,6 +100,8 @@ class LLMEngine:
         """Schedule, run the model once, apply the results; return the outputs this step produced."""
         scheduled = self.scheduler.schedule()
         if not scheduled.seqs:
+            if self.scheduler.has_work:     # cannot happen: an empty cache always fits one sequence's chunk
+                raise RuntimeError("the scheduler made no progress with requests waiting")
             return []
         result = self.runner.execute(scheduled)
         self.scheduler.update(scheduled)

@@ -85,7 +85,8 @@ class Scheduler:
             cached = [] if needs_prompt_logprobs(seq) else self.blocks.find_cached_prefix(seq)
             start = len(cached) * self.blocks.block_size
             count = min(seq.num_tokens - start, budget)
-            if not self.blocks.can_allocate(seq, start + count, cached, self.admission_reserve):
+            reserve = self.admission_reserve if self.running else 0
+            if not self.blocks.can_allocate(seq, start + count, cached, reserve):
                 break
             self.waiting.popleft()
             self.blocks.allocate(seq, start + count, cached)

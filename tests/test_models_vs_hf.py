@@ -185,3 +185,14 @@ def test_unsupported_architecture(checkpoint_factory, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="GPT2LMHeadModel.*supported: LlamaForCausalLM, MistralForCausalLM"):
         LLM(str(tmp_path))
+
+
+def test_a_sequence_that_fills_the_whole_cache(llama_path):
+    # 100 blocks of 2 tokens and a 199-token prompt: its first chunk needs every block, so the blocks kept in
+    # reserve for admissions while others run must not stop it when nothing else runs.
+    llm = LLM(llama_path, block_size=2, kv_cache_blocks=100, max_model_len=200, max_num_batched_tokens=256)
+    prompt = [(7 * i) % 300 + 3 for i in range(199)]
+    output = llm.generate([prompt], greedy(8))[0]
+    assert output.outputs[0].token_ids == hf_greedy(llama_path, tuple(prompt), 1)
+    assert output.outputs[0].finish_reason == "length"
+    assert_all_blocks_free(llm)

@@ -57,6 +57,8 @@ class LLMEngine:
             text, token_ids = None, [int(t) for t in prompt]
         self._validate(token_ids, params)
         request = Request(request_id, text, token_ids, params, stream)
+        if params.prompt_logprobs is not None:
+            request.prompt_logprobs = [None]        # the first prompt token has no logprob
         room = self.max_model_len - len(token_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(64)

@@ -99,7 +99,7 @@ class ModelRunner:
             table = seq.block_table
             slots += [table[t // bs] * bs + t % bs for t in range(start, end)]
             if needs_prompt_logprobs(seq):
-                first = max(start, len(seq.request.prompt_logprobs or [None]) - 1)
+                first = max(start, len(seq.request.prompt_logprobs) - 1)
                 last = min(end, seq.num_prompt_tokens - 1)
                 if first < last:       # row t predicts prompt token t + 1
                     prompt_rows += range(cu_seqlens[-1] + first - start, cu_seqlens[-1] + last - start)

@@ -30,8 +30,6 @@ class OutputProcessor:
             row = 0
             for seq, span in zip(step.prompt_seqs, step.prompt_positions):
                 request = seq.request
-                if request.prompt_logprobs is None:
-                    request.prompt_logprobs = [None]
                 for position in span:
                     token = request.prompt_token_ids[position]
                     request.prompt_logprobs.append(self._position_logprobs(step.prompt_logprobs, row, token))
@@ -70,18 +68,18 @@ class OutputProcessor:
         may_stop = seq.num_output_tokens >= params.min_tokens
         if may_stop and not params.ignore_eos and token in self.tokenizer.eos_token_ids:
             seq.finish_reason = "stop"
-            return True
-        if may_stop and token in params.stop_token_ids:
+        elif may_stop and token in params.stop_token_ids:
             seq.finish_reason, seq.stop_reason = "stop", token
-            return True
-        before = len(seq.text)
-        seq.text += seq.detokenizer.step(token)
-        if may_stop and params.stop and _cut_at_stop(seq, before):
-            return True
-        if seq.num_output_tokens >= seq.max_tokens:
+        else:
+            before = len(seq.text)
+            seq.text += seq.detokenizer.step(token)
+            if may_stop and params.stop and _cut_at_stop(seq, before):
+                return True
+            if seq.num_output_tokens < seq.max_tokens:
+                return False
             seq.finish_reason = "length"
-            return True
-        return False
+        seq.text += seq.detokenizer.flush()     # a sequence may end inside a multi-byte character
+        return True
 
     def make_output(self, request: Request) -> RequestOutput | None:
         """The request's output now, or None if there is nothing to say. A streamed request gets what is new
@@ -92,7 +90,8 @@ class OutputProcessor:
         if not choices:
             return None
         prompt_logprobs = None if request.prompt_logprobs_sent else request.prompt_logprobs
-        request.prompt_logprobs_sent = request.stream and prompt_logprobs is not None
+        if request.stream and prompt_logprobs is not None:
+            request.prompt_logprobs_sent = True
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, choices,
                              request.finished, prompt_logprobs, request.num_cached_tokens)
 

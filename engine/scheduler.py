@@ -82,6 +82,8 @@ class Scheduler:
         while (not out.num_preempted and self.waiting and budget > 0
                and len(self.running) < self.max_num_seqs):
             seq = self.waiting[0]
+            if seq.index > 0 and needs_prompt_logprobs(seq.request.seqs[0]):
+                break       # the prompt logprobs come first, so a streamed request sends them whole
             cached = [] if needs_prompt_logprobs(seq) else self.blocks.find_cached_prefix(seq)
             start = len(cached) * self.blocks.block_size
             count = min(seq.num_tokens - start, budget)
@@ -136,5 +138,5 @@ class Scheduler:
 def needs_prompt_logprobs(seq: Sequence) -> bool:
     """Whether `seq` must still compute logits over prompt positions (so it cannot start from the cache)."""
     request = seq.request
-    return (seq.index == 0 and request.params.prompt_logprobs is not None
-            and len(request.prompt_logprobs or ()) < len(request.prompt_token_ids))
+    return (seq.index == 0 and request.prompt_logprobs is not None
+            and len(request.prompt_logprobs) < len(request.prompt_token_ids))

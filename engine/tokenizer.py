@@ -62,15 +62,30 @@ class Tokenizer:
 class IncrementalDetokenizer:
     """Turns generated tokens into text one at a time, holding back bytes of a character split over tokens."""
 
-    __slots__ = ("_backend", "_stream")
+    __slots__ = ("_backend", "_stream", "_pending", "_skip_special")
 
     def __init__(self, tokenizer: Tokenizer, context_ids: list[int], skip_special_tokens: bool) -> None:
         self._backend = tokenizer.backend
         self._stream = DecodeStream(ids=context_ids, skip_special_tokens=skip_special_tokens)
+        self._pending: list[int] = []      # tokens whose text is still held back
+        self._skip_special = skip_special_tokens
 
     def step(self, token_id: int) -> str:
         """The new text that `token_id` completes ('' while a multi-byte character is incomplete)."""
-        return self._stream.step(self._backend, token_id) or ""
+        text = self._stream.step(self._backend, token_id)
+        if text:
+            self._pending.clear()
+        else:
+            self._pending.append(token_id)
+        return text or ""
+
+    def flush(self) -> str:
+        """At the end of a sequence: the text still held back, incomplete characters shown as U+FFFD."""
+        if not self._pending:
+            return ""
+        text = self._backend.decode(self._pending, skip_special_tokens=self._skip_special)
+        self._pending.clear()
+        return text
 
 
 def _eos_ids(path: Path, model_eos_ids: list[int], tokenizer_eos: int | None) -> list[int]:

@@ -155,3 +155,18 @@ def test_logprobs_zero_gives_the_sampled_token_only(llm):
     out = llm.generate(PROMPTS[0], SamplingParams(max_tokens=4, logprobs=0, seed=1, ignore_eos=True))[0]
     choice = out.outputs[0]
     assert [list(entry) for entry in choice.logprobs] == [[t] for t in choice.token_ids]
+
+
+@pytest.mark.parametrize("prompt", ["x", PROMPTS[4]])
+def test_streamed_prompt_logprobs_come_whole_with_n_choices(llama_path, prompt):
+    # A small token budget chunks the prompt; the other choices must not report before the prompt's logprobs
+    # are complete, and a one-token prompt has just its leading None.
+    llm = LLM(llama_path, block_size=4, max_num_batched_tokens=6)
+    engine = llm.engine
+    engine.add_request("r", prompt, SamplingParams(n=3, max_tokens=3, prompt_logprobs=1, seed=0), stream=True)
+    sent = []
+    while engine.has_unfinished_requests():
+        sent += [o.prompt_logprobs for o in engine.step() if o.prompt_logprobs is not None]
+    (whole,) = sent
+    assert len(whole) == len(engine.tokenizer.encode(prompt)) and whole[0] is None
+    assert_all_blocks_free(llm)

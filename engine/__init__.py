@@ -7,9 +7,11 @@ prefill, preemption and sampling over our own kernels. Use it like vLLM:
     print(out[0].outputs[0].text)
 """
 
+from engine.async_llm import AsyncLLM
 from engine.llm import DEFAULT_MODEL, LLM
 from engine.llm_engine import LLMEngine
 from engine.outputs import CompletionOutput, Logprob, RequestOutput
 from engine.sampling_params import SamplingParams
 
-__all__ = ["DEFAULT_MODEL", "LLM", "CompletionOutput", "LLMEngine", "Logprob", "RequestOutput", "SamplingParams"]
+__all__ = ["DEFAULT_MODEL", "LLM", "AsyncLLM", "CompletionOutput", "LLMEngine", "Logprob", "RequestOutput",
+           "SamplingParams"]

@@ -1,0 +1,113 @@
+"""POST /v1/chat/completions: the conversation is rendered with the model's chat template, then generated
+like a completion; replies come as assistant messages (or as `delta` chunks when streamed, each choice
+starting with `{"role": "assistant", "content": ""}`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from api.logprobs import chat_logprobs
+from api.protocol import ChatCompletionRequest
+from api.responses import ERROR_RESPONSES, ChatCompletionResponse
+from api.runner import Job, abort, collect, outputs, submit
+from api.sampling import chat_prompt, check_context, sampling_params
+from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
+from api.streaming import EventStreamResponse, StreamUsage, framed, usage
+from engine.outputs import CompletionOutput, RequestOutput
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=None,
+             responses={200: {"model": ChatCompletionResponse}, **ERROR_RESPONSES})
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    """Reply to a conversation (streamed as server-sent events with `stream: true`)."""
+    state = server_state(request)
+    body.check()
+    check_model(state, body.model)
+    llm = state.llm
+    prompt = chat_prompt(body, llm.tokenizer)
+    max_tokens = body.max_tokens_requested(None)
+    check_context(prompt, max_tokens, llm.max_model_len, body.context_length_exceeded_behavior, "messages")
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    params = sampling_params(body, n=body.n or 1, max_tokens=max_tokens, logprobs=top, prompt_logprobs=None,
+                             vocab_size=state.vocab_size)
+    job = Job("chatcmpl", body.model, [prompt], params, params.n)
+    view = _View(state, job, body)
+    await submit(state, job)
+    if body.stream:
+        return EventStreamResponse(framed(view.events()), on_close=lambda: abort(state, job))
+    finals = await collect(state, job, request)
+    if finals is None:
+        return Response(status_code=499)           # the client is gone; nobody reads this
+    return JSONResponse(view.response(finals[0]))
+
+
+class _View:
+    """Renders a chat job's engine outputs as OpenAI chat completions (whole, or as chunks)."""
+
+    def __init__(self, state: ServerState, job: Job, body: ChatCompletionRequest) -> None:
+        self.state, self.job, self.body = state, job, body
+
+    def _header(self, obj: str) -> dict:
+        job = self.job
+        return {"id": job.request_id, "object": obj, "created": job.created, "model": job.model,
+                "system_fingerprint": SYSTEM_FINGERPRINT}
+
+    def _logprobs(self, choice: CompletionOutput) -> dict | None:
+        if not self.body.logprobs:
+            return None
+        k = self.body.top_logprobs or 0
+        return {"content": chat_logprobs(self.state.tokens, choice.token_ids, choice.logprobs or [], k)}
+
+    def response(self, final: RequestOutput) -> dict:
+        """The whole (non-streamed) response."""
+        choices = []
+        for choice in sorted(final.outputs, key=lambda c: c.index):
+            entry = {"index": choice.index, "message": {"role": "assistant", "content": choice.text},
+                     "logprobs": self._logprobs(choice), "finish_reason": choice.finish_reason}
+            if self.body.return_token_ids:
+                entry["token_ids"] = choice.token_ids
+            choices.append(entry)
+        generated = sum(len(c.token_ids) for c in final.outputs)
+        body = {**self._header("chat.completion"), "choices": choices,
+                "usage": usage(self.job.prompt_tokens, generated)}
+        if self.body.return_token_ids:
+            body["prompt_token_ids"] = self.job.prompts[0].token_ids
+        return body
+
+    def _chunk(self, index: int, delta: dict, logprobs: dict | None, finish_reason: str | None,
+               usage_now: dict | None) -> dict:
+        return {**self._header("chat.completion.chunk"),
+                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+                "usage": usage_now}
+
+    async def events(self) -> AsyncIterator[dict]:
+        """The chunks of the streamed response: every choice's role chunk first, then content deltas."""
+        job = self.job
+        tracker = StreamUsage(self.body.stream_options, job.prompt_tokens)
+        for index in range(job.n):
+            chunk = self._chunk(index, {"role": "assistant", "content": ""}, None, None, tracker.for_chunk(False))
+            if self.body.return_token_ids and index == 0:
+                chunk["prompt_token_ids"] = job.prompts[0].token_ids
+            yield chunk
+        async for _, output in outputs(self.state, job):
+            for k, choice in enumerate(output.outputs):
+                tracker.add(len(choice.token_ids))
+                logprobs = self._logprobs(choice)
+                has_logprobs = logprobs is not None and bool(logprobs["content"])
+                ids = self.body.return_token_ids and bool(choice.token_ids)
+                if not (choice.text or choice.finish_reason or has_logprobs or ids):
+                    continue
+                delta = {"content": choice.text} if choice.text or not choice.finish_reason else {}
+                chunk = self._chunk(choice.index, delta, logprobs, choice.finish_reason,
+                                    tracker.for_chunk(output.finished and k == len(output.outputs) - 1))
+                if self.body.return_token_ids:
+                    chunk["choices"][0]["token_ids"] = choice.token_ids
+                yield chunk
+        closing = tracker.closing()
+        if closing is not None:
+            yield {**self._header("chat.completion.chunk"), "choices": [], "usage": closing}

@@ -1,0 +1,152 @@
+"""POST /v1/completions: text completion over the four prompt forms, with n, best_of, echo, legacy logprobs
+and streaming. Choices are prompt-major: prompt p's choice j has index p * n + j."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from api.logprobs import LegacyLogprobs, merge_legacy
+from api.protocol import CompletionRequest
+from api.responses import ERROR_RESPONSES, CompletionResponse
+from api.runner import Job, abort, collect, outputs, submit
+from api.sampling import Prompt, check_context, completion_prompts, sampling_params
+from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
+from api.streaming import EventStreamResponse, StreamUsage, framed, usage
+from engine.outputs import CompletionOutput, PositionLogprobs, RequestOutput
+
+router = APIRouter()
+
+DEFAULT_MAX_TOKENS = 16
+
+
+@router.post("/v1/completions", response_model=None, responses={200: {"model": CompletionResponse}, **ERROR_RESPONSES})
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    """Complete one or more prompts (streamed as server-sent events with `stream: true`)."""
+    state = server_state(request)
+    body.check()
+    check_model(state, body.model)
+    llm = state.llm
+    prompts = completion_prompts(body, llm.tokenizer, state.vocab_size)
+    max_tokens = body.max_tokens_requested(DEFAULT_MAX_TOKENS)
+    for prompt in prompts:
+        check_context(prompt, max_tokens, llm.max_model_len, body.context_length_exceeded_behavior, "prompt")
+    n = body.n or 1
+    best_of = body.best_of or n
+    # best_of ranks the candidates by cumulative logprob, which the engine tracks when logprobs are on.
+    logprobs = body.logprobs if body.logprobs is not None else (0 if best_of > n else None)
+    params = sampling_params(body, n=best_of, max_tokens=max_tokens, logprobs=logprobs,
+                             prompt_logprobs=body.logprobs if body.echo else None, vocab_size=state.vocab_size)
+    job = Job("cmpl", body.model, prompts, params, n)
+    view = _View(state, job, body)
+    await submit(state, job)
+    if body.stream:
+        return EventStreamResponse(framed(view.events()), on_close=lambda: abort(state, job))
+    finals = await collect(state, job, request)
+    if finals is None:
+        return Response(status_code=499)           # the client is gone; nobody reads this
+    return JSONResponse(view.response(finals))
+
+
+@dataclass
+class _ChoiceState:
+    """What a streamed choice still needs: its echo (sent with its first chunk) and its logprobs builder."""
+
+    first: bool
+    echo: str
+    logprobs: LegacyLogprobs | None
+
+
+class _View:
+    """Renders a completion job's engine outputs as OpenAI completions (whole, or as chunks)."""
+
+    def __init__(self, state: ServerState, job: Job, body: CompletionRequest) -> None:
+        self.state, self.job, self.body = state, job, body
+        self.skip_special = body.skip_special_tokens is not False
+        self.echoes = [self._echo_text(p) for p in job.prompts]
+
+    def _echo_text(self, prompt: Prompt) -> str:
+        if not self.body.echo:
+            return ""
+        if prompt.text is not None:
+            return prompt.text
+        return self.state.llm.tokenizer.decode(prompt.token_ids, self.skip_special)
+
+    def _header(self) -> dict:
+        job = self.job
+        return {"id": job.request_id, "object": "text_completion", "created": job.created, "model": job.model,
+                "system_fingerprint": SYSTEM_FINGERPRINT}
+
+    def _builder(self, p: int) -> LegacyLogprobs | None:
+        if self.body.logprobs is None:
+            return None
+        tokenizer = self.state.llm.tokenizer
+        prompt_ids = self.job.prompts[p].token_ids
+        return LegacyLogprobs(self.state.tokens, tokenizer.detokenizer(prompt_ids, self.skip_special),
+                              len(self.echoes[p]))
+
+    def _logprobs(self, p: int, builder: LegacyLogprobs | None, first: bool,
+                  prompt_logprobs: list[PositionLogprobs | None] | None, choice: CompletionOutput) -> dict | None:
+        if builder is None:
+            return None
+        part = builder.add(choice.token_ids, choice.logprobs or [])
+        if first and self.body.echo:
+            detok = self.state.llm.tokenizer.detokenizer([], self.skip_special)
+            part = merge_legacy(builder.prompt(self.job.prompts[p].token_ids, prompt_logprobs, detok), part)
+        return part
+
+    def _choice(self, index: int, text: str, logprobs: dict | None, finish_reason: str | None) -> dict:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    def response(self, finals: list[RequestOutput]) -> dict:
+        """The whole (non-streamed) response."""
+        job, n = self.job, self.job.n
+        choices = []
+        for p, output in enumerate(finals):
+            candidates = sorted(output.outputs, key=lambda c: c.index)
+            if len(candidates) > n:                   # best_of: the n with the highest cumulative logprob
+                candidates = sorted(candidates, key=lambda c: c.cumulative_logprob, reverse=True)[:n]
+            for j, choice in enumerate(candidates):
+                logprobs = self._logprobs(p, self._builder(p), True, output.prompt_logprobs, choice)
+                entry = self._choice(p * n + j, self.echoes[p] + choice.text, logprobs, choice.finish_reason)
+                if self.body.return_token_ids:
+                    entry.update(prompt_token_ids=job.prompts[p].token_ids, token_ids=choice.token_ids)
+                choices.append(entry)
+        generated = sum(len(c.token_ids) for output in finals for c in output.outputs)
+        return {**self._header(), "choices": choices, "usage": usage(job.prompt_tokens, generated)}
+
+    async def events(self) -> AsyncIterator[dict]:
+        """The chunks of the streamed response."""
+        job, n = self.job, self.job.n
+        tracker = StreamUsage(self.body.stream_options, job.prompt_tokens)
+        states: dict[int, _ChoiceState] = {}
+        prompt_logprobs: dict[int, list] = {}
+        finished = 0
+        async for p, output in outputs(self.state, job):
+            if output.prompt_logprobs is not None:
+                prompt_logprobs.setdefault(p, output.prompt_logprobs)
+            finished += output.finished
+            for k, choice in enumerate(output.outputs):
+                index = p * n + choice.index
+                st = states.get(index) or states.setdefault(index, _ChoiceState(True, self.echoes[p], self._builder(p)))
+                logprobs = self._logprobs(p, st.logprobs, st.first, prompt_logprobs.get(p), choice)
+                tracker.add(len(choice.token_ids))
+                text = (st.echo if st.first else "") + choice.text
+                last = finished == len(job.prompts) and output.finished and k == len(output.outputs) - 1
+                ids = self.body.return_token_ids
+                has_logprobs = logprobs is not None and bool(logprobs["tokens"])
+                if not (text or choice.finish_reason or has_logprobs or (ids and (st.first or choice.token_ids))):
+                    continue
+                entry = self._choice(index, text, logprobs, choice.finish_reason)
+                if ids:
+                    if st.first:
+                        entry["prompt_token_ids"] = job.prompts[p].token_ids
+                    entry["token_ids"] = choice.token_ids
+                st.first = False
+                yield {**self._header(), "choices": [entry], "usage": tracker.for_chunk(last)}
+        closing = tracker.closing()
+        if closing is not None:
+            yield {**self._header(), "choices": [], "usage": closing}

@@ -1,0 +1,129 @@
+"""The error envelope `{"error": {"message", "type", "param", "code"}}` and the handlers that produce it.
+
+Every failure leaves the server in this shape, never as a stack trace: validation problems (which FastAPI
+would answer with 422) become 400, unknown routes 404, anything unexpected 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("api")
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
+          429: "rate_limit_error"}
+
+
+class APIError(Exception):
+    """An error to send to the client as the envelope, with its HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or _TYPES.get(status, "server_error")
+
+    def body(self) -> dict:
+        """The envelope."""
+        return envelope(self.message, self.type, self.param, self.code)
+
+    def response(self) -> JSONResponse:
+        """The envelope as a JSON response."""
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def envelope(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    """`{"error": {...}}` with all four fields present."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    """A 400 invalid_request_error."""
+    return APIError(400, message, param, code)
+
+
+def unsupported(param: str, detail: str = "") -> APIError:
+    """A 400 for a parameter this server cannot honour (never ignored silently)."""
+    return APIError(400, f"Unsupported parameter: '{param}' is not supported by this server{detail}.", param,
+                    "unsupported_parameter")
+
+
+def validation_error(errors: list[dict]) -> APIError:
+    """Turn pydantic's errors (FastAPI's RequestValidationError) into one 400 naming the first bad field."""
+    if not errors:
+        return bad_request("Invalid request body.")
+    error = errors[0]
+    loc = [part for part in error.get("loc", ()) if part != "body"]
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        return bad_request("The request body is not valid JSON: "
+                           f"{error.get('ctx', {}).get('error', 'could not parse it')}.")
+    if not loc:
+        if kind == "missing":
+            return bad_request("The request body is missing; send a JSON object.")
+        if isinstance(error.get("input"), bytes):        # FastAPI parses JSON only for a JSON content type
+            try:
+                json.loads(error["input"])
+            except ValueError:
+                return bad_request("The request body is not valid JSON.")
+            return bad_request("Send the JSON body with 'Content-Type: application/json'.")
+        return bad_request("The request body must be a JSON object.")
+    param = _param_name(loc)
+    if kind == "extra_forbidden":
+        return unsupported(param)
+    if kind == "unsupported":
+        return APIError(400, f"Unsupported parameter: {error.get('msg')}.", param, "unsupported_parameter")
+    if kind == "missing":
+        return bad_request(f"Missing required parameter: '{param}'.", param)
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    return bad_request(f"Invalid value for '{param}': {message}.", param)
+
+
+def _param_name(loc: list) -> str:
+    """('messages', 0, 'content') -> 'messages[0].content'; union member tags are dropped."""
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif "[" in part or part in ("str", "int", "float", "bool", "list", "dict"):
+            continue                      # the member of a union pydantic tried, not a field
+        else:
+            name += f".{part}" if name else part
+    return name
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Register the handlers that put every error in the envelope."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(list(exc.errors())).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+        if exc.status_code == 404:
+            message = f"Not found: {request.method} {request.url.path}"
+        return JSONResponse(envelope(message, _TYPES.get(exc.status_code, "server_error")),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(envelope("The server had an error while processing your request.", "server_error"),
+                            status_code=500)

@@ -1,0 +1,90 @@
+"""Plain ASGI middleware (no BaseHTTPMiddleware, which would get in the way of streaming and of disconnect
+detection): the API key check on /v1 routes, and the request body size limit."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import envelope
+
+
+async def send_error(send: Send, status: int, message: str, type: str, code: str | None = None,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer with the error envelope straight from the middleware."""
+    body = json.dumps(envelope(message, type, None, code)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ApiKeyMiddleware:
+    """Every /v1 route requires `Authorization: Bearer <api_key>` (compared in constant time)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                message = "Incorrect API key provided." if given else \
+                    "Missing API key: send it as 'Authorization: Bearer <key>'."
+                await send_error(send, 401, message, "authentication_error", "invalid_api_key",
+                                 [(b"www-authenticate", b"Bearer")])
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Bodies over `max_bytes` get 413 before the app sees them; smaller ones are read here and replayed to
+    the app. An oversized body is read to its end (up to DRAIN_LIMIT) before answering, so that a client
+    that writes its whole body before reading gets the 413 rather than a reset connection."""
+
+    DRAIN_LIMIT = 64 << 20
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        declared = int(length) if length is not None and length.isdigit() else 0
+        if declared > self.DRAIN_LIMIT:
+            await self._too_large(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":       # the client left before sending its body
+                return
+            size += len(message.get("body", b""))
+            if size <= self.max_bytes and declared <= self.max_bytes:
+                chunks.append(message.get("body", b""))
+            if not message.get("more_body", False) or size > self.DRAIN_LIMIT:
+                break
+        if size > self.max_bytes or declared > self.max_bytes:
+            await self._too_large(send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send) -> None:
+        await send_error(send, 413, f"The request body is larger than the limit of {self.max_bytes} bytes.",
+                         "invalid_request_error", "request_too_large", [(b"connection", b"close")])

@@ -1,0 +1,251 @@
+"""Request bodies of /v1/completions and /v1/chat/completions (pydantic, strict, unknown fields rejected).
+
+Ranges live in the field definitions; rules that involve several fields live in `check()`. `null` for an
+optional field means "the default", except `max_tokens`/`max_completion_tokens`, where an explicit null
+means "until the context is full" (see `max_tokens_requested`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from api.errors import bad_request
+
+MAX_N = 128
+MAX_LOGPROBS = 20
+MAX_STOP = 4
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+
+
+def _unsupported(what: str) -> PydanticCustomError:
+    return PydanticCustomError("unsupported", "{what} is not supported by this server", {"what": what})
+
+
+class StrictModel(BaseModel):
+    """No type coercion ("2" is not 2) and no unknown fields."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class StreamOptions(StrictModel):
+    """stream_options: include_usage adds a final usage chunk; continuous_usage_stats puts usage in every
+    chunk."""
+
+    include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None
+
+
+class SamplingRequest(StrictModel):
+    """The fields both endpoints share: sampling, stopping, streaming and the vLLM/Fireworks extensions."""
+
+    model: str
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=0)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, float] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    # vLLM / Fireworks extensions
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Probability | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=2)] | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    ignore_eos: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    skip_special_tokens: bool | None = None
+    context_length_exceeded_behavior: Literal["truncate", "error"] | None = None
+    return_token_ids: bool | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids (as strings), got {key!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"values must be in [-100, 100], got {bias} for token {key}")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed, got {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        return value
+
+    def max_tokens_requested(self, default: int | None) -> int | None:
+        """max_tokens or its alias max_completion_tokens: the value sent (null: until the context is full),
+        or `default` when neither was sent."""
+        if "max_completion_tokens" in self.model_fields_set:
+            return self.max_completion_tokens
+        if "max_tokens" in self.model_fields_set:
+            return self.max_tokens
+        return default
+
+    def check(self) -> None:
+        """Rules across fields; raises a 400 naming the field."""
+        if "max_tokens" in self.model_fields_set and "max_completion_tokens" in self.model_fields_set:
+            raise bad_request("Send max_tokens or max_completion_tokens, not both.", "max_completion_tokens")
+        if self.stream_options is not None and not self.stream:
+            raise bad_request("stream_options is only allowed with stream: true.", "stream_options")
+        options = self.stream_options
+        if options is not None and options.continuous_usage_stats and not options.include_usage:
+            raise bad_request("stream_options.continuous_usage_stats needs stream_options.include_usage: true.",
+                              "stream_options")
+
+
+class CompletionRequest(SamplingRequest):
+    """POST /v1/completions."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
+    echo: bool | None = False
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    suffix: str | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list) or not value:
+            raise PydanticCustomError("prompt_shape", "must be a string, a list of strings, a list of token ids "
+                                      "or a list of token-id lists (and not empty)")
+        if all(isinstance(v, str) for v in value) or all(_is_token_list(v) for v in value):
+            return value
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            if any(v < 0 for v in value):
+                raise PydanticCustomError("prompt_shape", "token ids must be >= 0")
+            return value
+        raise PydanticCustomError("prompt_shape", "must be a string, a list of strings, a list of token ids or "
+                                  "a list of non-empty token-id lists, not a mixture")
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise _unsupported("suffix (insertion)")
+        return value
+
+    def check(self) -> None:
+        """Rules across fields; raises a 400 naming the field."""
+        super().check()
+        n, best_of = self.n or 1, self.best_of
+        if best_of is not None and best_of < n:
+            raise bad_request(f"best_of must be >= n, got best_of={best_of} and n={n}.", "best_of")
+        if best_of is not None and best_of > n and self.stream:
+            raise bad_request("best_of > n cannot be streamed.", "best_of")
+
+
+def _is_token_list(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value))
+
+
+class TextPart(StrictModel):
+    """A content part; only text parts are supported."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(StrictModel):
+    """One message. Assistant messages copied back from a response may carry the response-only fields
+    (refusal, tool_calls, ...) as null or empty; with a value they are rejected, since tools are not supported."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+    tool_calls: list | None = None
+    function_call: dict | None = None
+    audio: dict | None = None
+    annotations: list | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, value: Any) -> Any:
+        for part in value if isinstance(value, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                raise _unsupported(f"content part type {kind!r}")
+        return value
+
+    @field_validator("refusal", "tool_calls", "function_call", "audio", "annotations")
+    @classmethod
+    def _response_only(cls, value: Any, info: Any) -> Any:
+        if value:
+            raise _unsupported(f"a message with {info.field_name}")
+        return value
+
+    def text(self) -> str:
+        """The content as one string (text parts joined), '' for none."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage]
+    logprobs: bool | None = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    response_format: dict | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, value: list | None) -> list | None:
+        if value:
+            raise _unsupported("tools")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice(cls, value: str | dict | None) -> str | dict | None:
+        if value not in (None, "none"):
+            raise _unsupported("tool_choice other than 'none'")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format(cls, value: dict | None) -> dict | None:
+        if value is not None and value.get("type") != "text":
+            raise _unsupported("response_format other than {'type': 'text'}")
+        return value
+
+    def check(self) -> None:
+        """Rules across fields; raises a 400 naming the field."""
+        super().check()
+        if not self.messages:
+            raise bad_request("messages must not be empty.", "messages")
+        for i, message in enumerate(self.messages):
+            if message.content is None and message.role != "assistant":
+                raise bad_request(f"messages[{i}].content is required for role {message.role!r}.",
+                                  f"messages[{i}].content")
+            if message.tool_call_id is not None and message.role != "tool":
+                raise bad_request("tool_call_id is only allowed on tool messages.", f"messages[{i}].tool_call_id")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise bad_request("top_logprobs requires logprobs: true.", "top_logprobs")

@@ -1,0 +1,110 @@
+"""From a request body to engine inputs: prompts as token ids, SamplingParams, and the context-length policy
+(Fireworks' `context_length_exceeded_behavior`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from api.errors import APIError, bad_request
+from api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from engine.sampling_params import SamplingParams
+from engine.tokenizer import Tokenizer
+
+# SamplingParams field names -> the request field a client should fix.
+_PARAM_NAMES = {"prompt_logprobs": "logprobs", "max_tokens": "max_tokens"}
+
+
+@dataclass(slots=True)
+class Prompt:
+    """One prompt: its token ids, and its text when the client sent text (for echo)."""
+
+    token_ids: list[int]
+    text: str | None = None
+
+
+def completion_prompts(request: CompletionRequest, tokenizer: Tokenizer, vocab_size: int) -> list[Prompt]:
+    """The prompts of a completions request, in order: a string, strings, token ids or token-id lists."""
+    raw = request.prompt
+    if isinstance(raw, str):
+        items: list[str | list[int]] = [raw]
+    elif all(isinstance(item, int) for item in raw):
+        items = [list(raw)]
+    else:
+        items = list(raw)
+    prompts = []
+    for item in items:
+        if isinstance(item, str):
+            prompts.append(Prompt(tokenizer.encode(item), item))
+        else:
+            if max(item) >= vocab_size:
+                raise bad_request(f"Prompt token ids must be below the vocabulary size {vocab_size}.", "prompt")
+            prompts.append(Prompt(item))
+    for prompt in prompts:
+        if not prompt.token_ids:
+            raise bad_request("The prompt is empty after tokenization; send at least one token.", "prompt")
+    return prompts
+
+
+def chat_prompt(request: ChatCompletionRequest, tokenizer: Tokenizer) -> Prompt:
+    """The conversation rendered with the model's chat template (add_generation_prompt) as token ids."""
+    if not tokenizer.has_chat_template:
+        raise bad_request("This model has no chat template, so it cannot serve chat completions; use "
+                          "/v1/completions.", "messages")
+    messages = []
+    for message in request.messages:
+        entry = {"role": message.role, "content": message.text()}
+        if message.name is not None:
+            entry["name"] = message.name
+        if message.tool_call_id is not None:
+            entry["tool_call_id"] = message.tool_call_id
+        messages.append(entry)
+    try:
+        token_ids = tokenizer.encode_chat(messages)
+    except Exception as exc:           # a template may raise on messages it does not accept
+        raise bad_request(f"The chat template could not render the messages: {exc}", "messages") from exc
+    if not token_ids:
+        raise bad_request("The rendered conversation is empty.", "messages")
+    return Prompt(token_ids)
+
+
+def check_context(prompt: Prompt, max_tokens: int | None, max_model_len: int, behavior: str | None,
+                  param: str) -> None:
+    """Raise the 400 context_length_exceeded when the prompt leaves no room, or when prompt + max_tokens
+    exceeds the context and the behaviour is "error". With "truncate" (the default) the engine caps
+    max_tokens at the room left."""
+    size = len(prompt.token_ids)
+    if size >= max_model_len:
+        raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, your "
+                       f"{param} has {size} tokens, which leaves no room for the completion. Please reduce the "
+                       f"length of the {param}.", param, "context_length_exceeded")
+    if behavior == "error" and max_tokens is not None and size + max_tokens > max_model_len:
+        raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, you "
+                       f"requested {size + max_tokens} tokens ({size} in the messages, {max_tokens} in the "
+                       "completion). Please reduce the length of the messages or completion.", param,
+                       "context_length_exceeded")
+
+
+def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None, logprobs: int | None,
+                    prompt_logprobs: int | None, vocab_size: int) -> SamplingParams:
+    """The engine's SamplingParams for a request (its ValueError becomes a 400 naming the field)."""
+    logit_bias = {int(k): v for k, v in (request.logit_bias or {}).items()}
+    for name, ids in (("logit_bias", list(logit_bias)), ("stop_token_ids", request.stop_token_ids or [])):
+        if any(t >= vocab_size for t in ids):
+            raise bad_request(f"{name} has token ids outside the vocabulary [0, {vocab_size}).", name)
+    try:
+        return SamplingParams(
+            n=n, max_tokens=max_tokens, temperature=_or(request.temperature, 1.0), top_p=_or(request.top_p, 1.0),
+            top_k=_or(request.top_k, -1), min_p=_or(request.min_p, 0.0),
+            presence_penalty=_or(request.presence_penalty, 0.0), frequency_penalty=_or(request.frequency_penalty, 0.0),
+            repetition_penalty=_or(request.repetition_penalty, 1.0), seed=request.seed, stop=request.stop,
+            stop_token_ids=request.stop_token_ids, include_stop_str_in_output=bool(request.include_stop_str_in_output),
+            ignore_eos=bool(request.ignore_eos), min_tokens=_or(request.min_tokens, 0), logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs, logit_bias=logit_bias or None,
+            skip_special_tokens=_or(request.skip_special_tokens, True))
+    except ValueError as exc:
+        field = str(exc).split(" ", 1)[0]
+        raise bad_request(str(exc), _PARAM_NAMES.get(field, field)) from exc
+
+
+def _or(value, default):
+    return default if value is None else value

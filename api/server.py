@@ -1,0 +1,55 @@
+"""The FastAPI app: OpenAI-compatible routes over an AsyncLLM, plus /health, /metrics and /openapi.json."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from api import chat, completions
+from api.errors import envelope, install_handlers
+from api.metrics import CONTENT_TYPE
+from api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from api.responses import ERROR_RESPONSES, ModelList
+from api.state import ServerSettings, ServerState, server_state
+from engine.async_llm import AsyncLLM
+
+
+def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
+    """An app serving `llm` under `settings.served_model_name`. The caller owns `llm` (and shuts it down)."""
+    app = FastAPI(title="triton-serve", version="0.1.0", docs_url=None, redoc_url=None,
+                  description="An OpenAI-compatible completions server (Fireworks usage semantics). Logprobs "
+                              "are those of the raw model distribution, before temperature, penalties and "
+                              "top-k/top-p/min-p.")
+    app.state.server = ServerState.build(llm, settings)
+    install_handlers(app)
+    app.include_router(completions.router)
+    app.include_router(chat.router)
+    app.add_api_route("/v1/models", list_models, methods=["GET"], response_model=None,
+                      responses={200: {"model": ModelList}, **ERROR_RESPONSES})
+    app.add_api_route("/health", health, methods=["GET"], response_model=None)
+    app.add_api_route("/metrics", metrics, methods=["GET"], response_model=None)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)    # outermost: before reading bodies
+    return app
+
+
+async def list_models(request: Request) -> JSONResponse:
+    """The served model."""
+    state = server_state(request)
+    card = {"id": state.settings.served_model_name, "object": "model", "created": state.created,
+            "owned_by": "triton-serve", "max_model_len": state.llm.max_model_len}
+    return JSONResponse({"object": "list", "data": [card]})
+
+
+async def health(request: Request) -> JSONResponse:
+    """200 while the engine thread is alive, 503 once it has stopped."""
+    llm = server_state(request).llm
+    if llm.is_alive:
+        return JSONResponse({"status": "ok"})
+    return JSONResponse(envelope(f"The engine is not running: {llm.error!r}", "server_error"), status_code=503)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    return Response(server_state(request).metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,61 @@
+"""What the routes share: the server's settings and the objects built once at startup."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from api.errors import APIError
+from api.logprobs import TokenTable
+from api.metrics import Metrics
+from engine.async_llm import AsyncLLM
+
+DEFAULT_MAX_REQUEST_BYTES = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """served_model_name: the name clients send as `model`. api_key: required as a Bearer token on /v1 when
+    set. max_request_bytes: larger bodies get 413."""
+
+    served_model_name: str
+    api_key: str | None = None
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+
+@dataclass(slots=True)
+class ServerState:
+    """The engine, the settings, and per-server helpers (token table, metrics)."""
+
+    llm: AsyncLLM
+    settings: ServerSettings
+    tokens: TokenTable
+    metrics: Metrics
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def build(cls, llm: AsyncLLM, settings: ServerSettings) -> ServerState:
+        """Everything derived from the engine."""
+        return cls(llm, settings, TokenTable(llm.tokenizer.hf), Metrics(llm))
+
+    @property
+    def vocab_size(self) -> int:
+        """The model's vocabulary size (token ids must be below it)."""
+        return self.llm.model_config.vocab_size
+
+
+SYSTEM_FINGERPRINT = "triton-serve-0.1.0"
+
+
+def server_state(request: Request) -> ServerState:
+    """The ServerState of the app serving `request`."""
+    return request.app.state.server
+
+
+def check_model(state: ServerState, model: str) -> None:
+    """404 model_not_found unless `model` is the served model's name."""
+    if model != state.settings.served_model_name:
+        raise APIError(404, f"The model '{model}' does not exist; this server serves "
+                       f"'{state.settings.served_model_name}'.", "model", "model_not_found")

@@ -1,0 +1,96 @@
+"""Helpers for the server tests: a handle on a running server, SSE / strict JSON parsing, and oracles computed
+with Hugging Face transformers on the same checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+
+@dataclass
+class Server:
+    """A running server: its base URL, served model name, checkpoint and log."""
+
+    proc: subprocess.Popen
+    url: str
+    model: str
+    checkpoint: str
+    log: Path
+    api_key: str = "unused"
+
+    def client(self, **options) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key, max_retries=0, **options)
+
+    def async_client(self, **options) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=self.api_key, max_retries=0, **options)
+
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def post(self, path: str, body: dict | None = None, **kwargs) -> httpx.Response:
+        kwargs.setdefault("headers", self.headers())
+        kwargs.setdefault("timeout", 60)
+        return httpx.post(f"{self.url}{path}", json=body, **kwargs)
+
+    def metrics(self) -> dict[str, float]:
+        """Samples of /metrics by name (histograms as name_count / name_sum)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
+                if not s.labels}
+
+
+def sse_events(response: httpx.Response) -> list:
+    """The `data:` payloads of an SSE body (parsed JSON, or the string '[DONE]'), checking the framing."""
+    text = response.text
+    assert text.endswith("\n\n")
+    events = []
+    for block in text.split("\n\n")[:-1]:
+        lines = [line for line in block.split("\n") if not line.startswith(":")]
+        if not lines:
+            continue
+        assert len(lines) == 1 and lines[0].startswith("data: "), f"bad SSE block {block!r}"
+        data = lines[0][len("data: "):]
+        events.append(data if data == "[DONE]" else json.loads(data, parse_constant=_no_constants))
+    return events
+
+
+def strict_json(response: httpx.Response):
+    """The body as JSON, refusing NaN/Infinity (which are not JSON)."""
+    return json.loads(response.text, parse_constant=_no_constants)
+
+
+def _no_constants(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+@torch.inference_mode()
+def hf_logprobs(model, token_ids: list[int]) -> torch.Tensor:
+    """[len - 1, V]: row i is the raw log-softmax predicting token i + 1."""
+    logits = model(torch.tensor([token_ids])).logits[0].float()
+    return torch.log_softmax(logits, dim=-1)[:-1]
+
+
+@torch.inference_mode()
+def hf_greedy(model, prompt_ids: list[int], steps: int, presence: float = 0.0, frequency: float = 0.0,
+              repetition: float = 1.0) -> list[int]:
+    """Greedy tokens (EOS not special), with the OpenAI presence/frequency penalties on the output tokens and
+    the CTRL repetition penalty on prompt and output tokens, written out independently of the engine."""
+    ids = list(prompt_ids)
+    out: list[int] = []
+    for _ in range(steps):
+        logits = model(torch.tensor([ids])).logits[0, -1].double()
+        for token in set(ids):
+            logits[token] = logits[token] / repetition if logits[token] > 0 else logits[token] * repetition
+        for token in set(out):
+            logits[token] -= frequency * out.count(token) + presence
+        token = int(torch.argmax(logits))
+        ids.append(token)
+        out.append(token)
+    return out

@@ -1,0 +1,129 @@
+"""The app in-process (httpx over ASGI) where a subprocess cannot reach: an engine thread that dies, a full
+waiting queue (429), and the command line's choices (default model, API_KEY, served name)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+import api.__main__ as cli
+from api import ServerSettings, create_app
+from engine import AsyncLLM, SamplingParams
+
+
+def _serve(llm: AsyncLLM, **settings) -> httpx.AsyncClient:
+    app = create_app(llm, ServerSettings("tiny", **settings))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60)
+
+
+def _break_after(llm: AsyncLLM, steps: int) -> None:
+    real_step, calls = llm._engine.step, [0]
+
+    def step():
+        calls[0] += 1
+        if calls[0] > steps:
+            raise RuntimeError("simulated device failure")
+        return real_step()
+
+    llm._engine.step = step
+
+
+def test_engine_death_health_and_errors(llama_path):
+    async def main():
+        llm = AsyncLLM(llama_path)
+        try:
+            async with _serve(llm) as http:
+                assert (await http.get("/health")).status_code == 200
+                _break_after(llm, 5)
+                body = {"model": "tiny", "prompt": "hello", "max_tokens": 50, "ignore_eos": True, "stream": True}
+                streamed = await http.post("/v1/completions", json=body)
+                health = await http.get("/health")
+                after = await http.post("/v1/completions", json={**body, "stream": False})
+                chat = await http.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 2,
+                                                                     "messages": [{"role": "user", "content": "x"}]})
+                return streamed, health, after, chat
+        finally:
+            llm.shutdown()
+
+    streamed, health, after, chat = asyncio.run(main())
+    events = [block[len("data: "):] for block in streamed.text.split("\n\n") if block]
+    assert streamed.status_code == 200 and events[-1] == "[DONE]"
+    assert len(events) >= 3                                    # some chunks came before the failure
+    error = json.loads(events[-2])["error"]
+    assert error["type"] == "server_error" and "simulated device failure" in error["message"]
+    assert all("choices" in json.loads(e) for e in events[:-2])
+    assert health.status_code == 503 and health.json()["error"]["type"] == "server_error"
+    for r in (after, chat):
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+
+
+def test_full_waiting_queue_is_429(llama_path):
+    async def main():
+        llm = AsyncLLM(llama_path, max_num_seqs=2, max_queued_seqs=2)
+        try:
+            async with _serve(llm) as http:
+                busy = await llm.add_request("hello", SamplingParams(n=3, max_tokens=200, ignore_eos=True))
+                body = {"model": "tiny", "prompt": "hi", "n": 2, "max_tokens": 2}
+                rejected = await http.post("/v1/completions", json=body)
+                too_big = await http.post("/v1/completions", json={**body, "n": 5})
+                await llm.abort(busy.request_id)
+                accepted = await http.post("/v1/completions", json=body)
+                return rejected, too_big, accepted
+        finally:
+            llm.shutdown()
+
+    rejected, too_big, accepted = asyncio.run(main())
+    assert rejected.status_code == 429 and rejected.json()["error"]["type"] == "rate_limit_error"
+    assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "n"     # can never fit
+    assert accepted.status_code == 200 and accepted.json()["usage"]["completion_tokens"] <= 4
+
+
+def test_without_model_the_default_must_exist(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "DEFAULT_MODEL", str(tmp_path / "pycoder-tiny"))
+    with pytest.raises(SystemExit, match="--model"):
+        cli.main([])
+    with pytest.raises(SystemExit, match="not a checkpoint"):
+        cli.main(["--model", str(tmp_path)])
+
+
+def test_settings_from_the_command_line(llama_path, monkeypatch):
+    args = cli.build_parser().parse_args(["--model", llama_path])
+    monkeypatch.delenv("API_KEY", raising=False)
+    settings = cli.server_settings(args, llama_path)
+    assert settings.served_model_name == Path(llama_path).name and settings.api_key is None
+    monkeypatch.setenv("API_KEY", "from-env")
+    assert cli.server_settings(args, llama_path).api_key == "from-env"
+    args = cli.build_parser().parse_args(["--model", llama_path, "--api-key", "flag", "--served-model-name", "m"])
+    assert cli.server_settings(args, llama_path) == ServerSettings("m", "flag", args.max_request_bytes)
+
+
+def test_ready_line_names_the_model_and_address(server):
+    log = server.log.read_text()
+    assert f"ready: serving model '{server.model}' ({server.checkpoint}, max_model_len 1024) at {server.url}" in log
+
+
+def test_unexpected_errors_are_500_without_a_trace(llama_path, monkeypatch):
+    import api.completions
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(api.completions, "completion_prompts", broken)
+
+    async def main():
+        llm = AsyncLLM(llama_path)
+        try:
+            app = create_app(llm, ServerSettings("tiny"))
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                return await http.post("/v1/completions", json={"model": "tiny", "prompt": "x"})
+        finally:
+            llm.shutdown()
+
+    r = asyncio.run(main())
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    assert "secret" not in r.text and "Traceback" not in r.text

@@ -1,0 +1,142 @@
+"""The error envelope and its codes: 400 (never 422) for malformed JSON, wrong types, out-of-range values and
+unsupported parameters; 401, 404, 413; and the other routes (/v1/models, /health, /metrics, /openapi.json)."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+
+def _error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert "Traceback" not in r.text
+    return body["error"]
+
+
+@pytest.mark.parametrize("content, headers", [
+    (b"{not json", {"content-type": "application/json"}),
+    (b'{"model": "m", "prompt": "x",}', {"content-type": "application/json"}),
+    (b"[1, 2]", {"content-type": "application/json"}),
+    (b"", {"content-type": "application/json"}),
+    (b'{"model": "m", "prompt": "x"}', {"content-type": "text/plain"}),
+])
+def test_malformed_bodies_are_400(server, content, headers):
+    r = httpx.post(f"{server.url}/v1/completions", content=content, headers=headers)
+    assert _error(r, 400)["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("temperature", 2.5), ("temperature", -0.1), ("temperature", "hot"), ("top_p", 0), ("top_p", 1.5),
+    ("n", 0), ("n", 129), ("n", 2.0), ("n", "2"), ("best_of", 0), ("presence_penalty", 2.5),
+    ("frequency_penalty", -3), ("logit_bias", {"abc": 1}), ("logit_bias", {"5": 101}), ("logit_bias", {"99999": 1}),
+    ("logprobs", 21), ("logprobs", -1), ("stop", ["a", "b", "c", "d", "e"]), ("stop", [""]), ("stop", 5),
+    ("seed", "1"), ("seed", 1.5), ("max_tokens", -1), ("max_tokens", "16"), ("stream", "yes"), ("echo", 1),
+    ("top_k", -2), ("min_p", 1.5), ("repetition_penalty", 0), ("repetition_penalty", 2.5), ("min_tokens", -1),
+    ("stop_token_ids", [-1]), ("stop_token_ids", [99999]), ("ignore_eos", "true"), ("prompt", []),
+    ("prompt", [[1, 2], "a"]), ("prompt", [99999]), ("prompt", ""), ("prompt", None), ("model", 5),
+    ("context_length_exceeded_behavior", "drop"), ("user", 5),
+])
+def test_invalid_values_name_the_field(server, field, value):
+    body = {"model": server.model, "prompt": "hello", field: value}
+    error = _error(server.post("/v1/completions", body), 400)
+    assert error["param"].split("[")[0] == field and error["type"] == "invalid_request_error"
+
+
+def test_cross_field_rules(server):
+    body = {"model": server.model, "prompt": "hello"}
+    assert _error(server.post("/v1/completions", {**body, "n": 3, "best_of": 2}), 400)["param"] == "best_of"
+    assert _error(server.post("/v1/completions", {**body, "min_tokens": 20, "max_tokens": 5}), 400)["param"] == \
+        "min_tokens"
+    assert _error(server.post("/v1/completions", {key: v for key, v in body.items() if key != "prompt"}), 400)[
+        "param"] == "prompt"
+
+
+@pytest.mark.parametrize("field, value", [("suffix", "tail"), ("functions", []), ("prompt_logprobs", 1),
+                                          ("response_format", {"type": "text"}), ("service_tier", "auto")])
+def test_unsupported_parameters_are_never_ignored(server, field, value):
+    error = _error(server.post("/v1/completions", {"model": server.model, "prompt": "hi", field: value}), 400)
+    assert error["param"] == field and "not supported" in error["message"]
+
+
+def test_informational_fields_are_accepted(server):
+    body = {"model": server.model, "prompt": "hi", "max_tokens": 1, "user": "u1", "metadata": {"k": "v"}}
+    assert server.post("/v1/completions", body).status_code == 200
+
+
+def test_unknown_model_is_404(server, client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.completions.create(model="gpt-5", prompt="hi")
+    assert caught.value.body["code"] == "model_not_found"
+    error = _error(server.post("/v1/chat/completions", {"model": "x", "messages": [{"role": "user", "content": "a"}]}),
+                   404)
+    assert error == {"message": error["message"], "type": "invalid_request_error", "param": "model",
+                     "code": "model_not_found"}
+
+
+def test_unknown_route_and_method(server):
+    _error(httpx.get(f"{server.url}/v1/nothing"), 404)
+    _error(httpx.get(f"{server.url}/v1/completions"), 405)
+
+
+def test_api_key(small_server):
+    url = f"{small_server.url}/v1/models"
+    assert _error(httpx.get(url), 401)["type"] == "authentication_error"
+    assert _error(httpx.get(url, headers={"Authorization": "Bearer wrong"}), 401)["type"] == "authentication_error"
+    assert _error(httpx.post(f"{small_server.url}/v1/completions", json={}), 401)["type"] == "authentication_error"
+    assert httpx.get(url, headers=small_server.headers()).json()["data"][0]["id"] == small_server.model
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{small_server.url}/v1", api_key="nope", max_retries=0).models.list()
+    assert small_server.client().models.list().data[0].id == small_server.model
+    for open_route in ("/health", "/metrics", "/openapi.json"):
+        assert httpx.get(f"{small_server.url}{open_route}").status_code == 200
+
+
+def test_body_size_limit(small_server):
+    big = {"model": small_server.model, "prompt": "x" * 70_000}
+    assert _error(small_server.post("/v1/completions", big), 413)["type"] == "invalid_request_error"
+
+    def chunked():                                  # no Content-Length: counted while reading
+        for _ in range(10):
+            yield b" " * 10_000
+
+    r = httpx.post(f"{small_server.url}/v1/completions", content=chunked(),
+                   headers={**small_server.headers(), "content-type": "application/json"})
+    _error(r, 413)
+    ok = small_server.post("/v1/completions", {"model": small_server.model, "prompt": "x" * 1000, "max_tokens": 1})
+    assert ok.status_code == 400 and ok.json()["error"]["code"] == "context_length_exceeded"    # read, not 413
+
+
+def test_models_health_metrics_openapi(server):
+    models = httpx.get(f"{server.url}/v1/models").json()
+    assert models["object"] == "list"
+    card = models["data"][0]
+    assert card["id"] == server.model and card["object"] == "model" and card["max_model_len"] == 1024
+    assert isinstance(card["created"], int) and card["owned_by"]
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    metrics = server.metrics()
+    for name in ("num_requests_running", "num_requests_waiting", "kv_cache_blocks_used", "kv_cache_blocks_total",
+                 "prompt_tokens_total", "generation_tokens_total", "time_to_first_token_seconds_count",
+                 "inter_token_latency_seconds_count"):
+        assert f"triton_serve_{name}" in metrics, name
+    assert metrics["triton_serve_kv_cache_blocks_total"] > 0
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    for path in ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"):
+        assert path in spec["paths"], path
+    schemas = spec["components"]["schemas"]
+    assert "temperature" in schemas["CompletionRequest"]["properties"]
+    assert "messages" in schemas["ChatCompletionRequest"]["properties"]
+
+
+def test_token_counters_follow_usage(server, client):
+    before = server.metrics()
+    r = client.completions.create(model=server.model, prompt=["a b c", "def"], n=2, max_tokens=5,
+                                  extra_body={"ignore_eos": True})
+    after = server.metrics()
+    assert after["triton_serve_prompt_tokens_total"] - before["triton_serve_prompt_tokens_total"] == \
+        r.usage.prompt_tokens
+    assert after["triton_serve_generation_tokens_total"] - before["triton_serve_generation_tokens_total"] == 20
+    assert after["triton_serve_time_to_first_token_seconds_count"] - \
+        before["triton_serve_time_to_first_token_seconds_count"] == 2          # one per prompt

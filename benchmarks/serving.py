@@ -1,0 +1,207 @@
+"""Serving latency and throughput: the server in one process, streaming OpenAI clients in another.
+
+Starts `python -m api` on a free loopback port, then sends the throughput benchmark's workload (random
+token-id prompts, random lengths, `ignore_eos`) through `openai.AsyncOpenAI` streaming completions, either at
+fixed concurrencies (closed loop) or with Poisson arrivals at given rates (open loop). Per load level it
+reports time to first token (TTFT), time per output token after the first (TPOT), inter-token latency (ITL)
+as p50/p90/p99, requests/s and output tokens/s. Then it stops the server and runs the same workload through
+the offline engine (`engine.LLM`) in this process, with the same `max_num_seqs` as the highest concurrency
+and unrestricted, so the server's throughput can be read as a fraction of the engine's.
+
+    python -m benchmarks.serving [--model PATH] [--concurrency 1 8 32] [--rate 2 8] [--num-prompts 64]
+        [--out benchmarks/results/serving]          # writes serving.json and serving.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+
+from benchmarks.throughput import Workload, make_workload
+from engine import DEFAULT_MODEL, LLM, SamplingParams
+
+
+@dataclass
+class RequestTiming:
+    """When one streamed request sent, got each chunk, and how many tokens it produced."""
+
+    start: float
+    chunks: list[float] = field(default_factory=list)
+    tokens: int = 0
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50/p90/p99 in milliseconds (nearest rank)."""
+    if not values:
+        return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan")}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
+
+
+async def one_request(client: openai.AsyncOpenAI, model: str, prompt: list[int], max_tokens: int) -> RequestTiming:
+    """Stream one completion and time its chunks; the usage of the last chunk gives the token count."""
+    timing = RequestTiming(time.perf_counter())
+    stream = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.6,
+                                             stream=True, extra_body={"ignore_eos": True})
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].text:
+            timing.chunks.append(time.perf_counter())
+        if chunk.usage is not None:
+            timing.tokens = chunk.usage.completion_tokens
+    return timing
+
+
+async def run_load(base_url: str, model: str, work: Workload, concurrency: int | None,
+                   rate: float | None) -> dict:
+    """Send the whole workload at a fixed concurrency or with Poisson arrivals; summarise the timings."""
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=3600)
+    order = list(zip(work.prompts, work.output_lens))
+    timings: list[RequestTiming] = []
+    start = time.perf_counter()
+    if concurrency is not None:
+        pending = iter(order)
+
+        async def worker() -> None:
+            for prompt, n in pending:
+                timings.append(await one_request(client, model, prompt, n))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    else:
+        rng = random.Random(1)
+        tasks = []
+        for prompt, n in order:
+            tasks.append(asyncio.create_task(one_request(client, model, prompt, n)))
+            await asyncio.sleep(rng.expovariate(rate))
+        timings = list(await asyncio.gather(*tasks))
+    elapsed = time.perf_counter() - start
+    await client.close()
+    tokens = sum(t.tokens for t in timings)
+    assert tokens == work.output_tokens, f"expected {work.output_tokens} tokens, got {tokens}"
+    ttft = [t.chunks[0] - t.start for t in timings if t.chunks]
+    tpot = [(t.chunks[-1] - t.chunks[0]) / (t.tokens - 1) for t in timings if t.tokens > 1 and t.chunks]
+    itl = [b - a for t in timings for a, b in zip(t.chunks, t.chunks[1:])]
+    return {"concurrency": concurrency, "rate": rate, "duration_s": elapsed, "requests_per_s": len(timings) / elapsed,
+            "output_tokens_per_s": tokens / elapsed, "ttft_ms": percentiles(ttft), "tpot_ms": percentiles(tpot),
+            "itl_ms": percentiles(itl)}
+
+
+def start_server(model: str, max_num_seqs: int, max_model_len: int, log: Path) -> tuple[subprocess.Popen, str]:
+    """`python -m api` on a free port; returns the process and its base URL once it is ready."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with open(log, "wb") as out:      # the child keeps its own copy of the file descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "api", "--model", model, "--port", "0", "--max-num-seqs",
+                                 str(max_num_seqs), "--max-model-len", str(max_model_len)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        match = re.search(r"at (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
+        if match:
+            return proc, match.group(1) + "/v1"
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited:\n{log.read_text(errors='replace')}")
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the server did not get ready")
+
+
+def offline_tokens_per_s(model: str, work: Workload, max_num_seqs: int, max_model_len: int) -> float:
+    """The offline engine's output tokens/s on the same workload, in this process."""
+    llm = LLM(model, max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
+    params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n) for n in work.output_lens]
+    start = time.perf_counter()
+    llm.generate(work.prompts, params)
+    return work.output_tokens / (time.perf_counter() - start)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Latency percentiles against achieved throughput, one marker per load level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    xs = [r["output_tokens_per_s"] for r in results]
+    labels = [f"c={r['concurrency']}" if r["concurrency"] else f"rate={r['rate']}/s" for r in results]
+    for ax, metric in zip(axes, ("ttft_ms", "tpot_ms", "itl_ms")):
+        for q in ("p50", "p90", "p99"):
+            ax.plot(xs, [r[metric][q] for r in results], marker="o", label=q)
+        for x, y, label in zip(xs, [r[metric]["p50"] for r in results], labels):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel("output tokens/s")
+        ax.set_ylabel(metric.replace("_ms", " (ms)").upper())
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Serving latency against load")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--input-len", type=int, nargs=2, default=[32, 256])
+    parser.add_argument("--output-len", type=int, nargs=2, default=[32, 256])
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32])
+    parser.add_argument("--rate", type=float, nargs="*", default=[])
+    parser.add_argument("--out", default="benchmarks/results/serving", help="folder for serving.json/.png")
+    parser.add_argument("--quick", action="store_true", help="a small workload for CI")
+    args = parser.parse_args()
+    if args.quick:
+        args.num_prompts, args.input_len, args.output_len, args.concurrency = 8, [16, 48], [8, 24], [1, 4]
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(args.model).vocab_size
+    work = make_workload(args.num_prompts, tuple(args.input_len), tuple(args.output_len), vocab)
+    max_len = args.input_len[1] + args.output_len[1]
+    top = max(args.concurrency or [32])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_server(args.model, max(256, top), max_len, Path(tmp) / "server.log")
+        try:
+            name = Path(args.model).name
+            loads = [(c, None) for c in args.concurrency] + [(None, r) for r in args.rate]
+            results = [asyncio.run(run_load(url, name, work, c, r)) for c, r in loads]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    offline_same = offline_tokens_per_s(args.model, work, top, max_len)
+    offline_all = offline_tokens_per_s(args.model, work, 256, max_len)
+    for r in results:
+        r["fraction_of_offline_same_max_num_seqs"] = r["output_tokens_per_s"] / offline_same
+        r["fraction_of_offline_max_num_seqs_256"] = r["output_tokens_per_s"] / offline_all
+    summary = {"model": args.model, "num_prompts": args.num_prompts, "input_len": args.input_len,
+               "output_len": args.output_len, f"offline_tok_s_max_num_seqs_{top}": offline_same,
+               "offline_tok_s_max_num_seqs_256": offline_all, "loads": results}
+    (out / "serving.json").write_text(json.dumps(summary, indent=2))
+    plot(results, out / "serving.png")
+    print(f"offline engine: {offline_same:.1f} tok/s (max_num_seqs {top}), {offline_all:.1f} tok/s (256)")
+    print(f"{'load':>10} {'req/s':>7} {'tok/s':>8} {'of offl.':>8} {'TTFT p50/p90/p99 ms':>24} "
+          f"{'TPOT p50/p90/p99 ms':>22} {'ITL p50/p90/p99 ms':>22}")
+    for r in results:
+        load = f"c={r['concurrency']}" if r["concurrency"] else f"{r['rate']}/s"
+        fmt = lambda d: "{p50:.1f}/{p90:.1f}/{p99:.1f}".format(**d)
+        print(f"{load:>10} {r['requests_per_s']:>7.2f} {r['output_tokens_per_s']:>8.1f} "
+              f"{r['fraction_of_offline_same_max_num_seqs']:>8.2f} {fmt(r['ttft_ms']):>24} "
+              f"{fmt(r['tpot_ms']):>22} {fmt(r['itl_ms']):>22}")
+    print(f"wrote {out / 'serving.json'} and {out / 'serving.png'}")
+
+
+if __name__ == "__main__":
+    main()

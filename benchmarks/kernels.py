@@ -1,0 +1,200 @@
+"""Triton kernel benchmarks: decode and prefill attention, sampling, each checked against a reference first.
+
+    python -m benchmarks.kernels            # on a GPU: every shape (a few minutes)
+    python -m benchmarks.kernels --quick    # on a GPU: a few shapes
+    python -m benchmarks.kernels --smoke    # anywhere (TRITON_INTERPRET=1 on a CPU): tiny shapes, the code paths only
+
+Printed per shape:
+- decode: K/V bytes read / time as GB/s and as a percentage of the device's measured copy bandwidth (a 1 GiB
+  device-to-device copy, read + write bytes). Timed with `triton.testing.do_bench`, which empties the L2
+  before every run; large batches keep launch overhead negligible.
+- prefill: causal attention TFLOP/s of our paged kernel and of `scaled_dot_product_attention`'s flash path on
+  the same data (the K/V heads repeated for SDPA), and their ratio.
+- sampling: our sampler against a `torch.sort`-based top-k/top-p sampler, and the speedup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import time
+
+import torch
+
+GIB = 1 << 30
+
+
+def _timer(cuda: bool):
+    """A function timing `fn()` in ms: do_bench on CUDA, one wall-clock run under the interpreter."""
+    if cuda:
+        import triton.testing
+
+        return lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100)
+
+    def wall(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
+    return wall
+
+
+def copy_bandwidth(device: torch.device, timer, nbytes: int) -> float:
+    """GB/s of a device-to-device copy (bytes read + written)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    return 2 * nbytes / ms / 1e6
+
+
+def paged_batch(batch: int, context: int, q_len: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                block_size: int, dtype: torch.dtype, device: torch.device):
+    """A batch of `batch` sequences of `context` cached tokens (the last `q_len` new), blocks shuffled."""
+    blocks_per_seq = -(-context // block_size)
+    num_blocks = batch * blocks_per_seq
+    tables = torch.randperm(num_blocks, device=device).view(batch, blocks_per_seq).int()
+    k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, device=device).to(dtype)
+    v_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, device=device).to(dtype)
+    q = torch.randn(batch * q_len, num_heads, head_dim, device=device).to(dtype)
+    seq_lens = torch.full((batch,), context, dtype=torch.int32, device=device)
+    cu = torch.arange(0, batch * q_len + 1, q_len, dtype=torch.int32, device=device)
+    return q, k_cache, v_cache, tables, seq_lens, cu
+
+
+def bench_decode(shapes, device, timer, copy_gbs: float) -> None:
+    from kernels.reference import attention as ref
+    from kernels.triton_ops import paged_attention
+    from kernels.triton_ops.decode_attention import choose_num_splits
+
+    print("\n== decode attention (fp16, q heads 32 / kv heads 8, head 128, block 16) ==")
+    print(f"{'batch':>6} {'context':>8} {'splits':>6} {'max err':>9} {'time us':>9} {'GB/s':>8} {'% copy':>7}")
+    for batch, context in shapes:
+        q, k, v, tables, lens, cu = paged_batch(batch, context, 1, 32, 8, 128, 16, torch.float16, device)
+        run = functools.partial(paged_attention, q, k, v, tables, lens, cu, 1, 128 ** -0.5)
+        check = min(batch, 8)
+        err = (run()[:check].float() - ref.paged_attention(q[:check], k, v, tables[:check], lens[:check],
+                                                           cu[:check + 1], 1, 128 ** -0.5).float()).abs().max()
+        ms = timer(run)
+        nbytes = 2 * batch * context * 8 * 128 * 2 + 2 * q.numel() * 2
+        gbs = nbytes / ms / 1e6
+        splits = choose_num_splits(batch, 8, tables.shape[1] * 16, device)
+        print(f"{batch:>6} {context:>8} {splits:>6} {err:>9.2e} {ms * 1e3:>9.1f} {gbs:>8.0f} "
+              f"{100 * gbs / copy_gbs:>6.1f}%")
+
+
+def bench_prefill(shapes, device, timer, cuda: bool) -> None:
+    import torch.nn.functional as F
+
+    from kernels.triton_ops import paged_attention
+
+    print("\n== prefill attention (fp16, q heads 32 / kv heads 8, head 128, block 16, causal) ==")
+    print(f"{'batch':>6} {'prompt':>7} {'prefix':>7} {'max err':>9} {'ours TF/s':>10} {'SDPA TF/s':>10} {'ratio':>6}")
+    for batch, q_len, prefix in shapes:
+        context = prefix + q_len
+        q, k, v, tables, lens, cu = paged_batch(batch, context, q_len, 32, 8, 128, 16, torch.float16, device)
+        run = functools.partial(paged_attention, q, k, v, tables, lens, cu, q_len, 128 ** -0.5)
+        ms = timer(run)
+        # Each new token i sees prefix + i + 1 keys; 2 matmuls, 2 flops per multiply-add.
+        flops = 4 * batch * 32 * 128 * (q_len * prefix + q_len * (q_len + 1) / 2)
+        ours = flops / ms / 1e9
+        if prefix:
+            print(f"{batch:>6} {q_len:>7} {prefix:>7} {'':>9} {ours:>10.1f} {'':>10} {'':>6}")
+            continue
+        # The same data, dense and with the KV heads repeated, for SDPA.
+        kd, vd = (cache[tables.long()].flatten(1, 2).transpose(1, 2).repeat_interleave(4, dim=1) for cache in (k, v))
+        qd = q.view(batch, q_len, 32, 128).transpose(1, 2)
+        sdpa = functools.partial(F.scaled_dot_product_attention, qd, kd, vd, is_causal=True, scale=128 ** -0.5)
+        if cuda:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                expected = sdpa()
+                sdpa_ms = timer(sdpa)
+        else:
+            expected = sdpa()
+            sdpa_ms = timer(sdpa)
+        err = (run().view(batch, q_len, 32, 128).transpose(1, 2).float() - expected.float()).abs().max()
+        theirs = flops / sdpa_ms / 1e9
+        print(f"{batch:>6} {q_len:>7} {prefix:>7} {err:>9.2e} {ours:>10.1f} {theirs:>10.1f} {ours / theirs:>6.2f}")
+
+
+def sort_sampler(logits, temperature, top_k, top_p):
+    """The usual torch top-k/top-p sampler: sort, mask by rank and cumulative mass, scatter back, draw."""
+    logits = logits / temperature[:, None]
+    ordered, order = logits.sort(dim=-1)
+    vocab = logits.shape[1]
+    kth = ordered.gather(1, vocab - torch.where(top_k > 0, top_k.long(), vocab).clamp(max=vocab)[:, None])
+    ordered = ordered.masked_fill(ordered < kth, float("-inf"))
+    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+    drop = cumulative <= 1 - top_p[:, None]
+    drop[:, -1] = False
+    ordered = ordered.masked_fill(drop, float("-inf"))
+    probs = torch.empty_like(ordered).scatter_(1, order, ordered).softmax(dim=-1)
+    return (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1)
+
+
+def bench_sampling(batches, vocabs, device, timer) -> None:
+    from kernels.reference import sampling as ref
+    from kernels.triton_ops.sampling import sample_with_thresholds
+
+    print("\n== sampling (T 0.8; logits ~ N(0, 2.5^2)) ==")
+    print(f"{'batch':>6} {'vocab':>7} {'filters':>18} {'kept ok':>8} {'ours us':>9} {'sort us':>9} {'speedup':>8}")
+    for vocab in vocabs:
+        for batch in batches:
+            logits = torch.randn(batch, vocab, device=device) * 2.5
+            for top_k, top_p in ((50, 0.9), (0, 0.95), (40, 1.0)):
+                full = functools.partial(torch.full, (batch,), device=device)
+                temperature, k, p = full(0.8), full(top_k, dtype=torch.int32), full(top_p)
+                args = (logits, temperature, k, p, full(0.0), full(1, dtype=torch.int64),
+                        torch.arange(batch, device=device))
+                _, thresholds = sample_with_thresholds(*args)
+                rows = min(batch, 4)
+                probs = torch.softmax(logits[:rows] / 0.8, dim=-1)
+                expected = ref.filter_probs(probs, k[:rows], p[:rows], args[4][:rows]) > 0
+                kept = (probs >= thresholds[:rows, None] * (1 - 2e-6)) & (probs > 0)
+                ours = timer(functools.partial(sample_with_thresholds, *args))
+                theirs = timer(functools.partial(sort_sampler, logits, temperature, k, p))
+                name = f"k={top_k} p={top_p}"
+                print(f"{batch:>6} {vocab:>7} {name:>18} {str(torch.equal(kept, expected)):>8} "
+                      f"{ours * 1e3:>9.1f} {theirs * 1e3:>9.1f} {theirs / ours:>7.2f}x")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few shapes only")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes; runs on a CPU with TRITON_INTERPRET=1")
+    args = parser.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        if not args.smoke:
+            parser.error("no CUDA device: only --smoke runs here (under Triton's interpreter)")
+        os.environ["TRITON_INTERPRET"] = "1"  # before kernels.triton_ops is imported: kernels are defined then
+    device = torch.device("cuda" if cuda else "cpu")
+    timer = _timer(cuda)
+    torch.manual_seed(0)
+    if cuda:
+        print(f"device: {torch.cuda.get_device_name(device)}")
+    else:
+        print("device: CPU through Triton's interpreter -- these numbers are NOT meaningful, only the code paths are")
+
+    if args.smoke:
+        copy_gbs = copy_bandwidth(device, timer, 1 << 20)
+        decode, prefill, batches, vocabs = [(2, 40), (1, 70)], [(2, 24, 0), (1, 16, 20)], [2], [1000]
+    elif args.quick:
+        copy_gbs = copy_bandwidth(device, timer, GIB)
+        decode = [(1, 4096), (32, 4096), (64, 4096), (256, 2048)]
+        prefill = [(1, 4096, 0), (4, 1024, 0), (1, 512, 4096)]
+        batches, vocabs = [1, 64, 256], [128256]
+    else:
+        copy_gbs = copy_bandwidth(device, timer, GIB)
+        decode = [(1, 4096), (1, 32768), (8, 4096), (32, 4096), (64, 4096), (128, 4096), (256, 1024), (256, 4096)]
+        prefill = [(1, 8192, 0), (1, 4096, 0), (4, 2048, 0), (16, 512, 0), (1, 512, 4096), (8, 256, 2048)]
+        batches, vocabs = [1, 8, 64, 128, 256], [32000, 128256, 151936]
+    print(f"copy bandwidth: {copy_gbs:.0f} GB/s")
+    bench_decode(decode, device, timer, copy_gbs)
+    bench_prefill(prefill, device, timer, cuda)
+    bench_sampling(batches, vocabs, device, timer)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""Triton implementations of the kernel API (`kernels.api`): same signatures, same semantics.
+
+Importing this package only defines kernels; nothing touches a GPU driver until a kernel is launched, and on
+CPU tensors that needs TRITON_INTERPRET=1 set before the import.
+"""
+
+from kernels.triton_ops.attention import paged_attention
+from kernels.triton_ops.kv_store import store_kv
+from kernels.triton_ops.penalties import apply_penalties
+from kernels.triton_ops.sampling import sample
+
+__all__ = ["apply_penalties", "paged_attention", "sample", "store_kv"]

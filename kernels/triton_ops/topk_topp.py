@@ -1,0 +1,141 @@
+"""Sort-free top-k / top-p thresholds for the sampler (`kernels.triton_ops.sampling`).
+
+Every filter keeps an upper set of the probabilities, so each reduces to one threshold value. It is found by a
+multi-pivot bisection over the float bit patterns of the candidate values (non-negative floats order like their
+bits): each pass over the values evaluates NUM_PIVOTS pivots spread over the bracket [lo, hi] at once, and snaps
+the new bounds to the nearest actual values around the deciding pivots, so the search ends on an exact value of
+the row (ties are kept together, as in the reference) after about 32 / log2(NUM_PIVOTS + 1) passes. The values
+come from a per-row buffer of gathered candidates (FROM_LOGITS=False) or, when they do not fit in it, straight
+from the logits (FROM_LOGITS=True), recomputing the same probabilities with `probs`.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def probs(logits, temperature, x_max, inv_z):
+    """softmax(logits / temperature) given its max and 1 / sum; every pass uses this for bit-identical values."""
+    return tl.exp(logits / temperature - x_max) * inv_z
+
+
+@triton.jit
+def _values(src_ptr, offs, n, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr):
+    """Probabilities at `offs` of the source; 0 (never a candidate) past its end."""
+    if FROM_LOGITS:
+        logits = tl.load(src_ptr + offs, mask=offs < n, other=float("-inf")).to(tl.float32)
+        return probs(logits, temperature, x_max, inv_z)
+    else:
+        return tl.load(src_ptr + offs, mask=offs < n, other=0.0)
+
+
+@triton.jit
+def _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr,
+                 NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr):
+    """Per pivot, over the values >= floor and > 0: how many and how much mass are >= it, the smallest value
+    >= it (inf if none) and the largest value below it (-1 if none)."""
+    count = tl.zeros([NUM_PIVOTS], tl.int32)
+    mass = tl.zeros([NUM_PIVOTS], tl.float32)
+    above = tl.full([NUM_PIVOTS], float("inf"), tl.float32)
+    below = tl.full([NUM_PIVOTS], -1.0, tl.float32)
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        if FROM_LOGITS:  # the expression of `probs`, inlined (the interpreter pays per helper call)
+            logits = tl.load(src_ptr + offs, mask=offs < n, other=float("-inf")).to(tl.float32)
+            p = tl.exp(logits / temperature - x_max) * inv_z
+        else:
+            p = tl.load(src_ptr + offs, mask=offs < n, other=0.0)
+        ok = ((p >= floor) & (p > 0))[:, None]
+        grid = p[:, None] + tl.zeros([1, NUM_PIVOTS], tl.float32)
+        ge = ok & (grid >= pivots[None, :])
+        count += tl.sum(ge.to(tl.int32), axis=0)
+        mass += tl.sum(tl.where(ge, grid, 0.0), axis=0)
+        above = tl.minimum(above, tl.min(tl.where(ge, grid, float("inf")), axis=0))
+        below = tl.maximum(below, tl.max(tl.where(ok & ~ge, grid, -1.0), axis=0))
+    return count, mass, above, below
+
+
+@triton.jit
+def kth_largest(src_ptr, n, k, floor, top, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr,
+                NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr):
+    """The k-th largest value (with multiplicity) among the source's values >= floor and > 0.
+
+    Needs at least k such values; `top` is the largest. Invariant: the answer lies in [lo, hi].
+    """
+    ids = tl.arange(0, NUM_PIVOTS)
+    steps = ids.to(tl.int64) + 1  # pivots spread evenly over (lo, hi] in bit space
+    lo = floor
+    hi = top
+    while lo < hi:
+        lo_bits = lo.to(tl.int32, bitcast=True).to(tl.int64)
+        span = hi.to(tl.int32, bitcast=True).to(tl.int64) - lo_bits - 1
+        pivots = (lo_bits + 1 + span * steps // (NUM_PIVOTS + 1)).to(tl.int32).to(tl.float32, bitcast=True)
+        count, mass, above, below = _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z,
+                                                 FROM_LOGITS, NUM_PIVOTS, BLOCK)
+        # Pivots 0..last hold >= k values at or above them: the answer is >= the value just above `last`
+        # and below the next pivot.
+        last = tl.max(tl.where(count >= k, ids, -1), axis=0)
+        new_lo = tl.where(last >= 0, tl.sum(tl.where(ids == last, above, 0.0), axis=0), lo)
+        hi = tl.where(last + 1 < NUM_PIVOTS, tl.sum(tl.where(ids == last + 1, below, 0.0), axis=0), hi)
+        lo = new_lo
+    return lo
+
+
+@triton.jit
+def mass_at_least(src_ptr, n, floor, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
+    """Sum of the source's values >= floor and > 0."""
+    mass = tl.zeros((), tl.float32)
+    for start in range(0, n, BLOCK):
+        p = _values(src_ptr, start + tl.arange(0, BLOCK), n, temperature, x_max, inv_z, FROM_LOGITS)
+        mass += tl.sum(tl.where((p >= floor) & (p > 0), p, 0.0), axis=0)
+    return mass
+
+
+@triton.jit
+def top_p_threshold(src_ptr, n, floor, top, limit, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr,
+                    NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr):
+    """The smallest value v (>= floor, > 0) whose strictly larger values weigh < limit; `top` when none does.
+
+    For a pivot, with b = the largest value below it, the mass strictly above b is the mass at or above the
+    pivot: when that is < limit the answer is <= b, otherwise every value <= b fails and the answer is >= the
+    smallest value at or above the pivot.
+    """
+    ids = tl.arange(0, NUM_PIVOTS)
+    steps = ids.to(tl.int64) + 1  # pivots spread evenly over (lo, hi] in bit space
+    lo = floor
+    hi = top
+    while lo < hi:
+        lo_bits = lo.to(tl.int32, bitcast=True).to(tl.int64)
+        span = hi.to(tl.int32, bitcast=True).to(tl.int64) - lo_bits - 1
+        pivots = (lo_bits + 1 + span * steps // (NUM_PIVOTS + 1)).to(tl.int32).to(tl.float32, bitcast=True)
+        count, mass, above, below = _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z,
+                                                 FROM_LOGITS, NUM_PIVOTS, BLOCK)
+        first = tl.min(tl.where((below >= 0) & (mass < limit), ids, NUM_PIVOTS), axis=0)
+        new_lo = tl.where(first > 0, tl.sum(tl.where(ids == first - 1, above, 0.0), axis=0), lo)
+        hi = tl.where(first < NUM_PIVOTS, tl.sum(tl.where(ids == first, below, 0.0), axis=0), hi)
+        lo = new_lo
+    return lo
+
+
+@triton.jit
+def filter_threshold(src_ptr, n, floor, count, top, top_k, has_k, top_p, has_p, mass_all, temperature, x_max,
+                     inv_z, FROM_LOGITS: tl.constexpr, NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr):
+    """The probability a token needs to pass top-k then top-p.
+
+    The source's `count` values >= floor (and > 0) must hold every value that can matter: all survivors of
+    min-p (`mass_all` is then their mass), or at least top_k of the largest, or (without top-k) a set of the
+    largest that weighs at least top_p * mass_all.
+    """
+    threshold = floor
+    if has_k & (count >= top_k):
+        threshold = kth_largest(src_ptr, n, top_k, floor, top, temperature, x_max, inv_z, FROM_LOGITS, NUM_PIVOTS,
+                                BLOCK)
+    if has_p:
+        mass = mass_all
+        if has_k:
+            mass = mass_at_least(src_ptr, n, threshold, temperature, x_max, inv_z, FROM_LOGITS, BLOCK)
+        threshold = top_p_threshold(src_ptr, n, threshold, top, top_p * mass, temperature, x_max, inv_z,
+                                    FROM_LOGITS, NUM_PIVOTS, BLOCK)
+    return threshold

@@ -1,0 +1,86 @@
+"""Kernel timings under pytest-benchmark: `pytest benchmarks/ --benchmark-only`.
+
+On the CPU this times the torch references (the engine's CPU path); on a GPU it times both backends, so
+Triton and torch sit side by side in one table. Correctness is the business of tests/; these only time.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+
+GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if GPU else "cpu")
+BACKENDS = ["torch", "triton"] if GPU else ["torch"]
+DTYPE = torch.bfloat16 if GPU else torch.float32
+
+
+def _sync() -> None:
+    if GPU:
+        torch.cuda.synchronize()
+
+
+def _paged_batch(num_seqs: int, context: int, q_len: int, heads: int = 32, kv_heads: int = 8, head_dim: int = 128,
+                 block_size: int = 16):
+    blocks_per_seq = -(-context // block_size)
+    num_blocks = num_seqs * blocks_per_seq
+    k_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+    v_cache = torch.randn_like(k_cache)
+    tables = torch.randperm(num_blocks, device=DEVICE).view(num_seqs, blocks_per_seq).int()
+    seq_lens = torch.full((num_seqs,), context, dtype=torch.int32, device=DEVICE)
+    cu = torch.arange(0, (num_seqs + 1) * q_len, q_len, dtype=torch.int32, device=DEVICE)
+    q = torch.randn(num_seqs * q_len, heads, head_dim, device=DEVICE, dtype=DTYPE)
+    return q, k_cache, v_cache, tables, seq_lens, cu, q_len, head_dim ** -0.5
+
+
+def _timed(benchmark, backend: str, fn, *args) -> None:
+    kernels.use(backend)
+    try:
+        fn(*args)
+        _sync()
+        benchmark(lambda: (fn(*args), _sync()))
+    finally:
+        kernels.use("auto")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_seqs, context", [(1, 4096), (32, 1024)] if not GPU else [(1, 32768), (64, 4096)])
+def test_decode_attention(benchmark, backend, num_seqs, context):
+    _timed(benchmark, backend, kernels.paged_attention, *_paged_batch(num_seqs, context, 1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_seqs, q_len", [(1, 512), (4, 256)] if not GPU else [(1, 4096), (8, 2048)])
+def test_prefill_attention(benchmark, backend, num_seqs, q_len):
+    _timed(benchmark, backend, kernels.paged_attention, *_paged_batch(num_seqs, q_len, q_len))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_store_kv(benchmark, backend):
+    q, k_cache, v_cache, *_ = _paged_batch(16, 512, 1)
+    tokens = 2048
+    key = torch.randn(tokens, k_cache.shape[2], k_cache.shape[3], device=DEVICE, dtype=DTYPE)
+    slots = torch.randperm(k_cache.shape[0] * k_cache.shape[1], device=DEVICE)[:tokens]
+    _timed(benchmark, backend, kernels.store_kv, key, key, k_cache, v_cache, slots)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch, vocab", [(1, 32000), (64, 32000), (64, 128256)])
+def test_sample_top_k_top_p(benchmark, backend, batch, vocab):
+    logits = torch.randn(batch, vocab, device=DEVICE) * 3
+    args = (torch.full((batch,), 0.8, device=DEVICE), torch.full((batch,), 50, dtype=torch.int32, device=DEVICE),
+            torch.full((batch,), 0.9, device=DEVICE), torch.zeros(batch, device=DEVICE),
+            torch.arange(batch, device=DEVICE), torch.full((batch,), 100, device=DEVICE))
+    _timed(benchmark, backend, kernels.sample, logits, *args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_penalties(benchmark, backend):
+    batch, vocab = 64, 32000
+    logits = torch.randn(batch, vocab, device=DEVICE)
+    prompt = torch.randint(0, vocab, (batch, 512), device=DEVICE)
+    output = torch.randint(0, vocab, (batch, 256), device=DEVICE)
+    ones = torch.ones(batch, device=DEVICE)
+    _timed(benchmark, backend, kernels.apply_penalties, logits, prompt, output, 0.5 * ones, 0.5 * ones, 1.2 * ones)

@@ -20,8 +20,9 @@ from fastapi import Request
 from api.errors import APIError, bad_request
 from api.sampling import Prompt
 from api.state import ServerState
-from engine.async_llm import EngineDeadError, EngineOverloadedError, OutputAccumulator, RequestStream
+from engine.async_llm import EngineDeadError, EngineOverloadedError
 from engine.outputs import RequestOutput
+from engine.request_stream import OutputAccumulator, RequestStream
 from engine.sampling_params import SamplingParams
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from engine import LLM, AsyncLLM, SamplingParams
-from engine.async_llm import EngineDeadError, EngineOverloadedError, OutputAccumulator
+from engine.async_llm import EngineDeadError, EngineOverloadedError
+from engine.request_stream import OutputAccumulator
 
 PROMPTS = ["def add(a, b):", "日本語のテキスト 😀", "import os\n"]
 

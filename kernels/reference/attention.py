@@ -7,11 +7,35 @@ Layout (shared with the Triton kernels, see `kernels.api`): each layer's cache i
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
-# Decode batches gather their keys into one dense tensor; cap its size so a big batch is done in chunks.
-_MAX_GATHERED_ELEMENTS = 1 << 26
+# Decodes are gathered into dense tensors a chunk of sequences at a time, sorted by length so that a chunk
+# pads little; a chunk holds at most this many sequences and this many gathered elements of k (or v).
+_DECODE_CHUNK = 32
+_MAX_GATHERED_ELEMENTS = 1 << 24
+
+
+class _Scratch(threading.local):
+    """Per-thread buffers reused from call to call: on the CPU a freshly allocated large tensor costs a page
+    fault per page, every call, which is several times the cost of the copy that fills it."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A 1-D tensor of `numel` elements whose contents are undefined."""
+        key = (name, dtype, device)
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.numel() < numel:
+            with torch.inference_mode(False):      # a normal tensor can be written in and out of inference mode
+                buffer = self.buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+        return buffer[:numel]
+
+
+_scratch = _Scratch()
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -46,28 +70,36 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float)
     return out.transpose(0, 1)                                       # [Lq, H, D]
 
 
+def _gather_blocks(cache: torch.Tensor, tables: torch.Tensor, name: str) -> torch.Tensor:
+    """cache[tables] as [S, blocks * block_size, num_kv_heads, head_dim], copied into a scratch buffer."""
+    rows = tables.flatten()
+    flat = cache.view(cache.shape[0], -1)
+    out = _scratch.get(name, rows.numel() * flat.shape[1], cache.dtype, cache.device).view(rows.numel(), -1)
+    torch.index_select(flat, 0, rows, out=out)
+    return out.view(tables.shape[0], -1, cache.shape[2], cache.shape[3])
+
+
 def _attend_decodes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
     """One query token per sequence (q [S, H, D]), batched: gather each sequence's keys and mask the padding."""
     num_seqs, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
-    max_len = int(seq_lens.max())
-    num_blocks = -(-max_len // block_size)
+    num_blocks = -(-int(seq_lens.max()) // block_size)
     tables = block_tables[:, :num_blocks].long()
     # Table entries past a sequence's last block may hold anything (the contract ignores them): read block 0.
     past_end = torch.arange(num_blocks, device=q.device)[None, :] * block_size >= seq_lens[:, None]
     tables = tables.masked_fill(past_end, 0)
-    positions = torch.arange(num_blocks * block_size, device=q.device)
-    pad = positions[None, :] >= seq_lens[:, None]                    # [S, K]
-    k = k_cache[tables].flatten(1, 2).float()                        # [S, K, Hkv, D], a fresh copy
-    v = v_cache[tables].flatten(1, 2).float()
+    pad = torch.arange(num_blocks * block_size, device=q.device)[None, :] >= seq_lens[:, None]   # [S, K]
+    k = _gather_blocks(k_cache, tables, "k")                         # [S, K, Hkv, D]
+    v = _gather_blocks(v_cache, tables, "v")
     # Slots past a sequence's length were never written (they may be NaN): zero them so 0 * NaN cannot leak.
-    k[pad] = 0.0
-    v[pad] = 0.0
+    padded = pad.flatten().nonzero().squeeze(1)
+    k.view(-1, num_kv_heads * head_dim).index_fill_(0, padded, 0.0)
+    v.view(-1, num_kv_heads * head_dim).index_fill_(0, padded, 0.0)
     # The group's query heads play the part of SDPA's query length, so GQA needs no copy of k and v.
     qg = q.float().view(num_seqs, num_kv_heads, group, head_dim)
-    out = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2),
+    out = F.scaled_dot_product_attention(qg, k.float().transpose(1, 2), v.float().transpose(1, 2),
                                          attn_mask=~pad[:, None, None, :], scale=scale)
     return out.reshape(num_seqs, num_heads, head_dim)
 
@@ -80,16 +112,17 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     starts = cu_seqlens_q[:-1].tolist()
     ends = cu_seqlens_q[1:].tolist()
     lens = seq_lens.tolist()
-    decodes = [s for s in range(len(lens)) if ends[s] - starts[s] == 1]
-    if decodes:
-        block_size, num_kv_heads, head_dim = k_cache.shape[1:]
-        per_seq = max(lens[s] for s in decodes) * num_kv_heads * head_dim
-        chunk = max(1, _MAX_GATHERED_ELEMENTS // per_seq)
-        for i in range(0, len(decodes), chunk):
-            idx = torch.tensor(decodes[i:i + chunk], device=q.device)
-            rows = cu_seqlens_q[idx].long()
-            out[rows] = _attend_decodes(q[rows], k_cache, v_cache, block_tables[idx], seq_lens[idx],
-                                        scale).to(q.dtype)
+    decodes = sorted((s for s in range(len(lens)) if ends[s] - starts[s] == 1), key=lens.__getitem__)
+    per_token = k_cache.shape[2] * k_cache.shape[3]
+    while decodes:
+        count = 1
+        while (count < min(len(decodes), _DECODE_CHUNK)
+               and (count + 1) * lens[decodes[count]] * per_token <= _MAX_GATHERED_ELEMENTS):
+            count += 1
+        chunk, decodes = decodes[:count], decodes[count:]
+        idx = torch.tensor(chunk, device=q.device)
+        rows = cu_seqlens_q[idx].long()
+        out[rows] = _attend_decodes(q[rows], k_cache, v_cache, block_tables[idx], seq_lens[idx], scale).to(q.dtype)
     for s in range(len(lens)):
         if ends[s] - starts[s] > 1:
             k = gather_kv(k_cache, block_tables[s], lens[s])

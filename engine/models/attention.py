@@ -42,13 +42,13 @@ class Attention(torch.nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]."""
-        q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
-        q = q.view(-1, self.num_heads, self.head_dim)
-        k = k.view(-1, self.num_kv_heads, self.head_dim)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        heads = self.num_heads
+        qkv = self.qkv_proj(x).view(x.shape[0], heads + 2 * self.num_kv_heads, self.head_dim)
+        qk, v = qkv[:, :heads + self.num_kv_heads], qkv[:, heads + self.num_kv_heads:]
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+            qk = torch.cat([self.q_norm(qk[:, :heads]), self.k_norm(qk[:, heads:])], dim=1)
+        qk = self.rotary(positions, qk)          # the query and key heads are rotated together
+        q, k = qk[:, :heads], qk[:, heads:]
         kernels.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         out = kernels.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.seq_lens,
                                       meta.cu_seqlens_q, meta.max_seqlen_q, self.scale)

@@ -31,28 +31,35 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> to
 
 
 class RotaryEmbedding(torch.nn.Module):
-    """Applies RoPE to q and k at given absolute positions, from a cos/sin table built on first use."""
+    """Applies RoPE at given absolute positions, from a cos/sin table built on first use.
+
+    One instance serves every layer; the cos/sin rows of a step's positions are looked up once and reused by
+    the layers that follow (they get the same `positions` tensor).
+    """
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict | None) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.max_positions = max_positions
         self.inv_freq = inverse_frequencies(head_dim, theta, scaling)
-        self._cos_sin: torch.Tensor | None = None
+        self._table: torch.Tensor | None = None
+        self._step: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def _table(self, device: torch.device) -> torch.Tensor:
-        if self._cos_sin is None or self._cos_sin.device != device:
-            positions = torch.arange(self.max_positions, dtype=torch.float32, device="cpu")
-            angles = torch.outer(positions, self.inv_freq)
-            self._cos_sin = torch.cat([angles.cos(), angles.sin()], dim=-1).to(device)
-        return self._cos_sin
+    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin [T, 1, D] such that rope(x) = x * cos + cat(x2, x1) * sin, as HF computes it."""
+        if self._step is None or self._step[0] is not positions:
+            if self._table is None or self._table.device != positions.device:
+                angles = torch.outer(torch.arange(self.max_positions, dtype=torch.float32, device="cpu"),
+                                     self.inv_freq)
+                cos, sin = angles.cos(), angles.sin()
+                self._table = torch.cat([cos, cos, -sin, sin], dim=-1).to(positions.device)
+            cos, sin = self._table[positions].unsqueeze(1).chunk(2, dim=-1)
+            self._step = (positions, cos, sin)
+        return self._step[1], self._step[2]
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q [T, H, D], k [T, Hkv, D], positions [T] -> rotated q, k (computed in float32, cast back)."""
-        cos, sin = self._table(q.device)[positions].unsqueeze(1).chunk(2, dim=-1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x [T, heads, D] (query and key heads together), positions [T] -> x rotated (in float32, cast back)."""
+        cos, sin = self._cos_sin(positions)
+        xf = x.float()
+        x1, x2 = xf.chunk(2, dim=-1)
+        return (xf * cos + torch.cat([x2, x1], dim=-1) * sin).to(x.dtype)

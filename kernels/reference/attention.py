@@ -70,13 +70,12 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float)
     return out.transpose(0, 1)                                       # [Lq, H, D]
 
 
-def _gather_blocks(cache: torch.Tensor, tables: torch.Tensor, name: str) -> torch.Tensor:
-    """cache[tables] as [S, blocks * block_size, num_kv_heads, head_dim], copied into a scratch buffer."""
-    rows = tables.flatten()
-    flat = cache.view(cache.shape[0], -1)
-    out = _scratch.get(name, rows.numel() * flat.shape[1], cache.dtype, cache.device).view(rows.numel(), -1)
-    torch.index_select(flat, 0, rows, out=out)
-    return out.view(tables.shape[0], -1, cache.shape[2], cache.shape[3])
+def _gather_slots(cache: torch.Tensor, slots: torch.Tensor, name: str) -> torch.Tensor:
+    """The cache rows at `slots` [S, K], as [S, K, num_kv_heads, head_dim] in a scratch buffer."""
+    rows = cache.view(-1, cache.shape[2] * cache.shape[3])
+    out = _scratch.get(name, slots.numel() * rows.shape[1], cache.dtype, cache.device).view(slots.numel(), -1)
+    torch.index_select(rows, 0, slots.flatten(), out=out)
+    return out.view(*slots.shape, cache.shape[2], cache.shape[3])
 
 
 def _attend_decodes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -84,23 +83,17 @@ def _attend_decodes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     """One query token per sequence (q [S, H, D]), batched: gather each sequence's keys and mask the padding."""
     num_seqs, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-    group = num_heads // num_kv_heads
-    num_blocks = -(-int(seq_lens.max()) // block_size)
-    tables = block_tables[:, :num_blocks].long()
-    # Table entries past a sequence's last block may hold anything (the contract ignores them): read block 0.
-    past_end = torch.arange(num_blocks, device=q.device)[None, :] * block_size >= seq_lens[:, None]
-    tables = tables.masked_fill(past_end, 0)
-    pad = torch.arange(num_blocks * block_size, device=q.device)[None, :] >= seq_lens[:, None]   # [S, K]
-    k = _gather_blocks(k_cache, tables, "k")                         # [S, K, Hkv, D]
-    v = _gather_blocks(v_cache, tables, "v")
-    # Slots past a sequence's length were never written (they may be NaN): zero them so 0 * NaN cannot leak.
-    padded = pad.flatten().nonzero().squeeze(1)
-    k.view(-1, num_kv_heads * head_dim).index_fill_(0, padded, 0.0)
-    v.view(-1, num_kv_heads * head_dim).index_fill_(0, padded, 0.0)
+    positions = torch.arange(int(seq_lens.max()), device=q.device)[None, :]
+    valid = positions < seq_lens[:, None]                            # [S, K]
+    # Padding reads each sequence's first token (written, so finite: 0 * NaN cannot leak), then is masked.
+    positions = positions * valid
+    slots = block_tables.long().gather(1, positions // block_size) * block_size + positions % block_size
+    k = _gather_slots(k_cache, slots, "k")                           # [S, K, Hkv, D]
+    v = _gather_slots(v_cache, slots, "v")
     # The group's query heads play the part of SDPA's query length, so GQA needs no copy of k and v.
-    qg = q.float().view(num_seqs, num_kv_heads, group, head_dim)
+    qg = q.float().view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
     out = F.scaled_dot_product_attention(qg, k.float().transpose(1, 2), v.float().transpose(1, 2),
-                                         attn_mask=~pad[:, None, None, :], scale=scale)
+                                         attn_mask=valid[:, None, None, :], scale=scale)
     return out.reshape(num_seqs, num_heads, head_dim)
 
 
@@ -108,6 +101,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int,
                     scale: float) -> torch.Tensor:
     """Causal attention of packed new tokens over their sequences' paged caches (contract in `kernels.api`)."""
+    if max_seqlen_q == 1 and q.shape[0] <= _DECODE_CHUNK:     # a small decode batch: one chunk, as it is
+        return _attend_decodes(q, k_cache, v_cache, block_tables, seq_lens, scale).to(q.dtype)
     out = torch.empty_like(q)
     starts = cu_seqlens_q[:-1].tolist()
     ends = cu_seqlens_q[1:].tolist()

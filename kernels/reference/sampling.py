@@ -68,10 +68,9 @@ def filter_probs(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
            min_p: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Draw one token per row of `logits` [B, V]; see the module docstring for the exact semantics."""
-    greedy = logits.argmax(dim=-1)
     random_rows = temperature > 0
     if not bool(random_rows.any()):
-        return greedy
+        return logits.argmax(dim=-1)
     temp = torch.where(random_rows, temperature, 1.0).float()
     probs = torch.softmax(logits.float() / temp[:, None], dim=-1)
     probs = filter_probs(probs, top_k, top_p, min_p)
@@ -81,7 +80,9 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     # Rounding can put the target at the very top of the cdf: fall back to the last token kept.
     last_kept = probs.shape[-1] - 1 - (probs > 0).flip(-1).long().argmax(dim=-1)
     drawn = torch.minimum(drawn, last_kept)
-    return torch.where(random_rows, drawn, greedy)
+    if bool(random_rows.all()):
+        return drawn
+    return torch.where(random_rows, drawn, logits.argmax(dim=-1))
 
 
 def apply_penalties(logits: torch.Tensor, prompt_tokens: torch.Tensor, output_tokens: torch.Tensor,

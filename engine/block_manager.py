@@ -91,6 +91,10 @@ class BlockManager:
             found.append(block_id)
         return found
 
+    def fits(self, seq: Sequence, num_tokens: int) -> bool:
+        """Whether `seq`'s blocks already hold `num_tokens` tokens (true for most decode steps)."""
+        return num_tokens <= len(seq.block_table) * self.block_size
+
     def can_allocate(self, seq: Sequence, num_tokens: int, cached: list[int] = (), reserve: int = 0) -> bool:
         """Whether `seq` (after taking `cached` blocks) can hold `num_tokens` tokens, keeping `reserve` free."""
         new = self.blocks_needed(num_tokens) - len(seq.block_table) - len(cached)
@@ -139,7 +143,7 @@ class BlockManager:
         block.hash = block.token_ids = block.parent = None
 
     def _register_full_blocks(self, seq: Sequence, num_tokens: int) -> None:
-        full = min(num_tokens, seq.num_tokens) // self.block_size
+        full = min(num_tokens, len(seq.token_ids)) // self.block_size
         while len(seq.block_hashes) < full:
             i = len(seq.block_hashes)
             chunk = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])

@@ -23,6 +23,7 @@ class OutputProcessor:
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
+        self.eos_token_ids = frozenset(tokenizer.eos_token_ids)
 
     def process(self, step: StepOutput, now: float) -> list[Sequence]:
         """Record the step's prompt logprobs and new tokens; return the sequences that just finished."""
@@ -65,8 +66,9 @@ class OutputProcessor:
 
     def _check_stop(self, seq: Sequence, token: int) -> bool:
         params = seq.params
-        may_stop = seq.num_output_tokens >= params.min_tokens
-        if may_stop and not params.ignore_eos and token in self.tokenizer.eos_token_ids:
+        num_output = len(seq.token_ids) - seq.num_prompt_tokens
+        may_stop = num_output >= params.min_tokens
+        if may_stop and not params.ignore_eos and token in self.eos_token_ids:
             seq.finish_reason = "stop"
         elif may_stop and token in params.stop_token_ids:
             seq.finish_reason, seq.stop_reason = "stop", token
@@ -75,7 +77,7 @@ class OutputProcessor:
             seq.text += seq.detokenizer.step(token)
             if may_stop and params.stop and _cut_at_stop(seq, before):
                 return True
-            if seq.num_output_tokens < seq.max_tokens:
+            if num_output < seq.max_tokens:
                 return False
             seq.finish_reason = "length"
         seq.text += seq.detokenizer.flush()     # a sequence may end inside a multi-byte character

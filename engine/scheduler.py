@@ -73,7 +73,8 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             count = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if not self._make_room(seq, seq.num_computed_tokens + count, out):
+            if not self.blocks.fits(seq, seq.num_computed_tokens + count) and not self._make_room(
+                    seq, seq.num_computed_tokens + count, out):
                 break
             self.blocks.allocate(seq, seq.num_computed_tokens + count)
             out.add(seq, count)

@@ -55,11 +55,13 @@ class Sequence:
     sent_text: int = 0
     sent_tokens: int = 0
     finish_sent: bool = False
+    # Copied from the request, because every step reads them for every sequence.
+    params: SamplingParams = field(init=False)
+    num_prompt_tokens: int = field(init=False)
 
-    @property
-    def params(self) -> SamplingParams:
-        """The request's sampling parameters."""
-        return self.request.params
+    def __post_init__(self) -> None:
+        self.params = self.request.params
+        self.num_prompt_tokens = len(self.request.prompt_token_ids)
 
     @property
     def num_tokens(self) -> int:
@@ -67,19 +69,14 @@ class Sequence:
         return len(self.token_ids)
 
     @property
-    def num_prompt_tokens(self) -> int:
-        """Tokens of the prompt."""
-        return len(self.request.prompt_token_ids)
-
-    @property
     def num_output_tokens(self) -> int:
         """Tokens generated so far."""
-        return len(self.token_ids) - len(self.request.prompt_token_ids)
+        return len(self.token_ids) - self.num_prompt_tokens
 
     @property
     def output_token_ids(self) -> list[int]:
         """The generated tokens."""
-        return self.token_ids[len(self.request.prompt_token_ids):]
+        return self.token_ids[self.num_prompt_tokens:]
 
     @property
     def finished(self) -> bool:

@@ -8,8 +8,8 @@ Definitions (per row; `p` = softmax(logits / temperature)):
   mass left by the filters before it (so the most likely token is always kept, and ties are kept together).
 - The filters apply in that order; the draw is from the kept tokens, renormalised.
 - The draw depends only on (seed, position): one uniform number per row, from a counter-based hash of the
-  two, inverts the kept tokens' cumulative distribution. So a seeded request draws the same tokens
-  whatever else is in the batch.
+  two, inverts the kept tokens' cumulative distribution (a float32 prefix sum). So a seeded request draws
+  the same tokens whatever else is in the batch.
 """
 
 from __future__ import annotations
@@ -74,12 +74,15 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     temp = torch.where(random_rows, temperature, 1.0).float()
     probs = torch.softmax(logits.float() / temp[:, None], dim=-1)
     probs = filter_probs(probs, top_k, top_p, min_p)
-    cdf = probs.double().cumsum(dim=-1)
-    target = uniform_from(seeds, positions) * cdf[:, -1]
+    # A float prefix sum of non-negative terms never decreases, so the first entry above the target belongs
+    # to a kept token.
+    cdf = probs.cumsum(dim=-1)
+    target = (uniform_from(seeds, positions) * cdf[:, -1]).float()
     drawn = torch.searchsorted(cdf, target[:, None], right=True).squeeze(1)
-    # Rounding can put the target at the very top of the cdf: fall back to the last token kept.
-    last_kept = probs.shape[-1] - 1 - (probs > 0).flip(-1).long().argmax(dim=-1)
-    drawn = torch.minimum(drawn, last_kept)
+    vocab = probs.shape[-1]
+    if bool((drawn >= vocab).any()):       # rounding put a target at the very top: take the last kept token
+        last_kept = vocab - 1 - (probs > 0).flip(-1).long().argmax(dim=-1)
+        drawn = torch.minimum(drawn, last_kept)
     if bool(random_rows.all()):
         return drawn
     return torch.where(random_rows, drawn, logits.argmax(dim=-1))

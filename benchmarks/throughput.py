@@ -5,7 +5,12 @@ range, `ignore_eos`, sampled at temperature 0.6. transformers runs it the way pe
 left-padded into batches, each batch generating as many tokens as its longest request asks for. Both sides
 are credited with the output tokens the requests asked for, so the figure is useful tokens per second.
 
-    python -m benchmarks.throughput [--model PATH | --model qwen3-tiny] [--num-seqs 64] [--quick]
+    python -m benchmarks.throughput [--model PATH | qwen3-tiny | qwen3-0.6b-shape] [--num-seqs 64] [--quick]
+        [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16]
+
+`qwen3-tiny` and `qwen3-0.6b-shape` are random-weight Qwen3 checkpoints built on the fly with the default
+model's 4k-token tokenizer: the first the default model's size, the second Qwen3-0.6B's body (28 layers,
+hidden 1024, 16 query and 8 KV heads of 128) for GPUs. dtype `auto` is float32 on the CPU, bfloat16 on a GPU.
 """
 
 from __future__ import annotations
@@ -47,22 +52,31 @@ def make_workload(num_seqs: int, input_range: tuple[int, int], output_range: tup
     return Workload(prompts, [rng.randint(*output_range) for _ in range(num_seqs)])
 
 
-def qwen3_tiny(tokenizer_dir: str, out_dir: Path) -> str:
-    """A Qwen3-shaped random-weight checkpoint the size of the default model, with its tokenizer."""
+QWEN3_SHAPES = {
+    "qwen3-tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=64),
+    "qwen3-0.6b-shape": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                             num_attention_heads=16, num_key_value_heads=8, head_dim=128),
+}
+
+
+def qwen3_random(shape: str, tokenizer_dir: str, out_dir: Path) -> str:
+    """A Qwen3 checkpoint of one of `QWEN3_SHAPES` with random weights (bfloat16 files), with the tokenizer of
+    `tokenizer_dir` and a vocabulary its size."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = transformers.Qwen3Config(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=768,
-                                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                                      head_dim=64, max_position_embeddings=2048, tie_word_embeddings=True)
+    config = transformers.Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=4096,
+                                      tie_word_embeddings=True, **QWEN3_SHAPES[shape])
     torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(out_dir)
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return str(out_dir)
 
 
-def run_engine(model: str, workloads: list[Workload], max_model_len: int) -> list[float]:
+def run_engine(model: str, workloads: list[Workload], max_model_len: int, device: torch.device,
+               dtype: torch.dtype) -> list[float]:
     """engine.LLM's output tokens/s on each workload (after a warm-up request). Each workload has prompts of
     its own, so the prefix cache never serves one run from an earlier one."""
-    llm = LLM(model, max_model_len=max_model_len)
+    llm = LLM(model, max_model_len=max_model_len, device=device.type, dtype=str(dtype).removeprefix("torch."))
     llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
     rates = []
     for work in workloads:
@@ -75,24 +89,27 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int) -> lis
     return rates
 
 
-def run_transformers(model: str, workloads: list[Workload], batch_size: int, dtype: torch.dtype) -> list[float]:
+def run_transformers(model: str, workloads: list[Workload], batch_size: int, device: torch.device,
+                     dtype: torch.dtype) -> list[float]:
     """transformers' output tokens/s on each workload: padded, batched `generate`, each batch producing at
     least what each of its requests asks for (credited with what they ask for)."""
-    hf = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=dtype).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
     pad = hf.config.pad_token_id if hf.config.pad_token_id is not None else 0
-    hf.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False, pad_token_id=pad)
+    hf.generate(torch.tensor([[1, 2, 3]], device=device), max_new_tokens=4, do_sample=False, pad_token_id=pad)
     rates = []
     for work in workloads:
         start = time.perf_counter()
         for i in range(0, len(work.prompts), batch_size):
             prompts, lens = work.prompts[i:i + batch_size], work.output_lens[i:i + batch_size]
             width = max(map(len, prompts))
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
             with torch.no_grad():
                 out = hf.generate(ids, attention_mask=mask, max_new_tokens=max(lens), min_new_tokens=max(lens),
                                   do_sample=True, temperature=0.6, top_k=0, pad_token_id=pad, eos_token_id=None)
             assert out.shape[1] - width >= max(lens)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         rates.append(work.output_tokens / (time.perf_counter() - start))
     return rates
 
@@ -100,7 +117,9 @@ def run_transformers(model: str, workloads: list[Workload], batch_size: int, dty
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="checkpoint directory, or 'qwen3-tiny' for a random Qwen3-shaped one")
+                        help=f"checkpoint directory, or one of {sorted(QWEN3_SHAPES)} (random weights)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--num-seqs", type=int, default=64)
     parser.add_argument("--input-len", type=int, nargs=2, default=[32, 256])
     parser.add_argument("--output-len", type=int, nargs=2, default=[32, 256])
@@ -115,25 +134,30 @@ def main() -> None:
         args.num_seqs, args.input_len, args.output_len, args.repeats = 8, [16, 48], [8, 24], 1
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    auto_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = auto_dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
-        model = qwen3_tiny(DEFAULT_MODEL, Path(tmp)) if args.model == "qwen3-tiny" else args.model
+        model = qwen3_random(args.model, DEFAULT_MODEL, Path(tmp)) if args.model in QWEN3_SHAPES else args.model
         vocab = transformers.AutoConfig.from_pretrained(model).vocab_size
         workloads = [make_workload(args.num_seqs, tuple(args.input_len), tuple(args.output_len), vocab, seed=r)
                      for r in range(args.repeats)]
         max_len = args.input_len[1] + args.output_len[1]
-        engine_rates = run_engine(model, workloads, max_len)
-        hf_rates = run_transformers(model, workloads, args.hf_batch_size, torch.float32)
+        engine_rates = run_engine(model, workloads, max_len, device, dtype)
+        hf_rates = run_transformers(model, workloads, args.hf_batch_size, device, dtype)
     result = {
         "model": args.model, "num_seqs": args.num_seqs, "input_len": args.input_len,
         "output_len": args.output_len, "output_tokens": [w.output_tokens for w in workloads],
-        "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "threads": torch.get_num_threads(), "machine": platform.machine(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "dtype": str(dtype),
         "engine_tok_s_runs": engine_rates, "transformers_tok_s_runs": hf_rates,
         "engine_tok_s": statistics.median(engine_rates), "transformers_tok_s": statistics.median(hf_rates),
     }
     result["ratio"] = result["engine_tok_s"] / result["transformers_tok_s"]
     print(f"workload: {args.num_seqs} seqs, input {args.input_len}, output {args.output_len}, ignore_eos, "
-          f"temperature 0.6, float32 on the CPU, {result['threads']} threads; median of {args.repeats} runs, "
-          "each on fresh random prompts")
+          f"temperature 0.6, {result['dtype']} on {result['device_name'] or device}, {result['threads']} CPU "
+          f"threads; median of {args.repeats} runs, each on fresh random prompts")
     runs = lambda rates: ", ".join(f"{r:.0f}" for r in rates)
     print(f"engine.LLM:              {result['engine_tok_s']:9.1f} tok/s  (runs: {runs(engine_rates)})")
     print(f"transformers.generate:   {result['transformers_tok_s']:9.1f} tok/s  (runs: {runs(hf_rates)})")

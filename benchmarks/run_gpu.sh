@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one go: the GPU tests, the kernel benchmarks (table and pytest-benchmark) and
+# offline throughput against transformers. Logs go to $1 (default: benchmarks/results/gpu). Each part has a time
+# limit so that one hang cannot eat a lent machine's time; a part that fails does not stop the next.
+#     bash benchmarks/run_gpu.sh [LOG_DIR]
+set -u -o pipefail
+LOGS=${1:-benchmarks/results/gpu}
+mkdir -p "$LOGS"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+part() {  # part NAME SECONDS COMMAND...
+    local name=$1 limit=$2; shift 2
+    echo "=== $name: $* (limit ${limit}s)"
+    local start=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee "$LOGS/$name.log"
+    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start))s"
+}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__,
+'transformers', transformers.__version__)"; git rev-parse HEAD 2>/dev/null; } 2>&1 | tee "$LOGS/env.log"
+part gpu_tests "${GPU_TESTS_LIMIT:-200}" $PY -m pytest tests/gpu -q -n 8 -p no:cacheprovider -rfE
+part kernels "${KERNELS_LIMIT:-200}" $PY -m benchmarks.kernels
+part pytest_benchmark "${PYTEST_BENCH_LIMIT:-100}" $PY -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
+    --benchmark-max-time=0.3 --benchmark-columns=min,median,mean,rounds
+part throughput "${THROUGHPUT_LIMIT:-200}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \
+    --json "$LOGS/throughput.json"

@@ -1,0 +1,162 @@
+"""The Triton kernels compiled for a GPU against the torch references, at sizes the interpreter cannot reach:
+long contexts (many decode splits), batches of hundreds, every supported head size, block sizes up to 128,
+bf16 on real tensor cores, full vocabularies. References run on the CPU in float32 (float64 for sampling)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+from kernel_checks import PHILOX_KAT, chi_square, make_batch, params, philox_probe, random_rows
+
+from kernels.reference import attention as ref
+from kernels.reference import sampling as ref_sampling
+from kernels.triton_ops import apply_penalties, store_kv
+from kernels.triton_ops.attention import paged_attention_into
+from kernels.triton_ops.sampling import sample, sample_with_thresholds
+
+F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
+# Inputs are exact in every dtype; the kernels round P (and bf16/fp16 products) once: a few units of the
+# dtype's last place on outputs of size ~1.
+TOLERANCE = {F32: 1e-4, F16: 4e-3, BF16: 3e-2}
+
+
+def check_attention(device, seq_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, dtype, seed=0):
+    q, k, v, tables, lens, cu = make_batch(seq_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size,
+                                           dtype, seed)
+    scale = head_dim ** -0.5
+    expected = ref.paged_attention(q.float(), k.float(), v.float(), tables, lens, cu, max(q_lens), scale)
+    on = lambda t: t.to(device)
+    out = torch.full(q.shape, float("nan"), dtype=dtype, device=device)
+    paged_attention_into(out, on(q), on(k), on(v), on(tables), on(lens), on(cu), max(q_lens), scale)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(out.cpu().float(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(("group", "head_dim", "block_size", "dtype"), [
+    (1, 64, 16, F16), (2, 80, 32, BF16), (4, 96, 16, F16), (8, 128, 16, BF16), (8, 128, 16, F16),
+    (4, 128, 128, BF16), (2, 256, 16, F16), (8, 64, 64, F32),
+])
+def test_decode(device, group, head_dim, block_size, dtype):
+    lens = [1, 37, 16, 130, 4097, 1000, 2500]
+    check_attention(device, lens, [1] * len(lens), 2 * group, 2, head_dim, block_size, dtype, seed=group)
+
+
+def test_decode_one_long_sequence(device):
+    """One sequence of 32k tokens: the split count must spread it over the GPU and merge exactly."""
+    check_attention(device, [32768], [1], 16, 2, 128, 16, BF16, seed=1)
+
+
+def test_decode_batch_of_256(device):
+    lens = torch.randint(1, 700, (256,), generator=torch.Generator().manual_seed(2)).tolist()
+    check_attention(device, lens, [1] * 256, 16, 2, 128, 16, BF16, seed=2)
+
+
+@pytest.mark.parametrize(("group", "head_dim", "block_size", "dtype"), [
+    (1, 64, 16, F16), (2, 80, 32, BF16), (4, 96, 16, F16), (8, 128, 16, BF16), (4, 128, 64, F16),
+    (2, 256, 16, BF16), (4, 64, 128, F32),
+])
+def test_prefill_extend_and_decode_mixed(device, group, head_dim, block_size, dtype):
+    """Whole prompts, chunks over cached prefixes and decodes in one call, lengths off every tile size."""
+    check_attention(device, [700, 1500, 3, 260, 129, 1], [700, 300, 3, 1, 64, 1], 2 * group, 2, head_dim,
+                    block_size, dtype, seed=10 + group)
+
+
+def test_prefill_long_prompt(device):
+    check_attention(device, [4096], [4096], 8, 2, 128, 16, BF16, seed=3)
+
+
+@pytest.mark.parametrize(("src_dtype", "cache_dtype", "block_size", "head_dim"), [
+    (F32, F32, 16, 64), (F32, F16, 32, 80), (F16, F16, 16, 128), (BF16, BF16, 128, 256), (BF16, BF16, 16, 96),
+])
+def test_store_kv(device, src_dtype, cache_dtype, block_size, head_dim):
+    g = torch.Generator().manual_seed(block_size + head_dim)
+    num_blocks, num_tokens, kv_heads = 400, 3000, 8
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:num_tokens]
+    slots[::7] = -1                                                    # padding: skipped
+    key = torch.randn(num_tokens, kv_heads, head_dim, generator=g).to(src_dtype)
+    value = torch.randn(num_tokens, kv_heads, head_dim, generator=g).to(src_dtype)
+    shape = (num_blocks, block_size, kv_heads, head_dim)
+    expected = [torch.full(shape, float("nan"), dtype=cache_dtype) for _ in range(2)]
+    ref.store_kv(key, value, *expected, slots)
+    caches = [torch.full(shape, float("nan"), dtype=cache_dtype, device=device) for _ in range(2)]
+    store_kv(key.to(device), value.to(device), *caches, slots.to(device))
+    for got, want in zip(caches, expected):
+        torch.testing.assert_close(got.cpu(), want, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize(("vocab", "tied"), [(32000, False), (32000, True), (128256, False), (151936, False)])
+def test_filters_keep_the_reference_tokens_on_full_vocabularies(device, vocab, tied):
+    """The cut the kernel chose keeps exactly the reference's tokens, except within float rounding of the cut
+    (the kernel's probabilities and float64 ones differ in the last bits)."""
+    batch = 32
+    logits, temperature, top_k, top_p, min_p = random_rows(batch, vocab, seed=vocab % 97 + tied, tied=tied)
+    args = [logits, temperature, top_k, top_p, min_p, torch.full((batch,), 5), torch.arange(batch)]
+    drawn, thresholds = (t.cpu() for t in sample_with_thresholds(*(a.to(device) for a in args)))
+    probs = torch.softmax(logits.double() / temperature[:, None].double(), dim=-1)
+    expected = ref_sampling.filter_probs(probs, top_k, top_p.double(), min_p.double()) > 0
+    kept = probs >= thresholds.double()[:, None]
+    near_cut = (probs - thresholds.double()[:, None]).abs() <= 1e-5 * thresholds.double()[:, None]
+    assert not ((kept != expected) & ~near_cut).any()
+    assert bool(expected.gather(1, drawn[:, None]).all()), "a filtered-out token was drawn"
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p", "min_p"), [
+    (0.5, 0, 1.0, 0.0), (1.0, 6, 1.0, 0.0), (1.0, 0, 0.7, 0.0), (1.0, 0, 1.0, 0.15), (2.0, 10, 0.85, 0.03),
+])
+def test_draws_follow_the_filtered_distribution(device, temperature, top_k, top_p, min_p):
+    draws, vocab = 20000, 30
+    row = torch.randn(1, vocab, generator=torch.Generator().manual_seed(3)) * 1.5
+    row[0, [4, 9]] = float("-inf")
+    args = params(draws, temperature, top_k, top_p, min_p, seed=2**40 + 17)
+    drawn = sample(row.repeat(draws, 1).to(device), *(a.to(device) for a in args)).cpu()
+    probs = torch.softmax(row / temperature, dim=-1)
+    filtered = ref_sampling.filter_probs(probs, torch.tensor([top_k]), torch.tensor([top_p]),
+                                         torch.tensor([min_p]))[0]
+    assert bool((filtered[drawn] > 0).all()), "a filtered-out token was drawn"
+    assert chi_square(drawn, filtered / filtered.sum()) > 1e-3
+
+
+def test_greedy_is_the_first_argmax_on_a_full_vocabulary(device):
+    logits = torch.randn(64, 151936, generator=torch.Generator().manual_seed(11))
+    logits[1, [10, 150000]] = 9.0
+    logits[3, :] = 1.0
+    drawn = sample(logits.to(device), *(a.to(device) for a in params(64, temperature=0.0, top_k=3))).cpu()
+    assert torch.equal(drawn, logits.argmax(dim=-1))
+    assert drawn[1] == 10 and drawn[3] == 0
+
+
+def test_draws_depend_only_on_seed_and_position(device):
+    logits, temperature, top_k, top_p, min_p = random_rows(16, 128256, seed=21, tied=False)
+    seeds = torch.randint(0, 2**62, (16,), generator=torch.Generator().manual_seed(4))
+    args = [a.to(device) for a in (logits, temperature, top_k, top_p, min_p, seeds, torch.arange(16) * 1000)]
+    together = sample(*args)
+    assert torch.equal(sample(*args), together)
+    alone = torch.cat([sample(*(a[i:i + 1] for a in args)) for i in range(16)])
+    assert torch.equal(alone, together)
+    assert torch.equal(sample(*(a.flip(0) for a in args)).flip(0), together)
+
+
+def test_philox_known_answers(device):
+    probe = triton.jit(philox_probe)
+    words = torch.tensor([w for w, _ in PHILOX_KAT] + [[0] * 6], dtype=torch.int64).to(torch.uint32)
+    out = torch.zeros(4, 4, dtype=torch.uint32, device=device)
+    probe[(1,)](words.to(device), out)
+    for row, (_, expected) in enumerate(PHILOX_KAT):
+        assert out[row].cpu().to(torch.int64).tolist() == expected
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+def test_penalties(device, dtype):
+    g = torch.Generator().manual_seed(2)
+    batch, vocab = 64, 32000
+    logits = (torch.randn(batch, vocab, generator=g) * 3).to(dtype)
+    prompt = torch.randint(0, vocab, (batch, 500), generator=g)
+    output = torch.randint(0, 300, (batch, 1000), generator=g)
+    prompt[0, 10:], output[1, 5:], output[2, :] = -1, -1, -1
+    rand = lambda lo, hi: torch.rand(batch, generator=g) * (hi - lo) + lo
+    presence, frequency, repetition = rand(-0.5, 1.5), rand(-0.5, 1.0), rand(0.8, 2.0)
+    expected = ref_sampling.apply_penalties(logits.clone(), prompt, output, presence, frequency, repetition)
+    got = apply_penalties(*(t.to(device) for t in (logits, prompt, output, presence, frequency, repetition)))
+    tol = 1e-5 if dtype == F32 else 1e-2
+    torch.testing.assert_close(got.cpu(), expected, rtol=tol, atol=tol)

@@ -1,0 +1,117 @@
+"""Inputs and checks shared by the kernel tests in the interpreter (tests/kernels) and on a GPU (tests/gpu).
+
+Everything is built on the CPU from seeded generators; GPU tests move it to the device. `kernels.triton_ops` is
+imported here as the importing test directory left it: interpreted under tests/kernels, compiled under tests/gpu
+(each directory runs in a pytest process of its own on a GPU machine).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton.language as tl
+from scipy import stats
+
+from kernels.reference import attention as ref
+from kernels.reference import sampling as ref_sampling
+from kernels.triton_ops.sampling import philox4x32
+
+
+def make_batch(seq_lens: list[int], q_lens: list[int], num_heads: int, num_kv_heads: int, head_dim: int,
+               block_size: int, dtype: torch.dtype, seed: int = 0, q_dtype: torch.dtype | None = None):
+    """A paged batch: shuffled blocks, NaN in every unwritten slot, garbage table entries past the end."""
+    g = torch.Generator().manual_seed(seed)
+    blocks_per_seq = [-(-n // block_size) for n in seq_lens]
+    num_blocks = sum(blocks_per_seq) + 2
+    order = torch.randperm(num_blocks, generator=g).int()
+    tables = torch.full((len(seq_lens), max(blocks_per_seq) + 1), 1 << 30, dtype=torch.int32)
+    used = 0
+    for s, count in enumerate(blocks_per_seq):
+        tables[s, :count] = order[used:used + count]
+        used += count
+    k_cache = torch.full((num_blocks, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype)
+    v_cache = k_cache.clone()
+    slots = torch.cat([tables[s, torch.arange(n) // block_size].long() * block_size + torch.arange(n) % block_size
+                       for s, n in enumerate(seq_lens)])
+    keys = torch.randn(len(slots), num_kv_heads, head_dim, generator=g).to(dtype)
+    values = torch.randn(len(slots), num_kv_heads, head_dim, generator=g).to(dtype)
+    ref.store_kv(keys, values, k_cache, v_cache, slots)
+    q = torch.randn(sum(q_lens), num_heads, head_dim, generator=g).to(q_dtype or dtype)
+    cu_seqlens_q = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    return q, k_cache, v_cache, tables, torch.tensor(seq_lens, dtype=torch.int32), cu_seqlens_q
+
+
+def params(batch: int, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1234, positions=None):
+    full = lambda value, dtype: value if isinstance(value, torch.Tensor) else torch.full((batch,), value, dtype=dtype)
+    return (full(temperature, torch.float32), full(top_k, torch.int32), full(top_p, torch.float32),
+            full(min_p, torch.float32), full(seed, torch.int64),
+            torch.arange(batch, dtype=torch.int64) if positions is None else positions)
+
+
+def random_rows(batch: int, vocab: int, seed: int, tied: bool):
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(batch, 1, generator=g) * 3 + 0.5
+    logits = torch.randn(batch, vocab, generator=g) * scale
+    if tied:
+        logits = (logits * 2).round() / 2                      # many exact ties, also at the filter boundaries
+    pick = lambda options: torch.tensor(options)[torch.randint(len(options), (batch,), generator=g)]
+    temperature = pick([0.5, 1.0, 1.7])
+    top_k = pick([0, 1, 3, 40, vocab - 1, vocab + 5]).int()
+    top_p = pick([1.0, 0.3, 0.9, 0.995])
+    min_p = pick([0.0, 0.0, 0.02, 0.3])
+    return logits, temperature, top_k, top_p, min_p
+
+
+def assert_keeps_reference_set(logits, temperature, top_k, top_p, min_p, thresholds):
+    probs = torch.softmax(logits / temperature[:, None], dim=-1)
+    expected = ref_sampling.filter_probs(probs, top_k, top_p, min_p) > 0
+    # The kernel's probabilities may differ from torch's in the last bit: compare a hair below the threshold.
+    kept = (probs >= thresholds[:, None] * (1 - 2e-6)) & (probs > 0)
+    for row in range(logits.shape[0]):
+        assert torch.equal(kept[row], expected[row]), (
+            f"row {row}: T={temperature[row]:.2f} k={int(top_k[row])} p={top_p[row]:.3f} min_p={min_p[row]:.2f} "
+            f"kept {int(kept[row].sum())}, reference {int(expected[row].sum())}")
+
+
+def chi_square(drawn: torch.Tensor, expected_probs: torch.Tensor) -> float:
+    """p-value of the draws against the distribution; cells with small expectations are pooled."""
+    counts = torch.bincount(drawn, minlength=expected_probs.numel()).double()
+    expected = expected_probs.double() * drawn.numel()
+    order = expected.argsort(descending=True).tolist()
+    observed_cells, expected_cells, pool_obs, pool_exp = [], [], 0.0, 0.0
+    for token in order:
+        if expected[token] == 0:
+            continue
+        if expected[token] >= 5:
+            observed_cells.append(float(counts[token]))
+            expected_cells.append(float(expected[token]))
+        else:
+            pool_obs, pool_exp = pool_obs + float(counts[token]), pool_exp + float(expected[token])
+    if pool_exp > 0:
+        observed_cells.append(pool_obs)
+        expected_cells.append(pool_exp)
+    if len(observed_cells) < 2:
+        return 1.0
+    total = sum(expected_cells)                                 # renormalise away float rounding for scipy
+    expected_cells = [e * drawn.numel() / total for e in expected_cells]
+    return float(stats.chisquare(observed_cells, expected_cells).pvalue)
+
+
+def philox_probe(words_ptr, out_ptr):
+    """Four Philox4x32-10 evaluations, one per lane: words [4, 6] (c0 c1 c2 c3 k0 k1) -> out [4, 4]."""
+    lanes = tl.arange(0, 4)
+    r0, r1, r2, r3 = philox4x32(tl.load(words_ptr + lanes * 6), tl.load(words_ptr + lanes * 6 + 1),
+                                tl.load(words_ptr + lanes * 6 + 2), tl.load(words_ptr + lanes * 6 + 3),
+                                tl.load(words_ptr + lanes * 6 + 4), tl.load(words_ptr + lanes * 6 + 5), 10)
+    tl.store(out_ptr + lanes * 4, r0)
+    tl.store(out_ptr + lanes * 4 + 1, r1)
+    tl.store(out_ptr + lanes * 4 + 2, r2)
+    tl.store(out_ptr + lanes * 4 + 3, r3)
+
+
+# Philox4x32-10 known answers, (c0 c1 c2 c3 k0 k1) -> four words, from Random123's kat_vectors.
+PHILOX_KAT = [
+    ([0, 0, 0, 0, 0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
+    ([0xFFFFFFFF] * 6, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
+    ([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344, 0xA4093822, 0x299F31D0],
+     [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
+]

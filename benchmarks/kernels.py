@@ -3,11 +3,13 @@
     python -m benchmarks.kernels            # on a GPU: every shape (a few minutes)
     python -m benchmarks.kernels --quick    # on a GPU: a few shapes
     python -m benchmarks.kernels --smoke    # anywhere (TRITON_INTERPRET=1 on a CPU): tiny shapes, the code paths only
+    python -m benchmarks.kernels --sampling-sweep   # on a GPU: the sampler's tile width and warps, vocab 128k
 
 Printed per shape:
 - decode: K/V bytes read / time as GB/s and as a percentage of the device's measured copy bandwidth (a 1 GiB
   device-to-device copy, read + write bytes). Timed with `triton.testing.do_bench`, which empties the L2
-  before every run; large batches keep launch overhead negligible.
+  before every run; large batches keep launch overhead negligible. "graph us" is the same call replayed from a
+  CUDA graph (`do_bench_cudagraph`, L2 not emptied): the GPU time without the host's launch overhead.
 - prefill: causal attention TFLOP/s of our paged kernel and of `scaled_dot_product_attention`'s flash path on
   the same data (the K/V heads repeated for SDPA), and their ratio.
 - sampling: our sampler against a `torch.sort`-based top-k/top-p sampler, and the speedup.
@@ -67,7 +69,8 @@ def bench_decode(shapes, device, timer, copy_gbs: float) -> None:
     from kernels.triton_ops.decode_attention import choose_num_splits
 
     print("\n== decode attention (fp16, q heads 32 / kv heads 8, head 128, block 16) ==")
-    print(f"{'batch':>6} {'context':>8} {'splits':>6} {'max err':>9} {'time us':>9} {'GB/s':>8} {'% copy':>7}")
+    print(f"{'batch':>6} {'context':>8} {'splits':>6} {'max err':>9} {'time us':>9} {'GB/s':>8} {'% copy':>7} "
+          f"{'graph us':>9}")
     for batch, context in shapes:
         q, k, v, tables, lens, cu = paged_batch(batch, context, 1, 32, 8, 128, 16, torch.float16, device)
         run = functools.partial(paged_attention, q, k, v, tables, lens, cu, 1, 128 ** -0.5)
@@ -75,11 +78,33 @@ def bench_decode(shapes, device, timer, copy_gbs: float) -> None:
         err = (run()[:check].float() - ref.paged_attention(q[:check], k, v, tables[:check], lens[:check],
                                                            cu[:check + 1], 1, 128 ** -0.5).float()).abs().max()
         ms = timer(run)
+        graph_us = graph_time_us(run) if device.type == "cuda" else float("nan")
         nbytes = 2 * batch * context * 8 * 128 * 2 + 2 * q.numel() * 2
         gbs = nbytes / ms / 1e6
         splits = choose_num_splits(batch, 8, tables.shape[1] * 16, device)
         print(f"{batch:>6} {context:>8} {splits:>6} {err:>9.2e} {ms * 1e3:>9.1f} {gbs:>8.0f} "
-              f"{100 * gbs / copy_gbs:>6.1f}%")
+              f"{100 * gbs / copy_gbs:>6.1f}% {graph_us:>9.1f}")
+
+
+def graph_time_us(fn) -> float:
+    """Microseconds of `fn` replayed from a CUDA graph; NaN where capture fails."""
+    import triton.testing
+
+    try:
+        return triton.testing.do_bench_cudagraph(fn) * 1e3
+    except Exception:  # noqa: BLE001 -- a capture failure must not stop the table
+        return float("nan")
+
+
+def kept_as_reference(logits, temperature, top_k, top_p, min_p, thresholds) -> bool:
+    """Whether a row's cut keeps the reference's tokens (float64), except within float rounding of the cut."""
+    from kernels.reference import sampling as ref
+
+    probs = torch.softmax(logits.double() / temperature[:, None].double(), dim=-1)
+    expected = ref.filter_probs(probs, top_k, top_p.double(), min_p.double()) > 0
+    cut = thresholds.double()[:, None]
+    kept = probs >= cut
+    return not bool(((kept != expected) & ((probs - cut).abs() > 1e-5 * cut)).any())
 
 
 def bench_prefill(shapes, device, timer, cuda: bool) -> None:
@@ -134,7 +159,6 @@ def sort_sampler(logits, temperature, top_k, top_p):
 
 
 def bench_sampling(batches, vocabs, device, timer) -> None:
-    from kernels.reference import sampling as ref
     from kernels.triton_ops.sampling import sample_with_thresholds
 
     print("\n== sampling (T 0.8; logits ~ N(0, 2.5^2)) ==")
@@ -149,20 +173,45 @@ def bench_sampling(batches, vocabs, device, timer) -> None:
                         torch.arange(batch, device=device))
                 _, thresholds = sample_with_thresholds(*args)
                 rows = min(batch, 4)
-                probs = torch.softmax(logits[:rows] / 0.8, dim=-1)
-                expected = ref.filter_probs(probs, k[:rows], p[:rows], args[4][:rows]) > 0
-                kept = (probs >= thresholds[:rows, None] * (1 - 2e-6)) & (probs > 0)
+                ok = kept_as_reference(*(a[:rows] for a in args[:5]), thresholds[:rows])
                 ours = timer(functools.partial(sample_with_thresholds, *args))
                 theirs = timer(functools.partial(sort_sampler, logits, temperature, k, p))
                 name = f"k={top_k} p={top_p}"
-                print(f"{batch:>6} {vocab:>7} {name:>18} {str(torch.equal(kept, expected)):>8} "
+                print(f"{batch:>6} {vocab:>7} {name:>18} {str(ok):>8} "
                       f"{ours * 1e3:>9.1f} {theirs * 1e3:>9.1f} {theirs / ours:>7.2f}x")
+
+
+def sampling_sweep(device, timer) -> None:
+    """The sampler's time per launch configuration (tile width x warps) at vocab 128k."""
+    from kernels.triton_ops.sampling import sample_with_thresholds
+
+    print("\n== sampling launch configurations (vocab 128256, T 0.8) ==")
+    print(f"{'batch':>6} {'filters':>14} " + " ".join(f"{f'{b}/{w}w':>10}" for b in (1024, 2048, 4096)
+                                                     for w in (4, 8, 16)))
+    for batch in (1, 64, 256):
+        logits = torch.randn(batch, 128256, device=device) * 2.5
+        full = functools.partial(torch.full, (batch,), device=device)
+        for top_k, top_p in ((50, 0.9), (0, 0.95)):
+            args = (logits, full(0.8), full(top_k, dtype=torch.int32), full(top_p), full(0.0),
+                    full(1, dtype=torch.int64), torch.arange(batch, device=device))
+            cells = []
+            for block in (1024, 2048, 4096):
+                for warps in (4, 8, 16):
+                    run = functools.partial(sample_with_thresholds, *args, block=block, num_warps=warps)
+                    try:
+                        ok = kept_as_reference(*(a[:4] for a in args[:5]), run()[1][:4])
+                        cells.append(f"{timer(run) * 1e3:>9.1f}{'' if ok else '!'}")
+                    except Exception:  # noqa: BLE001 -- e.g. out of registers or shared memory
+                        cells.append(f"{'fail':>10}")
+            print(f"{batch:>6} {f'k={top_k} p={top_p}':>14} " + " ".join(f"{c:>10}" for c in cells))
+    print("(us per call; '!' marks a cut that differs from the reference beyond float rounding)")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few shapes only")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes; runs on a CPU with TRITON_INTERPRET=1")
+    parser.add_argument("--sampling-sweep", action="store_true", help="only the sampler's launch configurations")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -190,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
         decode = [(1, 4096), (1, 32768), (8, 4096), (32, 4096), (64, 4096), (128, 4096), (256, 1024), (256, 4096)]
         prefill = [(1, 8192, 0), (1, 4096, 0), (4, 2048, 0), (16, 512, 0), (1, 512, 4096), (8, 256, 2048)]
         batches, vocabs = [1, 8, 64, 128, 256], [32000, 128256, 151936]
+    if args.sampling_sweep:
+        sampling_sweep(device, timer)
+        return
     print(f"copy bandwidth: {copy_gbs:.0f} GB/s")
     bench_decode(decode, device, timer, copy_gbs)
     bench_prefill(prefill, device, timer, cuda)

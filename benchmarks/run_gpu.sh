@@ -3,13 +3,16 @@
 # offline throughput against transformers. Logs go to $1 (default: benchmarks/results/gpu). Each part has a time
 # limit so that one hang cannot eat a lent machine's time; a part that fails does not stop the next.
 #     bash benchmarks/run_gpu.sh [LOG_DIR]
+# PARTS="kernels throughput" runs only those parts (default: all); NAME_LIMIT overrides a part's seconds.
 set -u -o pipefail
 LOGS=${1:-benchmarks/results/gpu}
 mkdir -p "$LOGS"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+PARTS=${PARTS:-gpu_tests kernels sampling_sweep pytest_benchmark throughput}
 part() {  # part NAME SECONDS COMMAND...
     local name=$1 limit=$2; shift 2
+    [[ " $PARTS " == *" $name "* ]] || return 0
     echo "=== $name: $* (limit ${limit}s)"
     local start=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee "$LOGS/$name.log"
@@ -17,10 +20,11 @@ part() {  # part NAME SECONDS COMMAND...
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__,
-'transformers', transformers.__version__)"; git rev-parse HEAD 2>/dev/null; } 2>&1 | tee "$LOGS/env.log"
+'transformers', transformers.__version__)"; } 2>&1 | tee "$LOGS/env.log"
 part gpu_tests "${GPU_TESTS_LIMIT:-200}" $PY -m pytest tests/gpu -q -n 8 -p no:cacheprovider -rfE
 part kernels "${KERNELS_LIMIT:-200}" $PY -m benchmarks.kernels
+part sampling_sweep "${SAMPLING_SWEEP_LIMIT:-150}" $PY -m benchmarks.kernels --sampling-sweep
 part pytest_benchmark "${PYTEST_BENCH_LIMIT:-100}" $PY -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
     --benchmark-max-time=0.3 --benchmark-columns=min,median,mean,rounds
 part throughput "${THROUGHPUT_LIMIT:-200}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \
-    --json "$LOGS/throughput.json"
+    --repeats "${THROUGHPUT_REPEATS:-3}" --json "$LOGS/throughput.json"

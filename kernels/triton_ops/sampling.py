@@ -177,10 +177,12 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
 
 def sample_with_thresholds(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                            top_p: torch.Tensor, min_p: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor,
-                           max_candidates: int = MAX_CANDIDATES) -> tuple[torch.Tensor, torch.Tensor]:
+                           max_candidates: int = MAX_CANDIDATES, block: int | None = None,
+                           num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`sample`, plus each row's probability threshold (a token is kept when its probability is >= it and > 0;
-    0 for unfiltered and greedy rows), for tests. `max_candidates` sizes the per-row candidate buffer; rows
-    with more candidates search the logits directly."""
+    0 for unfiltered and greedy rows), for tests and tuning. `max_candidates` sizes the per-row candidate
+    buffer; rows with more candidates search the logits directly. `block` (tokens per tile of the passes over
+    the vocabulary, a power of two) and `num_warps` override the launch configuration."""
     batch, vocab = logits.shape
     out = torch.empty(batch, dtype=torch.int64, device=logits.device)
     thresholds = torch.zeros(batch, dtype=torch.float32, device=logits.device)
@@ -197,8 +199,8 @@ def sample_with_thresholds(logits: torch.Tensor, temperature: torch.Tensor, top_
                                                         (seeds, torch.int64), (positions, torch.int64))]
     _sample_kernel[(batch,)](
         logits, logits.stride(0), out, thresholds, *params, buffer, capacity, vocab,
-        PHILOX_ROUNDS=PHILOX_ROUNDS, BLOCK=1024 if on_gpu else 256, SEARCH_BLOCK=256, NUM_PIVOTS=NUM_PIVOTS,
-        NUM_LEVELS=NUM_LEVELS, LEVEL_BASE=LEVEL_BASE, LEVEL_LOG2_GROWTH=LEVEL_LOG2_GROWTH, MASS_MARGIN=MASS_MARGIN,
-        num_warps=8 if on_gpu else 4,
+        PHILOX_ROUNDS=PHILOX_ROUNDS, BLOCK=block or (1024 if on_gpu else 256), SEARCH_BLOCK=256,
+        NUM_PIVOTS=NUM_PIVOTS, NUM_LEVELS=NUM_LEVELS, LEVEL_BASE=LEVEL_BASE, LEVEL_LOG2_GROWTH=LEVEL_LOG2_GROWTH,
+        MASS_MARGIN=MASS_MARGIN, num_warps=num_warps or (8 if on_gpu else 4),
     )
     return out, thresholds

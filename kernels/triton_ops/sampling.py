@@ -29,7 +29,6 @@ LEVEL_BASE = 1.5
 LEVEL_LOG2_GROWTH = 0.6780719051126377
 # A top-p cut-off must hold this much more than top_p of the mass, so that summation order cannot matter.
 MASS_MARGIN = 1.0001
-MAX_CANDIDATES = 32768
 
 
 @triton.jit
@@ -177,12 +176,14 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
 
 def sample_with_thresholds(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                            top_p: torch.Tensor, min_p: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor,
-                           max_candidates: int = MAX_CANDIDATES, block: int | None = None,
+                           max_candidates: int | None = None, block: int | None = None,
                            num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`sample`, plus each row's probability threshold (a token is kept when its probability is >= it and > 0;
     0 for unfiltered and greedy rows), for tests and tuning. `max_candidates` sizes the per-row candidate
-    buffer; rows with more candidates search the logits directly. `block` (tokens per tile of the passes over
-    the vocabulary, a power of two) and `num_warps` override the launch configuration."""
+    buffer (default: the vocabulary, so the buffer is as large as the logits and no row goes without it);
+    rows with more candidates search the logits directly, several passes over the whole row. `block` (tokens
+    per tile of the passes over the vocabulary, a power of two) and `num_warps` override the launch
+    configuration."""
     batch, vocab = logits.shape
     out = torch.empty(batch, dtype=torch.int64, device=logits.device)
     thresholds = torch.zeros(batch, dtype=torch.float32, device=logits.device)
@@ -190,16 +191,18 @@ def sample_with_thresholds(logits: torch.Tensor, temperature: torch.Tensor, top_
         return out, thresholds
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
-    capacity = max(1, min(vocab, max_candidates))
+    capacity = max(1, min(vocab, max_candidates or vocab))
     buffer = torch.empty(batch, capacity, dtype=torch.float32, device=logits.device)
     on_gpu = _utils.compiled_for_gpu(logits.device)
     # Per-row parameters may be strided views (e.g. columns of one [B, 3] tensor): the kernel reads them densely.
     params = [t.to(dtype).contiguous() for t, dtype in ((temperature, torch.float32), (top_k, torch.int32),
                                                         (top_p, torch.float32), (min_p, torch.float32),
                                                         (seeds, torch.int64), (positions, torch.int64))]
+    # 2048-token tiles on a GPU: the fastest of 1024/2048/4096 x 4/8/16 warps at vocab 128k, batch 1 to 256,
+    # in the sweep recorded in benchmarks/RESULTS.md (H200).
     _sample_kernel[(batch,)](
         logits, logits.stride(0), out, thresholds, *params, buffer, capacity, vocab,
-        PHILOX_ROUNDS=PHILOX_ROUNDS, BLOCK=block or (1024 if on_gpu else 256), SEARCH_BLOCK=256,
+        PHILOX_ROUNDS=PHILOX_ROUNDS, BLOCK=block or (2048 if on_gpu else 256), SEARCH_BLOCK=256,
         NUM_PIVOTS=NUM_PIVOTS, NUM_LEVELS=NUM_LEVELS, LEVEL_BASE=LEVEL_BASE, LEVEL_LOG2_GROWTH=LEVEL_LOG2_GROWTH,
         MASS_MARGIN=MASS_MARGIN, num_warps=num_warps or (8 if on_gpu else 4),
     )

@@ -97,26 +97,23 @@ def graph_time_us(fn) -> float:
 
 
 def kept_as_reference(logits, temperature, top_k, top_p, min_p, thresholds) -> bool:
-    """Whether each row's cut keeps the reference's tokens (float64) up to float rounding. Where top-p decides,
-    a token may differ only if the mass of the tokens above it is within 1e-5 of the top-p target (the kernel
-    sums that mass in float32, in its own order); elsewhere only if its probability is within 1e-5 (relative)
-    of the cut."""
+    """Whether each row's cut keeps the reference's tokens (float64) up to float rounding. The kernel's cut is
+    the float32 probability of its last kept token, so tokens within 1e-5 (relative) of it count as kept.
+    Where top-p decides, a token may then differ only if the mass of the tokens above it is within 1e-5 of the
+    top-p target (the kernel sums that mass in float32, in its own order); elsewhere it may not differ."""
     from kernels.reference import sampling as ref
 
     probs = torch.softmax(logits.double() / temperature[:, None].double(), dim=-1)
     expected = ref.filter_probs(probs, top_k, top_p.double(), min_p.double()) > 0
-    cut = thresholds.double()[:, None]
-    differs = (probs >= cut) != expected
+    differs = (probs >= thresholds.double()[:, None] * (1 - 1e-5)) != expected
     for row in differs.any(dim=1).nonzero().flatten().tolist():
-        p = probs[row, differs[row]]
         if top_p[row] >= 1:
-            if bool(((p - cut[row]).abs() > 1e-5 * cut[row]).any()):
-                return False
-            continue
+            return False
         floor = float(min_p[row]) * float(probs[row].max())
         if 0 < top_k[row] < probs.shape[1]:
             floor = max(floor, float(probs[row].topk(int(top_k[row])).values[-1]))
         pool = probs[row][probs[row] >= floor]                  # what top-p is taken from
+        p = probs[row, differs[row]]
         mass_above = (pool[None, :] * (pool[None, :] > p[:, None])).sum(dim=1)
         if bool(((mass_above - float(top_p[row]) * float(pool.sum())).abs() > 1e-5).any()):
             return False

@@ -48,21 +48,23 @@ class AsyncLLM:
 
     def __init__(self, model: str | None = None, *, engine: LLMEngine | None = None,
                  max_queued_seqs: int | None = None, **options) -> None:
-        self._engine = engine if engine is not None else LLMEngine(
-            EngineConfig(model=model or DEFAULT_MODEL, **options))
-        self.config: EngineConfig = self._engine.config
-        self.model_config = self._engine.model_config
-        self.tokenizer = self._engine.tokenizer      # safe to use for encoding and decoding from any thread
-        self.max_model_len: int = self._engine.max_model_len
         self.max_queued_seqs = max_queued_seqs
-        self._stats = self._engine.stats()
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, RequestStream] = {}       # live requests, as the event loops see them
         self._lock = threading.Lock()
         self._in_flight = 0                                  # sequences accepted and not yet released
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._engine: LLMEngine | None = engine
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, args=(model, options, ready), name="engine", daemon=True)
         self._thread.start()
+        ready.wait()
+        if self._engine is None:                             # building it failed: the thread has ended
+            raise self._error
+        self.config: EngineConfig = self._engine.config
+        self.model_config = self._engine.model_config
+        self.tokenizer = self._engine.tokenizer      # safe to use for encoding and decoding from any thread
+        self.max_model_len: int = self._engine.max_model_len
 
     # ---- the asyncio side -------------------------------------------------------------------------------
 
@@ -158,6 +160,25 @@ class AsyncLLM:
                 self._release(stream)
 
     # ---- the engine thread ------------------------------------------------------------------------------
+
+    def _main(self, model: str | None, options: dict, ready: threading.Event) -> None:
+        """The engine thread: build the engine here (unless one was given), then run it.
+
+        Building it here keeps every torch call of the engine on this one thread. On the CPU that matters:
+        GNU OpenMP lets a team's worker threads spin between parallel regions only while no more threads
+        are managed than there are cores, and each thread that ever runs a parallel region keeps its own
+        team, so a model loaded on one thread and run on another loses about a third of its speed.
+        """
+        try:
+            if self._engine is None:
+                self._engine = LLMEngine(EngineConfig(model=model or DEFAULT_MODEL, **options))
+            self._stats = self._engine.stats()
+        except BaseException as exc:
+            self._engine, self._error = None, exc
+            return
+        finally:
+            ready.set()
+        self._run()
 
     def _run(self) -> None:
         live: dict[str, RequestStream] = {}

@@ -187,3 +187,34 @@ def test_a_dead_engine_fails_pending_and_new_requests(llama_path):
 
     started = time.monotonic()
     assert _run(main()) is False and time.monotonic() - started < 30
+
+
+def test_the_engine_is_built_and_run_on_its_own_thread(llama_path, monkeypatch):
+    """Loading on the caller's thread and stepping on another would split torch's OpenMP work over two
+    threads (slow on the CPU): the model is loaded, and every step runs, on the engine thread."""
+    from engine.llm_engine import LLMEngine
+
+    threads = []
+    for name in ("__init__", "step"):
+        original = getattr(LLMEngine, name)
+
+        def spy(self, *args, _original=original, **kwargs):
+            threads.append(threading.current_thread().name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(LLMEngine, name, spy)
+
+    async def main():
+        llm = AsyncLLM(llama_path)
+        try:
+            async for _ in llm.generate("def add(a, b):", SamplingParams(max_tokens=3)):
+                pass
+        finally:
+            llm.shutdown()
+
+    _run(main())
+    assert len(threads) >= 4 and set(threads) == {"engine"}
+
+
+def test_a_bad_option_is_raised_to_the_caller(llama_path):
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        AsyncLLM(llama_path, max_num_seqs=0)

@@ -90,6 +90,13 @@ def test_without_model_the_default_must_exist(tmp_path, monkeypatch):
         cli.main(["--model", str(tmp_path)])
 
 
+def test_without_model_the_built_in_model_is_served_as_pycoder_tiny():
+    args = cli.build_parser().parse_args([])
+    model = cli.resolve_model(args.model)
+    assert (Path(model) / "model.safetensors").is_file()
+    assert cli.server_settings(args, model).served_model_name == "pycoder-tiny"
+
+
 def test_settings_from_the_command_line(llama_path, monkeypatch):
     args = cli.build_parser().parse_args(["--model", llama_path])
     monkeypatch.delenv("API_KEY", raising=False)

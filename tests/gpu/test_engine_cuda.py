@@ -3,16 +3,25 @@ in float32, with chunked prefill, preemption and prefix-cache hits all happening
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
-import transformers
 
-from engine import LLM, SamplingParams
-from kernels import triton_ops
+# Importing Triton here, before tests/kernels imports it under the interpreter, would break those tests
+# (Triton decides at its own import whether its jit'd helpers are interpreted): skip first.
+if not (torch.cuda.is_available() or os.environ.get("GPU_TESTS_DRY_RUN") == "1"):
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+import transformers  # noqa: E402
+
+from engine import LLM, SamplingParams  # noqa: E402
+from kernels import triton_ops  # noqa: E402
 
 PROMPTS = ["The quick brown fox", "def add(a, b):\n    return", "x", "café naïve résumé 日本語",
            "import os\nimport sys\nprint('hello world')\n" * 3, "for i in range(10):\n    total += i * i\n" * 4]
 NEW_TOKENS = 24
+
 
 
 def hf_greedy(path: str, device: torch.device) -> list[list[int]]:

@@ -42,8 +42,9 @@ class AsyncLLM:
 
     model and the keyword options are those of `LLM` (dtype, device, max_model_len, block_size,
     kv_cache_blocks, max_num_seqs, max_num_batched_tokens, enable_prefix_caching, seed); or pass a ready
-    `engine`. max_queued_seqs bounds the sequences waiting beyond the running batch (None: no bound): a
-    request that would exceed it raises EngineOverloadedError instead of queueing without limit.
+    `engine` (on the CPU, one built on another thread runs slower: see `_main`). max_queued_seqs bounds the
+    sequences waiting beyond the running batch (None: no bound): a request that would exceed it raises
+    EngineOverloadedError instead of queueing without limit.
     """
 
     def __init__(self, model: str | None = None, *, engine: LLMEngine | None = None,

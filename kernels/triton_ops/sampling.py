@@ -198,8 +198,9 @@ def sample_with_thresholds(logits: torch.Tensor, temperature: torch.Tensor, top_
     params = [t.to(dtype).contiguous() for t, dtype in ((temperature, torch.float32), (top_k, torch.int32),
                                                         (top_p, torch.float32), (min_p, torch.float32),
                                                         (seeds, torch.int64), (positions, torch.int64))]
-    # 2048-token tiles on a GPU: the fastest of 1024/2048/4096 x 4/8/16 warps at vocab 128k, batch 1 to 256,
-    # in the sweep recorded in benchmarks/RESULTS.md (H200).
+    # 2048-token tiles and 8 warps on a GPU: in the sweep of 1024/2048/4096 tiles x 4/8/16 warps recorded in
+    # benchmarks/RESULTS.md (H200, vocab 128k, batch 1 to 256) the only setting within 13% of the fastest in
+    # every row (4096 is faster at small batches but 30% slower at batch 256).
     _sample_kernel[(batch,)](
         logits, logits.stride(0), out, thresholds, *params, buffer, capacity, vocab,
         PHILOX_ROUNDS=PHILOX_ROUNDS, BLOCK=block or (2048 if on_gpu else 256), SEARCH_BLOCK=256,

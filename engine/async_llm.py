@@ -166,9 +166,10 @@ class AsyncLLM:
         """The engine thread: build the engine here (unless one was given), then run it.
 
         Building it here keeps every torch call of the engine on this one thread. On the CPU that matters:
-        GNU OpenMP lets a team's worker threads spin between parallel regions only while no more threads
-        are managed than there are cores, and each thread that ever runs a parallel region keeps its own
-        team, so a model loaded on one thread and run on another loses about a third of its speed.
+        measured on 2 cores, a model loaded on one thread and run on another generated about 30% slower (and
+        used 1.45 instead of 2 cores), as did one run from a second thread after any torch work on the first.
+        The likely cause (not verified in GNU OpenMP's source): each thread that runs a parallel region keeps
+        its own worker team, and with more managed threads than cores the workers stop spin-waiting.
         """
         try:
             if self._engine is None:

@@ -5,8 +5,8 @@ One program per row (contract and exact filter semantics: `kernels.api.sample`, 
 2. with top-k or top-p on, one pass counts the candidates and their mass at NUM_LEVELS cut-offs
    p >= p_max * exp(-depth) (restricted to the min-p survivors), picks the shallowest cut-off that surely
    holds the answer (>= top_k values, or >= top_p of the mass), and one pass gathers those candidates into a
-   small per-row buffer; the exact thresholds are then found by bisection on that buffer (`topk_topp`), or on
-   the logits themselves when the candidates do not fit;
+   per-row buffer (as wide as the vocabulary unless a caller caps it); the exact thresholds are then found by
+   bisection on that buffer (`topk_topp`), or on the logits themselves when a capped buffer is too small;
 3. one pass draws argmax(logits / T + Gumbel noise) over the kept tokens, which samples exactly from the kept
    tokens' renormalised softmax. The noise is Philox keyed on (seed, position) and the token id, so a seeded
    row draws the same token whatever the batch and whatever the tiling. Tiles with no kept token skip the noise.

@@ -1,7 +1,7 @@
 """Kernel timings under pytest-benchmark: `pytest benchmarks/ --benchmark-only`.
 
-On the CPU this times the torch references (the engine's CPU path); on a GPU it times both backends, so
-Triton and torch sit side by side in one table. Correctness is the business of tests/; these only time.
+On the CPU this times the torch references and, for decode attention, the `cpu` backend's C kernel; on a GPU
+it times Triton and torch, side by side in one table. Correctness is the business of tests/; these only time.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import kernels
 GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
 BACKENDS = ["torch", "triton"] if GPU else ["torch"]
+DECODE_BACKENDS = BACKENDS if GPU else ["torch", "cpu"]
 DTYPE = torch.bfloat16 if GPU else torch.float32
 
 
@@ -45,7 +46,7 @@ def _timed(benchmark, backend: str, fn, *args) -> None:
         kernels.use("auto")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DECODE_BACKENDS)
 @pytest.mark.parametrize("num_seqs, context", [(1, 4096), (32, 1024)] if not GPU else [(1, 32768), (64, 4096)])
 def test_decode_attention(benchmark, backend, num_seqs, context):
     _timed(benchmark, backend, kernels.paged_attention, *_paged_batch(num_seqs, context, 1))

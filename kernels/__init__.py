@@ -1,9 +1,10 @@
 """Our kernels: paged attention, KV-cache writes, sampling and penalties.
 
 Each kernel has a Triton implementation (`kernels.triton_ops`) and a plain-torch reference
-(`kernels.reference`) that is both its test oracle and the CPU path. `kernels.use("triton" | "torch" | "auto")`
-or the KERNELS_BACKEND environment variable picks one; by default Triton runs on CUDA tensors and torch
-everywhere else.
+(`kernels.reference`) that is both its test oracle and the CPU path; decode attention also has a C kernel for
+the CPU (`kernels.cpu`). `kernels.use("triton" | "cpu" | "torch" | "auto")` or the KERNELS_BACKEND environment
+variable picks one; by default Triton runs on CUDA tensors and the `cpu` backend (C where there is a C kernel,
+torch elsewhere) on CPU tensors.
 """
 
 from kernels.api import apply_penalties, paged_attention, sample, store_kv

@@ -1,4 +1,5 @@
-"""The kernel API the engine calls. Each function dispatches to Triton or to the torch reference.
+"""The kernel API the engine calls. Each function dispatches to Triton, to a C kernel for the CPU (paged
+attention's decodes) or to the torch reference.
 
 The contract is the same for both backends, so a researcher can swap in a kernel of their own by replacing
 one function of `kernels.triton_ops` and checking it against `kernels.reference` with the tests.
@@ -11,6 +12,7 @@ import importlib
 import torch
 
 from kernels import backend
+from kernels.cpu import attention as cpu_attention
 from kernels.reference import attention as ref_attention
 from kernels.reference import sampling as ref_sampling
 
@@ -45,9 +47,13 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     num_heads > num_kv_heads (query head h reads kv head h // (num_heads // num_kv_heads)).
     Returns [T, num_heads, head_dim] in q's dtype.
     """
-    if backend.resolve(q.device) == "triton":
+    chosen = backend.resolve(q.device)
+    if chosen == "triton":
         return _triton("paged_attention")(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
                                           max_seqlen_q, scale)
+    if chosen == "cpu":
+        return cpu_attention.paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
+                                             max_seqlen_q, scale)
     return ref_attention.paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
                                          max_seqlen_q, scale)
 

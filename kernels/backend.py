@@ -1,11 +1,14 @@
-"""Which implementation the kernel API dispatches to: our Triton kernels or the plain-torch references.
+"""Which implementation the kernel API dispatches to: our Triton kernels, our C kernels for the CPU, or the
+plain-torch references.
 
 The choice is made per call from the tensor's device unless it is forced, with `kernels.use(...)` or the
-`KERNELS_BACKEND` environment variable (`auto`, `triton` or `torch`):
+`KERNELS_BACKEND` environment variable (`auto`, `triton`, `cpu` or `torch`):
 
-- `auto` (default): Triton for CUDA tensors, torch everywhere else.
+- `auto` (default): Triton for CUDA tensors, `cpu` for CPU tensors, torch everywhere else.
 - `triton`: always Triton. On a CPU tensor this needs `TRITON_INTERPRET=1` (Triton's numpy interpreter),
   which is how the kernels are tested on machines without a GPU.
+- `cpu`: the C kernels of `kernels.cpu` where there is one (decode attention on float32; built on first use,
+  the torch reference when no C compiler is found), the torch references for everything else.
 - `torch`: always the plain-torch references.
 
 Nothing here imports Triton or touches a GPU driver at import time.
@@ -18,13 +21,13 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "cpu", "torch")
 
 _forced: str | None = None
 
 
 def use(backend: str) -> None:
-    """Force every kernel call to one backend ("triton" | "torch"), or "auto" to choose by device."""
+    """Force every kernel call to one backend ("triton" | "cpu" | "torch"), or "auto" to choose by device."""
     global _forced
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernels backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -57,10 +60,14 @@ def triton_available() -> bool:
 
 
 def resolve(device: torch.device) -> str:
-    """The backend ("triton" or "torch") that a call on tensors of `device` runs."""
+    """The backend ("triton", "cpu" or "torch") that a call on tensors of `device` runs."""
     backend = configured()
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        if device.type == "cuda" and triton_available():
+            return "triton"
+        return "cpu" if device.type == "cpu" else "torch"
+    if backend == "cpu" and device.type != "cpu":
+        raise RuntimeError(f"kernels backend 'cpu' was requested for a {device.type} tensor")
     if backend == "triton":
         if not triton_available():
             raise RuntimeError("kernels backend 'triton' was requested but the triton package is not installed")

@@ -15,7 +15,8 @@ if not (torch.cuda.is_available() or os.environ.get("GPU_TESTS_DRY_RUN") == "1")
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 import triton  # noqa: E402
-from kernel_checks import PHILOX_KAT, chi_square, make_batch, params, philox_probe, random_rows  # noqa: E402
+from kernel_checks import PHILOX_KAT, chi_square, params, philox_probe, random_rows  # noqa: E402
+from paged_batches import make_batch  # noqa: E402
 
 from kernels.reference import attention as ref  # noqa: E402
 from kernels.reference import sampling as ref_sampling  # noqa: E402

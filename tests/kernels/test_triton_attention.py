@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import make_batch
+from paged_batches import make_batch
 
 import kernels
 from kernels.reference import attention as ref

@@ -96,28 +96,38 @@ def graph_time_us(fn) -> float:
         return float("nan")
 
 
-def kept_as_reference(logits, temperature, top_k, top_p, min_p, thresholds) -> bool:
-    """Whether each row's cut keeps the reference's tokens (float64) up to float rounding. The kernel's cut is
-    the float32 probability of its last kept token, so tokens within 1e-5 (relative) of it count as kept.
-    Where top-p decides, a token may then differ only if the mass of the tokens above it is within 1e-5 of the
-    top-p target (the kernel sums that mass in float32, in its own order); elsewhere it may not differ."""
+def kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds) -> list[str]:
+    """Rows whose cut does not keep the reference's tokens (float64) up to float rounding, each described; an
+    empty list when all agree. The kernel's cut is the float32 probability of its last kept token, so tokens
+    within 1e-5 (relative) of it count as kept. Where top-p decides, a token may then differ only if the mass
+    of the tokens above it is within 1e-5 of the top-p target (the kernel sums that mass in float32, in its own
+    order); elsewhere it may not differ."""
     from kernels.reference import sampling as ref
 
     probs = torch.softmax(logits.double() / temperature[:, None].double(), dim=-1)
     expected = ref.filter_probs(probs, top_k, top_p.double(), min_p.double()) > 0
-    differs = (probs >= thresholds.double()[:, None] * (1 - 1e-5)) != expected
+    kept = probs >= thresholds.double()[:, None] * (1 - 1e-5)
+    differs = kept != expected
+    problems = []
     for row in differs.any(dim=1).nonzero().flatten().tolist():
+        where = (f"row {row} (T {float(temperature[row]):g}, k {int(top_k[row])}, p {float(top_p[row]):g}, "
+                 f"min-p {float(min_p[row]):g}): kernel cut {float(thresholds[row]):.9g} keeps "
+                 f"{int(kept[row].sum())}, reference keeps {int(expected[row].sum())}")
         if top_p[row] >= 1:
-            return False
+            problems.append(where)
+            continue
         floor = float(min_p[row]) * float(probs[row].max())
         if 0 < top_k[row] < probs.shape[1]:
             floor = max(floor, float(probs[row].topk(int(top_k[row])).values[-1]))
         pool = probs[row][probs[row] >= floor]                  # what top-p is taken from
         p = probs[row, differs[row]]
         mass_above = (pool[None, :] * (pool[None, :] > p[:, None])).sum(dim=1)
-        if bool(((mass_above - float(top_p[row]) * float(pool.sum())).abs() > 1e-5).any()):
-            return False
-    return True
+        target = float(top_p[row]) * float(pool.sum())
+        worst = int((mass_above - target).abs().argmax())
+        if float((mass_above - target).abs()[worst]) > 1e-5:
+            problems.append(f"{where}; token p {float(p[worst]):.9g}: mass above {float(mass_above[worst]):.9g}, "
+                            f"target {target:.9g} ({int(differs[row].sum())} tokens differ)")
+    return problems
 
 
 def bench_prefill(shapes, device, timer, cuda: bool) -> None:
@@ -186,12 +196,14 @@ def bench_sampling(batches, vocabs, device, timer) -> None:
                         torch.arange(batch, device=device))
                 _, thresholds = sample_with_thresholds(*args)
                 rows = min(batch, 4)
-                ok = kept_as_reference(*(a[:rows] for a in args[:5]), thresholds[:rows])
+                problems = kept_set_problems(*(a[:rows] for a in args[:5]), thresholds[:rows])
                 ours = timer(functools.partial(sample_with_thresholds, *args))
                 theirs = timer(functools.partial(sort_sampler, logits, temperature, k, p))
                 name = f"k={top_k} p={top_p}"
-                print(f"{batch:>6} {vocab:>7} {name:>18} {str(ok):>8} "
+                print(f"{batch:>6} {vocab:>7} {name:>18} {str(not problems):>8} "
                       f"{ours * 1e3:>9.1f} {theirs * 1e3:>9.1f} {theirs / ours:>7.2f}x")
+                for problem in problems:
+                    print(f"    ! {problem}")
 
 
 def sampling_sweep(device, timer) -> None:
@@ -212,7 +224,7 @@ def sampling_sweep(device, timer) -> None:
                 for warps in (4, 8, 16):
                     run = functools.partial(sample_with_thresholds, *args, block=block, num_warps=warps)
                     try:
-                        ok = kept_as_reference(*(a[:4] for a in args[:5]), run()[1][:4])
+                        ok = not kept_set_problems(*(a[:4] for a in args[:5]), run()[1][:4])
                         cells.append(f"{timer(run) * 1e3:>9.1f}{'' if ok else '!'}")
                     except Exception:  # noqa: BLE001 -- e.g. out of registers or shared memory
                         cells.append(f"{'fail':>10}")

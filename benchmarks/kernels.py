@@ -13,6 +13,10 @@ Printed per shape:
 - prefill: causal attention TFLOP/s of our paged kernel and of `scaled_dot_product_attention`'s flash path on
   the same data (the K/V heads repeated for SDPA), and their ratio.
 - sampling: our sampler against a `torch.sort`-based top-k/top-p sampler, and the speedup.
+- layer ops: the fused RMSNorm + residual, SiLU-and-mul and rotary kernels against the torch code they would
+  replace (`kernels.reference.layer_ops`, the engine's own), bf16, Llama-3-8B's sizes: time from do_bench and
+  from a CUDA graph (without launch overhead) for both, and the fused kernel's bytes moved / time. The engine
+  uses them only where this shows they pay.
 """
 
 from __future__ import annotations
@@ -232,6 +236,46 @@ def sampling_sweep(device, timer) -> None:
     print("(us per call; '!' marks a cut that differs from the reference beyond float rounding)")
 
 
+def bench_layer_ops(token_counts, hidden: int, intermediate: int, heads: int, head_dim: int, device, timer,
+                    copy_gbs: float) -> None:
+    from kernels.reference import layer_ops as ref
+    from kernels.triton_ops import layer_ops
+
+    dtype, cuda = torch.bfloat16, device.type == "cuda"
+    print(f"\n== layer ops (bf16; hidden {hidden}, intermediate {intermediate}, {heads} q+k heads of {head_dim}) ==")
+    print(f"{'op':>14} {'tokens':>7} {'max err':>9} {'ours us':>8} {'torch us':>9} {'speedup':>8} "
+          f"{'graph ours':>11} {'graph torch':>12} {'speedup':>8} {'GB/s':>7} {'% copy':>7}")
+    angles = torch.outer(torch.arange(8192, device=device).float(),
+                         torch.rand(head_dim // 2, device=device))
+    cos, sin = angles.cos(), angles.sin()
+    for tokens in token_counts:
+        x, residual = (torch.randn(tokens, hidden, device=device).to(dtype) for _ in range(2))
+        weight = torch.randn(hidden, device=device).to(dtype)
+        gate_up = torch.randn(tokens, 2 * intermediate, device=device).to(dtype)
+        qk = torch.randn(tokens, heads, head_dim, device=device).to(dtype)
+        positions = torch.randint(0, 8192, (tokens,), device=device)
+        part = functools.partial
+        cases = [
+            ("rms_norm+add", part(layer_ops.rms_norm, x, weight, 1e-5, residual),
+             part(ref.rms_norm, x, weight, 1e-5, residual), (4 * tokens * hidden + hidden) * 2),
+            ("silu_and_mul", part(layer_ops.silu_and_mul, gate_up), part(ref.silu_and_mul, gate_up),
+             3 * tokens * intermediate * 2),
+            ("rotary", part(layer_ops.rotary, qk, positions, cos, sin), part(ref.rotary, qk, positions, cos, sin),
+             2 * qk.numel() * 2 + 2 * tokens * head_dim * 4),
+        ]
+        for name, ours, theirs, nbytes in cases:
+            got, want = ours(), theirs()
+            err = max((a.float() - b.float()).abs().max().item() for a, b in zip(
+                got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)))
+            ours_ms, theirs_ms = timer(ours), timer(theirs)
+            graph_ours = graph_time_us(ours) if cuda else float("nan")
+            graph_theirs = graph_time_us(theirs) if cuda else float("nan")
+            gbs = nbytes / ours_ms / 1e6
+            print(f"{name:>14} {tokens:>7} {err:>9.2e} {ours_ms * 1e3:>8.1f} {theirs_ms * 1e3:>9.1f} "
+                  f"{theirs_ms / ours_ms:>7.2f}x {graph_ours:>11.1f} {graph_theirs:>12.1f} "
+                  f"{graph_theirs / graph_ours:>7.2f}x {gbs:>7.0f} {100 * gbs / copy_gbs:>6.1f}%")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few shapes only")
@@ -254,16 +298,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         copy_gbs = copy_bandwidth(device, timer, 1 << 20)
         decode, prefill, batches, vocabs = [(2, 40), (1, 70)], [(2, 24, 0), (1, 16, 20)], [2], [1000]
+        layer_tokens, layer_sizes = [1, 3], (64, 96, 3, 16)
     elif args.quick:
         copy_gbs = copy_bandwidth(device, timer, GIB)
         decode = [(1, 4096), (32, 4096), (64, 4096), (256, 2048)]
         prefill = [(1, 4096, 0), (4, 1024, 0), (1, 512, 4096)]
         batches, vocabs = [1, 64, 256], [128256]
+        layer_tokens, layer_sizes = [1, 256], (4096, 14336, 40, 128)
     else:
         copy_gbs = copy_bandwidth(device, timer, GIB)
         decode = [(1, 4096), (1, 32768), (8, 4096), (32, 4096), (64, 4096), (128, 4096), (256, 1024), (256, 4096)]
         prefill = [(1, 8192, 0), (1, 4096, 0), (4, 2048, 0), (16, 512, 0), (1, 512, 4096), (8, 256, 2048)]
         batches, vocabs = [1, 8, 64, 128, 256], [32000, 128256, 151936]
+        layer_tokens, layer_sizes = [1, 64, 256, 2048], (4096, 14336, 40, 128)
     if args.sampling_sweep:
         sampling_sweep(device, timer)
         return
@@ -271,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     bench_decode(decode, device, timer, copy_gbs)
     bench_prefill(prefill, device, timer, cuda)
     bench_sampling(batches, vocabs, device, timer)
+    bench_layer_ops(layer_tokens, *layer_sizes, device, timer, copy_gbs)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ from kernel_checks import PHILOX_KAT, chi_square, params, philox_probe, random_r
 from paged_batches import make_batch  # noqa: E402
 
 from kernels.reference import attention as ref  # noqa: E402
+from kernels.reference import layer_ops as ref_layer_ops  # noqa: E402
 from kernels.reference import sampling as ref_sampling  # noqa: E402
-from kernels.triton_ops import apply_penalties, store_kv  # noqa: E402
+from kernels.triton_ops import apply_penalties, layer_ops, store_kv  # noqa: E402
 from kernels.triton_ops.attention import paged_attention_into  # noqa: E402
 from kernels.triton_ops.sampling import sample, sample_with_thresholds  # noqa: E402
 
@@ -169,3 +170,28 @@ def test_penalties(device, dtype):
     got = apply_penalties(*(t.to(device) for t in (logits, prompt, output, presence, frequency, repetition)))
     tol = 1e-5 if dtype == F32 else 1e-2
     torch.testing.assert_close(got.cpu(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16, F32])
+def test_layer_ops_at_llama_8b_sizes(device, dtype):
+    """RMSNorm + residual, SiLU-and-mul and rotary on 300 tokens of Llama-3-8B's sizes (hidden 4096,
+    intermediate 14336, 32 + 8 heads of 128), against the references on the CPU."""
+    g = torch.Generator().manual_seed(3)
+    tokens, hidden, intermediate = 300, 4096, 14336
+    x, residual = (torch.randn(tokens, hidden, generator=g).to(dtype) for _ in range(2))
+    weight = torch.randn(hidden, generator=g).to(dtype)
+    on = lambda t: t.to(device)
+    out, total = layer_ops.rms_norm(on(x), on(weight), 1e-5, on(residual))
+    want, want_total = ref_layer_ops.rms_norm(x.float(), weight.float(), 1e-5, residual.float())
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(total.cpu().float(), want_total, rtol=tol, atol=tol)
+    torch.testing.assert_close(out.cpu().float(), want, rtol=tol, atol=tol)
+    gate_up = torch.randn(tokens, 2 * intermediate, generator=g).to(dtype)
+    torch.testing.assert_close(layer_ops.silu_and_mul(on(gate_up)).cpu().float(),
+                               ref_layer_ops.silu_and_mul(gate_up.float()), rtol=tol, atol=tol)
+    qk = torch.randn(tokens, 40, 128, generator=g).to(dtype)
+    angles = torch.outer(torch.arange(8192).float(), torch.rand(64, generator=g))
+    positions = torch.randint(0, 8192, (tokens,), generator=g)
+    got = layer_ops.rotary(on(qk), on(positions), on(angles.cos()), on(angles.sin()))
+    torch.testing.assert_close(got.cpu().float(), ref_layer_ops.rotary(qk.float(), positions, angles.cos(),
+                                                                       angles.sin()), rtol=tol, atol=tol)

@@ -1,6 +1,7 @@
 """Run the Triton kernels on the CPU with Triton's interpreter, without leaking TRITON_INTERPRET elsewhere.
 
-`triton.jit` reads TRITON_INTERPRET when a kernel is defined, so `kernels.triton_ops` is (re)imported here with
+`triton.jit` reads TRITON_INTERPRET when a kernel is defined, so `kernels.triton_ops` (every module of it) is
+(re)imported here with
 the variable set and the variable is then put back; each test of this directory sets it again while it runs
 (the kernel API's dispatcher checks it), and the backend is reset to "auto" afterwards.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 import sys
 from pathlib import Path
 
@@ -25,7 +27,9 @@ def _import_interpreted_kernels() -> None:
     try:
         for name in [name for name in sys.modules if name.startswith("kernels.triton_ops")]:
             del sys.modules[name]
-        importlib.import_module("kernels.triton_ops")
+        package = importlib.import_module("kernels.triton_ops")
+        for module in pkgutil.iter_modules(package.__path__):       # also those the package does not import
+            importlib.import_module(f"kernels.triton_ops.{module.name}")
     finally:
         if previous is None:
             del os.environ["TRITON_INTERPRET"]

@@ -6,6 +6,8 @@ out-of-range garbage past each sequence's last block, outputs NaN beforehand to 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from paged_batches import make_batch
@@ -17,7 +19,8 @@ from kernels.cpu import attention as cpu_attention
 from kernels.cpu import native
 from kernels.reference import attention as ref
 
-pytestmark = pytest.mark.skipif(cpu_attention._decode_fn() is None, reason="no C compiler to build the CPU kernel")
+# Without a compiler the kernel cannot exist; with one, a failed build is a failure here, not a skip.
+pytestmark = pytest.mark.skipif(not native.compiler(), reason="no C compiler to build the CPU kernel")
 
 
 def expected_and_inputs(seq_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, seed=0):
@@ -52,16 +55,53 @@ def test_paged_attention_matches_the_reference(seq_lens, q_lens):
     torch.testing.assert_close(cpu_attention.paged_attention(*args), expected, rtol=2e-5, atol=2e-5)
 
 
-def test_two_threads_give_the_same_result():
+@pytest.mark.parametrize("seq_lens", [[300], list(range(1, 200, 7))])
+def test_threads_do_not_change_the_result(seq_lens):
+    """One sequence is split over its KV heads when there are more threads than sequences; the numbers are the
+    same bit for bit."""
     expected, (q, k, v, tables, lens, _, _, scale) = expected_and_inputs(
-        list(range(1, 200, 7)), [1] * 29, 4, 4, 64, 16, seed=3)
+        seq_lens, [1] * len(seq_lens), 8, 4, 64, 16, seed=3)
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     try:
-        out = cpu_attention.decode(q, k, v, tables, lens, scale)
+        torch.set_num_threads(1)
+        one = cpu_attention.decode(q, k, v, tables, lens, scale)
+        torch.set_num_threads(2)
+        two = cpu_attention.decode(q, k, v, tables, lens, scale)
     finally:
         torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    torch.testing.assert_close(two, expected, rtol=2e-5, atol=2e-5)
+
+
+def test_strided_q_and_int64_tables():
+    """The engine's q is a view into the fused projection; tables may come as int64 or as a column slice."""
+    expected, (q, k, v, tables, lens, _, _, scale) = expected_and_inputs([5, 40, 17], [1, 1, 1], 4, 2, 64, 16)
+    wide = torch.full((3, 7, 64), float("nan"))
+    wide[:, 1:5] = q
+    wide_tables = torch.full((3, tables.shape[1] + 2), -1, dtype=torch.int64)
+    wide_tables[:, 2:] = tables
+    out = cpu_attention.decode(wide[:, 1:5], k, v, wide_tables[:, 2:], lens.long(), scale)
     torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5)
+
+
+def test_a_sequence_without_new_tokens():
+    """q length 0 for one sequence, 1 for the others (max_seqlen_q 1): the rows still pair with their sequences."""
+    expected, args = expected_and_inputs([9, 30, 12], [1, 0, 1], 4, 2, 64, 16, seed=4)
+    torch.testing.assert_close(cpu_attention.paged_attention(*args), expected, rtol=2e-5, atol=2e-5)
+
+
+def test_inputs_that_do_not_fit_are_rejected():
+    _, (q, k, v, tables, lens, _, _, scale) = expected_and_inputs([5, 20], [1, 1], 4, 2, 64, 16)
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        cpu_attention.decode(q[:, :, :32], k, v, tables, lens, scale)          # head sizes differ
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        cpu_attention.decode(q[:, :1], k, v, tables, lens, scale)              # fewer query than KV heads
+    bad = tables.clone()
+    bad[1, 0] = k.shape[0]                                                     # a block past the cache
+    with pytest.raises(IndexError):
+        cpu_attention.decode(q, k, v, bad, lens, scale)
+    with pytest.raises(IndexError):
+        cpu_attention.decode(q, k, v, tables, lens + 1000, scale)              # longer than the table
 
 
 def test_other_dtypes_run_the_reference():
@@ -85,8 +125,12 @@ def test_build_into_a_fresh_cache_and_without_a_compiler(tmp_path, monkeypatch):
     monkeypatch.setenv("KERNELS_CACHE_DIR", str(tmp_path))
     native.load.cache_clear()
     try:
+        with ThreadPoolExecutor(4) as pool:                                 # concurrent first builds
+            libraries = list(pool.map(lambda _: native._build(native.HERE / "decode_attention.c",
+                                                              native.compiler()), range(4)))
+        assert len(set(libraries)) == 1
+        assert sorted(p.suffix for p in tmp_path.iterdir()) == [".lock", ".so"]    # no partial file left
         assert native.load("decode_attention") is not None
-        assert [p.suffix for p in tmp_path.iterdir()] == [".so"]        # built there, no partial file left
         native.load.cache_clear()
         monkeypatch.setenv("CC", "no-such-compiler")
         with pytest.warns(UserWarning, match="no C compiler"):

@@ -101,7 +101,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int,
                     scale: float) -> torch.Tensor:
     """Causal attention of packed new tokens over their sequences' paged caches (contract in `kernels.api`)."""
-    if max_seqlen_q == 1 and q.shape[0] <= _DECODE_CHUNK:     # a small decode batch: one chunk, as it is
+    if max_seqlen_q == 1 and q.shape[0] == seq_lens.shape[0] <= _DECODE_CHUNK:   # a small decode batch, as it is
         return _attend_decodes(q, k_cache, v_cache, block_tables, seq_lens, scale).to(q.dtype)
     out = torch.empty_like(q)
     starts = cu_seqlens_q[:-1].tolist()

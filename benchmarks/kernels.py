@@ -3,7 +3,7 @@
     python -m benchmarks.kernels            # on a GPU: every shape (a few minutes)
     python -m benchmarks.kernels --quick    # on a GPU: a few shapes
     python -m benchmarks.kernels --smoke    # anywhere (TRITON_INTERPRET=1 on a CPU): tiny shapes, the code paths only
-    python -m benchmarks.kernels --sampling-sweep   # on a GPU: the sampler's tile width and warps, vocab 128k
+    python -m benchmarks.kernels --sampling-sweep   # on a GPU: the sampler's tile width, warps and lane sums
 
 Printed per shape:
 - decode: K/V bytes read / time as GB/s and as a percentage of the device's measured copy bandwidth (a 1 GiB
@@ -12,7 +12,8 @@ Printed per shape:
   CUDA graph (`do_bench_cudagraph`, L2 not emptied): the GPU time without the host's launch overhead.
 - prefill: causal attention TFLOP/s of our paged kernel and of `scaled_dot_product_attention`'s flash path on
   the same data (the K/V heads repeated for SDPA), and their ratio.
-- sampling: our sampler against a `torch.sort`-based top-k/top-p sampler, and the speedup.
+- sampling: our sampler against a `torch.sort`-based top-k/top-p sampler, and the speedup; "kept ok" is
+  `kernels.reference.sampling.kept_set_problems` on the first 4 rows (any problem is printed below the row).
 - layer ops: the fused RMSNorm + residual, SiLU-and-mul and rotary kernels against the torch code they would
   replace (`kernels.reference.layer_ops`, the engine's own), bf16, Llama-3-8B's sizes: time from do_bench and
   from a CUDA graph (without launch overhead) for both, and the fused kernel's bytes moved / time. The engine
@@ -100,40 +101,6 @@ def graph_time_us(fn) -> float:
         return float("nan")
 
 
-def kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds) -> list[str]:
-    """Rows whose cut does not keep the reference's tokens (float64) up to float rounding, each described; an
-    empty list when all agree. The kernel's cut is the float32 probability of its last kept token, so tokens
-    within 1e-5 (relative) of it count as kept. Where top-p decides, a token may then differ only if the mass
-    of the tokens above it is within 1e-5 of the top-p target (the kernel sums that mass in float32, in its own
-    order); elsewhere it may not differ."""
-    from kernels.reference import sampling as ref
-
-    probs = torch.softmax(logits.double() / temperature[:, None].double(), dim=-1)
-    expected = ref.filter_probs(probs, top_k, top_p.double(), min_p.double()) > 0
-    kept = probs >= thresholds.double()[:, None] * (1 - 1e-5)
-    differs = kept != expected
-    problems = []
-    for row in differs.any(dim=1).nonzero().flatten().tolist():
-        where = (f"row {row} (T {float(temperature[row]):g}, k {int(top_k[row])}, p {float(top_p[row]):g}, "
-                 f"min-p {float(min_p[row]):g}): kernel cut {float(thresholds[row]):.9g} keeps "
-                 f"{int(kept[row].sum())}, reference keeps {int(expected[row].sum())}")
-        if top_p[row] >= 1:
-            problems.append(where)
-            continue
-        floor = float(min_p[row]) * float(probs[row].max())
-        if 0 < top_k[row] < probs.shape[1]:
-            floor = max(floor, float(probs[row].topk(int(top_k[row])).values[-1]))
-        pool = probs[row][probs[row] >= floor]                  # what top-p is taken from
-        p = probs[row, differs[row]]
-        mass_above = (pool[None, :] * (pool[None, :] > p[:, None])).sum(dim=1)
-        target = float(top_p[row]) * float(pool.sum())
-        worst = int((mass_above - target).abs().argmax())
-        if float((mass_above - target).abs()[worst]) > 1e-5:
-            problems.append(f"{where}; token p {float(p[worst]):.9g}: mass above {float(mass_above[worst]):.9g}, "
-                            f"target {target:.9g} ({int(differs[row].sum())} tokens differ)")
-    return problems
-
-
 def bench_prefill(shapes, device, timer, cuda: bool) -> None:
     import torch.nn.functional as F
 
@@ -186,6 +153,7 @@ def sort_sampler(logits, temperature, top_k, top_p):
 
 
 def bench_sampling(batches, vocabs, device, timer) -> None:
+    from kernels.reference.sampling import kept_set_problems
     from kernels.triton_ops.sampling import sample_with_thresholds
 
     print("\n== sampling (T 0.8; logits ~ N(0, 2.5^2)) ==")
@@ -198,9 +166,10 @@ def bench_sampling(batches, vocabs, device, timer) -> None:
                 temperature, k, p = full(0.8), full(top_k, dtype=torch.int32), full(top_p)
                 args = (logits, temperature, k, p, full(0.0), full(1, dtype=torch.int64),
                         torch.arange(batch, device=device))
-                _, thresholds = sample_with_thresholds(*args)
+                _, thresholds, counts = sample_with_thresholds(*args)
                 rows = min(batch, 4)
-                problems = kept_set_problems(*(a[:rows] for a in args[:5]), thresholds[:rows])
+                problems = kept_set_problems(*(a[:rows].cpu() for a in args[:5]), thresholds[:rows].cpu(),
+                                             counts[:rows].cpu())
                 ours = timer(functools.partial(sample_with_thresholds, *args))
                 theirs = timer(functools.partial(sort_sampler, logits, temperature, k, p))
                 name = f"k={top_k} p={top_p}"
@@ -210,28 +179,34 @@ def bench_sampling(batches, vocabs, device, timer) -> None:
                     print(f"    ! {problem}")
 
 
-def sampling_sweep(device, timer) -> None:
-    """The sampler's time per launch configuration (tile width x warps) at vocab 128k."""
+SWEEP_CONFIGS = [(block, warps, False) for block in (1024, 2048, 4096) for warps in (4, 8, 16)] + [
+    (512, 4, True), (1024, 8, True), (2048, 8, True)]
+
+
+def sampling_sweep(device, timer, batches=(1, 64, 256), vocab: int = 128256) -> None:
+    """The sampler's time per launch configuration (tile width x warps, partial sums per lane or per tile)."""
+    from kernels.reference.sampling import kept_set_problems
     from kernels.triton_ops.sampling import sample_with_thresholds
 
-    print("\n== sampling launch configurations (vocab 128256, T 0.8) ==")
-    print(f"{'batch':>6} {'filters':>14} " + " ".join(f"{f'{b}/{w}w':>10}" for b in (1024, 2048, 4096)
-                                                     for w in (4, 8, 16)))
-    for batch in (1, 64, 256):
-        logits = torch.randn(batch, 128256, device=device) * 2.5
+    print(f"\n== sampling launch configurations (vocab {vocab}, T 0.8; 'L': lane_sums) ==")
+    print(f"{'batch':>6} {'filters':>14} " + " ".join(f"{f'{b}/{w}w' + ('L' if lanes else ''):>10}"
+                                                     for b, w, lanes in SWEEP_CONFIGS))
+    for batch in batches:
+        logits = torch.randn(batch, vocab, device=device) * 2.5
         full = functools.partial(torch.full, (batch,), device=device)
         for top_k, top_p in ((50, 0.9), (0, 0.95)):
             args = (logits, full(0.8), full(top_k, dtype=torch.int32), full(top_p), full(0.0),
                     full(1, dtype=torch.int64), torch.arange(batch, device=device))
             cells = []
-            for block in (1024, 2048, 4096):
-                for warps in (4, 8, 16):
-                    run = functools.partial(sample_with_thresholds, *args, block=block, num_warps=warps)
-                    try:
-                        ok = not kept_set_problems(*(a[:4] for a in args[:5]), run()[1][:4])
-                        cells.append(f"{timer(run) * 1e3:>9.1f}{'' if ok else '!'}")
-                    except Exception:  # noqa: BLE001 -- e.g. out of registers or shared memory
-                        cells.append(f"{'fail':>10}")
+            for block, warps, lanes in SWEEP_CONFIGS:
+                run = functools.partial(sample_with_thresholds, *args, block=block, num_warps=warps, lane_sums=lanes)
+                try:
+                    _, thresholds, counts = run()
+                    ok = not kept_set_problems(*(a[:4].cpu() for a in args[:5]), thresholds[:4].cpu(),
+                                               counts[:4].cpu())
+                    cells.append(f"{timer(run) * 1e3:>9.1f}{'' if ok else '!'}")
+                except Exception:  # noqa: BLE001 -- e.g. out of registers or shared memory
+                    cells.append(f"{'fail':>10}")
             print(f"{batch:>6} {f'k={top_k} p={top_p}':>14} " + " ".join(f"{c:>10}" for c in cells))
     print("(us per call; '!' marks a cut that differs from the reference beyond float rounding)")
 
@@ -312,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         batches, vocabs = [1, 8, 64, 128, 256], [32000, 128256, 151936]
         layer_tokens, layer_sizes = [1, 64, 256, 2048], (4096, 14336, 40, 128)
     if args.sampling_sweep:
-        sampling_sweep(device, timer)
+        sampling_sweep(device, timer, *(((2,), 1000) if args.smoke else ()))
         return
     print(f"copy bandwidth: {copy_gbs:.0f} GB/s")
     bench_decode(decode, device, timer, copy_gbs)

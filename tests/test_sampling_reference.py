@@ -7,6 +7,7 @@ import pytest
 import scipy.stats
 import torch
 
+from kernels.reference import sampling as ref
 from kernels.reference.sampling import apply_penalties, sample, uniform_from
 
 VOCAB = 40
@@ -143,3 +144,29 @@ def test_uniforms_are_splitmix64_of_seed_and_position():
         assert u == expected
     many = uniform_from(torch.arange(50000) % 7, torch.arange(50000) // 7).numpy()
     assert scipy.stats.kstest(many, "uniform").pvalue > 1e-3
+
+
+def test_kept_set_problems_accepts_the_reference_and_flags_other_cuts():
+    """The rule the Triton sampler is held to: exact cuts pass; one token too many or too few, where no float
+    rounding could decide it, is reported."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 400, generator=g) * 2
+    temperature = torch.tensor([1.0, 0.8, 1.3])
+    top_k, top_p, min_p = torch.tensor([20, 0, 0], dtype=torch.int32), torch.tensor([1.0, 0.9, 1.0]), \
+        torch.tensor([0.0, 0.0, 0.05])
+    probs = torch.softmax(logits.double() / temperature[:, None].double(), dim=-1)
+    kept = ref.filter_probs(probs, top_k, top_p.double(), min_p.double()) > 0
+    counts = kept.sum(dim=-1).int()
+    cuts = torch.where(kept, probs, torch.inf).min(dim=-1).values.float()
+    assert ref.kept_set_problems(logits, temperature, top_k, top_p, min_p, cuts, counts) == []
+    ordered = probs.sort(dim=-1, descending=True).values
+    for row in range(3):                                       # one more token kept in each row in turn
+        more_counts, more_cuts = counts.clone(), cuts.clone()
+        more_counts[row] += 1
+        more_cuts[row] = float(ordered[row, int(counts[row])])
+        problems = ref.kept_set_problems(logits, temperature, top_k, top_p, min_p, more_cuts, more_counts)
+        assert len(problems) == 1 and problems[0].startswith(f"row {row} ")
+    wrong_cut = cuts.clone()
+    wrong_cut[0] *= 2                                          # the count and the cut disagree
+    assert "does not separate" in ref.kept_set_problems(logits, temperature, top_k, top_p, min_p, wrong_cut,
+                                                        counts)[0]

@@ -109,3 +109,57 @@ def apply_penalties(logits: torch.Tensor, prompt_tokens: torch.Tensor, output_to
     logits.copy_(torch.where(seen, penalised, logits))
     logits -= frequency[:, None].to(logits.dtype) * counts + presence[:, None].to(logits.dtype) * (counts > 0)
     return logits
+
+
+def kept_set_problems(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                      min_p: torch.Tensor, thresholds: torch.Tensor, kept_counts: torch.Tensor,
+                      rtol: float = 1e-5, mass_atol: float = 1e-5) -> list[str]:
+    """How another sampler's filters may differ from `filter_probs` (in float64): a description of each row
+    where they differ by more than float rounding; an empty list when none does. For tests and benchmarks.
+
+    The other sampler reports, per row, how many tokens it kept (`kept_counts`) and its cut (`thresholds`: a
+    token is kept when its probability is >= the cut and > 0). It kept the `kept_counts` most likely tokens,
+    so the cut must lie between the least likely of them and the next one (to within `rtol`). Where the counts
+    differ, every token ranked between the two must be one whose fate float rounding can decide: its
+    probability is within `rtol` of the min-p floor or of the k-th largest probability, or below what float32
+    holds (1e-37), or, where top-p decides, the mass of the tokens above it is within `mass_atol` of top_p
+    times the mass left by min-p and top-k. Greedy rows (temperature 0) are skipped.
+    """
+    problems = []
+    vocab = logits.shape[-1]
+    for row in range(logits.shape[0]):
+        if temperature[row] <= 0:
+            continue
+        probs = torch.softmax(logits[row].double() / float(temperature[row]), dim=-1)
+        ordered = probs.sort(descending=True).values
+        k, p, m = int(top_k[row]), float(top_p[row]), float(min_p[row])
+        expected = int((filter_probs(probs[None], top_k[row:row + 1], top_p[row:row + 1].double(),
+                                     min_p[row:row + 1].double())[0] > 0).sum())
+        count, cut = int(kept_counts[row]), float(thresholds[row])
+        where = f"row {row} (T {float(temperature[row]):g}, k {k}, p {p:g}, min-p {m:g}): kept {count}, " \
+                f"reference {expected}"
+        if not 0 < count <= vocab:
+            problems.append(f"{where}: impossible count")
+            continue
+        least, next_one = float(ordered[count - 1]), float(ordered[count]) if count < vocab else 0.0
+        if least < cut * (1 - rtol) or next_one > max(cut, 1e-37) * (1 + rtol):
+            problems.append(f"{where}: cut {cut:.9g} does not separate the kept tokens (least {least:.9g}) from "
+                            f"the next ({next_one:.9g})")
+            continue
+        if count == expected:
+            continue
+        floor = m * float(ordered[0])
+        kth = float(ordered[k - 1]) if 0 < k < vocab else 0.0
+        pool = ordered[ordered >= max(floor, kth)]                 # what top-p takes its share of
+        values = ordered[min(count, expected):max(count, expected)]
+        above = torch.searchsorted(-pool, -values)                 # how many pool tokens are strictly likelier
+        mass_above = torch.cat([pool.new_zeros(1), pool.cumsum(0)])[above]
+        target = p * float(pool.sum())
+        explained = ((values < 1e-37) | ((values - floor).abs() <= rtol * floor)
+                     | ((values - kth).abs() <= rtol * kth)
+                     | ((p < 1) & ((mass_above - target).abs() <= mass_atol)))
+        if not bool(explained.all()):
+            i = int((~explained).nonzero()[0])
+            problems.append(f"{where}: the token ranked {min(count, expected) + i + 1} (p {float(values[i]):.9g}, "
+                            f"mass above {float(mass_above[i]):.9g}, top-p target {target:.9g}) is at no boundary")
+    return problems

@@ -59,12 +59,12 @@ def gumbel_noise(seed, position, tokens, N_ROUNDS: tl.constexpr):
 
 
 @triton.jit
-def _sample_kernel(logits_ptr, stride_row, out_ptr, threshold_ptr, temperature_ptr, top_k_ptr, top_p_ptr, min_p_ptr,
-                   seed_ptr, position_ptr, buffer_ptr, capacity, vocab,
+def _sample_kernel(logits_ptr, stride_row, out_ptr, threshold_ptr, count_ptr, temperature_ptr, top_k_ptr,
+                   top_p_ptr, min_p_ptr, seed_ptr, position_ptr, buffer_ptr, capacity, vocab,
                    PHILOX_ROUNDS: tl.constexpr, BLOCK: tl.constexpr, SEARCH_BLOCK: tl.constexpr,
                    NUM_PIVOTS: tl.constexpr,
                    NUM_LEVELS: tl.constexpr, LEVEL_BASE: tl.constexpr, LEVEL_LOG2_GROWTH: tl.constexpr,
-                   MASS_MARGIN: tl.constexpr):
+                   MASS_MARGIN: tl.constexpr, LANE_SUMS: tl.constexpr):
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     temperature = tl.load(temperature_ptr + row)
@@ -90,6 +90,7 @@ def _sample_kernel(logits_ptr, stride_row, out_ptr, threshold_ptr, temperature_p
         x_max = new_max
     if greedy:
         tl.store(out_ptr + row, best_index.to(tl.int64))
+        tl.store(count_ptr + row, 1)
         return
 
     inv_z = 1.0 / z
@@ -106,20 +107,40 @@ def _sample_kernel(logits_ptr, stride_row, out_ptr, threshold_ptr, temperature_p
     if has_k | has_p:
         # Pass 2: candidates (min-p survivors) and their mass above each cut-off, and in all.
         levels = tl.exp(-LEVEL_BASE * tl.exp2(tl.arange(0, NUM_LEVELS).to(tl.float32) * LEVEL_LOG2_GROWTH)) * inv_z
-        level_count = tl.zeros([NUM_LEVELS], tl.int32)
-        level_mass = tl.zeros([NUM_LEVELS], tl.float32)
-        count_all = tl.zeros((), tl.int32)
-        mass_all = tl.zeros((), tl.float32)
-        for start in range(0, vocab, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            logits = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
-            p = probs(logits, temperature, x_max, inv_z)
-            ok = (p >= threshold) & (p > 0)
-            count_all += tl.sum(ok.to(tl.int32), axis=0)
-            mass_all += tl.sum(tl.where(ok, p, 0.0), axis=0)
-            above = ok[:, None] & (p[:, None] >= levels[None, :])
-            level_count += tl.sum(above.to(tl.int32), axis=0)
-            level_mass += tl.sum(tl.where(above, p[:, None], 0.0), axis=0)
+        if LANE_SUMS:  # partial sums per lane across the tiles, reduced once (see topk_topp._pivot_stats)
+            lane_level_count = tl.zeros([BLOCK, NUM_LEVELS], tl.int32)
+            lane_level_mass = tl.zeros([BLOCK, NUM_LEVELS], tl.float32)
+            lane_count = tl.zeros([BLOCK], tl.int32)
+            lane_mass = tl.zeros([BLOCK], tl.float32)
+            for start in range(0, vocab, BLOCK):
+                offs = start + tl.arange(0, BLOCK)
+                logits = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
+                p = probs(logits, temperature, x_max, inv_z)
+                ok = (p >= threshold) & (p > 0)
+                lane_count += ok.to(tl.int32)
+                lane_mass += tl.where(ok, p, 0.0)
+                above = ok[:, None] & (p[:, None] >= levels[None, :])
+                lane_level_count += above.to(tl.int32)
+                lane_level_mass += tl.where(above, p[:, None], 0.0)
+            count_all = tl.sum(lane_count, axis=0)
+            mass_all = tl.sum(lane_mass, axis=0)
+            level_count = tl.sum(lane_level_count, axis=0)
+            level_mass = tl.sum(lane_level_mass, axis=0)
+        else:
+            level_count = tl.zeros([NUM_LEVELS], tl.int32)
+            level_mass = tl.zeros([NUM_LEVELS], tl.float32)
+            count_all = tl.zeros((), tl.int32)
+            mass_all = tl.zeros((), tl.float32)
+            for start in range(0, vocab, BLOCK):
+                offs = start + tl.arange(0, BLOCK)
+                logits = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
+                p = probs(logits, temperature, x_max, inv_z)
+                ok = (p >= threshold) & (p > 0)
+                count_all += tl.sum(ok.to(tl.int32), axis=0)
+                mass_all += tl.sum(tl.where(ok, p, 0.0), axis=0)
+                above = ok[:, None] & (p[:, None] >= levels[None, :])
+                level_count += tl.sum(above.to(tl.int32), axis=0)
+                level_mass += tl.sum(tl.where(above, p[:, None], 0.0), axis=0)
         enough = tl.where(has_k, level_count >= top_k, level_mass >= top_p * mass_all * MASS_MARGIN)
         level_ids = tl.arange(0, NUM_LEVELS)
         chosen = tl.min(tl.where(enough, level_ids, NUM_LEVELS), axis=0)
@@ -142,10 +163,12 @@ def _sample_kernel(logits_ptr, stride_row, out_ptr, threshold_ptr, temperature_p
                 tl.store(buffer_row + slots, p, mask=keep)
                 gathered += tl.sum(keep.to(tl.int32), axis=0)
             threshold = filter_threshold(buffer_row, count, floor, count, p_max, top_k, has_k, top_p, has_p,
-                                         mass_all, temperature, x_max, inv_z, False, NUM_PIVOTS, SEARCH_BLOCK)
+                                         mass_all, temperature, x_max, inv_z, False, NUM_PIVOTS, SEARCH_BLOCK,
+                                         LANE_SUMS)
         else:
             threshold = filter_threshold(row_ptr, vocab, floor, count, p_max, top_k, has_k, top_p, has_p,
-                                         mass_all, temperature, x_max, inv_z, True, NUM_PIVOTS, SEARCH_BLOCK)
+                                         mass_all, temperature, x_max, inv_z, True, NUM_PIVOTS, SEARCH_BLOCK,
+                                         LANE_SUMS)
 
     tl.store(threshold_ptr + row, threshold)
     # Last pass: Gumbel-max over the kept tokens.
@@ -153,12 +176,15 @@ def _sample_kernel(logits_ptr, stride_row, out_ptr, threshold_ptr, temperature_p
     position = tl.load(position_ptr + row)
     best_score = tl.full((), float("-inf"), tl.float32)
     drawn = best_index
+    kept_count = tl.zeros((), tl.int32)
     for start in range(0, vocab, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         logits = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
         p = probs(logits, temperature, x_max, inv_z)
         kept = (p >= threshold) & (p > 0)
-        if tl.sum(kept.to(tl.int32), axis=0) > 0:
+        kept_here = tl.sum(kept.to(tl.int32), axis=0)
+        kept_count += kept_here
+        if kept_here > 0:
             gumbel = gumbel_noise(seed, position, offs, PHILOX_ROUNDS)
             score = tl.where(kept, logits / temperature + gumbel, float("-inf"))
             tile_best = tl.max(score, axis=0)
@@ -166,6 +192,7 @@ def _sample_kernel(logits_ptr, stride_row, out_ptr, threshold_ptr, temperature_p
                 drawn = tl.min(tl.where(score == tile_best, offs, vocab), axis=0)
                 best_score = tile_best
     tl.store(out_ptr + row, drawn.to(tl.int64))
+    tl.store(count_ptr + row, kept_count)
 
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
@@ -177,18 +204,23 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
 def sample_with_thresholds(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                            top_p: torch.Tensor, min_p: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor,
                            max_candidates: int | None = None, block: int | None = None,
-                           num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                           num_warps: int | None = None,
+                           lane_sums: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`sample`, plus each row's probability threshold (a token is kept when its probability is >= it and > 0;
-    0 for unfiltered and greedy rows), for tests and tuning. `max_candidates` sizes the per-row candidate
+    0 for unfiltered and greedy rows) and how many tokens it kept (1 for greedy rows), for tests and tuning
+    (`kernels.reference.sampling.kept_set_problems` checks them). `max_candidates` sizes the per-row candidate
     buffer (default: the vocabulary, so the buffer is as large as the logits and no row goes without it);
     rows with more candidates search the logits directly, several passes over the whole row. `block` (tokens
     per tile of the passes over the vocabulary, a power of two) and `num_warps` override the launch
-    configuration."""
+    configuration. `lane_sums` keeps the candidate passes' partial sums per lane across tiles and reduces them
+    once per pass instead of once per tile: same cut up to float32 summation order; not the default until a
+    GPU benchmark shows it is faster (`python -m benchmarks.kernels --sampling-sweep`)."""
     batch, vocab = logits.shape
     out = torch.empty(batch, dtype=torch.int64, device=logits.device)
     thresholds = torch.zeros(batch, dtype=torch.float32, device=logits.device)
+    counts = torch.zeros(batch, dtype=torch.int32, device=logits.device)
     if batch == 0:
-        return out, thresholds
+        return out, thresholds, counts
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     capacity = max(1, min(vocab, max_candidates or vocab))
@@ -202,9 +234,9 @@ def sample_with_thresholds(logits: torch.Tensor, temperature: torch.Tensor, top_
     # benchmarks/RESULTS.md (H200, vocab 128k, batch 1 to 256) the only setting within 13% of the fastest in
     # every row (4096 is faster at small batches but 30% slower at batch 256).
     _sample_kernel[(batch,)](
-        logits, logits.stride(0), out, thresholds, *params, buffer, capacity, vocab,
+        logits, logits.stride(0), out, thresholds, counts, *params, buffer, capacity, vocab,
         PHILOX_ROUNDS=PHILOX_ROUNDS, BLOCK=block or (2048 if on_gpu else 256), SEARCH_BLOCK=256,
         NUM_PIVOTS=NUM_PIVOTS, NUM_LEVELS=NUM_LEVELS, LEVEL_BASE=LEVEL_BASE, LEVEL_LOG2_GROWTH=LEVEL_LOG2_GROWTH,
-        MASS_MARGIN=MASS_MARGIN, num_warps=num_warps or (8 if on_gpu else 4),
+        MASS_MARGIN=MASS_MARGIN, LANE_SUMS=lane_sums, num_warps=num_warps or (8 if on_gpu else 4),
     )
-    return out, thresholds
+    return out, thresholds, counts

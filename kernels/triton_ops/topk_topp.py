@@ -33,33 +33,59 @@ def _values(src_ptr, offs, n, temperature, x_max, inv_z, FROM_LOGITS: tl.constex
 
 @triton.jit
 def _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr,
-                 NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr):
+                 NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr, LANE_SUMS: tl.constexpr):
     """Per pivot, over the values >= floor and > 0: how many and how much mass are >= it, the smallest value
-    >= it (inf if none) and the largest value below it (-1 if none)."""
-    count = tl.zeros([NUM_PIVOTS], tl.int32)
-    mass = tl.zeros([NUM_PIVOTS], tl.float32)
-    above = tl.full([NUM_PIVOTS], float("inf"), tl.float32)
-    below = tl.full([NUM_PIVOTS], -1.0, tl.float32)
-    for start in range(0, n, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        if FROM_LOGITS:  # the expression of `probs`, inlined (the interpreter pays per helper call)
-            logits = tl.load(src_ptr + offs, mask=offs < n, other=float("-inf")).to(tl.float32)
-            p = tl.exp(logits / temperature - x_max) * inv_z
-        else:
-            p = tl.load(src_ptr + offs, mask=offs < n, other=0.0)
-        ok = ((p >= floor) & (p > 0))[:, None]
-        grid = p[:, None] + tl.zeros([1, NUM_PIVOTS], tl.float32)
-        ge = ok & (grid >= pivots[None, :])
-        count += tl.sum(ge.to(tl.int32), axis=0)
-        mass += tl.sum(tl.where(ge, grid, 0.0), axis=0)
-        above = tl.minimum(above, tl.min(tl.where(ge, grid, float("inf")), axis=0))
-        below = tl.maximum(below, tl.max(tl.where(ok & ~ge, grid, -1.0), axis=0))
+    >= it (inf if none) and the largest value below it (-1 if none). LANE_SUMS keeps [BLOCK, NUM_PIVOTS]
+    partial results across the tiles and reduces them once at the end, instead of reducing every tile (which
+    synchronises the program's warps four times per tile)."""
+    if LANE_SUMS:
+        lane_count = tl.zeros([BLOCK, NUM_PIVOTS], tl.int32)
+        lane_mass = tl.zeros([BLOCK, NUM_PIVOTS], tl.float32)
+        lane_above = tl.full([BLOCK, NUM_PIVOTS], float("inf"), tl.float32)
+        lane_below = tl.full([BLOCK, NUM_PIVOTS], -1.0, tl.float32)
+        for start in range(0, n, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            if FROM_LOGITS:  # the expression of `probs`, inlined (the interpreter pays per helper call)
+                logits = tl.load(src_ptr + offs, mask=offs < n, other=float("-inf")).to(tl.float32)
+                p = tl.exp(logits / temperature - x_max) * inv_z
+            else:
+                p = tl.load(src_ptr + offs, mask=offs < n, other=0.0)
+            ok = ((p >= floor) & (p > 0))[:, None]
+            grid = p[:, None] + tl.zeros([1, NUM_PIVOTS], tl.float32)
+            ge = ok & (grid >= pivots[None, :])
+            lane_count += ge.to(tl.int32)
+            lane_mass += tl.where(ge, grid, 0.0)
+            lane_above = tl.minimum(lane_above, tl.where(ge, grid, float("inf")))
+            lane_below = tl.maximum(lane_below, tl.where(ok & ~ge, grid, -1.0))
+        count = tl.sum(lane_count, axis=0)
+        mass = tl.sum(lane_mass, axis=0)
+        above = tl.min(lane_above, axis=0)
+        below = tl.max(lane_below, axis=0)
+    else:
+        count = tl.zeros([NUM_PIVOTS], tl.int32)
+        mass = tl.zeros([NUM_PIVOTS], tl.float32)
+        above = tl.full([NUM_PIVOTS], float("inf"), tl.float32)
+        below = tl.full([NUM_PIVOTS], -1.0, tl.float32)
+        for start in range(0, n, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            if FROM_LOGITS:  # the expression of `probs`, inlined (the interpreter pays per helper call)
+                logits = tl.load(src_ptr + offs, mask=offs < n, other=float("-inf")).to(tl.float32)
+                p = tl.exp(logits / temperature - x_max) * inv_z
+            else:
+                p = tl.load(src_ptr + offs, mask=offs < n, other=0.0)
+            ok = ((p >= floor) & (p > 0))[:, None]
+            grid = p[:, None] + tl.zeros([1, NUM_PIVOTS], tl.float32)
+            ge = ok & (grid >= pivots[None, :])
+            count += tl.sum(ge.to(tl.int32), axis=0)
+            mass += tl.sum(tl.where(ge, grid, 0.0), axis=0)
+            above = tl.minimum(above, tl.min(tl.where(ge, grid, float("inf")), axis=0))
+            below = tl.maximum(below, tl.max(tl.where(ok & ~ge, grid, -1.0), axis=0))
     return count, mass, above, below
 
 
 @triton.jit
 def kth_largest(src_ptr, n, k, floor, top, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr,
-                NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr):
+                NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr, LANE_SUMS: tl.constexpr):
     """The k-th largest value (with multiplicity) among the source's values >= floor and > 0.
 
     Needs at least k such values; `top` is the largest. Invariant: the answer lies in [lo, hi].
@@ -73,7 +99,7 @@ def kth_largest(src_ptr, n, k, floor, top, temperature, x_max, inv_z, FROM_LOGIT
         span = hi.to(tl.int32, bitcast=True).to(tl.int64) - lo_bits - 1
         pivots = (lo_bits + 1 + span * steps // (NUM_PIVOTS + 1)).to(tl.int32).to(tl.float32, bitcast=True)
         count, mass, above, below = _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z,
-                                                 FROM_LOGITS, NUM_PIVOTS, BLOCK)
+                                                 FROM_LOGITS, NUM_PIVOTS, BLOCK, LANE_SUMS)
         # Pivots 0..last hold >= k values at or above them: the answer is >= the value just above `last`
         # and below the next pivot.
         last = tl.max(tl.where(count >= k, ids, -1), axis=0)
@@ -84,18 +110,26 @@ def kth_largest(src_ptr, n, k, floor, top, temperature, x_max, inv_z, FROM_LOGIT
 
 
 @triton.jit
-def mass_at_least(src_ptr, n, floor, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
-    """Sum of the source's values >= floor and > 0."""
-    mass = tl.zeros((), tl.float32)
-    for start in range(0, n, BLOCK):
-        p = _values(src_ptr, start + tl.arange(0, BLOCK), n, temperature, x_max, inv_z, FROM_LOGITS)
-        mass += tl.sum(tl.where((p >= floor) & (p > 0), p, 0.0), axis=0)
+def mass_at_least(src_ptr, n, floor, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr, BLOCK: tl.constexpr,
+                  LANE_SUMS: tl.constexpr):
+    """Sum of the source's values >= floor and > 0 (LANE_SUMS: per lane across tiles, then once)."""
+    if LANE_SUMS:
+        lanes = tl.zeros([BLOCK], tl.float32)
+        for start in range(0, n, BLOCK):
+            p = _values(src_ptr, start + tl.arange(0, BLOCK), n, temperature, x_max, inv_z, FROM_LOGITS)
+            lanes += tl.where((p >= floor) & (p > 0), p, 0.0)
+        mass = tl.sum(lanes, axis=0)
+    else:
+        mass = tl.zeros((), tl.float32)
+        for start in range(0, n, BLOCK):
+            p = _values(src_ptr, start + tl.arange(0, BLOCK), n, temperature, x_max, inv_z, FROM_LOGITS)
+            mass += tl.sum(tl.where((p >= floor) & (p > 0), p, 0.0), axis=0)
     return mass
 
 
 @triton.jit
 def top_p_threshold(src_ptr, n, floor, top, limit, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr,
-                    NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr):
+                    NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr, LANE_SUMS: tl.constexpr):
     """The smallest value v (>= floor, > 0) whose strictly larger values weigh < limit; `top` when none does.
 
     For a pivot, with b = the largest value below it, the mass strictly above b is the mass at or above the
@@ -111,7 +145,7 @@ def top_p_threshold(src_ptr, n, floor, top, limit, temperature, x_max, inv_z, FR
         span = hi.to(tl.int32, bitcast=True).to(tl.int64) - lo_bits - 1
         pivots = (lo_bits + 1 + span * steps // (NUM_PIVOTS + 1)).to(tl.int32).to(tl.float32, bitcast=True)
         count, mass, above, below = _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z,
-                                                 FROM_LOGITS, NUM_PIVOTS, BLOCK)
+                                                 FROM_LOGITS, NUM_PIVOTS, BLOCK, LANE_SUMS)
         first = tl.min(tl.where((below >= 0) & (mass < limit), ids, NUM_PIVOTS), axis=0)
         new_lo = tl.where(first > 0, tl.sum(tl.where(ids == first - 1, above, 0.0), axis=0), lo)
         hi = tl.where(first < NUM_PIVOTS, tl.sum(tl.where(ids == first, below, 0.0), axis=0), hi)
@@ -121,7 +155,8 @@ def top_p_threshold(src_ptr, n, floor, top, limit, temperature, x_max, inv_z, FR
 
 @triton.jit
 def filter_threshold(src_ptr, n, floor, count, top, top_k, has_k, top_p, has_p, mass_all, temperature, x_max,
-                     inv_z, FROM_LOGITS: tl.constexpr, NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr):
+                     inv_z, FROM_LOGITS: tl.constexpr, NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr,
+                     LANE_SUMS: tl.constexpr):
     """The probability a token needs to pass top-k then top-p.
 
     The source's `count` values >= floor (and > 0) must hold every value that can matter: all survivors of
@@ -131,11 +166,11 @@ def filter_threshold(src_ptr, n, floor, count, top, top_k, has_k, top_p, has_p, 
     threshold = floor
     if has_k & (count >= top_k):
         threshold = kth_largest(src_ptr, n, top_k, floor, top, temperature, x_max, inv_z, FROM_LOGITS, NUM_PIVOTS,
-                                BLOCK)
+                                BLOCK, LANE_SUMS)
     if has_p:
         mass = mass_all
         if has_k:
-            mass = mass_at_least(src_ptr, n, threshold, temperature, x_max, inv_z, FROM_LOGITS, BLOCK)
+            mass = mass_at_least(src_ptr, n, threshold, temperature, x_max, inv_z, FROM_LOGITS, BLOCK, LANE_SUMS)
         threshold = top_p_threshold(src_ptr, n, threshold, top, top_p * mass, temperature, x_max, inv_z,
-                                    FROM_LOGITS, NUM_PIVOTS, BLOCK)
+                                    FROM_LOGITS, NUM_PIVOTS, BLOCK, LANE_SUMS)
     return threshold

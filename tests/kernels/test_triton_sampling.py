@@ -11,24 +11,27 @@ from __future__ import annotations
 import pytest
 import torch
 import triton
-from kernel_checks import PHILOX_KAT, assert_keeps_reference_set, chi_square, params, philox_probe, random_rows
+from kernel_checks import PHILOX_KAT, chi_square, params, philox_probe, random_rows
 
 import kernels
 from kernels.reference import sampling as ref
 from kernels.triton_ops.sampling import sample, sample_with_thresholds
 
 
+@pytest.mark.parametrize("lane_sums", [False, True])
 @pytest.mark.parametrize("tied", [False, True])
-def test_filters_keep_exactly_the_reference_tokens(tied):
+def test_filters_keep_exactly_the_reference_tokens(tied, lane_sums):
     batch, vocab = 24, 600
     logits, temperature, top_k, top_p, min_p = random_rows(batch, vocab, seed=7 + tied, tied=tied)
     seeds, positions = torch.full((batch,), 5, dtype=torch.int64), torch.arange(batch, dtype=torch.int64)
     args = (logits, temperature, top_k, top_p, min_p, seeds, positions)
-    drawn, thresholds = sample_with_thresholds(*args)
-    assert_keeps_reference_set(logits, temperature, top_k, top_p, min_p, thresholds)
+    drawn, thresholds, counts = sample_with_thresholds(*args, lane_sums=lane_sums)
+    assert ref.kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds, counts) == []
     # Without room for the candidates, every filtered row searches the logits: same thresholds, same draws.
-    drawn_direct, thresholds_direct = sample_with_thresholds(*args, max_candidates=2)
+    drawn_direct, thresholds_direct, counts_direct = sample_with_thresholds(*args, max_candidates=2,
+                                                                            lane_sums=lane_sums)
     assert torch.equal(thresholds_direct, thresholds)
+    assert torch.equal(counts_direct, counts)
     assert torch.equal(drawn_direct, drawn)
     probs = torch.softmax(logits / temperature[:, None], dim=-1)
     assert bool((probs.gather(1, drawn[:, None]).squeeze(1) >= thresholds * (1 - 2e-6)).all())
@@ -88,7 +91,8 @@ def test_api_dispatches_to_the_triton_sampler():
     assert torch.equal(kernels.sample(*args), sample(*args))
 
 
-def test_filters_on_rows_spanning_many_nats():
+@pytest.mark.parametrize("lane_sums", [False, True])
+def test_filters_on_rows_spanning_many_nats(lane_sums):
     """Rows whose candidates reach past the deepest cut-off, so the search runs over every min-p survivor."""
     vocab = 500
     row = torch.linspace(-150.0, 0.0, vocab)
@@ -99,8 +103,8 @@ def test_filters_on_rows_spanning_many_nats():
     top_p = torch.tensor([1.0, 0.99999, 0.9999, 1.0, 1.0, 0.95])
     min_p = torch.tensor([0.0, 0.0, 0.0, 1e-30, 1e-20, 0.0])
     args = (logits, temperature, top_k, top_p, min_p, torch.zeros(6, dtype=torch.int64), torch.arange(6))
-    _, thresholds = sample_with_thresholds(*args)
-    assert_keeps_reference_set(logits, temperature, top_k, top_p, min_p, thresholds)
+    _, thresholds, counts = sample_with_thresholds(*args, lane_sums=lane_sums)
+    assert ref.kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds, counts) == []
 
 
 def test_strided_parameter_vectors():
@@ -111,11 +115,12 @@ def test_strided_parameter_vectors():
     strided = (logits, floats[:, 0], top_k, floats[:, 1], floats[:, 2], ints[:, 0], ints[:, 1])
     assert not floats[:, 0].is_contiguous()
     dense = tuple(t.contiguous() for t in strided)
-    drawn, thresholds = sample_with_thresholds(*strided)
-    expected_drawn, expected_thresholds = sample_with_thresholds(*dense)
+    drawn, thresholds, counts = sample_with_thresholds(*strided)
+    expected_drawn, expected_thresholds, expected_counts = sample_with_thresholds(*dense)
     assert torch.equal(drawn, expected_drawn)
     assert torch.equal(thresholds, expected_thresholds)
-    assert_keeps_reference_set(*dense[:5], thresholds)
+    assert torch.equal(counts, expected_counts)
+    assert ref.kept_set_problems(*dense[:5], thresholds, counts) == []
 
 
 def test_philox_known_answers():

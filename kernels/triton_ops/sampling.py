@@ -108,39 +108,34 @@ def _sample_kernel(logits_ptr, stride_row, out_ptr, threshold_ptr, count_ptr, te
         # Pass 2: candidates (min-p survivors) and their mass above each cut-off, and in all.
         levels = tl.exp(-LEVEL_BASE * tl.exp2(tl.arange(0, NUM_LEVELS).to(tl.float32) * LEVEL_LOG2_GROWTH)) * inv_z
         if LANE_SUMS:  # partial sums per lane across the tiles, reduced once (see topk_topp._pivot_stats)
-            lane_level_count = tl.zeros([BLOCK, NUM_LEVELS], tl.int32)
-            lane_level_mass = tl.zeros([BLOCK, NUM_LEVELS], tl.float32)
-            lane_count = tl.zeros([BLOCK], tl.int32)
-            lane_mass = tl.zeros([BLOCK], tl.float32)
-            for start in range(0, vocab, BLOCK):
-                offs = start + tl.arange(0, BLOCK)
-                logits = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
-                p = probs(logits, temperature, x_max, inv_z)
-                ok = (p >= threshold) & (p > 0)
-                lane_count += ok.to(tl.int32)
-                lane_mass += tl.where(ok, p, 0.0)
-                above = ok[:, None] & (p[:, None] >= levels[None, :])
-                lane_level_count += above.to(tl.int32)
-                lane_level_mass += tl.where(above, p[:, None], 0.0)
-            count_all = tl.sum(lane_count, axis=0)
-            mass_all = tl.sum(lane_mass, axis=0)
-            level_count = tl.sum(lane_level_count, axis=0)
-            level_mass = tl.sum(lane_level_mass, axis=0)
+            level_count = tl.zeros([BLOCK, NUM_LEVELS], tl.int32)
+            level_mass = tl.zeros([BLOCK, NUM_LEVELS], tl.float32)
+            count_all = tl.zeros([BLOCK], tl.int32)
+            mass_all = tl.zeros([BLOCK], tl.float32)
         else:
             level_count = tl.zeros([NUM_LEVELS], tl.int32)
             level_mass = tl.zeros([NUM_LEVELS], tl.float32)
             count_all = tl.zeros((), tl.int32)
             mass_all = tl.zeros((), tl.float32)
-            for start in range(0, vocab, BLOCK):
-                offs = start + tl.arange(0, BLOCK)
-                logits = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
-                p = probs(logits, temperature, x_max, inv_z)
-                ok = (p >= threshold) & (p > 0)
-                count_all += tl.sum(ok.to(tl.int32), axis=0)
-                mass_all += tl.sum(tl.where(ok, p, 0.0), axis=0)
-                above = ok[:, None] & (p[:, None] >= levels[None, :])
-                level_count += tl.sum(above.to(tl.int32), axis=0)
-                level_mass += tl.sum(tl.where(above, p[:, None], 0.0), axis=0)
+        for start in range(0, vocab, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            logits = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
+            p = probs(logits, temperature, x_max, inv_z)
+            ok = (p >= threshold) & (p > 0)
+            above = ok[:, None] & (p[:, None] >= levels[None, :])
+            tile_count, tile_mass = ok.to(tl.int32), tl.where(ok, p, 0.0)
+            tile_level_count, tile_level_mass = above.to(tl.int32), tl.where(above, p[:, None], 0.0)
+            if not LANE_SUMS:
+                tile_count, tile_mass = tl.sum(tile_count, axis=0), tl.sum(tile_mass, axis=0)
+                tile_level_count = tl.sum(tile_level_count, axis=0)
+                tile_level_mass = tl.sum(tile_level_mass, axis=0)
+            count_all += tile_count
+            mass_all += tile_mass
+            level_count += tile_level_count
+            level_mass += tile_level_mass
+        if LANE_SUMS:
+            count_all, mass_all = tl.sum(count_all, axis=0), tl.sum(mass_all, axis=0)
+            level_count, level_mass = tl.sum(level_count, axis=0), tl.sum(level_mass, axis=0)
         enough = tl.where(has_k, level_count >= top_k, level_mass >= top_p * mass_all * MASS_MARGIN)
         level_ids = tl.arange(0, NUM_LEVELS)
         chosen = tl.min(tl.where(enough, level_ids, NUM_LEVELS), axis=0)

@@ -39,47 +39,43 @@ def _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z, FROM_LOGI
     partial results across the tiles and reduces them once at the end, instead of reducing every tile (which
     synchronises the program's warps four times per tile)."""
     if LANE_SUMS:
-        lane_count = tl.zeros([BLOCK, NUM_PIVOTS], tl.int32)
-        lane_mass = tl.zeros([BLOCK, NUM_PIVOTS], tl.float32)
-        lane_above = tl.full([BLOCK, NUM_PIVOTS], float("inf"), tl.float32)
-        lane_below = tl.full([BLOCK, NUM_PIVOTS], -1.0, tl.float32)
-        for start in range(0, n, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            if FROM_LOGITS:  # the expression of `probs`, inlined (the interpreter pays per helper call)
-                logits = tl.load(src_ptr + offs, mask=offs < n, other=float("-inf")).to(tl.float32)
-                p = tl.exp(logits / temperature - x_max) * inv_z
-            else:
-                p = tl.load(src_ptr + offs, mask=offs < n, other=0.0)
-            ok = ((p >= floor) & (p > 0))[:, None]
-            grid = p[:, None] + tl.zeros([1, NUM_PIVOTS], tl.float32)
-            ge = ok & (grid >= pivots[None, :])
-            lane_count += ge.to(tl.int32)
-            lane_mass += tl.where(ge, grid, 0.0)
-            lane_above = tl.minimum(lane_above, tl.where(ge, grid, float("inf")))
-            lane_below = tl.maximum(lane_below, tl.where(ok & ~ge, grid, -1.0))
-        count = tl.sum(lane_count, axis=0)
-        mass = tl.sum(lane_mass, axis=0)
-        above = tl.min(lane_above, axis=0)
-        below = tl.max(lane_below, axis=0)
+        count = tl.zeros([BLOCK, NUM_PIVOTS], tl.int32)
+        mass = tl.zeros([BLOCK, NUM_PIVOTS], tl.float32)
+        above = tl.full([BLOCK, NUM_PIVOTS], float("inf"), tl.float32)
+        below = tl.full([BLOCK, NUM_PIVOTS], -1.0, tl.float32)
     else:
         count = tl.zeros([NUM_PIVOTS], tl.int32)
         mass = tl.zeros([NUM_PIVOTS], tl.float32)
         above = tl.full([NUM_PIVOTS], float("inf"), tl.float32)
         below = tl.full([NUM_PIVOTS], -1.0, tl.float32)
-        for start in range(0, n, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            if FROM_LOGITS:  # the expression of `probs`, inlined (the interpreter pays per helper call)
-                logits = tl.load(src_ptr + offs, mask=offs < n, other=float("-inf")).to(tl.float32)
-                p = tl.exp(logits / temperature - x_max) * inv_z
-            else:
-                p = tl.load(src_ptr + offs, mask=offs < n, other=0.0)
-            ok = ((p >= floor) & (p > 0))[:, None]
-            grid = p[:, None] + tl.zeros([1, NUM_PIVOTS], tl.float32)
-            ge = ok & (grid >= pivots[None, :])
-            count += tl.sum(ge.to(tl.int32), axis=0)
-            mass += tl.sum(tl.where(ge, grid, 0.0), axis=0)
-            above = tl.minimum(above, tl.min(tl.where(ge, grid, float("inf")), axis=0))
-            below = tl.maximum(below, tl.max(tl.where(ok & ~ge, grid, -1.0), axis=0))
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        if FROM_LOGITS:  # the expression of `probs`, inlined (the interpreter pays per helper call)
+            logits = tl.load(src_ptr + offs, mask=offs < n, other=float("-inf")).to(tl.float32)
+            p = tl.exp(logits / temperature - x_max) * inv_z
+        else:
+            p = tl.load(src_ptr + offs, mask=offs < n, other=0.0)
+        ok = ((p >= floor) & (p > 0))[:, None]
+        grid = p[:, None] + tl.zeros([1, NUM_PIVOTS], tl.float32)
+        ge = ok & (grid >= pivots[None, :])
+        tile_count = ge.to(tl.int32)
+        tile_mass = tl.where(ge, grid, 0.0)
+        tile_above = tl.where(ge, grid, float("inf"))
+        tile_below = tl.where(ok & ~ge, grid, -1.0)
+        if not LANE_SUMS:
+            tile_count = tl.sum(tile_count, axis=0)
+            tile_mass = tl.sum(tile_mass, axis=0)
+            tile_above = tl.min(tile_above, axis=0)
+            tile_below = tl.max(tile_below, axis=0)
+        count += tile_count
+        mass += tile_mass
+        above = tl.minimum(above, tile_above)
+        below = tl.maximum(below, tile_below)
+    if LANE_SUMS:
+        count = tl.sum(count, axis=0)
+        mass = tl.sum(mass, axis=0)
+        above = tl.min(above, axis=0)
+        below = tl.max(below, axis=0)
     return count, mass, above, below
 
 
@@ -113,17 +109,18 @@ def kth_largest(src_ptr, n, k, floor, top, temperature, x_max, inv_z, FROM_LOGIT
 def mass_at_least(src_ptr, n, floor, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr, BLOCK: tl.constexpr,
                   LANE_SUMS: tl.constexpr):
     """Sum of the source's values >= floor and > 0 (LANE_SUMS: per lane across tiles, then once)."""
-    if LANE_SUMS:
-        lanes = tl.zeros([BLOCK], tl.float32)
-        for start in range(0, n, BLOCK):
-            p = _values(src_ptr, start + tl.arange(0, BLOCK), n, temperature, x_max, inv_z, FROM_LOGITS)
-            lanes += tl.where((p >= floor) & (p > 0), p, 0.0)
-        mass = tl.sum(lanes, axis=0)
+    if LANE_SUMS:  # noqa: SIM108 -- constexpr `if` statements, which every Triton version resolves at compile time
+        mass = tl.zeros([BLOCK], tl.float32)
     else:
         mass = tl.zeros((), tl.float32)
-        for start in range(0, n, BLOCK):
-            p = _values(src_ptr, start + tl.arange(0, BLOCK), n, temperature, x_max, inv_z, FROM_LOGITS)
-            mass += tl.sum(tl.where((p >= floor) & (p > 0), p, 0.0), axis=0)
+    for start in range(0, n, BLOCK):
+        p = _values(src_ptr, start + tl.arange(0, BLOCK), n, temperature, x_max, inv_z, FROM_LOGITS)
+        tile = tl.where((p >= floor) & (p > 0), p, 0.0)
+        if not LANE_SUMS:
+            tile = tl.sum(tile, axis=0)
+        mass += tile
+    if LANE_SUMS:
+        mass = tl.sum(mass, axis=0)
     return mass
 
 

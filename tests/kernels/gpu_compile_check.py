@@ -71,7 +71,7 @@ def main(capability: int) -> None:
     torch.cuda.current_device = lambda: 0
     compiled: list = []
     modules = {name: importlib.import_module(f"kernels.triton_ops.{name}")
-               for name in ("kv_store", "decode_attention", "prefill_attention", "sampling", "penalties")}
+               for name in ("kv_store", "decode_attention", "prefill_attention", "sampling", "penalties", "layer_ops")}
     for module in modules.values():
         for name, value in list(vars(module).items()):
             if isinstance(value, triton.runtime.jit.JITFunction) and name.endswith("_kernel"):
@@ -93,6 +93,14 @@ def main(capability: int) -> None:
     params = (torch.ones(3), torch.ones(3, dtype=torch.int32), torch.ones(3), torch.zeros(3),
               torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64))
     modules["sampling"].sample(logits, *params)
+    modules["sampling"].sample_with_thresholds(logits, *params, lane_sums=True)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        layer_ops, x = modules["layer_ops"], torch.zeros(4, 4096, dtype=dtype)
+        layer_ops.rms_norm(x, x[0], 1e-5)
+        layer_ops.rms_norm(x, x[0], 1e-5, x)
+        layer_ops.silu_and_mul(x)
+        layer_ops.rotary(x.view(4, 32, 128), torch.zeros(4, dtype=torch.int64), torch.zeros(64, 64),
+                         torch.zeros(64, 64))
     tokens = torch.zeros(3, 4, dtype=torch.int64)
     modules["penalties"].apply_penalties(logits, tokens, tokens, torch.zeros(3), torch.zeros(3), torch.ones(3))
     names = sorted({name for name, *_ in compiled})

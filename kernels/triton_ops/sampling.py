@@ -72,22 +72,45 @@ def _sample_kernel(logits_ptr, stride_row, out_ptr, threshold_ptr, count_ptr, te
     temperature = tl.where(greedy, 1.0, temperature)
 
     # Pass 1: greedy argmax (first index of the largest logit) and the softmax's max and normaliser.
-    best_logit = tl.full((), float("-inf"), tl.float32)
-    best_index = tl.zeros((), tl.int32)
-    x_max = tl.full((), float("-inf"), tl.float32)
-    z = tl.zeros((), tl.float32)
-    for start in range(0, vocab, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        logits = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
-        tile_max = tl.max(logits, axis=0)
-        if tile_max > best_logit:
-            best_index = tl.min(tl.where(logits == tile_max, offs, vocab), axis=0)
-            best_logit = tile_max
-        x = logits / temperature
-        new_max = tl.maximum(x_max, tl.max(x, axis=0))
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        z = z * tl.exp(x_max - shift) + tl.sum(tl.exp(x - shift), axis=0)
-        x_max = new_max
+    if LANE_SUMS:  # each lane keeps its own running max, normaliser and first argmax; combined once at the end
+        lane_best = tl.full([BLOCK], float("-inf"), tl.float32)
+        lane_index = tl.zeros([BLOCK], tl.int32)
+        lane_max = tl.full([BLOCK], float("-inf"), tl.float32)
+        lane_z = tl.zeros([BLOCK], tl.float32)
+        for start in range(0, vocab, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            logits = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
+            better = logits > lane_best
+            lane_index = tl.where(better, offs, lane_index)
+            lane_best = tl.where(better, logits, lane_best)
+            x = logits / temperature
+            new_max = tl.maximum(lane_max, x)
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+            lane_z = lane_z * tl.exp(lane_max - shift) + tl.exp(x - shift)
+            lane_max = new_max
+        best_logit = tl.max(lane_best, axis=0)
+        best_index = tl.min(tl.where(lane_best == best_logit, lane_index, vocab), axis=0)
+        best_index = tl.where(best_logit == float("-inf"), 0, best_index)
+        x_max = tl.max(lane_max, axis=0)
+        shift = tl.where(x_max == float("-inf"), 0.0, x_max)
+        z = tl.sum(lane_z * tl.exp(lane_max - shift), axis=0)
+    else:
+        best_logit = tl.full((), float("-inf"), tl.float32)
+        best_index = tl.zeros((), tl.int32)
+        x_max = tl.full((), float("-inf"), tl.float32)
+        z = tl.zeros((), tl.float32)
+        for start in range(0, vocab, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            logits = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
+            tile_max = tl.max(logits, axis=0)
+            if tile_max > best_logit:
+                best_index = tl.min(tl.where(logits == tile_max, offs, vocab), axis=0)
+                best_logit = tile_max
+            x = logits / temperature
+            new_max = tl.maximum(x_max, tl.max(x, axis=0))
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+            z = z * tl.exp(x_max - shift) + tl.sum(tl.exp(x - shift), axis=0)
+            x_max = new_max
     if greedy:
         tl.store(out_ptr + row, best_index.to(tl.int64))
         tl.store(count_ptr + row, 1)
@@ -207,9 +230,11 @@ def sample_with_thresholds(logits: torch.Tensor, temperature: torch.Tensor, top_
     buffer (default: the vocabulary, so the buffer is as large as the logits and no row goes without it);
     rows with more candidates search the logits directly, several passes over the whole row. `block` (tokens
     per tile of the passes over the vocabulary, a power of two) and `num_warps` override the launch
-    configuration. `lane_sums` keeps the candidate passes' partial sums per lane across tiles and reduces them
-    once per pass instead of once per tile: same cut up to float32 summation order; not the default until a
-    GPU benchmark shows it is faster (`python -m benchmarks.kernels --sampling-sweep`)."""
+    configuration. `lane_sums` keeps the partial results of the first passes (softmax statistics, cut-off
+    levels) and of the threshold search per lane across tiles and reduces them once per pass instead of once
+    per tile, which on a GPU synchronises the program's warps several times a tile: the same cut up to float32
+    summation order. Not the default until a GPU benchmark shows it is faster
+    (`python -m benchmarks.kernels --sampling-sweep`)."""
     batch, vocab = logits.shape
     out = torch.empty(batch, dtype=torch.int64, device=logits.device)
     thresholds = torch.zeros(batch, dtype=torch.float32, device=logits.device)

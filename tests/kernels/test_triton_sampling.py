@@ -44,27 +44,31 @@ def test_filters_keep_exactly_the_reference_tokens(tied, lane_sums):
     (1.0, 0, 1.0, 0.15),
     (2.0, 10, 0.85, 0.03),
 ])
-def test_draws_follow_the_filtered_distribution(temperature, top_k, top_p, min_p):
+@pytest.mark.parametrize("lane_sums", [False, True])
+def test_draws_follow_the_filtered_distribution(temperature, top_k, top_p, min_p, lane_sums):
     draws, vocab = 200, 30
     row = torch.randn(1, vocab, generator=torch.Generator().manual_seed(3)) * 1.5
     row[0, [4, 9]] = float("-inf")                              # masked tokens (e.g. a grammar): never drawn
     logits = row.repeat(draws, 1)
-    drawn = sample(logits, *params(draws, temperature, top_k, top_p, min_p, seed=2**40 + 17))
+    drawn = sample_with_thresholds(logits, *params(draws, temperature, top_k, top_p, min_p, seed=2**40 + 17),
+                                   lane_sums=lane_sums)[0]
     probs = torch.softmax(row / temperature, dim=-1)
     filtered = ref.filter_probs(probs, torch.tensor([top_k]), torch.tensor([top_p]), torch.tensor([min_p]))[0]
     assert bool((filtered[drawn] > 0).all()), "a filtered-out token was drawn"
     assert chi_square(drawn, filtered / filtered.sum()) > 1e-3
 
 
-def test_greedy_is_the_first_argmax():
+@pytest.mark.parametrize("lane_sums", [False, True])
+def test_greedy_is_the_first_argmax(lane_sums):
     g = torch.Generator().manual_seed(11)
     logits = torch.randn(5, 700, generator=g)
     logits[1, [10, 650]] = 9.0                                  # a tie across tiles: the first index wins
     logits[2, [300, 301]] = 9.0
     logits[3, :] = 1.0                                          # all equal
-    drawn = sample(logits, *params(5, temperature=0.0, top_k=3, top_p=0.5))
+    logits[4, [3, 259]] = 9.0                                   # a tie in one lane (tiles of 256), two tiles apart
+    drawn = sample_with_thresholds(logits, *params(5, temperature=0.0, top_k=3, top_p=0.5), lane_sums=lane_sums)[0]
     assert torch.equal(drawn, logits.argmax(dim=-1))
-    assert drawn[1] == 10 and drawn[2] == 300 and drawn[3] == 0
+    assert drawn[1] == 10 and drawn[2] == 300 and drawn[3] == 0 and drawn[4] == 3
 
 
 def test_draws_depend_only_on_seed_and_position():

@@ -236,7 +236,7 @@ def bench_layer_ops(token_counts, hidden: int, intermediate: int, heads: int, he
             ("silu_and_mul", part(layer_ops.silu_and_mul, gate_up), part(ref.silu_and_mul, gate_up),
              3 * tokens * intermediate * 2),
             ("rotary", part(layer_ops.rotary, qk, positions, cos, sin), part(ref.rotary, qk, positions, cos, sin),
-             2 * qk.numel() * 2 + 2 * tokens * head_dim * 4),
+             2 * qk.numel() * 2 + tokens * head_dim * 4),           # q/k in and out, a cos and a sin row
         ]
         for name, ours, theirs, nbytes in cases:
             got, want = ours(), theirs()

@@ -47,8 +47,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
              out: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`kernels.reference.layer_ops.rms_norm` in one pass: x [T, n] (rows may be strided), weight [n]; the
     result goes into `out` when given."""
-    if x.stride(-1) != 1 or (residual is not None and residual.stride(-1) != 1):
-        raise ValueError("rms_norm needs a contiguous last dimension")
+    if x.dim() != 2 or x.stride(-1) != 1 or weight.shape != x.shape[1:]:
+        raise ValueError("rms_norm needs x [T, n] with a contiguous last dimension and weight [n]")
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or residual.stride(-1) != 1):
+        raise ValueError("rms_norm's residual must be like x: same shape and dtype, contiguous last dimension")
+    weight = weight.contiguous()
     rows, n = x.shape
     out = _output(out, (rows, n), torch.promote_types(weight.dtype, x.dtype), x.device)
     total = torch.empty(rows, n, dtype=x.dtype, device=x.device) if residual is not None else out
@@ -75,8 +78,8 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, half, stride_x, stride_o, BLOCK: tl.con
 def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """`kernels.reference.layer_ops.silu_and_mul` for x [T, 2 * I] (rows may be strided) -> [T, I], into `out`
     when given."""
-    if x.stride(-1) != 1:
-        raise ValueError("silu_and_mul needs a contiguous last dimension")
+    if x.dim() != 2 or x.stride(-1) != 1 or x.shape[1] % 2:
+        raise ValueError("silu_and_mul needs x [T, 2 * I] with a contiguous last dimension")
     rows, width = x.shape
     half = width // 2
     out = _output(out, (rows, half), x.dtype, x.device)
@@ -108,9 +111,13 @@ def _rotary_kernel(x_ptr, out_ptr, pos_ptr, cos_ptr, sin_ptr, heads, half, strid
 def rotary(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """`kernels.reference.layer_ops.rotary` for x [T, heads, D] (token and head strides free), into `out` when
-    given (x itself works: each element is read before it is written)."""
-    if x.stride(-1) != 1 or cos.stride(-1) != 1 or sin.stride() != cos.stride():
-        raise ValueError("rotary needs a contiguous last dimension and cos/sin tables of one layout")
+    given (x itself works: each element is read before it is written). Positions must be rows of the tables:
+    unlike the reference, the kernel does not check them (that would cost a device-to-host sync)."""
+    if x.dim() != 3 or x.stride(-1) != 1 or x.shape[2] % 2 or positions.shape != x.shape[:1]:
+        raise ValueError("rotary needs x [T, heads, D] (D even, last dimension contiguous) and positions [T]")
+    if cos.shape != sin.shape or cos.dim() != 2 or cos.shape[1] != x.shape[2] // 2:
+        raise ValueError("rotary needs cos and sin tables [max_positions, D / 2]")
+    cos, sin, positions = cos.contiguous(), sin.contiguous(), positions.contiguous()
     tokens, heads, dim = x.shape
     out = _output(out, (tokens, heads, dim), x.dtype, x.device)
     block_h = min(16, next_pow2(heads))

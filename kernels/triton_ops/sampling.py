@@ -238,7 +238,7 @@ def sample_with_thresholds(logits: torch.Tensor, temperature: torch.Tensor, top_
     batch, vocab = logits.shape
     out = torch.empty(batch, dtype=torch.int64, device=logits.device)
     thresholds = torch.zeros(batch, dtype=torch.float32, device=logits.device)
-    counts = torch.zeros(batch, dtype=torch.int32, device=logits.device)
+    counts = torch.empty(batch, dtype=torch.int32, device=logits.device)       # every row writes its own
     if batch == 0:
         return out, thresholds, counts
     if logits.stride(-1) != 1:

@@ -94,6 +94,27 @@ def test_references_match_the_engine_modules():
                                rtol=1e-6, atol=1e-6)
 
 
-def test_bad_output_is_rejected():
+def test_strided_weight_and_positions():
+    x, wide_weight = torch.randn(3, 64), torch.randn(128)
+    torch.testing.assert_close(layer_ops.rms_norm(x, wide_weight[::2], 1e-6), ref.rms_norm(x, wide_weight[::2], 1e-6),
+                               rtol=1e-5, atol=1e-5)
+    heads, angles = torch.randn(3, 2, 16), torch.outer(torch.arange(10).float(), torch.rand(8))
+    columns = torch.tensor([[0, 9], [1, 4], [2, 7]])[:, 1]                     # a strided view
+    torch.testing.assert_close(layer_ops.rotary(heads, columns, angles.cos(), angles.sin()),
+                               ref.rotary(heads, columns, angles.cos(), angles.sin()), rtol=1e-5, atol=1e-5)
+
+
+def test_inputs_that_do_not_fit_are_rejected():
+    x = torch.randn(2, 8)
     with pytest.raises(ValueError, match="out must be"):
-        layer_ops.silu_and_mul(torch.randn(2, 8), out=torch.empty(2, 8))
+        layer_ops.silu_and_mul(x, out=torch.empty(2, 8))
+    with pytest.raises(ValueError, match="silu_and_mul needs"):
+        layer_ops.silu_and_mul(torch.randn(2, 7))
+    with pytest.raises(ValueError, match="residual must be like x"):
+        layer_ops.rms_norm(x, torch.ones(8), 1e-6, torch.randn(8))              # torch would broadcast it
+    with pytest.raises(ValueError, match="residual must be like x"):
+        layer_ops.rms_norm(x, torch.ones(8), 1e-6, x.half())
+    with pytest.raises(ValueError, match="D even"):
+        layer_ops.rotary(torch.randn(2, 1, 7), torch.zeros(2, dtype=torch.long), torch.ones(4, 3), torch.ones(4, 3))
+    with pytest.raises(ValueError, match="tables"):
+        layer_ops.rotary(torch.randn(2, 1, 8), torch.zeros(2, dtype=torch.long), torch.ones(4, 3), torch.ones(4, 3))

@@ -65,8 +65,10 @@ def test_greedy_is_the_first_argmax(lane_sums):
     logits[1, [10, 650]] = 9.0                                  # a tie across tiles: the first index wins
     logits[2, [300, 301]] = 9.0
     logits[3, :] = 1.0                                          # all equal
-    logits[4, [3, 259]] = 9.0                                   # a tie in one lane (tiles of 256), two tiles apart
-    drawn = sample_with_thresholds(logits, *params(5, temperature=0.0, top_k=3, top_p=0.5), lane_sums=lane_sums)[0]
+    logits[4, [3, 259]] = 9.0                                   # a tie in one lane (tiles of 256), adjacent tiles
+    drawn, _, counts = sample_with_thresholds(logits, *params(5, temperature=0.0, top_k=3, top_p=0.5),
+                                              lane_sums=lane_sums)
+    assert counts.tolist() == [1] * 5
     assert torch.equal(drawn, logits.argmax(dim=-1))
     assert drawn[1] == 10 and drawn[2] == 300 and drawn[3] == 0 and drawn[4] == 3
 
@@ -135,3 +137,13 @@ def test_philox_known_answers():
     probe[(1,)](words, out)
     for row, (_, expected) in enumerate(PHILOX_KAT):
         assert out[row].to(torch.int64).tolist() == expected
+
+
+def test_lane_sums_draw_the_same_tokens():
+    """Both accumulation orders keep the same tokens on these rows and so draw the same ones."""
+    logits, temperature, top_k, top_p, min_p = random_rows(16, 900, seed=31, tied=False)
+    args = (logits, temperature, top_k, top_p, min_p, torch.arange(16), torch.arange(16))
+    drawn, thresholds, counts = sample_with_thresholds(*args)
+    lane_drawn, lane_thresholds, lane_counts = sample_with_thresholds(*args, lane_sums=True)
+    assert torch.equal(lane_counts, counts) and torch.equal(lane_drawn, drawn)
+    torch.testing.assert_close(lane_thresholds, thresholds, rtol=1e-6, atol=0)

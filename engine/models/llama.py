@@ -7,12 +7,12 @@ Weights load from Hugging Face names: q/k/v and gate/up projections are stored f
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from engine.config import ModelConfig
 from engine.models.attention import Attention, AttentionMetadata
 from engine.models.norm import RMSNorm
 from engine.models.rotary import RotaryEmbedding
+from kernels.reference.layer_ops import silu_and_mul
 
 
 class MLP(torch.nn.Module):
@@ -25,8 +25,7 @@ class MLP(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]."""
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(torch.nn.Module):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.reference.layer_ops import rms_norm
+
 
 class RMSNorm(torch.nn.Module):
     """y = weight * x / sqrt(mean(x^2) + eps), normalising the last dimension."""
@@ -14,7 +16,5 @@ class RMSNorm(torch.nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise x over its last dimension."""
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        """Normalise x over its last dimension (`kernels.reference.layer_ops.rms_norm`)."""
+        return rms_norm(x, self.weight, self.eps)

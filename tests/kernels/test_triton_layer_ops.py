@@ -77,15 +77,18 @@ def test_rotary_on_query_and_key_heads_of_a_fused_projection(dtype, heads, head_
     torch.testing.assert_close(x, expected, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
 
 
-def test_references_match_the_engine_modules():
-    """The references are the engine's own semantics (which the model tests hold to transformers')."""
-    from engine.models.norm import RMSNorm
+def test_references_match_transformers_and_the_engine():
+    """RMSNorm as transformers' Llama computes it; rotary as the engine's module (which the model tests hold to
+    transformers'). The engine's RMSNorm and MLP call these references."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
     from engine.models.rotary import RotaryEmbedding
 
     x = torch.randn(4, 64)
-    norm = RMSNorm(64, 1e-6)
+    norm = LlamaRMSNorm(64, eps=1e-6)
     torch.nn.init.normal_(norm.weight)
-    torch.testing.assert_close(ref.rms_norm(x, norm.weight, 1e-6), norm(x), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(ref.rms_norm(x, norm.weight, 1e-6), norm(x), rtol=0, atol=0)
     rope = RotaryEmbedding(32, 128, 10000.0, None)
     positions = torch.tensor([0, 7, 100, 127])
     heads = torch.randn(4, 3, 32)

@@ -3,7 +3,7 @@
     python -m benchmarks.kernels            # on a GPU: every shape (a few minutes)
     python -m benchmarks.kernels --quick    # on a GPU: a few shapes
     python -m benchmarks.kernels --smoke    # anywhere (TRITON_INTERPRET=1 on a CPU): tiny shapes, the code paths only
-    python -m benchmarks.kernels --sampling-sweep   # on a GPU: the sampler's tile width, warps and lane sums
+    python -m benchmarks.kernels --sampling-sweep   # on a GPU: the samplers' tile width, warps, lane sums, spans
 
 Printed per shape:
 - decode: K/V bytes read / time as GB/s and as a percentage of the device's measured copy bandwidth (a 1 GiB
@@ -12,8 +12,10 @@ Printed per shape:
   CUDA graph (`do_bench_cudagraph`, L2 not emptied): the GPU time without the host's launch overhead.
 - prefill: causal attention TFLOP/s of our paged kernel and of `scaled_dot_product_attention`'s flash path on
   the same data (the K/V heads repeated for SDPA), and their ratio.
-- sampling: our sampler against a `torch.sort`-based top-k/top-p sampler, and the speedup; "kept ok" is
-  `kernels.reference.sampling.kept_set_problems` on the first 4 rows (any problem is printed below the row).
+- sampling: our samplers (one program per row, the default; and "split", several programs per row, with its
+  CUDA-graph time "split graph", as its six launches may be bound by the host) against a `torch.sort`-based
+  top-k/top-p sampler, and the speedups; "kept ok" is `kernels.reference.sampling.kept_set_problems` on the
+  first 4 rows for both samplers (any problem is printed below the row).
 - layer ops: the fused RMSNorm + residual, SiLU-and-mul and rotary kernels against the torch code they would
   replace (`kernels.reference.layer_ops`, the engine's own), bf16, Llama-3-8B's sizes: time from do_bench and
   from a CUDA graph (without launch overhead) for both, and the fused kernel's bytes moved / time. The engine
@@ -154,10 +156,12 @@ def sort_sampler(logits, temperature, top_k, top_p):
 
 def bench_sampling(batches, vocabs, device, timer) -> None:
     from kernels.reference.sampling import kept_set_problems
-    from kernels.triton_ops.sampling import sample_with_thresholds
+    from kernels.triton_ops import sampling, sampling_split
 
-    print("\n== sampling (T 0.8; logits ~ N(0, 2.5^2)) ==")
-    print(f"{'batch':>6} {'vocab':>7} {'filters':>18} {'kept ok':>8} {'ours us':>9} {'sort us':>9} {'speedup':>8}")
+    samplers = (sampling.sample_with_thresholds, sampling_split.sample_with_thresholds)
+    print("\n== sampling (T 0.8; logits ~ N(0, 2.5^2); 'split': several programs per row) ==")
+    print(f"{'batch':>6} {'vocab':>7} {'filters':>18} {'kept ok':>8} {'ours us':>9} {'split us':>9} "
+          f"{'split graph':>12} {'sort us':>9} {'speedup':>8} {'split':>7}")
     for vocab in vocabs:
         for batch in batches:
             logits = torch.randn(batch, vocab, device=device) * 2.5
@@ -166,40 +170,62 @@ def bench_sampling(batches, vocabs, device, timer) -> None:
                 temperature, k, p = full(0.8), full(top_k, dtype=torch.int32), full(top_p)
                 args = (logits, temperature, k, p, full(0.0), full(1, dtype=torch.int64),
                         torch.arange(batch, device=device))
-                _, thresholds, counts = sample_with_thresholds(*args)
                 rows = min(batch, 4)
-                problems = kept_set_problems(*(a[:rows].cpu() for a in args[:5]), thresholds[:rows].cpu(),
-                                             counts[:rows].cpu())
-                ours = timer(functools.partial(sample_with_thresholds, *args))
+                problems = []
+                for label, sampler in zip(("", "split: "), samplers):
+                    _, thresholds, counts = sampler(*args)
+                    problems += [label + problem for problem in kept_set_problems(
+                        *(a[:rows].cpu() for a in args[:5]), thresholds[:rows].cpu(), counts[:rows].cpu())]
+                ours, split = (timer(functools.partial(sampler, *args)) for sampler in samplers)
+                cuda = device.type == "cuda"
+                graphed = graph_time_us(functools.partial(samplers[1], *args)) if cuda else float("nan")
                 theirs = timer(functools.partial(sort_sampler, logits, temperature, k, p))
                 name = f"k={top_k} p={top_p}"
-                print(f"{batch:>6} {vocab:>7} {name:>18} {str(not problems):>8} "
-                      f"{ours * 1e3:>9.1f} {theirs * 1e3:>9.1f} {theirs / ours:>7.2f}x")
+                print(f"{batch:>6} {vocab:>7} {name:>18} {str(not problems):>8} {ours * 1e3:>9.1f} "
+                      f"{split * 1e3:>9.1f} {graphed:>12.1f} {theirs * 1e3:>9.1f} {theirs / ours:>7.2f}x "
+                      f"{theirs / split:>6.2f}x")
                 for problem in problems:
                     print(f"    ! {problem}")
 
 
-SWEEP_CONFIGS = [(block, warps, False) for block in (1024, 2048, 4096) for warps in (4, 8, 16)] + [
-    (512, 4, True), (1024, 8, True), (2048, 8, True)]
+def _sweep_configs() -> list[tuple[str, object, dict]]:
+    """(label, sampler, launch options): tile width x warps x lane sums ('L') x compacting search ('C') of the
+    one-program sampler, and tile width x warps of the split one ('S'; 'S2x': twice its default spans per row)."""
+    from kernels.triton_ops import sampling, sampling_split
+
+    # Run 2's sweep (benchmarks/RESULTS.md) ruled out 16 warps and 4096-token tiles at 4 warps.
+    single = [(1024, 8, ""), (2048, 4, ""), (2048, 8, ""), (4096, 8, ""), (1024, 8, "L"), (2048, 8, "L"),
+              (2048, 8, "C"), (2048, 8, "LC")]
+    split = [(512, 4, False), (1024, 4, False), (2048, 4, False), (1024, 8, False), (1024, 4, True)]
+    return ([(f"{block}/{warps}w{flags}", sampling.sample_with_thresholds,
+              {"block": block, "num_warps": warps, "lane_sums": "L" in flags, "compact": "C" in flags})
+             for block, warps, flags in single]
+            + [(f"{block}/{warps}wS" + ("2x" if twice else ""), sampling_split.sample_with_thresholds,
+                {"block": block, "num_warps": warps, "twice": twice}) for block, warps, twice in split])
 
 
 def sampling_sweep(device, timer, batches=(1, 64, 256), vocab: int = 128256) -> None:
-    """The sampler's time per launch configuration (tile width x warps, partial sums per lane or per tile)."""
+    """The samplers' time per launch configuration."""
     from kernels.reference.sampling import kept_set_problems
-    from kernels.triton_ops.sampling import sample_with_thresholds
+    from kernels.triton_ops import _utils, sampling_split
 
-    print(f"\n== sampling launch configurations (vocab {vocab}, T 0.8; 'L': lane_sums) ==")
-    print(f"{'batch':>6} {'filters':>14} " + " ".join(f"{f'{b}/{w}w' + ('L' if lanes else ''):>10}"
-                                                     for b, w, lanes in SWEEP_CONFIGS))
+    configs = _sweep_configs()
+    print(f"\n== sampling launch configurations (vocab {vocab}, T 0.8; tile/warps, 'L': lane sums, 'C': compacting "
+          "search, 'S': split) ==")
+    print(f"{'batch':>6} {'filters':>14} " + " ".join(f"{label:>10}" for label, _, _ in configs))
     for batch in batches:
         logits = torch.randn(batch, vocab, device=device) * 2.5
         full = functools.partial(torch.full, (batch,), device=device)
+        default_spans = _utils.cdiv(sampling_split.PROGRAMS_PER_SM * _utils.sm_count(device), batch)
         for top_k, top_p in ((50, 0.9), (0, 0.95)):
             args = (logits, full(0.8), full(top_k, dtype=torch.int32), full(top_p), full(0.0),
                     full(1, dtype=torch.int64), torch.arange(batch, device=device))
             cells = []
-            for block, warps, lanes in SWEEP_CONFIGS:
-                run = functools.partial(sample_with_thresholds, *args, block=block, num_warps=warps, lane_sums=lanes)
+            for _, sampler, options in configs:
+                options = dict(options)
+                if options.pop("twice", False):
+                    options["splits"] = 2 * default_spans
+                run = functools.partial(sampler, *args, **options)
                 try:
                     _, thresholds, counts = run()
                     ok = not kept_set_problems(*(a[:4].cpu() for a in args[:5]), thresholds[:4].cpu(),

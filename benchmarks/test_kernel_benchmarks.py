@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import kernels
+from benchmarks.kernels import paged_batch
 
 GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
@@ -23,17 +24,9 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _paged_batch(num_seqs: int, context: int, q_len: int, heads: int = 32, kv_heads: int = 8, head_dim: int = 128,
-                 block_size: int = 16):
-    blocks_per_seq = -(-context // block_size)
-    num_blocks = num_seqs * blocks_per_seq
-    k_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
-    v_cache = torch.randn_like(k_cache)
-    tables = torch.randperm(num_blocks, device=DEVICE).view(num_seqs, blocks_per_seq).int()
-    seq_lens = torch.full((num_seqs,), context, dtype=torch.int32, device=DEVICE)
-    cu = torch.arange(0, (num_seqs + 1) * q_len, q_len, dtype=torch.int32, device=DEVICE)
-    q = torch.randn(num_seqs * q_len, heads, head_dim, device=DEVICE, dtype=DTYPE)
-    return q, k_cache, v_cache, tables, seq_lens, cu, q_len, head_dim ** -0.5
+def _paged_batch(num_seqs: int, context: int, q_len: int):
+    """`paged_batch` at Llama-3-8B's attention shape (32 / 8 heads of 128, blocks of 16), plus q_len and scale."""
+    return (*paged_batch(num_seqs, context, q_len, 32, 8, 128, 16, DTYPE, DEVICE), q_len, 128 ** -0.5)
 
 
 def _timed(benchmark, backend: str, fn, *args) -> None:

@@ -11,7 +11,7 @@ import torch
 import triton.language as tl
 from scipy import stats
 
-from kernels.triton_ops.sampling import philox4x32
+from kernels.triton_ops.sampling_passes import philox4x32
 
 
 def params(batch: int, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1234, positions=None):

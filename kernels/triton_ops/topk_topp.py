@@ -1,4 +1,4 @@
-"""Sort-free top-k / top-p thresholds for the sampler (`kernels.triton_ops.sampling`).
+"""Sort-free top-k / top-p thresholds for the samplers (`kernels.triton_ops.sampling`, `sampling_split`).
 
 Every filter keeps an upper set of the probabilities, so each reduces to one threshold value. It is found by a
 multi-pivot bisection over the float bit patterns of the candidate values (non-negative floats order like their
@@ -6,7 +6,9 @@ bits): each pass over the values evaluates NUM_PIVOTS pivots spread over the bra
 the new bounds to the nearest actual values around the deciding pivots, so the search ends on an exact value of
 the row (ties are kept together, as in the reference) after about 32 / log2(NUM_PIVOTS + 1) passes. The values
 come from a per-row buffer of gathered candidates (FROM_LOGITS=False) or, when they do not fit in it, straight
-from the logits (FROM_LOGITS=True), recomputing the same probabilities with `probs`.
+from the logits (FROM_LOGITS=True), recomputing the same probabilities with `probs`. With COMPACT, each pass
+over a buffer also moves the values still inside the bracket to its front, so a pass reads only what the pass
+before left (about the whole buffer once, then a fraction of it) instead of the whole buffer every time.
 """
 
 from __future__ import annotations
@@ -32,12 +34,18 @@ def _values(src_ptr, offs, n, temperature, x_max, inv_z, FROM_LOGITS: tl.constex
 
 
 @triton.jit
-def _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr,
-                 NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr, LANE_SUMS: tl.constexpr):
+def _pivot_stats(src_ptr, n, floor, pivots, keep_lo, keep_hi, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr,
+                 NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr, LANE_SUMS: tl.constexpr, COMPACT: tl.constexpr):
     """Per pivot, over the values >= floor and > 0: how many and how much mass are >= it, the smallest value
     >= it (inf if none) and the largest value below it (-1 if none). LANE_SUMS keeps [BLOCK, NUM_PIVOTS]
     partial results across the tiles and reduces them once at the end, instead of reducing every tile (which
-    synchronises the program's warps four times per tile)."""
+    synchronises the program's warps four times per tile).
+
+    COMPACT (a buffer source only) also moves the values in [keep_lo, keep_hi] to the front of the buffer, in
+    place (each is written at or before where it was read, after its tile was read), and returns how many there
+    are and the mass of the values above keep_hi that it dropped; otherwise (n, 0).
+    """
+    tl.static_assert(not (FROM_LOGITS and COMPACT), "COMPACT rewrites its source: a buffer, never the logits")
     if LANE_SUMS:
         count = tl.zeros([BLOCK, NUM_PIVOTS], tl.int32)
         mass = tl.zeros([BLOCK, NUM_PIVOTS], tl.float32)
@@ -48,6 +56,8 @@ def _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z, FROM_LOGI
         mass = tl.zeros([NUM_PIVOTS], tl.float32)
         above = tl.full([NUM_PIVOTS], float("inf"), tl.float32)
         below = tl.full([NUM_PIVOTS], -1.0, tl.float32)
+    kept = tl.zeros((), tl.int32)
+    dropped_mass = tl.zeros((), tl.float32)
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         if FROM_LOGITS:  # the expression of `probs`, inlined (the interpreter pays per helper call)
@@ -55,13 +65,13 @@ def _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z, FROM_LOGI
             p = tl.exp(logits / temperature - x_max) * inv_z
         else:
             p = tl.load(src_ptr + offs, mask=offs < n, other=0.0)
-        ok = ((p >= floor) & (p > 0))[:, None]
+        ok = (p >= floor) & (p > 0)
         grid = p[:, None] + tl.zeros([1, NUM_PIVOTS], tl.float32)
-        ge = ok & (grid >= pivots[None, :])
+        ge = ok[:, None] & (grid >= pivots[None, :])
         tile_count = ge.to(tl.int32)
         tile_mass = tl.where(ge, grid, 0.0)
         tile_above = tl.where(ge, grid, float("inf"))
-        tile_below = tl.where(ok & ~ge, grid, -1.0)
+        tile_below = tl.where(ok[:, None] & ~ge, grid, -1.0)
         if not LANE_SUMS:
             tile_count = tl.sum(tile_count, axis=0)
             tile_mass = tl.sum(tile_mass, axis=0)
@@ -71,38 +81,57 @@ def _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z, FROM_LOGI
         mass += tile_mass
         above = tl.minimum(above, tile_above)
         below = tl.maximum(below, tile_below)
+        if COMPACT:
+            keep = ok & (p >= keep_lo) & (p <= keep_hi)
+            slots = kept + tl.cumsum(keep.to(tl.int32), axis=0) - 1
+            tl.store(src_ptr + slots, p, mask=keep & (slots != offs))  # a value in place needs no write
+            kept += tl.sum(keep.to(tl.int32), axis=0)
+            dropped_mass += tl.sum(tl.where(ok & (p > keep_hi), p, 0.0), axis=0)
     if LANE_SUMS:
         count = tl.sum(count, axis=0)
         mass = tl.sum(mass, axis=0)
         above = tl.min(above, axis=0)
         below = tl.max(below, axis=0)
-    return count, mass, above, below
+    if COMPACT:
+        tl.debug_barrier()  # the next pass reads values that other warps wrote
+    else:
+        kept = n
+    return count, mass, above, below, kept, dropped_mass
+
+
+@triton.jit
+def _pivots(lo, hi, NUM_PIVOTS: tl.constexpr):
+    """NUM_PIVOTS values spread evenly in bit space over (lo, hi] (non-negative floats order like their bits)."""
+    steps = tl.arange(0, NUM_PIVOTS).to(tl.int64) + 1
+    lo_bits = lo.to(tl.int32, bitcast=True).to(tl.int64)
+    span = hi.to(tl.int32, bitcast=True).to(tl.int64) - lo_bits - 1
+    return (lo_bits + 1 + span * steps // (NUM_PIVOTS + 1)).to(tl.int32).to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def kth_largest(src_ptr, n, k, floor, top, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr,
-                NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr, LANE_SUMS: tl.constexpr):
-    """The k-th largest value (with multiplicity) among the source's values >= floor and > 0.
+                NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr, LANE_SUMS: tl.constexpr, COMPACT: tl.constexpr):
+    """The k-th largest value (with multiplicity) among the source's values >= floor and > 0, and how many
+    values the source holds afterwards (COMPACT drops those below the answer's bracket, never those above it,
+    so the source still holds every value >= the answer).
 
     Needs at least k such values; `top` is the largest. Invariant: the answer lies in [lo, hi].
     """
     ids = tl.arange(0, NUM_PIVOTS)
-    steps = ids.to(tl.int64) + 1  # pivots spread evenly over (lo, hi] in bit space
     lo = floor
     hi = top
     while lo < hi:
-        lo_bits = lo.to(tl.int32, bitcast=True).to(tl.int64)
-        span = hi.to(tl.int32, bitcast=True).to(tl.int64) - lo_bits - 1
-        pivots = (lo_bits + 1 + span * steps // (NUM_PIVOTS + 1)).to(tl.int32).to(tl.float32, bitcast=True)
-        count, mass, above, below = _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z,
-                                                 FROM_LOGITS, NUM_PIVOTS, BLOCK, LANE_SUMS)
+        pivots = _pivots(lo, hi, NUM_PIVOTS)
+        count, mass, above, below, n, _ = _pivot_stats(src_ptr, n, floor, pivots, lo, float("inf"), temperature,
+                                                       x_max, inv_z, FROM_LOGITS, NUM_PIVOTS, BLOCK, LANE_SUMS,
+                                                       COMPACT)
         # Pivots 0..last hold >= k values at or above them: the answer is >= the value just above `last`
         # and below the next pivot.
         last = tl.max(tl.where(count >= k, ids, -1), axis=0)
         new_lo = tl.where(last >= 0, tl.sum(tl.where(ids == last, above, 0.0), axis=0), lo)
         hi = tl.where(last + 1 < NUM_PIVOTS, tl.sum(tl.where(ids == last + 1, below, 0.0), axis=0), hi)
         lo = new_lo
-    return lo
+    return lo, n
 
 
 @triton.jit
@@ -125,25 +154,28 @@ def mass_at_least(src_ptr, n, floor, temperature, x_max, inv_z, FROM_LOGITS: tl.
 
 
 @triton.jit
-def top_p_threshold(src_ptr, n, floor, top, limit, temperature, x_max, inv_z, FROM_LOGITS: tl.constexpr,
-                    NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr, LANE_SUMS: tl.constexpr):
+def top_p_threshold(src_ptr, n, floor, top, limit, mass_above, temperature, x_max, inv_z,
+                    FROM_LOGITS: tl.constexpr, NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr,
+                    LANE_SUMS: tl.constexpr, COMPACT: tl.constexpr):
     """The smallest value v (>= floor, > 0) whose strictly larger values weigh < limit; `top` when none does.
+    `mass_above` is the mass of candidates larger than every value of the source (kept whatever v is).
 
     For a pivot, with b = the largest value below it, the mass strictly above b is the mass at or above the
     pivot: when that is < limit the answer is <= b, otherwise every value <= b fails and the answer is >= the
-    smallest value at or above the pivot.
+    smallest value at or above the pivot. COMPACT keeps only the bracket [lo, hi] in the buffer after each pass,
+    adding the mass of the values it drops above hi to `mass_above`.
     """
     ids = tl.arange(0, NUM_PIVOTS)
-    steps = ids.to(tl.int64) + 1  # pivots spread evenly over (lo, hi] in bit space
+    mass_above = mass_above + tl.zeros((), tl.float32)  # a loop-carried tensor even when given as a constant
     lo = floor
     hi = top
     while lo < hi:
-        lo_bits = lo.to(tl.int32, bitcast=True).to(tl.int64)
-        span = hi.to(tl.int32, bitcast=True).to(tl.int64) - lo_bits - 1
-        pivots = (lo_bits + 1 + span * steps // (NUM_PIVOTS + 1)).to(tl.int32).to(tl.float32, bitcast=True)
-        count, mass, above, below = _pivot_stats(src_ptr, n, floor, pivots, temperature, x_max, inv_z,
-                                                 FROM_LOGITS, NUM_PIVOTS, BLOCK, LANE_SUMS)
-        first = tl.min(tl.where((below >= 0) & (mass < limit), ids, NUM_PIVOTS), axis=0)
+        pivots = _pivots(lo, hi, NUM_PIVOTS)
+        count, mass, above, below, n, dropped = _pivot_stats(src_ptr, n, floor, pivots, lo, hi, temperature, x_max,
+                                                             inv_z, FROM_LOGITS, NUM_PIVOTS, BLOCK, LANE_SUMS,
+                                                             COMPACT)
+        first = tl.min(tl.where((below >= 0) & (mass_above + mass < limit), ids, NUM_PIVOTS), axis=0)
+        mass_above += dropped
         new_lo = tl.where(first > 0, tl.sum(tl.where(ids == first - 1, above, 0.0), axis=0), lo)
         hi = tl.where(first < NUM_PIVOTS, tl.sum(tl.where(ids == first, below, 0.0), axis=0), hi)
         lo = new_lo
@@ -151,23 +183,23 @@ def top_p_threshold(src_ptr, n, floor, top, limit, temperature, x_max, inv_z, FR
 
 
 @triton.jit
-def filter_threshold(src_ptr, n, floor, count, top, top_k, has_k, top_p, has_p, mass_all, temperature, x_max,
-                     inv_z, FROM_LOGITS: tl.constexpr, NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr,
-                     LANE_SUMS: tl.constexpr):
+def filter_threshold(src_ptr, n, floor, count, top, top_k, has_k, top_p, has_p, mass_all, mass_above, temperature,
+                     x_max, inv_z, FROM_LOGITS: tl.constexpr, NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr,
+                     LANE_SUMS: tl.constexpr, COMPACT: tl.constexpr):
     """The probability a token needs to pass top-k then top-p.
 
     The source's `count` values >= floor (and > 0) must hold every value that can matter: all survivors of
-    min-p (`mass_all` is then their mass), or at least top_k of the largest, or (without top-k) a set of the
-    largest that weighs at least top_p * mass_all.
+    min-p (`mass_all` is then their mass), or at least top_k of the largest, or (without top-k) the values
+    around the top-p cut, the larger candidates weighing `mass_above` (0 with top-k) and `top` the largest value.
     """
     threshold = floor
     if has_k & (count >= top_k):
-        threshold = kth_largest(src_ptr, n, top_k, floor, top, temperature, x_max, inv_z, FROM_LOGITS, NUM_PIVOTS,
-                                BLOCK, LANE_SUMS)
+        threshold, n = kth_largest(src_ptr, n, top_k, floor, top, temperature, x_max, inv_z, FROM_LOGITS,
+                                   NUM_PIVOTS, BLOCK, LANE_SUMS, COMPACT)
     if has_p:
         mass = mass_all
         if has_k:
             mass = mass_at_least(src_ptr, n, threshold, temperature, x_max, inv_z, FROM_LOGITS, BLOCK, LANE_SUMS)
-        threshold = top_p_threshold(src_ptr, n, threshold, top, top_p * mass, temperature, x_max, inv_z,
-                                    FROM_LOGITS, NUM_PIVOTS, BLOCK, LANE_SUMS)
+        threshold = top_p_threshold(src_ptr, n, threshold, top, top_p * mass, mass_above, temperature, x_max,
+                                    inv_z, FROM_LOGITS, NUM_PIVOTS, BLOCK, LANE_SUMS, COMPACT)
     return threshold

@@ -4,6 +4,7 @@ bf16 on real tensor cores, full vocabularies. References run on the CPU in float
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -21,9 +22,17 @@ from paged_batches import make_batch  # noqa: E402
 from kernels.reference import attention as ref  # noqa: E402
 from kernels.reference import layer_ops as ref_layer_ops  # noqa: E402
 from kernels.reference import sampling as ref_sampling  # noqa: E402
-from kernels.triton_ops import apply_penalties, layer_ops, store_kv  # noqa: E402
+from kernels.triton_ops import apply_penalties, layer_ops, sampling, sampling_split, store_kv  # noqa: E402
 from kernels.triton_ops.attention import paged_attention_into  # noqa: E402
-from kernels.triton_ops.sampling import sample, sample_with_thresholds  # noqa: E402
+from kernels.triton_ops.sampling import sample_with_thresholds  # noqa: E402
+
+# The samplers under test: one program per row (the default, with lane sums, with a compacting search), and
+# several programs per row.
+SAMPLERS = {"default": sample_with_thresholds,
+            "lane_sums": functools.partial(sample_with_thresholds, lane_sums=True),
+            "compact": functools.partial(sample_with_thresholds, compact=True),
+            "lane_sums+compact": functools.partial(sample_with_thresholds, lane_sums=True, compact=True),
+            "split": sampling_split.sample_with_thresholds}
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 # Inputs are exact in every dtype; the kernels round P (and bf16/fp16 products) once: a few units of the
@@ -95,31 +104,32 @@ def test_store_kv(device, src_dtype, cache_dtype, block_size, head_dim):
         torch.testing.assert_close(got.cpu(), want, rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("lane_sums", [False, True])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize(("vocab", "tied"), [(32000, False), (32000, True), (128256, False), (151936, False)])
-def test_filters_keep_the_reference_tokens_on_full_vocabularies(device, vocab, tied, lane_sums):
+def test_filters_keep_the_reference_tokens_on_full_vocabularies(device, vocab, tied, sampler):
     """The kernel keeps the reference's tokens up to float rounding (the rule of
     `kernels.reference.sampling.kept_set_problems`), and draws one of the tokens it keeps."""
     batch = 32
     logits, temperature, top_k, top_p, min_p = random_rows(batch, vocab, seed=vocab % 97 + tied, tied=tied)
     args = [logits, temperature, top_k, top_p, min_p, torch.full((batch,), 5), torch.arange(batch)]
-    drawn, thresholds, counts = (t.cpu() for t in sample_with_thresholds(*(a.to(device) for a in args),
-                                                                         lane_sums=lane_sums))
+    drawn, thresholds, counts = (t.cpu() for t in SAMPLERS[sampler](*(a.to(device) for a in args)))
     assert ref_sampling.kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds, counts) == []
     probs = torch.softmax(logits.double() / temperature[:, None].double(), dim=-1)
     kept = (probs >= thresholds.double()[:, None] * (1 - 1e-5)) & (probs > 0)
     assert bool(kept.gather(1, drawn[:, None]).all()), "a token below the cut was drawn"
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize(("temperature", "top_k", "top_p", "min_p"), [
     (0.5, 0, 1.0, 0.0), (1.0, 6, 1.0, 0.0), (1.0, 0, 0.7, 0.0), (1.0, 0, 1.0, 0.15), (2.0, 10, 0.85, 0.03),
 ])
-def test_draws_follow_the_filtered_distribution(device, temperature, top_k, top_p, min_p):
+def test_draws_follow_the_filtered_distribution(device, temperature, top_k, top_p, min_p, split):
     draws, vocab = 20000, 30
     row = torch.randn(1, vocab, generator=torch.Generator().manual_seed(3)) * 1.5
     row[0, [4, 9]] = float("-inf")
     args = params(draws, temperature, top_k, top_p, min_p, seed=2**40 + 17)
-    drawn = sample(row.repeat(draws, 1).to(device), *(a.to(device) for a in args)).cpu()
+    drawn = (sampling_split if split else sampling).sample(row.repeat(draws, 1).to(device),
+                                                           *(a.to(device) for a in args)).cpu()
     probs = torch.softmax(row / temperature, dim=-1)
     filtered = ref_sampling.filter_probs(probs, torch.tensor([top_k]), torch.tensor([top_p]),
                                          torch.tensor([min_p]))[0]
@@ -127,24 +137,40 @@ def test_draws_follow_the_filtered_distribution(device, temperature, top_k, top_
     assert chi_square(drawn, filtered / filtered.sum()) > 1e-3
 
 
-def test_greedy_is_the_first_argmax_on_a_full_vocabulary(device):
+@pytest.mark.parametrize("split", [False, True])
+def test_greedy_is_the_first_argmax_on_a_full_vocabulary(device, split):
     logits = torch.randn(64, 151936, generator=torch.Generator().manual_seed(11))
     logits[1, [10, 150000]] = 9.0
     logits[3, :] = 1.0
-    drawn = sample(logits.to(device), *(a.to(device) for a in params(64, temperature=0.0, top_k=3))).cpu()
+    drawn = (sampling_split if split else sampling).sample(
+        logits.to(device), *(a.to(device) for a in params(64, temperature=0.0, top_k=3))).cpu()
     assert torch.equal(drawn, logits.argmax(dim=-1))
     assert drawn[1] == 10 and drawn[3] == 0
 
 
-def test_draws_depend_only_on_seed_and_position(device):
+@pytest.mark.parametrize("split", [False, True])
+def test_draws_depend_only_on_seed_and_position(device, split):
     logits, temperature, top_k, top_p, min_p = random_rows(16, 128256, seed=21, tied=False)
     seeds = torch.randint(0, 2**62, (16,), generator=torch.Generator().manual_seed(4))
     args = [a.to(device) for a in (logits, temperature, top_k, top_p, min_p, seeds, torch.arange(16) * 1000)]
-    together = sample(*args)
-    assert torch.equal(sample(*args), together)
-    alone = torch.cat([sample(*(a[i:i + 1] for a in args)) for i in range(16)])
+    draw = (sampling_split if split else sampling).sample
+    together = draw(*args)
+    assert torch.equal(draw(*args), together)
+    alone = torch.cat([draw(*(a[i:i + 1] for a in args)) for i in range(16)])    # 1 row: many spans per row
     assert torch.equal(alone, together)
-    assert torch.equal(sample(*(a.flip(0) for a in args)).flip(0), together)
+    assert torch.equal(draw(*(a.flip(0) for a in args)).flip(0), together)
+
+
+def test_split_sampler_draws_what_the_default_draws(device):
+    """Where both samplers keep as many tokens (then the same set: both keep upper sets of the probabilities),
+    they draw the same token; the counts may differ only where float summation order moves a top-p cut."""
+    logits, temperature, top_k, top_p, min_p = random_rows(64, 128256, seed=22, tied=False)
+    args = [a.to(device) for a in (logits, temperature, top_k, top_p, min_p, torch.arange(64), torch.arange(64))]
+    drawn, _, counts = sample_with_thresholds(*args)
+    split_drawn, _, split_counts = sampling_split.sample_with_thresholds(*args)
+    same = (counts == split_counts).cpu()
+    assert int(same.sum()) >= 0.9 * len(same)
+    assert torch.equal(split_drawn.cpu()[same], drawn.cpu()[same])
 
 
 def test_philox_known_answers(device):

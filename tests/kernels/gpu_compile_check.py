@@ -71,7 +71,8 @@ def main(capability: int) -> None:
     torch.cuda.current_device = lambda: 0
     compiled: list = []
     modules = {name: importlib.import_module(f"kernels.triton_ops.{name}")
-               for name in ("kv_store", "decode_attention", "prefill_attention", "sampling", "penalties", "layer_ops")}
+               for name in ("kv_store", "decode_attention", "prefill_attention", "sampling", "sampling_split",
+                            "penalties", "layer_ops")}
     for module in modules.values():
         for name, value in list(vars(module).items()):
             if isinstance(value, triton.runtime.jit.JITFunction) and name.endswith("_kernel"):
@@ -93,7 +94,10 @@ def main(capability: int) -> None:
     params = (torch.ones(3), torch.ones(3, dtype=torch.int32), torch.ones(3), torch.zeros(3),
               torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64))
     modules["sampling"].sample(logits, *params)
-    modules["sampling"].sample_with_thresholds(logits, *params, lane_sums=True)
+    for lane_sums, compact in ((True, False), (False, True), (True, True)):
+        modules["sampling"].sample_with_thresholds(logits, *params, lane_sums=lane_sums, compact=compact)
+    modules["sampling_split"].sample(logits, *params)
+    modules["sampling_split"].sample(torch.zeros(1, 128256), *(p[:1] for p in params))    # 126 spans per row
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         layer_ops, x = modules["layer_ops"], torch.zeros(4, 4096, dtype=dtype)
         layer_ops.rms_norm(x, x[0], 1e-5)

@@ -25,6 +25,7 @@ def test_kernels_compile_for_sm90():
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     for kernel in ("_decode_split_kernel", "_decode_merge_kernel", "_prefill_kernel", "_store_kv_kernel",
-                   "_sample_kernel", "_apply_penalties_kernel", "_rms_norm_kernel", "_silu_and_mul_kernel",
-                   "_rotary_kernel"):
+                   "_sample_kernel", "_softmax_kernel", "_levels_kernel", "_gather_kernel", "_threshold_kernel",
+                   "_draw_kernel", "_finish_kernel", "_apply_penalties_kernel", "_rms_norm_kernel",
+                   "_silu_and_mul_kernel", "_rotary_kernel"):
         assert kernel in run.stdout

@@ -17,19 +17,23 @@ import kernels
 from kernels.reference import sampling as ref
 from kernels.triton_ops.sampling import sample, sample_with_thresholds
 
+# The one-program sampler's variants: default, partial sums per lane, a search that compacts its buffer, both.
+VARIANTS = {"default": {}, "lane_sums": {"lane_sums": True}, "compact": {"compact": True},
+            "lane_sums+compact": {"lane_sums": True, "compact": True}}
 
-@pytest.mark.parametrize("lane_sums", [False, True])
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("tied", [False, True])
-def test_filters_keep_exactly_the_reference_tokens(tied, lane_sums):
+def test_filters_keep_exactly_the_reference_tokens(tied, variant):
     batch, vocab = 24, 600
     logits, temperature, top_k, top_p, min_p = random_rows(batch, vocab, seed=7 + tied, tied=tied)
     seeds, positions = torch.full((batch,), 5, dtype=torch.int64), torch.arange(batch, dtype=torch.int64)
     args = (logits, temperature, top_k, top_p, min_p, seeds, positions)
-    drawn, thresholds, counts = sample_with_thresholds(*args, lane_sums=lane_sums)
+    drawn, thresholds, counts = sample_with_thresholds(*args, **VARIANTS[variant])
     assert ref.kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds, counts) == []
     # Without room for the candidates, every filtered row searches the logits: same thresholds, same draws.
     drawn_direct, thresholds_direct, counts_direct = sample_with_thresholds(*args, max_candidates=2,
-                                                                            lane_sums=lane_sums)
+                                                                            **VARIANTS[variant])
     assert torch.equal(thresholds_direct, thresholds)
     assert torch.equal(counts_direct, counts)
     assert torch.equal(drawn_direct, drawn)
@@ -95,8 +99,8 @@ def test_api_dispatches_to_the_triton_sampler():
     assert torch.equal(kernels.sample(*args), sample(*args))
 
 
-@pytest.mark.parametrize("lane_sums", [False, True])
-def test_filters_on_rows_spanning_many_nats(lane_sums):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_filters_on_rows_spanning_many_nats(variant):
     """Rows whose candidates reach past the deepest cut-off, so the search runs over every min-p survivor."""
     vocab = 500
     row = torch.linspace(-150.0, 0.0, vocab)
@@ -107,7 +111,7 @@ def test_filters_on_rows_spanning_many_nats(lane_sums):
     top_p = torch.tensor([1.0, 0.99999, 0.9999, 1.0, 1.0, 0.95])
     min_p = torch.tensor([0.0, 0.0, 0.0, 1e-30, 1e-20, 0.0])
     args = (logits, temperature, top_k, top_p, min_p, torch.zeros(6, dtype=torch.int64), torch.arange(6))
-    _, thresholds, counts = sample_with_thresholds(*args, lane_sums=lane_sums)
+    _, thresholds, counts = sample_with_thresholds(*args, **VARIANTS[variant])
     assert ref.kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds, counts) == []
 
 

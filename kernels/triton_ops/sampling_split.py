@@ -37,6 +37,7 @@ MAX_SPLITS = 128            # spans per row at most: each gather program holds [
 
 @triton.jit
 def _span(vocab, chunk):
+    """(span index, spans per row, first token, end) of this program's span."""
     split = tl.program_id(1)
     start = split * chunk
     return split, tl.num_programs(1), start, tl.minimum(start + chunk, vocab)

@@ -27,4 +27,4 @@ part sampling_sweep "${SAMPLING_SWEEP_LIMIT:-150}" $PY -m benchmarks.kernels --s
 part pytest_benchmark "${PYTEST_BENCH_LIMIT:-100}" $PY -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
     --benchmark-max-time=0.3 --benchmark-columns=min,median,mean,rounds
 part throughput "${THROUGHPUT_LIMIT:-200}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \
-    --repeats "${THROUGHPUT_REPEATS:-3}" --json "$LOGS/throughput.json"
+    --repeats "${THROUGHPUT_REPEATS:-3}" --json "$LOGS/throughput.json" --profile

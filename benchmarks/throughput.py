@@ -6,7 +6,7 @@ left-padded into batches, each batch generating as many tokens as its longest re
 are credited with the output tokens the requests asked for, so the figure is useful tokens per second.
 
     python -m benchmarks.throughput [--model PATH | qwen3-tiny | qwen3-0.6b-shape] [--num-seqs 64] [--quick]
-        [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16]
+        [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--profile]
 
 `qwen3-tiny` and `qwen3-0.6b-shape` are random-weight Qwen3 checkpoints built on the fly with the default
 model's 4k-token tokenizer: the first the default model's size, the second Qwen3-0.6B's body (28 layers,
@@ -89,6 +89,38 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
     return rates
 
 
+def profile_engine(model: str, work: Workload, max_model_len: int, device: torch.device, dtype: torch.dtype,
+                   rows: int = 25) -> None:
+    """One workload under torch.profiler: the engine's steps (how many, host wall ms each) and the operators with
+    the most self time on the host and, on a GPU, on the device: where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    llm = LLM(model, max_model_len=max_model_len, device=device.type, dtype=str(dtype).removeprefix("torch."))
+    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
+    step, step_ms = llm.engine.step, []
+
+    def timed_step():
+        start = time.perf_counter()
+        outputs = step()
+        step_ms.append((time.perf_counter() - start) * 1e3)
+        return outputs
+
+    llm.engine.step = timed_step
+    params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n, seed=i)
+              for i, n in enumerate(work.output_lens)]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        llm.generate(work.prompts, params)
+    ordered = sorted(step_ms)
+    print(f"\nprofile: {len(step_ms)} engine steps, host wall ms per step: mean {statistics.mean(step_ms):.2f}, "
+          f"p50 {ordered[len(ordered) // 2]:.2f}, p90 {ordered[int(len(ordered) * 0.9)]:.2f}, "
+          f"total {sum(step_ms) / 1e3:.2f} s")
+    averages = prof.key_averages()
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
+    if device.type == "cuda":
+        print(averages.table(sort_by="self_device_time_total", row_limit=rows))
+
+
 def run_transformers(model: str, workloads: list[Workload], batch_size: int, device: torch.device,
                      dtype: torch.dtype) -> list[float]:
     """transformers' output tokens/s on each workload: padded, batched `generate`, each batch producing at
@@ -129,6 +161,8 @@ def main() -> None:
                         help="workloads (fresh prompts each) run by both sides; medians are reported")
     parser.add_argument("--quick", action="store_true", help="a small workload for CI")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile the engine on one more workload: step times and the costliest operators")
     args = parser.parse_args()
     if args.quick:
         args.num_seqs, args.input_len, args.output_len, args.repeats = 8, [16, 48], [8, 24], 1
@@ -145,25 +179,28 @@ def main() -> None:
         max_len = args.input_len[1] + args.output_len[1]
         engine_rates = run_engine(model, workloads, max_len, device, dtype)
         hf_rates = run_transformers(model, workloads, args.hf_batch_size, device, dtype)
-    result = {
-        "model": args.model, "num_seqs": args.num_seqs, "input_len": args.input_len,
-        "output_len": args.output_len, "output_tokens": [w.output_tokens for w in workloads],
-        "threads": torch.get_num_threads(), "machine": platform.machine(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "dtype": str(dtype),
-        "engine_tok_s_runs": engine_rates, "transformers_tok_s_runs": hf_rates,
-        "engine_tok_s": statistics.median(engine_rates), "transformers_tok_s": statistics.median(hf_rates),
-    }
-    result["ratio"] = result["engine_tok_s"] / result["transformers_tok_s"]
-    print(f"workload: {args.num_seqs} seqs, input {args.input_len}, output {args.output_len}, ignore_eos, "
-          f"temperature 0.6, {result['dtype']} on {result['device_name'] or device}, {result['threads']} CPU "
-          f"threads; median of {args.repeats} runs, each on fresh random prompts")
-    runs = lambda rates: ", ".join(f"{r:.0f}" for r in rates)
-    print(f"engine.LLM:              {result['engine_tok_s']:9.1f} tok/s  (runs: {runs(engine_rates)})")
-    print(f"transformers.generate:   {result['transformers_tok_s']:9.1f} tok/s  (runs: {runs(hf_rates)})")
-    print(f"ratio:                   {result['ratio']:9.2f}x")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        result = {
+            "model": args.model, "num_seqs": args.num_seqs, "input_len": args.input_len,
+            "output_len": args.output_len, "output_tokens": [w.output_tokens for w in workloads],
+            "threads": torch.get_num_threads(), "machine": platform.machine(), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "dtype": str(dtype),
+            "engine_tok_s_runs": engine_rates, "transformers_tok_s_runs": hf_rates,
+            "engine_tok_s": statistics.median(engine_rates), "transformers_tok_s": statistics.median(hf_rates),
+        }
+        result["ratio"] = result["engine_tok_s"] / result["transformers_tok_s"]
+        print(f"workload: {args.num_seqs} seqs, input {args.input_len}, output {args.output_len}, ignore_eos, "
+              f"temperature 0.6, {result['dtype']} on {result['device_name'] or device}, {result['threads']} CPU "
+              f"threads; median of {args.repeats} runs, each on fresh random prompts")
+        runs = lambda rates: ", ".join(f"{r:.0f}" for r in rates)
+        print(f"engine.LLM:              {result['engine_tok_s']:9.1f} tok/s  (runs: {runs(engine_rates)})")
+        print(f"transformers.generate:   {result['transformers_tok_s']:9.1f} tok/s  (runs: {runs(hf_rates)})")
+        print(f"ratio:                   {result['ratio']:9.2f}x")
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        if args.profile:
+            profile_engine(model, make_workload(args.num_seqs, tuple(args.input_len), tuple(args.output_len), vocab,
+                                                seed=args.repeats), max_len, device, dtype)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ part() {  # part NAME SECONDS COMMAND...
 'transformers', transformers.__version__)"; } 2>&1 | tee "$LOGS/env.log"
 part gpu_tests "${GPU_TESTS_LIMIT:-130}" $PY -m pytest tests/gpu -q -n 8 -p no:cacheprovider -rfE
 part kernels "${KERNELS_LIMIT:-170}" $PY -m benchmarks.kernels
-part sampling_sweep "${SAMPLING_SWEEP_LIMIT:-150}" $PY -m benchmarks.kernels --sampling-sweep
-part throughput "${THROUGHPUT_LIMIT:-100}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \
-    --repeats "${THROUGHPUT_REPEATS:-3}" --json "$LOGS/throughput.json" --profile
-part pytest_benchmark "${PYTEST_BENCH_LIMIT:-40}" $PY -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
+part sampling_sweep "${SAMPLING_SWEEP_LIMIT:-140}" $PY -m benchmarks.kernels --sampling-sweep
+part throughput "${THROUGHPUT_LIMIT:-120}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \
+    --repeats "${THROUGHPUT_REPEATS:-3}" --json "$LOGS/throughput.json" --cuda-graphs --profile
+part pytest_benchmark "${PYTEST_BENCH_LIMIT:-30}" $PY -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
     --benchmark-max-time=0.3 --benchmark-columns=min,median,mean,rounds

@@ -6,7 +6,7 @@ left-padded into batches, each batch generating as many tokens as its longest re
 are credited with the output tokens the requests asked for, so the figure is useful tokens per second.
 
     python -m benchmarks.throughput [--model PATH | qwen3-tiny | qwen3-0.6b-shape] [--num-seqs 64] [--quick]
-        [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--profile]
+        [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--cuda-graphs] [--profile]
 
 `qwen3-tiny` and `qwen3-0.6b-shape` are random-weight Qwen3 checkpoints built on the fly with the default
 model's 4k-token tokenizer: the first the default model's size, the second Qwen3-0.6B's body (28 layers,
@@ -73,10 +73,11 @@ def qwen3_random(shape: str, tokenizer_dir: str, out_dir: Path) -> str:
 
 
 def run_engine(model: str, workloads: list[Workload], max_model_len: int, device: torch.device,
-               dtype: torch.dtype) -> list[float]:
+               dtype: torch.dtype, cuda_graphs: bool = False) -> list[float]:
     """engine.LLM's output tokens/s on each workload (after a warm-up request). Each workload has prompts of
     its own, so the prefix cache never serves one run from an earlier one."""
-    llm = LLM(model, max_model_len=max_model_len, device=device.type, dtype=str(dtype).removeprefix("torch."))
+    llm = LLM(model, max_model_len=max_model_len, device=device.type, dtype=str(dtype).removeprefix("torch."),
+              cuda_graphs=cuda_graphs)
     llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
     rates = []
     for work in workloads:
@@ -161,6 +162,8 @@ def main() -> None:
                         help="workloads (fresh prompts each) run by both sides; medians are reported")
     parser.add_argument("--quick", action="store_true", help="a small workload for CI")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also run the engine with its decode steps replayed from CUDA graphs (GPU only)")
     parser.add_argument("--profile", action="store_true",
                         help="then profile the engine on one more workload: step times and the costliest operators")
     args = parser.parse_args()
@@ -169,6 +172,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        parser.error("--cuda-graphs needs a CUDA device")
     auto_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype = auto_dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,6 +183,8 @@ def main() -> None:
                      for r in range(args.repeats)]
         max_len = args.input_len[1] + args.output_len[1]
         engine_rates = run_engine(model, workloads, max_len, device, dtype)
+        graph_rates = run_engine(model, workloads, max_len, device, dtype, cuda_graphs=True) if args.cuda_graphs \
+            else []
         hf_rates = run_transformers(model, workloads, args.hf_batch_size, device, dtype)
         result = {
             "model": args.model, "num_seqs": args.num_seqs, "input_len": args.input_len,
@@ -189,11 +196,17 @@ def main() -> None:
             "engine_tok_s": statistics.median(engine_rates), "transformers_tok_s": statistics.median(hf_rates),
         }
         result["ratio"] = result["engine_tok_s"] / result["transformers_tok_s"]
+        if graph_rates:
+            result["engine_cuda_graphs_tok_s_runs"] = graph_rates
+            result["engine_cuda_graphs_tok_s"] = statistics.median(graph_rates)
         print(f"workload: {args.num_seqs} seqs, input {args.input_len}, output {args.output_len}, ignore_eos, "
               f"temperature 0.6, {result['dtype']} on {result['device_name'] or device}, {result['threads']} CPU "
               f"threads; median of {args.repeats} runs, each on fresh random prompts")
         runs = lambda rates: ", ".join(f"{r:.0f}" for r in rates)
         print(f"engine.LLM:              {result['engine_tok_s']:9.1f} tok/s  (runs: {runs(engine_rates)})")
+        if graph_rates:
+            print(f"engine.LLM, CUDA graphs: {result['engine_cuda_graphs_tok_s']:9.1f} tok/s  "
+                  f"(runs: {runs(graph_rates)})")
         print(f"transformers.generate:   {result['transformers_tok_s']:9.1f} tok/s  (runs: {runs(hf_rates)})")
         print(f"ratio:                   {result['ratio']:9.2f}x")
         if args.json:

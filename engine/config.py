@@ -85,6 +85,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     gpu_memory_utilization: float = 0.9
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if not (Path(self.model) / "config.json").is_file():
@@ -101,6 +102,8 @@ class EngineConfig:
             raise ValueError(f"kv_cache_blocks must be >= 1, got {self.kv_cache_blocks!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
 
     def torch_device(self) -> torch.device:
         """`auto` is CUDA when available, else the CPU."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.config import EngineConfig, ModelConfig
+from engine.cuda_graphs import DecodeGraphs
 from engine.loader import load_model
 from engine.models.attention import AttentionMetadata
 from engine.sampler import Sampler, SamplerOutput, TopLogprobs, top_logprobs
@@ -52,6 +53,12 @@ class ModelRunner:
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         for i, attn in enumerate(self.model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+        self.graphs: DecodeGraphs | None = None
+        if config.cuda_graphs:
+            if self.device.type != "cuda":
+                raise ValueError(f"cuda_graphs=True needs a CUDA device, not {self.device}")
+            self.graphs = DecodeGraphs(self.model, config.max_num_seqs, -(-max_model_len // self.block_size),
+                                       self.device)
 
     def _block_bytes(self) -> int:
         cfg = self.model_config
@@ -112,16 +119,19 @@ class ModelRunner:
                 out.sampled_seqs.append(seq)
         max_blocks = max(len(seq.block_table) for seq in step.seqs)
         tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in step.seqs]
-        dev = self.device
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            cu_seqlens_q=torch.tensor(cu_seqlens, dtype=torch.int32, device=dev),
-            max_seqlen_q=max(step.num_new_tokens),
-        )
-        hidden = self.model(torch.tensor(input_ids, dtype=torch.int64, device=dev),
-                            torch.tensor(positions, dtype=torch.int64, device=dev), meta)
+        if self.graphs is not None and len(input_ids) == len(step.seqs) <= self.graphs.max_num_seqs:
+            hidden = self.graphs.run(input_ids, positions, slots, tables, seq_lens)     # a decode step
+        else:
+            dev = self.device
+            meta = AttentionMetadata(
+                slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+                block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+                seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+                cu_seqlens_q=torch.tensor(cu_seqlens, dtype=torch.int32, device=dev),
+                max_seqlen_q=max(step.num_new_tokens),
+            )
+            hidden = self.model(torch.tensor(input_ids, dtype=torch.int64, device=dev),
+                                torch.tensor(positions, dtype=torch.int64, device=dev), meta)
         if sample_rows:
             logits = self.model.compute_logits(hidden[sample_rows])
             out.sampled = self.sampler(logits, out.sampled_seqs)

@@ -1,5 +1,6 @@
 """The engine on the GPU (Triton kernels compiled for it) generates transformers' greedy tokens on the same GPU,
-in float32, with chunked prefill, preemption and prefix-cache hits all happening."""
+in float32, with chunked prefill, preemption and prefix-cache hits all happening, eagerly and with its decode
+steps replayed from CUDA graphs."""
 
 from __future__ import annotations
 
@@ -37,8 +38,11 @@ def hf_greedy(path: str, device: torch.device) -> list[list[int]]:
     return outputs
 
 
+@pytest.mark.parametrize("cuda_graphs", [False, True])
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_greedy_matches_transformers_on_the_gpu(device, checkpoint_factory, monkeypatch, arch):
+def test_greedy_matches_transformers_on_the_gpu(device, checkpoint_factory, monkeypatch, arch, cuda_graphs):
+    if cuda_graphs and device.type != "cuda":
+        pytest.skip("CUDA graphs need a GPU (the dry run is on the CPU)")
     path = checkpoint_factory(arch, seed=len(arch))
     expected = hf_greedy(path, device)
     calls = []
@@ -47,10 +51,16 @@ def test_greedy_matches_transformers_on_the_gpu(device, checkpoint_factory, monk
         monkeypatch.setattr(triton_ops, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
     # A 16-token step budget chunks the prompts; 18 blocks of 8 cannot hold all six sequences at once.
     llm = LLM(path, device=device.type, dtype="float32", block_size=8, kv_cache_blocks=18,
-              max_num_batched_tokens=16, max_model_len=128)
+              max_num_batched_tokens=16, max_model_len=128, cuda_graphs=cuda_graphs)
+    replays = []
+    if cuda_graphs:                                     # decode steps replay a captured graph
+        graphs = llm.engine.runner.graphs
+        run = graphs.run
+        graphs.run = lambda ids, *rest: replays.append(len(ids)) or run(ids, *rest)
     params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     outputs = llm.generate(PROMPTS, params)
     assert [o.outputs[0].token_ids for o in outputs] == expected
+    assert bool(replays) == cuda_graphs
     assert llm.engine.stats().num_preemptions > 0
     for _ in range(2):                                  # the second time over the first one's cached blocks
         assert llm.generate(PROMPTS[4], params)[0].outputs[0].token_ids == expected[4]

@@ -1,0 +1,86 @@
+"""CUDA graphs for decode steps: the model's forward replayed without launching its kernels from Python.
+
+A decode step (one new token per sequence) of up to `max_num_seqs` sequences runs the graph captured for the
+smallest padded batch size that holds it. Each graph reads static buffers that a step fills in first: rows
+0..n-1 hold the step's sequences, the padding rows attend to one cached token of block 0 and write nothing
+(cache slot -1, which `kernels.store_kv` skips). The block tables are as wide as `max_model_len` needs, so
+every kernel sees the same shapes (and the decode kernel the same split count) at capture and at replay.
+Prefill and mixed steps run eagerly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from engine.models.attention import AttentionMetadata
+
+PADDED_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+
+
+class DecodeGraphs:
+    """One captured forward per padded batch size, sharing one memory pool (the largest captured first).
+
+    `capture=False` keeps the same static buffers and padding but calls the model directly: the CPU tests use it
+    to check the padding, and nothing else should.
+    """
+
+    def __init__(self, model: Callable[..., torch.Tensor], max_num_seqs: int, max_blocks_per_seq: int,
+                 device: torch.device, capture: bool = True) -> None:
+        self.sizes = sorted({size for size in PADDED_SIZES if size < max_num_seqs} | {max_num_seqs})
+        largest = self.sizes[-1]
+        self.input_ids = torch.zeros(largest, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(largest, dtype=torch.int64, device=device)
+        self.slots = torch.full((largest,), -1, dtype=torch.int64, device=device)
+        self.block_tables = torch.zeros(largest, max_blocks_per_seq, dtype=torch.int32, device=device)
+        self.seq_lens = torch.ones(largest, dtype=torch.int32, device=device)
+        self.cu_seqlens_q = torch.arange(largest + 1, dtype=torch.int32, device=device)
+        self._model = model
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._outputs: dict[int, torch.Tensor] = {}
+        if capture:
+            pool = None
+            with torch.inference_mode():
+                for size in reversed(self.sizes):
+                    self._forward(size)              # compiles and warms up outside the graph
+                    torch.cuda.synchronize(device)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        self._outputs[size] = self._forward(size)
+                    pool = graph.pool()
+                    self._graphs[size] = graph
+
+    @property
+    def max_num_seqs(self) -> int:
+        """The largest decode batch a graph holds."""
+        return self.sizes[-1]
+
+    def _forward(self, size: int) -> torch.Tensor:
+        # Fresh slices on every call: the rotary embedding caches its cos/sin per positions tensor object, so
+        # the capture must not see the warm-up's slice (it would bake the warm-up's rows in as constants).
+        meta = AttentionMetadata(self.slots[:size], self.block_tables[:size], self.seq_lens[:size],
+                                 self.cu_seqlens_q[:size + 1], 1)
+        return self._model(self.input_ids[:size], self.positions[:size], meta)
+
+    def run(self, input_ids: list[int], positions: list[int], slots: list[int], block_tables: list[list[int]],
+            seq_lens: list[int]) -> torch.Tensor:
+        """Hidden states [n, hidden] of a decode step of n <= max_num_seqs sequences (one token each)."""
+        n = len(input_ids)
+        size = next(s for s in self.sizes if s >= n)
+        width = len(block_tables[0])
+        self.input_ids[:n].copy_(torch.tensor(input_ids, dtype=torch.int64), non_blocking=True)
+        self.positions[:n].copy_(torch.tensor(positions, dtype=torch.int64), non_blocking=True)
+        self.slots[:n].copy_(torch.tensor(slots, dtype=torch.int64), non_blocking=True)
+        self.seq_lens[:n].copy_(torch.tensor(seq_lens, dtype=torch.int32), non_blocking=True)
+        self.block_tables[:n, :width].copy_(torch.tensor(block_tables, dtype=torch.int32), non_blocking=True)
+        # Padding rows (a previous, larger step may have filled them): no write, one cached token of block 0.
+        self.input_ids[n:size] = 0
+        self.positions[n:size] = 0
+        self.slots[n:size] = -1
+        self.seq_lens[n:size] = 1
+        self.block_tables[n:size, 0] = 0
+        if self._graphs:
+            self._graphs[size].replay()
+            return self._outputs[size][:n]
+        return self._forward(size)[:n]

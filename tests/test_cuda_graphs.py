@@ -1,0 +1,37 @@
+"""The decode-graph path (engine/cuda_graphs.py) without the capture, on the CPU: its static buffers and padding
+rows give the eager engine's tokens while decode batches shrink and grow through the padded sizes. (The capture
+itself needs a GPU: tests/gpu/test_engine_cuda.py.)"""
+
+from __future__ import annotations
+
+import pytest
+from test_models_vs_hf import PROMPTS, assert_all_blocks_free
+
+from engine import LLM, SamplingParams
+from engine.config import EngineConfig
+from engine.cuda_graphs import DecodeGraphs
+
+
+def test_padded_decode_steps_give_the_eager_tokens(llama_path):
+    # Five sequences at most (padded sizes 1, 2, 4, 5) and different lengths: batches of 5, 4, 3, 2 and 1 occur,
+    # so padding rows follow rows that held live sequences a step before.
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (3, 9, 17, 24, 5, 12, 20, 7, 14)]
+    expected = [o.outputs[0].token_ids for o in LLM(llama_path, block_size=8, max_num_seqs=5).generate(PROMPTS, params)]
+    llm = LLM(llama_path, block_size=8, max_num_seqs=5)
+    runner = llm.engine.runner
+    graphs = DecodeGraphs(runner.model, 5, -(-runner.max_model_len // runner.block_size), runner.device,
+                          capture=False)
+    sizes = []
+    run = graphs.run
+    graphs.run = lambda ids, *rest: sizes.append(len(ids)) or run(ids, *rest)
+    runner.graphs = graphs
+    assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)] == expected
+    assert {1, 3, 5} <= set(sizes)
+    assert_all_blocks_free(llm)
+
+
+def test_cuda_graphs_need_a_gpu(llama_path):
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+        LLM(llama_path, device="cpu", cuda_graphs=True)
+    with pytest.raises(ValueError, match="cuda_graphs must be True or False"):
+        EngineConfig(model=llama_path, cuda_graphs="yes")

@@ -1,7 +1,7 @@
 """CUDA graphs for decode steps: the model's forward replayed without launching its kernels from Python.
 
-A decode step (one new token per sequence) of up to `max_num_seqs` sequences runs the graph captured for the
-smallest padded batch size that holds it. Each graph reads static buffers that a step fills in first: rows
+A decode step (one new token per sequence) runs the graph captured for the smallest padded batch size that holds
+it. Each graph reads static buffers that a step fills in first: rows
 0..n-1 hold the step's sequences, the padding rows attend to one cached token of block 0 and write nothing
 (cache slot -1, which `kernels.store_kv` skips). The block tables are as wide as `max_model_len` needs, so
 every kernel sees the same shapes (and the decode kernel the same split count) at capture and at replay.
@@ -16,19 +16,20 @@ import torch
 
 from engine.models.attention import AttentionMetadata
 
-PADDED_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+PADDED_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 
 
 class DecodeGraphs:
-    """One captured forward per padded batch size, sharing one memory pool (the largest captured first).
+    """One captured forward per padded batch size up to `max_batch` (the most sequences a decode step can hold),
+    sharing one memory pool (the largest captured first). Captured and replayed on `device`, made current.
 
     `capture=False` keeps the same static buffers and padding but calls the model directly: the CPU tests use it
     to check the padding, and nothing else should.
     """
 
-    def __init__(self, model: Callable[..., torch.Tensor], max_num_seqs: int, max_blocks_per_seq: int,
+    def __init__(self, model: Callable[..., torch.Tensor], max_batch: int, max_blocks_per_seq: int,
                  device: torch.device, capture: bool = True) -> None:
-        self.sizes = sorted({size for size in PADDED_SIZES if size < max_num_seqs} | {max_num_seqs})
+        self.sizes = sorted({size for size in PADDED_SIZES if size < max_batch} | {max_batch})
         largest = self.sizes[-1]
         self.input_ids = torch.zeros(largest, dtype=torch.int64, device=device)
         self.positions = torch.zeros(largest, dtype=torch.int64, device=device)
@@ -41,18 +42,19 @@ class DecodeGraphs:
         self._outputs: dict[int, torch.Tensor] = {}
         if capture:
             pool = None
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.cuda.device(device):
                 for size in reversed(self.sizes):
                     self._forward(size)              # compiles and warms up outside the graph
                     torch.cuda.synchronize(device)
                     graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=pool):
+                    # thread_local: CUDA work of other threads (another engine) does not void this capture.
+                    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                         self._outputs[size] = self._forward(size)
                     pool = graph.pool()
                     self._graphs[size] = graph
 
     @property
-    def max_num_seqs(self) -> int:
+    def max_batch(self) -> int:
         """The largest decode batch a graph holds."""
         return self.sizes[-1]
 
@@ -65,7 +67,8 @@ class DecodeGraphs:
 
     def run(self, input_ids: list[int], positions: list[int], slots: list[int], block_tables: list[list[int]],
             seq_lens: list[int]) -> torch.Tensor:
-        """Hidden states [n, hidden] of a decode step of n <= max_num_seqs sequences (one token each)."""
+        """Hidden states [n, hidden] of a decode step of n <= max_batch sequences (one token each). The result is a
+        view of a graph's output: valid until the next `run` (the graphs share their memory)."""
         n = len(input_ids)
         size = next(s for s in self.sizes if s >= n)
         width = len(block_tables[0])
@@ -81,6 +84,7 @@ class DecodeGraphs:
         self.seq_lens[n:size] = 1
         self.block_tables[n:size, 0] = 0
         if self._graphs:
-            self._graphs[size].replay()
+            with torch.cuda.device(self.input_ids.device):
+                self._graphs[size].replay()
             return self._outputs[size][:n]
         return self._forward(size)[:n]

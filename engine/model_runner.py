@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+import kernels
 from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graphs import DecodeGraphs
 from engine.loader import load_model
@@ -55,10 +56,11 @@ class ModelRunner:
             attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
         self.graphs: DecodeGraphs | None = None
         if config.cuda_graphs:
-            if self.device.type != "cuda":
-                raise ValueError(f"cuda_graphs=True needs a CUDA device, not {self.device}")
-            self.graphs = DecodeGraphs(self.model, config.max_num_seqs, -(-max_model_len // self.block_size),
-                                       self.device)
+            if self.device.type != "cuda" or kernels.backend.resolve(self.device) != "triton":
+                raise ValueError(f"cuda_graphs=True needs a CUDA device and the Triton kernels, not {self.device} "
+                                 f"and the {kernels.backend.resolve(self.device)!r} kernels backend")
+            self.graphs = DecodeGraphs(self.model, min(config.max_num_seqs, config.max_num_batched_tokens),
+                                       -(-max_model_len // self.block_size), self.device)
 
     def _block_bytes(self) -> int:
         cfg = self.model_config
@@ -119,7 +121,7 @@ class ModelRunner:
                 out.sampled_seqs.append(seq)
         max_blocks = max(len(seq.block_table) for seq in step.seqs)
         tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in step.seqs]
-        if self.graphs is not None and len(input_ids) == len(step.seqs) <= self.graphs.max_num_seqs:
+        if self.graphs is not None and max(step.num_new_tokens) == 1 and len(step.seqs) <= self.graphs.max_batch:
             hidden = self.graphs.run(input_ids, positions, slots, tables, seq_lens)     # a decode step
         else:
             dev = self.device

@@ -31,7 +31,7 @@ def test_padded_decode_steps_give_the_eager_tokens(llama_path):
 
 
 def test_cuda_graphs_need_a_gpu(llama_path):
-    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device and the Triton kernels"):
         LLM(llama_path, device="cpu", cuda_graphs=True)
     with pytest.raises(ValueError, match="cuda_graphs must be True or False"):
         EngineConfig(model=llama_path, cuda_graphs="yes")

@@ -59,8 +59,6 @@ class DecodeGraphs:
         return self.sizes[-1]
 
     def _forward(self, size: int) -> torch.Tensor:
-        # Fresh slices on every call: the rotary embedding caches its cos/sin per positions tensor object, so
-        # the capture must not see the warm-up's slice (it would bake the warm-up's rows in as constants).
         meta = AttentionMetadata(self.slots[:size], self.block_tables[:size], self.seq_lens[:size],
                                  self.cu_seqlens_q[:size + 1], 1)
         return self._model(self.input_ids[:size], self.positions[:size], meta)

@@ -8,7 +8,7 @@ import torch
 
 import kernels
 from engine.models.norm import RMSNorm
-from engine.models.rotary import RotaryEmbedding
+from engine.models.rotary import rotate
 
 
 @dataclass(slots=True)
@@ -26,8 +26,8 @@ class Attention(torch.nn.Module):
     """Grouped-query attention with a fused q/k/v projection; optional biases (Qwen2, Llama's attention_bias)
     and q/k norm (Qwen3)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, rotary: RotaryEmbedding,
-                 qkv_bias: bool, o_bias: bool, qk_norm_eps: float | None) -> None:
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, qkv_bias: bool,
+                 o_bias: bool, qk_norm_eps: float | None) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.qkv_sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
@@ -35,19 +35,19 @@ class Attention(torch.nn.Module):
         self.o_proj = torch.nn.Linear(num_heads * head_dim, hidden_size, bias=o_bias)
         self.q_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
         self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
-        self.rotary = rotary
         self.scale = head_dim ** -0.5
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """x [T, hidden] -> [T, hidden]."""
+    def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """x [T, hidden] -> [T, hidden]; rope: the step's (cos, sin) rows from `RotaryEmbedding.cos_sin`."""
         heads = self.num_heads
         qkv = self.qkv_proj(x).view(x.shape[0], heads + 2 * self.num_kv_heads, self.head_dim)
         qk, v = qkv[:, :heads + self.num_kv_heads], qkv[:, heads + self.num_kv_heads:]
         if self.q_norm is not None:
             qk = torch.cat([self.q_norm(qk[:, :heads]), self.k_norm(qk[:, heads:])], dim=1)
-        qk = self.rotary(positions, qk)          # the query and key heads are rotated together
+        qk = rotate(qk, *rope)                   # the query and key heads are rotated together
         q, k = qk[:, :heads], qk[:, heads:]
         kernels.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         out = kernels.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.seq_lens,

@@ -30,36 +30,32 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> to
     raise ValueError(f"rope_type {rope_type!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
 
 
-class RotaryEmbedding(torch.nn.Module):
-    """Applies RoPE at given absolute positions, from a cos/sin table built on first use.
+class RotaryEmbedding:
+    """RoPE's cos/sin rows at given absolute positions, from a table built on first use (per device).
 
-    One instance serves every layer; the cos/sin rows of a step's positions are looked up once and reused by
-    the layers that follow (they get the same `positions` tensor).
+    The model looks them up once per forward (`cos_sin`) and every layer rotates its query and key heads with
+    them (`rotate`).
     """
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict | None) -> None:
-        super().__init__()
         self.head_dim = head_dim
         self.max_positions = max_positions
         self.inv_freq = inverse_frequencies(head_dim, theta, scaling)
         self._table: torch.Tensor | None = None
-        self._step: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin [T, 1, D] such that rope(x) = x * cos + cat(x2, x1) * sin, as HF computes it."""
-        if self._step is None or self._step[0] is not positions:
-            if self._table is None or self._table.device != positions.device:
-                angles = torch.outer(torch.arange(self.max_positions, dtype=torch.float32, device="cpu"),
-                                     self.inv_freq)
-                cos, sin = angles.cos(), angles.sin()
-                self._table = torch.cat([cos, cos, -sin, sin], dim=-1).to(positions.device)
-            cos, sin = self._table[positions].unsqueeze(1).chunk(2, dim=-1)
-            self._step = (positions, cos, sin)
-        return self._step[1], self._step[2]
+        if self._table is None or self._table.device != positions.device:
+            angles = torch.outer(torch.arange(self.max_positions, dtype=torch.float32, device="cpu"), self.inv_freq)
+            cos, sin = angles.cos(), angles.sin()
+            self._table = torch.cat([cos, cos, -sin, sin], dim=-1).to(positions.device)
+        cos, sin = self._table[positions].unsqueeze(1).chunk(2, dim=-1)
+        return cos, sin
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """x [T, heads, D] (query and key heads together), positions [T] -> x rotated (in float32, cast back)."""
-        cos, sin = self._cos_sin(positions)
-        xf = x.float()
-        x1, x2 = xf.chunk(2, dim=-1)
-        return (xf * cos + torch.cat([x2, x1], dim=-1) * sin).to(x.dtype)
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D] (query and key heads together) rotated by `RotaryEmbedding.cos_sin`'s rows (in float32,
+    cast back)."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat([x2, x1], dim=-1) * sin).to(x.dtype)

@@ -82,7 +82,7 @@ def test_references_match_transformers_and_the_engine():
     transformers'). The engine's RMSNorm and MLP call these references."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from engine.models.rotary import RotaryEmbedding
+    from engine.models.rotary import RotaryEmbedding, rotate
 
     x = torch.randn(4, 64)
     norm = LlamaRMSNorm(64, eps=1e-6)
@@ -93,8 +93,8 @@ def test_references_match_transformers_and_the_engine():
     positions = torch.tensor([0, 7, 100, 127])
     heads = torch.randn(4, 3, 32)
     angles = torch.outer(torch.arange(128).float(), rope.inv_freq)
-    torch.testing.assert_close(ref.rotary(heads, positions, angles.cos(), angles.sin()), rope(positions, heads),
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ref.rotary(heads, positions, angles.cos(), angles.sin()),
+                               rotate(heads, *rope.cos_sin(positions)), rtol=1e-6, atol=1e-6)
 
 
 def test_strided_weight_and_positions():

@@ -159,6 +159,7 @@ def bench_sampling(batches, vocabs, device, timer) -> None:
     from kernels.triton_ops import sampling, sampling_split
 
     samplers = (sampling.sample_with_thresholds, sampling_split.sample_with_thresholds)
+    cuda = device.type == "cuda"
     print("\n== sampling (T 0.8; logits ~ N(0, 2.5^2); 'split': several programs per row) ==")
     print(f"{'batch':>6} {'vocab':>7} {'filters':>18} {'kept ok':>8} {'ours us':>9} {'split us':>9} "
           f"{'split graph':>12} {'sort us':>9} {'speedup':>8} {'split':>7}")
@@ -178,7 +179,6 @@ def bench_sampling(batches, vocabs, device, timer) -> None:
                     problems += [label + problem for problem in kept_set_problems(
                         *(a[:rows].cpu() for a in args[:5]), thresholds[:rows].cpu(), counts[:rows].cpu())]
                 ours, split = (timer(functools.partial(sampler, *args)) for sampler in samplers)
-                cuda = device.type == "cuda"
                 graphed = graph_time_us(functools.partial(samplers[1], *args)) if cuda else float("nan")
                 theirs = timer(functools.partial(sort_sampler, logits, temperature, k, p))
                 name = f"k={top_k} p={top_p}"

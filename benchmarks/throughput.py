@@ -72,17 +72,29 @@ def qwen3_random(shape: str, tokenizer_dir: str, out_dir: Path) -> str:
     return str(out_dir)
 
 
+def warm_engine(model: str, max_model_len: int, device: torch.device, dtype: torch.dtype,
+                cuda_graphs: bool = False) -> LLM:
+    """engine.LLM on the checkpoint, after a warm-up request."""
+    llm = LLM(model, max_model_len=max_model_len, device=device.type, dtype=str(dtype).removeprefix("torch."),
+              cuda_graphs=cuda_graphs)
+    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
+    return llm
+
+
+def workload_params(work: Workload) -> list[SamplingParams]:
+    """The workload's sampling: temperature 0.6, ignore_eos, each request's own length and seed."""
+    return [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n, seed=i)
+            for i, n in enumerate(work.output_lens)]
+
+
 def run_engine(model: str, workloads: list[Workload], max_model_len: int, device: torch.device,
                dtype: torch.dtype, cuda_graphs: bool = False) -> list[float]:
     """engine.LLM's output tokens/s on each workload (after a warm-up request). Each workload has prompts of
     its own, so the prefix cache never serves one run from an earlier one."""
-    llm = LLM(model, max_model_len=max_model_len, device=device.type, dtype=str(dtype).removeprefix("torch."),
-              cuda_graphs=cuda_graphs)
-    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
+    llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs)
     rates = []
     for work in workloads:
-        params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n, seed=i)
-                  for i, n in enumerate(work.output_lens)]
+        params = workload_params(work)
         start = time.perf_counter()
         outputs = llm.generate(work.prompts, params)
         rates.append(work.output_tokens / (time.perf_counter() - start))
@@ -96,8 +108,7 @@ def profile_engine(model: str, work: Workload, max_model_len: int, device: torch
     the most self time on the host and, on a GPU, on the device: where a step's time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    llm = LLM(model, max_model_len=max_model_len, device=device.type, dtype=str(dtype).removeprefix("torch."))
-    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
+    llm = warm_engine(model, max_model_len, device, dtype)
     step, step_ms = llm.engine.step, []
 
     def timed_step():
@@ -107,8 +118,7 @@ def profile_engine(model: str, work: Workload, max_model_len: int, device: torch
         return outputs
 
     llm.engine.step = timed_step
-    params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n, seed=i)
-              for i, n in enumerate(work.output_lens)]
+    params = workload_params(work)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         llm.generate(work.prompts, params)

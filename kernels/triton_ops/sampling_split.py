@@ -60,6 +60,19 @@ def _filters(top_k_ptr, top_p_ptr, min_p_ptr, row, vocab, inv_z):
 
 
 @triton.jit
+def _record(row_f_ptr, row, NUM_LEVELS: tl.constexpr):
+    """The row's record, written by the levels kernel: its max of logits / T, 1 / normaliser, then the levels."""
+    return row_f_ptr + row * (2 + NUM_LEVELS)
+
+
+@triton.jit
+def _softmax_record(row_f_ptr, row, NUM_LEVELS: tl.constexpr):
+    """(max of logits / T, 1 / normaliser) of the row, as the levels kernel recorded them."""
+    record = _record(row_f_ptr, row, NUM_LEVELS)
+    return tl.load(record), tl.load(record + 1)
+
+
+@triton.jit
 def _row_softmax(part_f_ptr, part_i_ptr, row, splits, vocab, SPLITS: tl.constexpr):
     """Merges the spans' (largest logit, its index, max, normaliser) into the row's."""
     ids = tl.arange(0, SPLITS)
@@ -103,7 +116,7 @@ def _levels_kernel(logits_ptr, stride_row, temperature_ptr, top_k_ptr, top_p_ptr
     inv_z = 1.0 / z
     level_ids = tl.arange(0, NUM_LEVELS)
     levels = tl.exp(-LEVEL_STEP * (level_ids + 1).to(tl.float32)) * inv_z
-    record = row_f_ptr + row * (2 + NUM_LEVELS)
+    record = _record(row_f_ptr, row, NUM_LEVELS)
     if split == 0:
         tl.store(record, x_max)
         tl.store(record + 1, inv_z)
@@ -129,13 +142,11 @@ def _gather_kernel(logits_ptr, stride_row, temperature_ptr, top_k_ptr, top_p_ptr
     temperature, greedy = _temperature(temperature_ptr, row)
     if greedy:
         return
-    record = row_f_ptr + row * (2 + NUM_LEVELS)
-    x_max = tl.load(record)
-    inv_z = tl.load(record + 1)
+    x_max, inv_z = _softmax_record(row_f_ptr, row, NUM_LEVELS)
     top_k, has_k, top_p, has_p, floor = _filters(top_k_ptr, top_p_ptr, min_p_ptr, row, vocab, inv_z)
     if has_k | has_p:
         level_ids = tl.arange(0, NUM_LEVELS)
-        levels = tl.load(record + 2 + level_ids)
+        levels = tl.load(_record(row_f_ptr, row, NUM_LEVELS) + 2 + level_ids)
         span_ids = tl.arange(0, SPLITS)
         span_slots = (row * splits + span_ids) * (NUM_LEVELS + 1)               # each span's NUM_LEVELS + 1
         slots = span_slots[:, None] + level_ids[None, :]
@@ -177,7 +188,7 @@ def _threshold_kernel(temperature_ptr, top_k_ptr, top_p_ptr, min_p_ptr, row_f_pt
     _, greedy = _temperature(temperature_ptr, row)
     if greedy:
         return
-    inv_z = tl.load(row_f_ptr + row * (2 + NUM_LEVELS) + 1)
+    _, inv_z = _softmax_record(row_f_ptr, row, NUM_LEVELS)
     top_k, has_k, top_p, has_p, threshold = _filters(top_k_ptr, top_p_ptr, min_p_ptr, row, vocab, inv_z)
     if has_k | has_p:
         lower = tl.load(band_f_ptr + row * 4)
@@ -204,9 +215,9 @@ def _draw_kernel(logits_ptr, stride_row, temperature_ptr, seed_ptr, position_ptr
     temperature, greedy = _temperature(temperature_ptr, row)
     if greedy:
         return
-    record = row_f_ptr + row * (2 + NUM_LEVELS)
+    x_max, inv_z = _softmax_record(row_f_ptr, row, NUM_LEVELS)
     score, drawn, kept = gumbel_argmax(logits_ptr + row.to(tl.int64) * stride_row, start, end, temperature,
-                                       tl.load(record), tl.load(record + 1), tl.load(threshold_ptr + row),
+                                       x_max, inv_z, tl.load(threshold_ptr + row),
                                        tl.load(seed_ptr + row), tl.load(position_ptr + row), vocab, PHILOX_ROUNDS,
                                        BLOCK)
     slot = row * splits + split

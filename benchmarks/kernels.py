@@ -254,22 +254,20 @@ def bench_layer_ops(token_counts, hidden: int, intermediate: int, heads: int, he
     print(f"\n== layer ops (bf16; hidden {hidden}, intermediate {intermediate}, {heads} q+k heads of {head_dim}) ==")
     print(f"{'op':>14} {'tokens':>7} {'max err':>9} {'ours us':>8} {'torch us':>9} {'speedup':>8} "
           f"{'graph ours':>11} {'graph torch':>12} {'speedup':>8} {'GB/s':>7} {'% copy':>7}")
-    angles = torch.outer(torch.arange(8192, device=device).float(),
-                         torch.rand(head_dim // 2, device=device))
-    cos, sin = angles.cos(), angles.sin()
     for tokens in token_counts:
         x, residual = (torch.randn(tokens, hidden, device=device).to(dtype) for _ in range(2))
         weight = torch.randn(hidden, device=device).to(dtype)
         gate_up = torch.randn(tokens, 2 * intermediate, device=device).to(dtype)
         qk = torch.randn(tokens, heads, head_dim, device=device).to(dtype)
-        positions = torch.randint(0, 8192, (tokens,), device=device)
+        angles = torch.rand(tokens, head_dim // 2, device=device) * 8192
+        cos, sin = torch.cat([angles.cos(), angles.sin()], dim=-1).chunk(2, dim=-1)   # the model's rows
         part = functools.partial
         cases = [
             ("rms_norm+add", part(layer_ops.rms_norm, x, weight, 1e-5, residual),
              part(ref.rms_norm, x, weight, 1e-5, residual), (4 * tokens * hidden + hidden) * 2),
             ("silu_and_mul", part(layer_ops.silu_and_mul, gate_up), part(ref.silu_and_mul, gate_up),
              3 * tokens * intermediate * 2),
-            ("rotary", part(layer_ops.rotary, qk, positions, cos, sin), part(ref.rotary, qk, positions, cos, sin),
+            ("rotary", part(layer_ops.rotary, qk, cos, sin), part(ref.rotary, qk, cos, sin),
              2 * qk.numel() * 2 + tokens * head_dim * 4),           # q/k in and out, a cos and a sin row
         ]
         for name, ours, theirs, nbytes in cases:

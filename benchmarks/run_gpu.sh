@@ -23,10 +23,10 @@ part() {  # part NAME SECONDS COMMAND...
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__,
 'transformers', transformers.__version__)"; } 2>&1 | tee "$LOGS/env.log"
-part gpu_tests "${GPU_TESTS_LIMIT:-130}" $PY -m pytest tests/gpu -q -n 8 -p no:cacheprovider -rfE
+part gpu_tests "${GPU_TESTS_LIMIT:-100}" $PY -m pytest tests/gpu -q -n 8 -p no:cacheprovider -rfE
 part kernels "${KERNELS_LIMIT:-170}" $PY -m benchmarks.kernels
 part sampling_sweep "${SAMPLING_SWEEP_LIMIT:-130}" $PY -m benchmarks.kernels --sampling-sweep
-part throughput "${THROUGHPUT_LIMIT:-160}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \
-    --repeats "${THROUGHPUT_REPEATS:-3}" --json "$LOGS/throughput.json" --cuda-graphs --profile
+part throughput "${THROUGHPUT_LIMIT:-190}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \
+    --repeats "${THROUGHPUT_REPEATS:-3}" --json "$LOGS/throughput.json" --cuda-graphs --layer-ops --profile
 part pytest_benchmark "${PYTEST_BENCH_LIMIT:-100}" $PY -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
     --benchmark-max-time=0.3 --benchmark-columns=min,median,mean,rounds

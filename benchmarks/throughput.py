@@ -6,11 +6,13 @@ left-padded into batches, each batch generating as many tokens as its longest re
 are credited with the output tokens the requests asked for, so the figure is useful tokens per second.
 
     python -m benchmarks.throughput [--model PATH | qwen3-tiny | qwen3-0.6b-shape] [--num-seqs 64] [--quick]
-        [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--cuda-graphs] [--profile]
+        [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--cuda-graphs] [--layer-ops] [--profile]
 
 `qwen3-tiny` and `qwen3-0.6b-shape` are random-weight Qwen3 checkpoints built on the fly with the default
 model's 4k-token tokenizer: the first the default model's size, the second Qwen3-0.6B's body (28 layers,
 hidden 1024, 16 query and 8 KV heads of 128) for GPUs. dtype `auto` is float32 on the CPU, bfloat16 on a GPU.
+`--cuda-graphs` and `--layer-ops` (the fused Triton RMSNorm, SiLU-and-mul and rotary, through
+`kernels.use("triton")`) add engine runs with each and with both; every engine run is printed as it ends.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 import transformers
 
+import kernels
 from engine import DEFAULT_MODEL, LLM, SamplingParams
 
 
@@ -88,27 +91,32 @@ def workload_params(work: Workload) -> list[SamplingParams]:
 
 
 def run_engine(model: str, workloads: list[Workload], max_model_len: int, device: torch.device,
-               dtype: torch.dtype, cuda_graphs: bool = False) -> list[float]:
+               dtype: torch.dtype, cuda_graphs: bool = False, layer_ops: bool = False) -> list[float]:
     """engine.LLM's output tokens/s on each workload (after a warm-up request). Each workload has prompts of
-    its own, so the prefix cache never serves one run from an earlier one."""
-    llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs)
-    rates = []
-    for work in workloads:
-        params = workload_params(work)
-        start = time.perf_counter()
-        outputs = llm.generate(work.prompts, params)
-        rates.append(work.output_tokens / (time.perf_counter() - start))
-        assert sum(len(o.outputs[0].token_ids) for o in outputs) == work.output_tokens
-    return rates
+    its own, so the prefix cache never serves one run from an earlier one. `layer_ops`: the Triton backend
+    forced throughout (which also runs the fused layer ops), from before the graphs are captured."""
+    kernels.use("triton" if layer_ops else "auto")
+    try:
+        llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs)
+        rates = []
+        for work in workloads:
+            params = workload_params(work)
+            start = time.perf_counter()
+            outputs = llm.generate(work.prompts, params)
+            rates.append(work.output_tokens / (time.perf_counter() - start))
+            assert sum(len(o.outputs[0].token_ids) for o in outputs) == work.output_tokens
+        return rates
+    finally:
+        kernels.use("auto")
 
 
 def profile_engine(model: str, work: Workload, max_model_len: int, device: torch.device, dtype: torch.dtype,
-                   rows: int = 25) -> None:
+                   cuda_graphs: bool = False, rows: int = 25) -> None:
     """One workload under torch.profiler: the engine's steps (how many, host wall ms each) and the operators with
     the most self time on the host and, on a GPU, on the device: where a step's time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    llm = warm_engine(model, max_model_len, device, dtype)
+    llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs)
     step, step_ms = llm.engine.step, []
 
     def timed_step():
@@ -123,7 +131,8 @@ def profile_engine(model: str, work: Workload, max_model_len: int, device: torch
     with profile(activities=activities) as prof:
         llm.generate(work.prompts, params)
     ordered = sorted(step_ms)
-    print(f"\nprofile: {len(step_ms)} engine steps, host wall ms per step: mean {statistics.mean(step_ms):.2f}, "
+    mode = " (CUDA graphs)" if cuda_graphs else ""
+    print(f"\nprofile{mode}: {len(step_ms)} engine steps, host wall ms per step: mean {statistics.mean(step_ms):.2f}, "
           f"p50 {ordered[len(ordered) // 2]:.2f}, p90 {ordered[int(len(ordered) * 0.9)]:.2f}, "
           f"total {sum(step_ms) / 1e3:.2f} s")
     averages = prof.key_averages()
@@ -157,6 +166,14 @@ def run_transformers(model: str, workloads: list[Workload], batch_size: int, dev
     return rates
 
 
+ENGINE_VARIANTS = {                 # result key -> (label, cuda_graphs, layer_ops)
+    "engine": ("engine.LLM", False, False),
+    "engine_layer_ops": ("engine.LLM, Triton layer ops", False, True),
+    "engine_cuda_graphs": ("engine.LLM, CUDA graphs", True, False),
+    "engine_cuda_graphs_layer_ops": ("engine.LLM, graphs + layer ops", True, True),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL,
@@ -174,8 +191,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="also run the engine with its decode steps replayed from CUDA graphs (GPU only)")
+    parser.add_argument("--layer-ops", action="store_true",
+                        help="also run the engine with the fused Triton layer ops (GPU, or TRITON_INTERPRET=1)")
     parser.add_argument("--profile", action="store_true",
-                        help="then profile the engine on one more workload: step times and the costliest operators")
+                        help="then profile the engine (with CUDA graphs if --cuda-graphs) on one more workload: step "
+                             "times and the costliest operators")
     args = parser.parse_args()
     if args.quick:
         args.num_seqs, args.input_len, args.output_len, args.repeats = 8, [16, 48], [8, 24], 1
@@ -184,6 +204,8 @@ def main() -> None:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.cuda_graphs and device.type != "cuda":
         parser.error("--cuda-graphs needs a CUDA device")
+    if args.layer_ops and device.type != "cuda" and not kernels.backend.interpreter_on():
+        parser.error("--layer-ops needs a CUDA device (or TRITON_INTERPRET=1)")
     auto_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype = auto_dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,38 +214,35 @@ def main() -> None:
         workloads = [make_workload(args.num_seqs, tuple(args.input_len), tuple(args.output_len), vocab, seed=r)
                      for r in range(args.repeats)]
         max_len = args.input_len[1] + args.output_len[1]
-        engine_rates = run_engine(model, workloads, max_len, device, dtype)
-        graph_rates = run_engine(model, workloads, max_len, device, dtype, cuda_graphs=True) if args.cuda_graphs \
-            else []
-        hf_rates = run_transformers(model, workloads, args.hf_batch_size, device, dtype)
         result = {
             "model": args.model, "num_seqs": args.num_seqs, "input_len": args.input_len,
             "output_len": args.output_len, "output_tokens": [w.output_tokens for w in workloads],
             "threads": torch.get_num_threads(), "machine": platform.machine(), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
             "dtype": str(dtype),
-            "engine_tok_s_runs": engine_rates, "transformers_tok_s_runs": hf_rates,
-            "engine_tok_s": statistics.median(engine_rates), "transformers_tok_s": statistics.median(hf_rates),
         }
-        result["ratio"] = result["engine_tok_s"] / result["transformers_tok_s"]
-        if graph_rates:
-            result["engine_cuda_graphs_tok_s_runs"] = graph_rates
-            result["engine_cuda_graphs_tok_s"] = statistics.median(graph_rates)
         print(f"workload: {args.num_seqs} seqs, input {args.input_len}, output {args.output_len}, ignore_eos, "
               f"temperature 0.6, {result['dtype']} on {result['device_name'] or device}, {result['threads']} CPU "
               f"threads; median of {args.repeats} runs, each on fresh random prompts")
-        runs = lambda rates: ", ".join(f"{r:.0f}" for r in rates)
-        print(f"engine.LLM:              {result['engine_tok_s']:9.1f} tok/s  (runs: {runs(engine_rates)})")
-        if graph_rates:
-            print(f"engine.LLM, CUDA graphs: {result['engine_cuda_graphs_tok_s']:9.1f} tok/s  "
-                  f"(runs: {runs(graph_rates)})")
-        print(f"transformers.generate:   {result['transformers_tok_s']:9.1f} tok/s  (runs: {runs(hf_rates)})")
-        print(f"ratio:                   {result['ratio']:9.2f}x")
+
+        def report(key: str, label: str, rates: list[float]) -> None:
+            result[f"{key}_tok_s_runs"], result[f"{key}_tok_s"] = rates, statistics.median(rates)
+            print(f"{label + ':':<32}{result[f'{key}_tok_s']:9.1f} tok/s  (runs: "
+                  f"{', '.join(f'{r:.0f}' for r in rates)})", flush=True)
+
+        for key, (label, graphs, layer_ops) in ENGINE_VARIANTS.items():
+            if (graphs and not args.cuda_graphs) or (layer_ops and not args.layer_ops):
+                continue
+            report(key, label, run_engine(model, workloads, max_len, device, dtype, graphs, layer_ops))
+        report("transformers", "transformers.generate",
+               run_transformers(model, workloads, args.hf_batch_size, device, dtype))
+        result["ratio"] = result["engine_tok_s"] / result["transformers_tok_s"]
+        print(f"{'ratio (engine.LLM / transformers):':<32}{result['ratio']:9.2f}x")
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
         if args.profile:
             profile_engine(model, make_workload(args.num_seqs, tuple(args.input_len), tuple(args.output_len), vocab,
-                                                seed=args.repeats), max_len, device, dtype)
+                                                seed=args.repeats), max_len, device, dtype, args.cuda_graphs)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Our kernels: paged attention, KV-cache writes, sampling and penalties.
+"""Our kernels: paged attention, KV-cache writes, sampling and penalties, and a decoder layer's small fused ops.
 
 Each kernel has a Triton implementation (`kernels.triton_ops`) and a plain-torch reference
 (`kernels.reference`) that is both its test oracle and the CPU path; decode attention also has a C kernel for
@@ -7,8 +7,9 @@ variable picks one; by default Triton runs on CUDA tensors and the `cpu` backend
 torch elsewhere) on CPU tensors.
 """
 
-from kernels.api import apply_penalties, paged_attention, sample, store_kv
+from kernels.api import apply_penalties, paged_attention, rms_norm, rotary, sample, silu_and_mul, store_kv
 from kernels.backend import configured as configured_backend
 from kernels.backend import use
 
-__all__ = ["apply_penalties", "configured_backend", "paged_attention", "sample", "store_kv", "use"]
+__all__ = ["apply_penalties", "configured_backend", "paged_attention", "rms_norm", "rotary", "sample", "silu_and_mul",
+           "store_kv", "use"]

@@ -14,6 +14,7 @@ import torch
 from kernels import backend
 from kernels.cpu import attention as cpu_attention
 from kernels.reference import attention as ref_attention
+from kernels.reference import layer_ops as ref_layer_ops
 from kernels.reference import sampling as ref_sampling
 
 
@@ -83,3 +84,33 @@ def apply_penalties(logits: torch.Tensor, prompt_tokens: torch.Tensor, output_to
     if backend.resolve(logits.device) == "triton":
         return _triton("apply_penalties")(logits, prompt_tokens, output_tokens, presence, frequency, repetition)
     return ref_sampling.apply_penalties(logits, prompt_tokens, output_tokens, presence, frequency, repetition)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm of x [..., n] over its last dimension: weight * x / sqrt(mean(x^2) + eps), the statistics in
+    float32. With `residual` (like x), normalises x + residual and returns (normalised, x + residual), so a
+    decoder layer adds its residual and normalises in one pass. Exact semantics:
+    `kernels.reference.layer_ops.rms_norm`."""
+    if backend.resolve_layer_ops(x.device) == "triton":
+        flat = x.reshape(-1, x.shape[-1])
+        got = _triton("rms_norm")(flat, weight, eps, None if residual is None else residual.reshape(flat.shape))
+        if residual is None:
+            return got.view(x.shape)
+        return got[0].view(x.shape), got[1].view(x.shape)
+    return ref_layer_ops.rms_norm(x, weight, eps, residual)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's activation: silu(gate) * up for x [T, 2 * I] = [gate | up] -> [T, I], in x's dtype."""
+    if backend.resolve_layer_ops(x.device) == "triton":
+        return _triton("silu_and_mul")(x)
+    return ref_layer_ops.silu_and_mul(x)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE of x [T, heads, D] with each token's float32 rows cos, sin [T, D/2]:
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), computed in float32. Returns a new tensor like x."""
+    if backend.resolve_layer_ops(x.device) == "triton":
+        return _triton("rotary")(x, cos, sin)
+    return ref_layer_ops.rotary(x, cos, sin)

@@ -11,6 +11,9 @@ The choice is made per call from the tensor's device unless it is forced, with `
   the torch reference when no C compiler is found), the torch references for everything else.
 - `torch`: always the plain-torch references.
 
+The fused layer ops (`kernels.rms_norm`, `silu_and_mul`, `rotary`) follow `resolve_layer_ops`: Triton only when
+`triton` is forced, the torch references under `auto`, until a GPU benchmark shows the Triton ones pay.
+
 Nothing here imports Triton or touches a GPU driver at import time.
 """
 
@@ -77,3 +80,10 @@ def resolve(device: torch.device) -> str:
                 "(Triton's CPU interpreter); use the 'torch' backend on this device instead"
             )
     return backend
+
+
+def resolve_layer_ops(device: torch.device) -> str:
+    """The backend ("triton" or "torch") of the fused layer ops on tensors of `device`: Triton only when it is
+    forced; under `auto` the torch versions, because no GPU benchmark has shown the Triton ones to pay inside
+    the engine yet (benchmarks/RESULTS.md)."""
+    return "triton" if resolve(device) == "triton" and configured() == "triton" else "torch"

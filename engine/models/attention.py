@@ -8,7 +8,6 @@ import torch
 
 import kernels
 from engine.models.norm import RMSNorm
-from engine.models.rotary import rotate
 
 
 @dataclass(slots=True)
@@ -47,7 +46,7 @@ class Attention(torch.nn.Module):
         qk, v = qkv[:, :heads + self.num_kv_heads], qkv[:, heads + self.num_kv_heads:]
         if self.q_norm is not None:
             qk = torch.cat([self.q_norm(qk[:, :heads]), self.k_norm(qk[:, heads:])], dim=1)
-        qk = rotate(qk, *rope)                   # the query and key heads are rotated together
+        qk = kernels.rotary(qk, *rope)           # the query and key heads are rotated together
         q, k = qk[:, :heads], qk[:, heads:]
         kernels.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         out = kernels.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.seq_lens,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
+import kernels
 from engine.config import ModelConfig
 from engine.models.attention import Attention, AttentionMetadata
 from engine.models.norm import RMSNorm
 from engine.models.rotary import RotaryEmbedding
-from kernels.reference.layer_ops import silu_and_mul
 
 
 class MLP(torch.nn.Module):
@@ -25,11 +25,15 @@ class MLP(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]."""
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(torch.nn.Module):
-    """Pre-norm attention and MLP blocks, each with a residual connection."""
+    """Pre-norm attention and MLP blocks, each with a residual connection.
+
+    The residual stream is passed along unsummed, as (the last block's output, the sum before it): each norm adds
+    the two and normalises in one call (`kernels.rms_norm` with a residual), as a fused kernel can.
+    """
 
     def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool) -> None:
         super().__init__()
@@ -39,11 +43,16 @@ class DecoderLayer(torch.nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        """One transformer block on the step's packed tokens (rope: their rotary cos/sin rows)."""
-        x = x + self.self_attn(rope, self.input_layernorm(x), meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, residual: torch.Tensor | None,
+                meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """One transformer block on the step's packed tokens (rope: their rotary cos/sin rows). The hidden state
+        is x + residual (just x in the first layer, residual None); returns the new (x, residual)."""
+        if residual is None:
+            h, residual = self.input_layernorm(x), x
+        else:
+            h, residual = self.input_layernorm(x, residual)
+        h, residual = self.post_attention_layernorm(self.self_attn(rope, h, meta), residual)
+        return self.mlp(h), residual
 
 
 class DecoderModel(torch.nn.Module):
@@ -58,11 +67,11 @@ class DecoderModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Token ids [T] -> final hidden states [T, hidden]."""
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         rope = self.rotary.cos_sin(positions)           # looked up once, used by every layer
         for layer in self.layers:
-            x = layer(rope, x, meta)
-        return self.norm(x)
+            x, residual = layer(rope, x, residual, meta)
+        return self.norm(x, residual)[0]
 
 
 class LlamaForCausalLM(torch.nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.reference.layer_ops import rms_norm
+import kernels
 
 
 class RMSNorm(torch.nn.Module):
@@ -15,6 +15,8 @@ class RMSNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise x over its last dimension (`kernels.reference.layer_ops.rms_norm`)."""
-        return rms_norm(x, self.weight, self.eps)
+    def forward(self, x: torch.Tensor,
+                residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Normalise x over its last dimension; with `residual`, normalise x + residual and return
+        (normalised, x + residual) (`kernels.rms_norm`)."""
+        return kernels.rms_norm(x, self.weight, self.eps, residual)

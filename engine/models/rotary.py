@@ -34,7 +34,7 @@ class RotaryEmbedding:
     """RoPE's cos/sin rows at given absolute positions, from a table built on first use (per device).
 
     The model looks them up once per forward (`cos_sin`) and every layer rotates its query and key heads with
-    them (`rotate`).
+    them (`kernels.rotary`).
     """
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict | None) -> None:
@@ -44,18 +44,9 @@ class RotaryEmbedding:
         self._table: torch.Tensor | None = None
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and signed sin [T, 1, D] such that rope(x) = x * cos + cat(x2, x1) * sin, as HF computes it."""
+        """float32 cos and sin rows [T, D/2] of the angles position * inv_freq (as Hugging Face computes them)."""
         if self._table is None or self._table.device != positions.device:
             angles = torch.outer(torch.arange(self.max_positions, dtype=torch.float32, device="cpu"), self.inv_freq)
-            cos, sin = angles.cos(), angles.sin()
-            self._table = torch.cat([cos, cos, -sin, sin], dim=-1).to(positions.device)
-        cos, sin = self._table[positions].unsqueeze(1).chunk(2, dim=-1)
+            self._table = torch.cat([angles.cos(), angles.sin()], dim=-1).to(positions.device)
+        cos, sin = self._table[positions].chunk(2, dim=-1)
         return cos, sin
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, D] (query and key heads together) rotated by `RotaryEmbedding.cos_sin`'s rows (in float32,
-    cast back)."""
-    xf = x.float()
-    x1, x2 = xf.chunk(2, dim=-1)
-    return (xf * cos + torch.cat([x2, x1], dim=-1) * sin).to(x.dtype)

@@ -26,10 +26,10 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE of x [T, heads, D] at `positions` [T], from float32 tables cos/sin [max_positions, D/2]:
-    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), in float32, cast back to x's dtype."""
-    c = cos[positions].unsqueeze(1)
-    s = sin[positions].unsqueeze(1)
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE of x [T, heads, D] with each token's float32 rows cos, sin [T, D/2] (the model looks
+    them up once per step for all its layers): (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), in float32, cast
+    back to x's dtype."""
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)

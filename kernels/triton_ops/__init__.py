@@ -1,4 +1,4 @@
-"""Triton implementations of the kernel API (`kernels.api`): same signatures, same semantics.
+"""Triton implementations of the kernel API (`kernels.api`): same semantics (the layer ops also take `out=`).
 
 Importing this package only defines kernels; nothing touches a GPU driver until a kernel is launched, and on
 CPU tensors that needs TRITON_INTERPRET=1 set before the import.
@@ -6,7 +6,8 @@ CPU tensors that needs TRITON_INTERPRET=1 set before the import.
 
 from kernels.triton_ops.attention import paged_attention
 from kernels.triton_ops.kv_store import store_kv
+from kernels.triton_ops.layer_ops import rms_norm, rotary, silu_and_mul
 from kernels.triton_ops.penalties import apply_penalties
 from kernels.triton_ops.sampling import sample
 
-__all__ = ["apply_penalties", "paged_attention", "sample", "store_kv"]
+__all__ = ["apply_penalties", "paged_attention", "rms_norm", "rotary", "sample", "silu_and_mul", "store_kv"]

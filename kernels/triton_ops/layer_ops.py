@@ -1,9 +1,11 @@
 """Fused per-token ops of a decoder layer: RMSNorm with the residual add, SiLU-and-mul, rotary embedding.
 
 Each replaces several torch kernels (and their round trips through memory) with one that reads its inputs once
-and writes its outputs once. Same results as `kernels.reference.layer_ops` up to float rounding. Not called by
-the engine yet: the issue asks for them only where a GPU benchmark shows they pay, and
-`python -m benchmarks.kernels` measures them against the torch versions.
+and writes its outputs once. Same results as `kernels.reference.layer_ops` up to float rounding. The engine
+calls them through `kernels.rms_norm`, `kernels.silu_and_mul` and `kernels.rotary`, which run them only when
+the Triton backend is forced (`kernels.use("triton")`): the issue asks for them only where a GPU benchmark
+shows they pay. `python -m benchmarks.kernels` measures each op alone, `python -m benchmarks.throughput
+--layer-ops` the engine both ways.
 """
 
 from __future__ import annotations
@@ -90,14 +92,13 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
 
 
 @triton.jit
-def _rotary_kernel(x_ptr, out_ptr, pos_ptr, cos_ptr, sin_ptr, heads, half, stride_xt, stride_xh, stride_ot,
-                   stride_oh, stride_table, BLOCK_H: tl.constexpr, HALF_PAD: tl.constexpr):
+def _rotary_kernel(x_ptr, out_ptr, cos_ptr, sin_ptr, heads, half, stride_xt, stride_xh, stride_ot, stride_oh,
+                   stride_cos, stride_sin, BLOCK_H: tl.constexpr, HALF_PAD: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     cols = tl.arange(0, HALF_PAD)
-    position = tl.load(pos_ptr + token).to(tl.int64)
-    c = tl.load(cos_ptr + position * stride_table + cols, mask=cols < half, other=0.0)[None, :]
-    s = tl.load(sin_ptr + position * stride_table + cols, mask=cols < half, other=0.0)[None, :]
+    c = tl.load(cos_ptr + token * stride_cos + cols, mask=cols < half, other=0.0)[None, :]
+    s = tl.load(sin_ptr + token * stride_sin + cols, mask=cols < half, other=0.0)[None, :]
     mask = (head < heads)[:, None] & (cols < half)[None, :]
     src = x_ptr + token * stride_xt + head[:, None].to(tl.int64) * stride_xh + cols[None, :]
     x1 = tl.load(src, mask=mask, other=0.0)
@@ -108,20 +109,19 @@ def _rotary_kernel(x_ptr, out_ptr, pos_ptr, cos_ptr, sin_ptr, heads, half, strid
     tl.store(dst + half, (b * c + a * s).to(x1.dtype), mask=mask)
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-           out: torch.Tensor | None = None) -> torch.Tensor:
-    """`kernels.reference.layer_ops.rotary` for x [T, heads, D] (token and head strides free), into `out` when
-    given (x itself works: each element is read before it is written). Positions must be rows of the tables:
-    unlike the reference, the kernel does not check them (that would cost a device-to-host sync)."""
-    if x.dim() != 3 or x.stride(-1) != 1 or x.shape[2] % 2 or positions.shape != x.shape[:1]:
-        raise ValueError("rotary needs x [T, heads, D] (D even, last dimension contiguous) and positions [T]")
-    if cos.shape != sin.shape or cos.dim() != 2 or cos.shape[1] != x.shape[2] // 2:
-        raise ValueError("rotary needs cos and sin tables [max_positions, D / 2]")
-    cos, sin, positions = cos.contiguous(), sin.contiguous(), positions.contiguous()
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`kernels.reference.layer_ops.rotary` for x [T, heads, D] (token and head strides free) with each token's
+    float32 rows cos, sin [T, D/2] (row strides free), into `out` when given (x itself works: each element is
+    read before it is written)."""
+    if x.dim() != 3 or x.stride(-1) != 1 or x.shape[2] % 2:
+        raise ValueError("rotary needs x [T, heads, D] (D even, last dimension contiguous)")
     tokens, heads, dim = x.shape
+    for rows in (cos, sin):
+        if rows.shape != (tokens, dim // 2) or rows.dtype != torch.float32 or rows.stride(-1) != 1:
+            raise ValueError("rotary needs float32 cos and sin rows [T, D / 2] with a contiguous last dimension")
     out = _output(out, (tokens, heads, dim), x.dtype, x.device)
     block_h = min(16, next_pow2(heads))
-    _rotary_kernel[(tokens, cdiv(heads, block_h))](x, out, positions, cos, sin, heads, dim // 2, x.stride(0),
-                                                   x.stride(1), out.stride(0), out.stride(1), cos.stride(0),
+    _rotary_kernel[(tokens, cdiv(heads, block_h))](x, out, cos, sin, heads, dim // 2, x.stride(0), x.stride(1),
+                                                   out.stride(0), out.stride(1), cos.stride(0), sin.stride(0),
                                                    BLOCK_H=block_h, HALF_PAD=next_pow2(dim // 2), num_warps=4)
     return out

@@ -1,6 +1,6 @@
 """The engine on the GPU (Triton kernels compiled for it) generates transformers' greedy tokens on the same GPU,
 in float32, with chunked prefill, preemption and prefix-cache hits all happening, eagerly and with its decode
-steps replayed from CUDA graphs."""
+steps replayed from CUDA graphs, and with the fused Triton layer ops."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ if not (torch.cuda.is_available() or os.environ.get("GPU_TESTS_DRY_RUN") == "1")
 
 import transformers  # noqa: E402
 
+import kernels  # noqa: E402
 from engine import LLM, SamplingParams  # noqa: E402
 from engine.models.attention import AttentionMetadata  # noqa: E402
 from kernels import triton_ops  # noqa: E402
@@ -39,15 +40,20 @@ def hf_greedy(path: str, device: torch.device) -> list[list[int]]:
     return outputs
 
 
-@pytest.mark.parametrize("cuda_graphs", [False, True])
+@pytest.mark.parametrize(("cuda_graphs", "layer_ops"), [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_greedy_matches_transformers_on_the_gpu(device, checkpoint_factory, monkeypatch, arch, cuda_graphs):
+def test_greedy_matches_transformers_on_the_gpu(device, checkpoint_factory, monkeypatch, arch, cuda_graphs,
+                                                 layer_ops):
+    """layer_ops: the Triton backend forced, so the fused RMSNorm, SiLU-and-mul and rotary run (and are captured)."""
     if cuda_graphs and device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU (the dry run is on the CPU)")
     path = checkpoint_factory(arch, seed=len(arch))
     expected = hf_greedy(path, device)
     calls = []
-    for name in ("store_kv", "paged_attention", "sample"):
+    layer_names = {"rms_norm", "silu_and_mul", "rotary"}
+    # "auto" on CUDA: Triton kernels, torch layer ops (conftest resets the choice; the CPU dry run needs Triton).
+    kernels.use("triton" if layer_ops or device.type != "cuda" else "auto")
+    for name in {"store_kv", "paged_attention", "sample"} | layer_names:
         kernel = getattr(triton_ops, name)
         monkeypatch.setattr(triton_ops, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
     # A 16-token step budget chunks the prompts; 18 blocks of 8 cannot hold all six sequences at once.
@@ -65,6 +71,8 @@ def test_greedy_matches_transformers_on_the_gpu(device, checkpoint_factory, monk
         assert llm.generate(PROMPTS[4], params)[0].outputs[0].token_ids == expected[4]
     assert llm.engine.stats().prefix_cache_hits > 0
     assert {"store_kv", "paged_attention", "sample"} <= set(calls)
+    if device.type == "cuda":
+        assert (layer_names <= set(calls)) if layer_ops else not (layer_names & set(calls))
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_blocks
 
 

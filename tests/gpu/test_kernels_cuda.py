@@ -215,9 +215,9 @@ def test_layer_ops_at_llama_8b_sizes(device, dtype):
     gate_up = torch.randn(tokens, 2 * intermediate, generator=g).to(dtype)
     torch.testing.assert_close(layer_ops.silu_and_mul(on(gate_up)).cpu().float(),
                                ref_layer_ops.silu_and_mul(gate_up.float()), rtol=tol, atol=tol)
-    qk = torch.randn(tokens, 40, 128, generator=g).to(dtype)
-    angles = torch.outer(torch.arange(8192).float(), torch.rand(64, generator=g))
-    positions = torch.randint(0, 8192, (tokens,), generator=g)
-    got = layer_ops.rotary(on(qk), on(positions), on(angles.cos()), on(angles.sin()))
-    torch.testing.assert_close(got.cpu().float(), ref_layer_ops.rotary(qk.float(), positions, angles.cos(),
-                                                                       angles.sin()), rtol=tol, atol=tol)
+    qkv = torch.randn(tokens, 48, 128, generator=g).to(dtype)
+    qk = qkv[:, :40]                                            # q and k heads of the fused projection
+    angles = torch.rand(tokens, 64, generator=g) * 8192
+    cos, sin = torch.cat([angles.cos(), angles.sin()], dim=-1).chunk(2, dim=-1)    # strided rows, as the model's
+    got = layer_ops.rotary(on(qkv)[:, :40], on(cos), on(sin))
+    torch.testing.assert_close(got.cpu().float(), ref_layer_ops.rotary(qk.float(), cos, sin), rtol=tol, atol=tol)

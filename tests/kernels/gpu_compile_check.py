@@ -103,8 +103,7 @@ def main(capability: int) -> None:
         layer_ops.rms_norm(x, x[0], 1e-5)
         layer_ops.rms_norm(x, x[0], 1e-5, x)
         layer_ops.silu_and_mul(x)
-        layer_ops.rotary(x.view(4, 32, 128), torch.zeros(4, dtype=torch.int64), torch.zeros(64, 64),
-                         torch.zeros(64, 64))
+        layer_ops.rotary(x.view(4, 32, 128), torch.zeros(4, 64), torch.zeros(4, 64))
     tokens = torch.zeros(3, 4, dtype=torch.int64)
     modules["penalties"].apply_penalties(logits, tokens, tokens, torch.zeros(3), torch.zeros(3), torch.ones(3))
     names = sorted({name for name, *_ in compiled})

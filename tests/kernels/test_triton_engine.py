@@ -1,4 +1,5 @@
-"""The engine on the Triton backend (in the interpreter) produces the torch backend's greedy tokens."""
+"""The engine on the Triton backend (in the interpreter, fused layer ops included) produces the torch backend's
+greedy tokens."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import kernels
 from engine import LLM, SamplingParams
 from kernels import triton_ops
 
+KERNELS = ("store_kv", "paged_attention", "sample", "rms_norm", "silu_and_mul", "rotary")
 PROMPTS = ["The quick brown fox", "def add(a, b):\n    return", "x", "import os\nimport sys\nprint('hello')\n"]
 
 
@@ -29,11 +31,11 @@ def test_greedy_tokens_match_the_torch_backend(llm, monkeypatch):
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     expected = run(llm, "torch", params)
     calls = []
-    for name in ("store_kv", "paged_attention", "sample"):
+    for name in KERNELS:
         kernel = getattr(triton_ops, name)
         monkeypatch.setattr(triton_ops, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
     assert run(llm, "triton", params) == expected
-    assert {"store_kv", "paged_attention", "sample"} <= set(calls)      # the Triton kernels really ran
+    assert set(calls) == set(KERNELS)                                   # the Triton kernels really ran
     # Again, now with the prompts' blocks in the prefix cache: extends over cached prefixes.
     assert run(llm, "triton", params) == expected
     blocks = llm.engine.blocks
@@ -48,3 +50,10 @@ def test_penalised_greedy_and_seeded_sampling(llm):
     first = run(llm, "triton", seeded)
     assert run(llm, "triton", seeded) == first
     assert all(len(tokens) == 6 for tokens in first)
+
+
+def test_qwen3_greedy_tokens_match_the_torch_backend(checkpoint_factory):
+    """Qwen3's per-head q/k RMSNorm goes through the Triton rms_norm too (flattened to rows)."""
+    llm = LLM(checkpoint_factory("qwen3"), block_size=16, max_model_len=64)
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    assert run(llm, "triton", params) == run(llm, "torch", params)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import kernels
 from kernels.reference import layer_ops as ref
 from kernels.triton_ops import layer_ops
 
@@ -61,6 +62,12 @@ def test_silu_and_mul(dtype, half):
     torch.testing.assert_close(out, expected, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
 
 
+def rope_rows(tokens: int, half: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin rows [tokens, half] as the engine's model passes them: views of one [tokens, 2 * half] lookup."""
+    angles = torch.rand(tokens, half, generator=g) * 100
+    return torch.cat([angles.cos(), angles.sin()], dim=-1).chunk(2, dim=-1)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("heads", "head_dim"), [(6, 64), (3, 80), (20, 96), (5, 128), (2, 256)])
 def test_rotary_on_query_and_key_heads_of_a_fused_projection(dtype, heads, head_dim):
@@ -68,21 +75,20 @@ def test_rotary_on_query_and_key_heads_of_a_fused_projection(dtype, heads, head_
     tokens, extra = 4, 2                                        # the value heads that follow q and k
     qkv = torch.randn(tokens, heads + extra, head_dim, generator=g).to(dtype)
     x = qkv[:, :heads]
-    angles = torch.outer(torch.arange(64).float(), torch.rand(head_dim // 2, generator=g))
-    positions = torch.tensor([0, 63, 5, 5])
-    expected = ref.rotary(x, positions, angles.cos(), angles.sin())
-    out = layer_ops.rotary(x, positions, angles.cos(), angles.sin(), out=nan_like(expected))
+    cos, sin = rope_rows(tokens, head_dim // 2, g)
+    expected = ref.rotary(x, cos, sin)
+    out = layer_ops.rotary(x, cos, sin, out=nan_like(expected))
     torch.testing.assert_close(out, expected, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
-    layer_ops.rotary(x, positions, angles.cos(), angles.sin(), out=x)          # in place
+    layer_ops.rotary(x, cos, sin, out=x)                        # in place
     torch.testing.assert_close(x, expected, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
 
 
-def test_references_match_transformers_and_the_engine():
-    """RMSNorm as transformers' Llama computes it; rotary as the engine's module (which the model tests hold to
-    transformers'). The engine's RMSNorm and MLP call these references."""
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+def test_references_match_transformers():
+    """RMSNorm and rotary (with the engine's cos/sin rows) as transformers' Llama computes them. The engine's
+    model calls these through `kernels`, which runs the references unless the Triton backend is forced."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
-    from engine.models.rotary import RotaryEmbedding, rotate
+    from engine.models.rotary import RotaryEmbedding
 
     x = torch.randn(4, 64)
     norm = LlamaRMSNorm(64, eps=1e-6)
@@ -91,20 +97,54 @@ def test_references_match_transformers_and_the_engine():
         torch.testing.assert_close(ref.rms_norm(x, norm.weight, 1e-6), norm(x), rtol=0, atol=0)
     rope = RotaryEmbedding(32, 128, 10000.0, None)
     positions = torch.tensor([0, 7, 100, 127])
-    heads = torch.randn(4, 3, 32)
-    angles = torch.outer(torch.arange(128).float(), rope.inv_freq)
-    torch.testing.assert_close(ref.rotary(heads, positions, angles.cos(), angles.sin()),
-                               rotate(heads, *rope.cos_sin(positions)), rtol=1e-6, atol=1e-6)
+    q, k = torch.randn(4, 3, 32), torch.randn(4, 1, 32)
+    freqs = torch.outer(positions.float(), rope.inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    # transformers' layout: [batch, heads, tokens, D], cos/sin [batch, tokens, D]
+    want_q, want_k = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], emb.cos()[None],
+                                          emb.sin()[None])
+    cos, sin = rope.cos_sin(positions)
+    torch.testing.assert_close(ref.rotary(q, cos, sin), want_q[0].transpose(0, 1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ref.rotary(k, cos, sin), want_k[0].transpose(0, 1), rtol=1e-6, atol=1e-6)
 
 
-def test_strided_weight_and_positions():
+def test_strided_weight_and_rows():
     x, wide_weight = torch.randn(3, 64), torch.randn(128)
     torch.testing.assert_close(layer_ops.rms_norm(x, wide_weight[::2], 1e-6), ref.rms_norm(x, wide_weight[::2], 1e-6),
                                rtol=1e-5, atol=1e-5)
-    heads, angles = torch.randn(3, 2, 16), torch.outer(torch.arange(10).float(), torch.rand(8))
-    columns = torch.tensor([[0, 9], [1, 4], [2, 7]])[:, 1]                     # a strided view
-    torch.testing.assert_close(layer_ops.rotary(heads, columns, angles.cos(), angles.sin()),
-                               ref.rotary(heads, columns, angles.cos(), angles.sin()), rtol=1e-5, atol=1e-5)
+    heads = torch.randn(3, 2, 16)
+    wide = torch.randn(3, 20)
+    cos, sin = wide[:, 1:9], wide[:, 11:19]                     # rows with a stride of their own
+    torch.testing.assert_close(layer_ops.rotary(heads, cos, sin), ref.rotary(heads, cos, sin), rtol=1e-5, atol=1e-5)
+
+
+def test_the_kernel_api_runs_them_only_when_triton_is_forced(monkeypatch):
+    """`kernels.rms_norm` / `silu_and_mul` / `rotary`: the references under "auto" (also on CUDA, until a GPU
+    benchmark shows the fused ops pay), the Triton kernels when "triton" is forced, with the same results; the
+    API's rms_norm takes [..., n] (Qwen3's per-head q/k norm) by flattening it for the kernel."""
+    from kernels import backend, triton_ops
+
+    calls = []
+    for name in ("rms_norm", "silu_and_mul", "rotary"):
+        kernel = getattr(triton_ops, name)
+        monkeypatch.setattr(triton_ops, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    g = torch.Generator().manual_seed(5)
+    heads = torch.randn(3, 6, 32, generator=g)[:, :4]           # q and k heads of a fused projection: strided
+    x, residual, weight = torch.randn(3, 32, generator=g), torch.randn(3, 32, generator=g), torch.randn(32)
+    gate_up = torch.randn(3, 64, generator=g)
+    cos, sin = rope_rows(3, 16, g)
+    cases = [(kernels.rms_norm, (heads, weight, 1e-6)), (kernels.rms_norm, (x, weight, 1e-6, residual)),
+             (kernels.silu_and_mul, (gate_up,)), (kernels.rotary, (heads, cos, sin))]
+    assert backend.resolve_layer_ops(torch.device("cpu")) == "torch"
+    assert backend.resolve_layer_ops(torch.device("cuda")) == "torch"
+    expected = [op(*args) for op, args in cases]
+    assert calls == []
+    kernels.use("triton")
+    assert backend.resolve_layer_ops(torch.device("cpu")) == "triton"
+    got = [op(*args) for op, args in cases]
+    assert calls == ["rms_norm", "rms_norm", "silu_and_mul", "rotary"]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got[0].shape == heads.shape
 
 
 def test_inputs_that_do_not_fit_are_rejected():
@@ -118,6 +158,8 @@ def test_inputs_that_do_not_fit_are_rejected():
     with pytest.raises(ValueError, match="residual must be like x"):
         layer_ops.rms_norm(x, torch.ones(8), 1e-6, x.half())
     with pytest.raises(ValueError, match="D even"):
-        layer_ops.rotary(torch.randn(2, 1, 7), torch.zeros(2, dtype=torch.long), torch.ones(4, 3), torch.ones(4, 3))
-    with pytest.raises(ValueError, match="tables"):
-        layer_ops.rotary(torch.randn(2, 1, 8), torch.zeros(2, dtype=torch.long), torch.ones(4, 3), torch.ones(4, 3))
+        layer_ops.rotary(torch.randn(2, 1, 7), torch.ones(2, 3), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="rows"):
+        layer_ops.rotary(torch.randn(2, 1, 8), torch.ones(4, 4), torch.ones(4, 4))              # not one per token
+    with pytest.raises(ValueError, match="rows"):
+        layer_ops.rotary(torch.randn(2, 1, 8), torch.ones(2, 4).half(), torch.ones(2, 4).half())

@@ -39,7 +39,15 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         """The envelope as a JSON response."""
-        return JSONResponse(self.body(), status_code=self.status)
+        return _ErrorResponse(self.body(), status_code=self.status)
+
+
+class _ErrorResponse(JSONResponse):
+    """JSON with everything past ASCII escaped, so that a message quoting the client's text renders even when that
+    text is not valid Unicode (a lone surrogate)."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
 def envelope(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
@@ -65,6 +73,9 @@ def validation_error(errors: list[dict]) -> APIError:
     error = errors[0]
     loc = [part for part in error.get("loc", ()) if part != "body"]
     kind = error.get("type", "")
+    if kind == "lone_surrogate":
+        param = ".".join(part for part in (_param_name(loc), error["ctx"]["where"]) if part)
+        return bad_request(f"Invalid value for '{param}': {error['msg']}.", param)
     if kind == "json_invalid":
         return bad_request("The request body is not valid JSON: "
                            f"{error.get('ctx', {}).get('error', 'could not parse it')}.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from api.errors import bad_request
@@ -26,10 +26,46 @@ def _unsupported(what: str) -> PydanticCustomError:
     return PydanticCustomError("unsupported", "{what} is not supported by this server", {"what": what})
 
 
+def _lone_surrogate_at(value: Any, path: str = "") -> str | None:
+    """Where in a parsed JSON value a string (or key) holds a lone UTF-16 surrogate, or None. JSON can escape one
+    ("\\ud800"), but it is no Unicode text: no tokenizer or response can encode it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = key.encode("utf-8", "backslashreplace").decode() if isinstance(key, str) else str(key)
+            where = f"{path}.{name}" if path else name
+            if isinstance(key, str) and _lone_surrogate_at(key) is not None:
+                return where
+            found = _lone_surrogate_at(item, where)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list) and value and not isinstance(value[0], (int, float)):    # token ids: no text
+        for i, item in enumerate(value):
+            found = _lone_surrogate_at(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 class StrictModel(BaseModel):
-    """No type coercion ("2" is not 2) and no unknown fields."""
+    """No type coercion ("2" is not 2), no unknown fields, and only text that is valid Unicode."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = _lone_surrogate_at(data)
+        if where is not None:
+            raise PydanticCustomError("lone_surrogate", "the text holds a lone UTF-16 surrogate (an unpaired "
+                                      "\\ud800-\\udfff escape), which is not valid Unicode", {"where": where})
+        return data
 
 
 class StreamOptions(StrictModel):
@@ -74,7 +110,7 @@ class SamplingRequest(StrictModel):
     @classmethod
     def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key, bias in (value or {}).items():
-            if not key.isdigit():
+            if not (key.isascii() and key.isdigit()):
                 raise ValueError(f"keys must be token ids (as strings), got {key!r}")
             if not -100 <= bias <= 100:
                 raise ValueError(f"values must be in [-100, 100], got {bias} for token {key}")
@@ -232,7 +268,7 @@ class ChatCompletionRequest(SamplingRequest):
     @field_validator("response_format")
     @classmethod
     def _response_format(cls, value: dict | None) -> dict | None:
-        if value is not None and value.get("type") != "text":
+        if value is not None and value != {"type": "text"}:       # nothing else to honour, nothing ignored
             raise _unsupported("response_format other than {'type': 'text'}")
         return value
 

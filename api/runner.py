@@ -55,8 +55,9 @@ async def submit(state: ServerState, job: Job) -> None:
     llm = state.llm
     needed = len(job.prompts) * job.params.n
     if llm.max_queued_seqs is not None and needed > llm.config.max_num_seqs + llm.max_queued_seqs:
-        raise bad_request(f"This request needs {needed} sequences (prompts x choices); the server holds at most "
-                          f"{llm.config.max_num_seqs + llm.max_queued_seqs}.", "n")
+        param = "best_of" if job.params.n > job.n else "n"          # the engine runs best_of candidates
+        raise bad_request(f"This request needs {needed} sequences (prompts x {param}); the server holds at most "
+                          f"{llm.config.max_num_seqs + llm.max_queued_seqs}.", param)
     results = await asyncio.gather(
         *(llm.add_request(p.token_ids, job.params, f"{job.request_id}-{i}") for i, p in enumerate(job.prompts)),
         return_exceptions=True)

@@ -45,6 +45,9 @@ class SamplerOutput:
     logprob_rows: list[int]        # which rows `logprobs` describes, in order
 
 
+_MAX_PENALISED = 1e30     # the largest logit a repetition penalty may make: / 1e-5 (greedy below) stays finite
+
+
 class Sampler:
     """Turns the logits of the sequences that reached their next token into that token."""
 
@@ -60,11 +63,12 @@ class Sampler:
         self._add_bias(logits, seqs)
         self._penalise(logits, seqs)
         floats, ints, top_k = [], [], []
+        vocab = logits.shape[-1]
         for seq in seqs:
             p = seq.params
             floats.append((p.temperature, p.top_p, p.min_p))
             ints.append((_signed64(seq.seed), seq.num_tokens))
-            top_k.append(max(p.top_k, 0))
+            top_k.append(min(max(p.top_k, 0), vocab))         # k >= vocab keeps all (and fits an int32)
         temperature, top_p, min_p = torch.tensor(floats, dtype=torch.float32, device=device).T
         seeds, positions = torch.tensor(ints, dtype=torch.int64, device=device).T
         top_k = torch.tensor(top_k, dtype=torch.int32, device=device)
@@ -98,13 +102,20 @@ class Sampler:
         picked = [seqs[i] for i in rows]
         device = logits.device
         sub = logits[rows]
+        repetition = torch.tensor([seq.params.repetition_penalty for seq in picked], dtype=torch.float32,
+                                  device=device)
+        # A penalty near 0 divides a positive logit past float32's range (inf, then NaN probabilities). Dividing
+        # by no less than the row's largest logit / _MAX_PENALISED keeps every logit finite, also once divided by
+        # the temperature, and in order; the draw is then the exact computation's (greedy among the seen tokens
+        # with positive logits, which outweigh the rest by a factor of about 1e29).
+        repetition = torch.maximum(repetition, sub.amax(dim=-1).clamp(min=0) / _MAX_PENALISED)
         kernels.apply_penalties(
             sub,
             _padded([seq.request.prompt_token_ids for seq in picked], device),
             _padded([seq.output_token_ids for seq in picked], device),
             torch.tensor([seq.params.presence_penalty for seq in picked], dtype=torch.float32, device=device),
             torch.tensor([seq.params.frequency_penalty for seq in picked], dtype=torch.float32, device=device),
-            torch.tensor([seq.params.repetition_penalty for seq in picked], dtype=torch.float32, device=device),
+            repetition,
         )
         logits[rows] = sub
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kernels.reference.sampling import GREEDY_BELOW
+
 MAX_LOGPROBS = 20
 
 
@@ -12,7 +14,7 @@ class SamplingParams:
     """Per-request sampling and stopping parameters.
 
     n: choices per prompt. max_tokens: new tokens at most (None: until the context is full; 0: none, useful
-    with prompt_logprobs). temperature 0 is greedy. top_k -1 or 0, top_p 1 and min_p 0 switch those
+    with prompt_logprobs). temperature 0 (or below 1e-5) is greedy. top_k -1 or 0, top_p 1 and min_p 0 switch those
     filters off. The penalties follow OpenAI (presence, frequency: output tokens only) and vLLM (repetition:
     prompt and output tokens). seed makes the draws depend only on (seed, position). stop strings are
     matched on the decoded text and cut from it unless include_stop_str_in_output; stop_token_ids end the
@@ -79,8 +81,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        """Whether tokens are chosen by argmax."""
-        return self.temperature == 0
+        """Whether tokens are chosen by argmax (temperature below `kernels.reference.sampling.GREEDY_BELOW`)."""
+        return self.temperature < GREEDY_BELOW
 
     @property
     def has_penalties(self) -> bool:

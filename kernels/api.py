@@ -63,9 +63,9 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
            min_p: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Draw one token id per row of `logits` [B, V] (float32, penalties already applied).
 
-    Per row: temperature [B] float32 (0 = greedy argmax), top_k [B] int32 (<= 0 = off), top_p [B] float32
-    (1 = off), min_p [B] float32 (0 = off), seeds [B] int64 and positions [B] int64 (the index of the token
-    being drawn in its sequence). The draw depends only on the row's logits, its parameters and
+    Per row: temperature [B] float32 (below 1e-5, 0 included: greedy argmax), top_k [B] int32 (<= 0 = off),
+    top_p [B] float32 (1 = off), min_p [B] float32 (0 = off), seeds [B] int64 and positions [B] int64 (the index
+    of the token being drawn in its sequence). The draw depends only on the row's logits, its parameters and
     (seed, position), never on the other rows. Exact semantics: `kernels.reference.sampling`.
     Returns [B] int64.
     """

@@ -86,4 +86,6 @@ def resolve_layer_ops(device: torch.device) -> str:
     """The backend ("triton" or "torch") of the fused layer ops on tensors of `device`: Triton only when it is
     forced; under `auto` the torch versions, because no GPU benchmark has shown the Triton ones to pay inside
     the engine yet (benchmarks/RESULTS.md)."""
-    return "triton" if resolve(device) == "triton" and configured() == "triton" else "torch"
+    if configured() != "triton":        # checked first: the common case costs one lookup per call
+        return "torch"
+    return resolve(device)

@@ -170,3 +170,39 @@ def test_streamed_prompt_logprobs_come_whole_with_n_choices(llama_path, prompt):
     (whole,) = sent
     assert len(whole) == len(engine.tokenizer.encode(prompt)) and whole[0] is None
     assert_all_blocks_free(llm)
+
+
+def test_extreme_but_valid_parameters(llm, llama_path):
+    """top_k past an int32 keeps every token (it once killed the engine loop); a temperature so small that
+    logits / T overflows float32 is greedy, the limit of the distribution (it once drew NaN garbage)."""
+    prompts = PROMPTS[:3]
+    greedy = [hf_greedy(llama_path, p)[:8] for p in prompts]
+    for temperature in (1e-6, 1e-38, 1e-44):
+        params = SamplingParams(temperature=temperature, max_tokens=8, ignore_eos=True, seed=3)
+        assert params.greedy
+        assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == greedy
+    huge, off = (SamplingParams(temperature=1.0, top_k=k, max_tokens=8, ignore_eos=True, seed=4)
+                 for k in (2 ** 31, -1))
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, huge)] == \
+        [o.outputs[0].token_ids for o in llm.generate(prompts, off)]
+    assert_all_blocks_free(llm)
+
+
+def test_a_repetition_penalty_near_zero_matches_the_exact_computation(llm, hf, llama_path):
+    """Dividing by 1e-44 overflows float32 (inf logits, NaN probabilities); the oracle is the penalty's definition
+    in float64 on transformers' logits, argmax (a seen token with a positive logit wins over all others)."""
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, repetition_penalty=1e-44)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(llama_path)
+    changed = 0
+    for prompt in PROMPTS[:4]:
+        ids = tokenizer(prompt)["input_ids"]
+        expected: list[int] = []
+        for _ in range(6):
+            with torch.no_grad():
+                logits = hf(torch.tensor([ids + expected])).logits[:, -1].double()
+            logits = apply_penalties(logits, torch.tensor([ids]), torch.tensor([expected or [-1]]),
+                                     torch.zeros(1), torch.zeros(1), torch.tensor([1e-44], dtype=torch.float64))
+            expected.append(int(logits.argmax()))
+        assert llm.generate(prompt, params)[0].outputs[0].token_ids == expected
+        changed += expected != hf_greedy(llama_path, prompt)[:6]
+    assert changed                                               # the penalty did decide something

@@ -1,7 +1,9 @@
 """Plain-torch sampling and penalties: the exact definitions the Triton sampler is tested against.
 
 Definitions (per row; `p` = softmax(logits / temperature)):
-- temperature 0: greedy, the first index of the largest logit.
+- temperature below GREEDY_BELOW (1e-5; 0 included): greedy, the first index of the largest logit: the limit
+  of the distribution as the temperature goes to 0, which float32 cannot compute (logits / temperature
+  overflows near the smallest floats). vLLM draws the same line.
 - min-p keeps tokens with p >= min_p * max(p).
 - top-k keeps tokens with p >= the k-th largest p (ties at the boundary are kept).
 - top-p keeps token i when the mass of the tokens strictly more likely than i is < top_p times the
@@ -15,6 +17,8 @@ Definitions (per row; `p` = softmax(logits / temperature)):
 from __future__ import annotations
 
 import torch
+
+GREEDY_BELOW = 1e-5         # the Triton samplers compare with the same literal
 
 
 def _int64(constant: int) -> int:
@@ -68,7 +72,7 @@ def filter_probs(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
            min_p: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Draw one token per row of `logits` [B, V]; see the module docstring for the exact semantics."""
-    random_rows = temperature > 0
+    random_rows = temperature >= GREEDY_BELOW
     if not bool(random_rows.any()):
         return logits.argmax(dim=-1)
     temp = torch.where(random_rows, temperature, 1.0).float()
@@ -128,12 +132,12 @@ def kept_set_problems(logits: torch.Tensor, temperature: torch.Tensor, top_k: to
     above it is near top_p times the mass that min-p and top-k leave (a range: tokens near the k-th probability
     may tie with it in float32). "Near" is `rtol` relative (`mass_rtol` for masses), widened by four float32
     units of the row's largest |logit / temperature|, which an approximate GPU division may be off by. Greedy
-    rows (temperature 0) are skipped.
+    rows (temperature below GREEDY_BELOW) are skipped.
     """
     problems = []
     vocab = logits.shape[-1]
     for row in range(logits.shape[0]):
-        if temperature[row] <= 0:
+        if temperature[row] < GREEDY_BELOW:
             continue
         x = (logits[row].float() / temperature[row].float()).double()
         finite = x[x.isfinite()]

@@ -43,7 +43,7 @@ def _sample_kernel(logits_ptr, stride_row, out_ptr, threshold_ptr, count_ptr, te
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     temperature = tl.load(temperature_ptr + row)
-    greedy = temperature <= 0
+    greedy = temperature < 1e-5             # kernels.reference.sampling.GREEDY_BELOW
     temperature = tl.where(greedy, 1.0, temperature)
 
     # Pass 1: greedy argmax (first index of the largest logit) and the softmax's max and normaliser.

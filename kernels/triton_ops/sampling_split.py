@@ -45,9 +45,10 @@ def _span(vocab, chunk):
 
 @triton.jit
 def _temperature(temperature_ptr, row):
-    """(temperature to divide by, greedy?) of the row."""
+    """(temperature to divide by, greedy?) of the row: greedy below 1e-5 (kernels.reference.sampling.GREEDY_BELOW)."""
     temperature = tl.load(temperature_ptr + row)
-    return tl.where(temperature <= 0, 1.0, temperature), temperature <= 0
+    greedy = temperature < 1e-5
+    return tl.where(greedy, 1.0, temperature), greedy
 
 
 @triton.jit

@@ -70,15 +70,17 @@ def test_full_waiting_queue_is_429(llama_path):
                 body = {"model": "tiny", "prompt": "hi", "n": 2, "max_tokens": 2}
                 rejected = await http.post("/v1/completions", json=body)
                 too_big = await http.post("/v1/completions", json={**body, "n": 5})
+                too_many_candidates = await http.post("/v1/completions", json={**body, "n": 1, "best_of": 5})
                 await llm.abort(busy.request_id)
                 accepted = await http.post("/v1/completions", json=body)
-                return rejected, too_big, accepted
+                return rejected, too_big, too_many_candidates, accepted
         finally:
             llm.shutdown()
 
-    rejected, too_big, accepted = asyncio.run(main())
+    rejected, too_big, too_many_candidates, accepted = asyncio.run(main())
     assert rejected.status_code == 429 and rejected.json()["error"]["type"] == "rate_limit_error"
     assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "n"     # can never fit
+    assert too_many_candidates.status_code == 400 and too_many_candidates.json()["error"]["param"] == "best_of"
     assert accepted.status_code == 200 and accepted.json()["usage"]["completion_tokens"] <= 4
 
 

@@ -31,7 +31,8 @@ def test_malformed_bodies_are_400(server, content, headers):
 @pytest.mark.parametrize("field, value", [
     ("temperature", 2.5), ("temperature", -0.1), ("temperature", "hot"), ("top_p", 0), ("top_p", 1.5),
     ("n", 0), ("n", 129), ("n", 2.0), ("n", "2"), ("best_of", 0), ("presence_penalty", 2.5),
-    ("frequency_penalty", -3), ("logit_bias", {"abc": 1}), ("logit_bias", {"5": 101}), ("logit_bias", {"99999": 1}),
+    ("frequency_penalty", -3), ("logit_bias", {"abc": 1}), ("logit_bias", {"\u0663": 1}), ("logit_bias", {"5": 101}),
+    ("logit_bias", {"99999": 1}),
     ("logprobs", 21), ("logprobs", -1), ("stop", ["a", "b", "c", "d", "e"]), ("stop", [""]), ("stop", 5),
     ("seed", "1"), ("seed", 1.5), ("max_tokens", -1), ("max_tokens", "16"), ("stream", "yes"), ("echo", 1),
     ("top_k", -2), ("min_p", 1.5), ("repetition_penalty", 0), ("repetition_penalty", 2.5), ("min_tokens", -1),
@@ -43,6 +44,25 @@ def test_invalid_values_name_the_field(server, field, value):
     body = {"model": server.model, "prompt": "hello", field: value}
     error = _error(server.post("/v1/completions", body), 400)
     assert error["param"].split("[")[0] == field and error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/completions", rb'{"model": "M", "prompt": "abc\ud800def"}', "prompt"),
+    ("/v1/completions", rb'{"model": "M", "prompt": ["ok", "\udfff"]}', "prompt[1]"),
+    ("/v1/completions", rb'{"model": "M", "prompt": "x", "stream": true, "stop": ["\ud83d"]}', "stop[0]"),
+    ("/v1/completions", rb'{"model": "\ud800", "prompt": "x"}', "model"),
+    ("/v1/chat/completions", rb'{"model": "M", "messages": [{"role": "user", "content": "hi\ud800"}]}',
+     "messages[0].content"),
+])
+def test_text_that_is_not_unicode_is_400(server, path, body, param):
+    """JSON can escape a lone UTF-16 surrogate, which no tokenizer or response can encode: 400 naming the field
+    (not a 500 from the tokenizer, nor a 404 that cannot render the model's name)."""
+    content = body.replace(b'"M"', f'"{server.model}"'.encode())
+    r = httpx.post(f"{server.url}{path}", content=content, headers={"content-type": "application/json"})
+    error = _error(r, 400)
+    assert error["param"] == param and "surrogate" in error["message"]
+    assert server.post("/v1/completions", {"model": server.model, "prompt": "\U0001F600 ok",
+                                           "max_tokens": 1}).status_code == 200    # a proper pair is fine
 
 
 def test_cross_field_rules(server):

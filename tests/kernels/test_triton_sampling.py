@@ -60,18 +60,20 @@ def test_draws_follow_the_filtered_distribution(temperature, top_k, top_p, min_p
     assert chi_square(drawn, filtered / filtered.sum()) > 1e-3
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1e-40])           # 1e-40: logits / T overflows; greedy below 1e-5
 @pytest.mark.parametrize("lane_sums", [False, True])
-def test_greedy_is_the_first_argmax(lane_sums):
+def test_greedy_is_the_first_argmax(lane_sums, temperature):
     g = torch.Generator().manual_seed(11)
     logits = torch.randn(5, 700, generator=g)
     logits[1, [10, 650]] = 9.0                                  # a tie across tiles: the first index wins
     logits[2, [300, 301]] = 9.0
     logits[3, :] = 1.0                                          # all equal
     logits[4, [3, 259]] = 9.0                                   # a tie in one lane (tiles of 256), adjacent tiles
-    drawn, _, counts = sample_with_thresholds(logits, *params(5, temperature=0.0, top_k=3, top_p=0.5),
-                                              lane_sums=lane_sums)
+    args = params(5, temperature=temperature, top_k=3, top_p=0.5)
+    drawn, _, counts = sample_with_thresholds(logits, *args, lane_sums=lane_sums)
     assert counts.tolist() == [1] * 5
     assert torch.equal(drawn, logits.argmax(dim=-1))
+    assert torch.equal(ref.sample(logits, *args), drawn)
     assert drawn[1] == 10 and drawn[2] == 300 and drawn[3] == 0 and drawn[4] == 3
 
 

@@ -51,13 +51,14 @@ def test_top_p_alone_on_wide_rows():
     same_draws_where_same_kept_sets(args, splits=5)
 
 
-def test_greedy_is_the_first_argmax_across_spans():
+@pytest.mark.parametrize("temperature", [0.0, 1e-40])           # 1e-40: logits / T overflows; greedy below 1e-5
+def test_greedy_is_the_first_argmax_across_spans(temperature):
     logits = torch.randn(4, 700, generator=torch.Generator().manual_seed(11))
     logits[1, [10, 650]] = 9.0                                      # a tie across spans: the first index wins
     logits[2, :] = 1.0                                              # all equal
     logits[3, [300, 301]] = 9.0
-    drawn, _, counts = sampling_split.sample_with_thresholds(logits, *params(4, temperature=0.0, top_k=3, top_p=0.5),
-                                                             splits=3)
+    args = params(4, temperature=temperature, top_k=3, top_p=0.5)
+    drawn, _, counts = sampling_split.sample_with_thresholds(logits, *args, splits=3)
     assert counts.tolist() == [1] * 4
     assert torch.equal(drawn, logits.argmax(dim=-1))
     assert drawn[1] == 10 and drawn[2] == 0 and drawn[3] == 300

@@ -268,7 +268,7 @@ class ChatCompletionRequest(SamplingRequest):
     @field_validator("response_format")
     @classmethod
     def _response_format(cls, value: dict | None) -> dict | None:
-        if value is not None and value != {"type": "text"}:       # nothing else to honour, nothing ignored
+        if value is not None and {k: v for k, v in value.items() if v is not None} != {"type": "text"}:
             raise _unsupported("response_format other than {'type': 'text'}")
         return value
 

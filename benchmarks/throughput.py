@@ -94,8 +94,11 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
                dtype: torch.dtype, cuda_graphs: bool = False, layer_ops: bool = False) -> list[float]:
     """engine.LLM's output tokens/s on each workload (after a warm-up request). Each workload has prompts of
     its own, so the prefix cache never serves one run from an earlier one. `layer_ops`: the Triton backend
-    forced throughout (which also runs the fused layer ops), from before the graphs are captured."""
-    kernels.use("triton" if layer_ops else "auto")
+    forced throughout (which also runs the fused layer ops), from before the graphs are captured; otherwise the
+    backend configured (auto unless KERNELS_BACKEND says otherwise)."""
+    configured = kernels.configured_backend()
+    if layer_ops:
+        kernels.use("triton")
     try:
         llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs)
         rates = []
@@ -107,7 +110,7 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
             assert sum(len(o.outputs[0].token_ids) for o in outputs) == work.output_tokens
         return rates
     finally:
-        kernels.use("auto")
+        kernels.use(configured)
 
 
 def profile_engine(model: str, work: Workload, max_model_len: int, device: torch.device, dtype: torch.dtype,

@@ -108,7 +108,8 @@ class Sampler:
         # by no less than the row's largest logit / _MAX_PENALISED keeps every logit finite, also once divided by
         # the temperature, and in order; the draw is then the exact computation's (greedy among the seen tokens
         # with positive logits, which outweigh the rest by a factor of about 1e29).
-        repetition = torch.maximum(repetition, sub.amax(dim=-1).clamp(min=0) / _MAX_PENALISED)
+        floor = (sub.amax(dim=-1).clamp(min=0) / _MAX_PENALISED).clamp(min=torch.finfo(torch.float32).tiny)
+        repetition = torch.maximum(repetition, floor)      # tiny: no subnormal divisor a GPU may flush to 0
         kernels.apply_penalties(
             sub,
             _padded([seq.request.prompt_token_ids for seq in picked], device),

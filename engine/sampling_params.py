@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kernels.reference.sampling import GREEDY_BELOW
+from kernels.reference.sampling import is_greedy
 
 MAX_LOGPROBS = 20
 
@@ -81,8 +81,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        """Whether tokens are chosen by argmax (temperature below `kernels.reference.sampling.GREEDY_BELOW`)."""
-        return self.temperature < GREEDY_BELOW
+        """Whether tokens are chosen by argmax: the temperature, in float32 as the samplers hold it, is below
+        `kernels.reference.sampling.GREEDY_BELOW`."""
+        return is_greedy(self.temperature)
 
     @property
     def has_penalties(self) -> bool:

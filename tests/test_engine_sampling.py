@@ -181,6 +181,7 @@ def test_extreme_but_valid_parameters(llm, llama_path):
         params = SamplingParams(temperature=temperature, max_tokens=8, ignore_eos=True, seed=3)
         assert params.greedy
         assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == greedy
+    assert not SamplingParams(temperature=1e-5).greedy
     huge, off = (SamplingParams(temperature=1.0, top_k=k, max_tokens=8, ignore_eos=True, seed=4)
                  for k in (2 ** 31, -1))
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, huge)] == \

@@ -71,7 +71,7 @@ class DecoderModel(torch.nn.Module):
         rope = self.rotary.cos_sin(positions)           # looked up once, used by every layer
         for layer in self.layers:
             x, residual = layer(rope, x, residual, meta)
-        return self.norm(x, residual)[0]
+        return self.norm(x) if residual is None else self.norm(x, residual)[0]
 
 
 class LlamaForCausalLM(torch.nn.Module):

@@ -21,6 +21,11 @@ import torch
 GREEDY_BELOW = 1e-5         # the Triton samplers compare with the same literal
 
 
+def is_greedy(temperature: float) -> bool:
+    """Whether a sampler draws greedily at this temperature: the float32 comparison the samplers make."""
+    return bool(torch.tensor(temperature, dtype=torch.float32) < GREEDY_BELOW)
+
+
 def _int64(constant: int) -> int:
     """A 64-bit constant as the signed value an int64 tensor holds."""
     return constant - (1 << 64) if constant >= 1 << 63 else constant

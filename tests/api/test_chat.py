@@ -128,6 +128,9 @@ def test_response_format_text_is_accepted(server):
     r = server.post("/v1/chat/completions", {"model": server.model, "messages": MESSAGES, "max_tokens": 2,
                                              "response_format": {"type": "text"}, "tool_choice": "none"})
     assert r.status_code == 200
+    r = server.post("/v1/chat/completions", {"model": server.model, "messages": MESSAGES, "max_tokens": 2,
+                                             "response_format": {"type": "text", "json_schema": None}})
+    assert r.status_code == 200                               # a client that serialises unset fields as null
 
 
 def test_model_without_chat_template(small_server):

@@ -102,6 +102,7 @@ def main(capability: int) -> None:
         layer_ops, x = modules["layer_ops"], torch.zeros(4, 4096, dtype=dtype)
         layer_ops.rms_norm(x, x[0], 1e-5)
         layer_ops.rms_norm(x, x[0], 1e-5, x)
+        layer_ops.rms_norm(x.view(128, 128), x[0, :128], 1e-6)         # Qwen3's q/k norm: rows of one head
         layer_ops.silu_and_mul(x)
         layer_ops.rotary(x.view(4, 32, 128), torch.zeros(4, 64), torch.zeros(4, 64))
     tokens = torch.zeros(3, 4, dtype=torch.int64)

@@ -11,7 +11,9 @@ A block is registered in the map as soon as all of its tokens are scheduled, bef
 them runs: a request admitted later in the same step may then share it, because every layer writes the
 step's keys and values before it attends. This is how the `n` choices of a prompt share (fork) its blocks;
 with prefix caching disabled, lookups are limited to the blocks of a sequence's first sibling, so the
-choices still share their prompt but requests never share with each other.
+choices still share their prompt but requests never share with each other. Blocks registered for a step
+that then fails (an exception, Ctrl-C in the forward) hold no KV: the engine calls `forget_uncomputed`, so
+that no later request takes them from the cache.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class BlockManager:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.cached: dict[int, int] = {}     # block hash -> block id
+        self.uncomputed: list[int] = []      # blocks registered for the step being run, not yet written
         self.prefix_queries = 0              # prompt tokens looked up in the prefix cache
         self.prefix_hits = 0                 # ... and found there
 
@@ -129,6 +132,17 @@ class BlockManager:
         seq.block_table.clear()
         seq.block_hashes.clear()
 
+    def step_computed(self) -> None:
+        """The step ran: the blocks registered for it now hold their KV."""
+        self.uncomputed.clear()
+
+    def forget_uncomputed(self) -> None:
+        """The step failed: drop the blocks registered for it from the prefix cache (their sequences keep them;
+        no lookup finds them)."""
+        for block_id in self.uncomputed:
+            self._forget(self.blocks[block_id])
+        self.uncomputed.clear()
+
     def _take_fresh(self) -> int:
         block_id, _ = self.free.popitem(last=False)
         block = self.blocks[block_id]
@@ -155,3 +169,4 @@ class BlockManager:
                 block.hash, block.token_ids = block_hash, chunk
                 block.parent = seq.block_table[i - 1] if i else None
                 self.cached.setdefault(block_hash, block.block_id)
+                self.uncomputed.append(block.block_id)

@@ -99,13 +99,20 @@ class LLMEngine:
         return bool(self.requests)
 
     def step(self) -> list[RequestOutput]:
-        """Schedule, run the model once, apply the results; return the outputs this step produced."""
+        """Schedule, run the model once, apply the results; return the outputs this step produced. If the forward
+        raises, the blocks registered for the step leave the prefix cache and the exception propagates; the
+        step's requests should then be aborted (`LLM.generate` does)."""
         scheduled = self.scheduler.schedule()
         if not scheduled.seqs:
             if self.scheduler.has_work:     # cannot happen: an empty cache always fits one sequence's chunk
                 raise RuntimeError("the scheduler made no progress with requests waiting")
             return []
-        result = self.runner.execute(scheduled)
+        try:
+            result = self.runner.execute(scheduled)
+        except BaseException:              # Ctrl-C included: the cache must not offer KV that was never written
+            self.blocks.forget_uncomputed()
+            raise
+        self.blocks.step_computed()
         self.scheduler.update(scheduled)
         finished = self.processor.process(result, time.monotonic())
         for seq in finished:

@@ -123,3 +123,29 @@ def test_can_allocate_counts_revived_blocks(reserve):
     cached = manager.find_cached_prefix(seq)
     assert len(cached) == 2
     assert manager.can_allocate(seq, 16, cached, reserve) == (reserve == 0)
+
+
+def test_a_failed_step_leaves_nothing_uncomputed_in_the_prefix_cache(llama_path):
+    """Blocks are registered when scheduled; if the forward then raises (Ctrl-C in a notebook, an OOM), a later
+    request with the same prompt must not take their never-written KV from the cache."""
+    from engine import LLM
+
+    prompt = "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n"
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    expected = LLM(llama_path, block_size=4).generate(prompt, params)[0].outputs[0].token_ids
+    llm = LLM(llama_path, block_size=4)
+    runner = llm.engine.runner
+    execute = runner.execute
+
+    def interrupted(step):
+        runner.execute = execute
+        raise KeyboardInterrupt
+
+    runner.execute = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(prompt, params)
+    assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_blocks
+    out = llm.generate(prompt, params)[0]
+    assert out.num_cached_tokens == 0 and out.outputs[0].token_ids == expected
+    again = llm.generate(prompt, params)[0]                  # the step that ran did fill the cache
+    assert again.num_cached_tokens > 0 and again.outputs[0].token_ids == expected

@@ -104,6 +104,30 @@ def test_inputs_that_do_not_fit_are_rejected():
         cpu_attention.decode(q, k, v, tables, lens + 1000, scale)              # longer than the table
 
 
+@pytest.mark.parametrize("backend_name", ["cpu", "torch"])
+def test_strided_caches_are_written_and_read_in_place(backend_name):
+    """Caches that are strided views, the halves of one [blocks, 2, block_size, heads, dim] tensor: the CPU
+    backends write and read them where they are, as the Triton kernels do (the C kernel leaves them to the
+    reference)."""
+    expected, (q, k, v, tables, lens, cu, max_q, scale) = expected_and_inputs([1, 50, 23, 9, 64], [1, 1, 23, 4, 1],
+                                                                              8, 2, 64, 16, seed=3)
+    written = (~k[:, :, 0, 0].isnan()).flatten().nonzero().squeeze(1)
+    slots = torch.cat([written, torch.tensor([-1])])                    # a skipped slot too
+    keys, values = k.view(-1, 2, 64)[slots], v.view(-1, 2, 64)[slots]
+    kv = torch.full((k.shape[0], 2, *k.shape[1:]), float("nan"))
+    kernels.use(backend_name)
+    try:
+        kernels.store_kv(keys, values, kv[:, 0], kv[:, 1], slots)
+        torch.testing.assert_close(kv[:, 0], k, equal_nan=True, rtol=0, atol=0)
+        torch.testing.assert_close(kv[:, 1], v, equal_nan=True, rtol=0, atol=0)
+        out = kernels.paged_attention(q, kv[:, 0], kv[:, 1], tables, lens, cu, max_q, scale)
+        decodes = kernels.paged_attention(q[:2], kv[:, 0], kv[:, 1], tables[:2], lens[:2], cu[:3], 1, scale)
+    finally:
+        kernels.use("auto")
+    torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(decodes, expected[:2], rtol=2e-5, atol=2e-5)
+
+
 def test_other_dtypes_run_the_reference():
     q, k, v, tables, lens, cu = make_batch([20, 5], [1, 1], 4, 2, 64, 16, torch.bfloat16, seed=5)
     assert not cpu_attention.supported(q, k, v)

@@ -38,16 +38,31 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
+def _slot_rows(cache: torch.Tensor, heads_too: bool = False) -> torch.Tensor | None:
+    """The cache as one row per slot, [num_blocks * block_size, num_kv_heads, head_dim] (or [..., num_kv_heads *
+    head_dim] with `heads_too`), without a copy; None when a strided cache's dimensions do not merge."""
+    _, _, heads, head_dim = cache.shape
+    try:
+        return cache.view(-1, heads * head_dim) if heads_too else cache.view(-1, heads, head_dim)
+    except RuntimeError:                # "view size is not compatible with input tensor's size and stride"
+        return None
+
+
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    """Write `key`/`value` [T, num_kv_heads, head_dim] into the caches at `slot_mapping` [T] (negative: skip)."""
-    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    """Write `key`/`value` [T, num_kv_heads, head_dim] into the caches at `slot_mapping` [T] (negative: skip).
+    The caches may be strided views (e.g. the halves of one [num_blocks, 2, ...] tensor)."""
     slots = slot_mapping.long()
     keep = slots >= 0
     if not bool(keep.all()):
         key, value, slots = key[keep], value[keep], slots[keep]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, key.to(k_cache.dtype))
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, value.to(v_cache.dtype))
+    for cache, new in ((k_cache, key), (v_cache, value)):
+        rows = _slot_rows(cache)
+        if rows is not None:
+            rows.index_copy_(0, slots, new.to(cache.dtype))
+        else:
+            block_size = cache.shape[1]
+            cache[slots // block_size, slots % block_size] = new.to(cache.dtype)
 
 
 def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
@@ -71,8 +86,11 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float)
 
 
 def _gather_slots(cache: torch.Tensor, slots: torch.Tensor, name: str) -> torch.Tensor:
-    """The cache rows at `slots` [S, K], as [S, K, num_kv_heads, head_dim] in a scratch buffer."""
-    rows = cache.view(-1, cache.shape[2] * cache.shape[3])
+    """The cache rows at `slots` [S, K], as [S, K, num_kv_heads, head_dim] (in a scratch buffer unless the cache
+    is a strided view whose slots are not rows)."""
+    rows = _slot_rows(cache, heads_too=True)
+    if rows is None:
+        return cache[slots // cache.shape[1], slots % cache.shape[1]]
     out = _scratch.get(name, slots.numel() * rows.shape[1], cache.dtype, cache.device).view(slots.numel(), -1)
     torch.index_select(rows, 0, slots.flatten(), out=out)
     return out.view(*slots.shape, cache.shape[2], cache.shape[3])

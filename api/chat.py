@@ -4,6 +4,8 @@ starting with `{"role": "assistant", "content": ""}`)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -25,17 +27,18 @@ router = APIRouter()
              responses={200: {"model": ChatCompletionResponse}, **ERROR_RESPONSES})
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     """Reply to a conversation (streamed as server-sent events with `stream: true`)."""
+    arrival = time.monotonic()                     # TTFT counts rendering and tokenizing too
     state = server_state(request)
     body.check()
     check_model(state, body.model)
     llm = state.llm
-    prompt = chat_prompt(body, llm.tokenizer)
+    prompt = await asyncio.to_thread(chat_prompt, body, llm.tokenizer)         # off the loop, as completions
     max_tokens = body.max_tokens_requested(None)
     check_context(prompt, max_tokens, llm.max_model_len, body.context_length_exceeded_behavior, "messages")
     top = (body.top_logprobs or 0) if body.logprobs else None
     params = sampling_params(body, n=body.n or 1, max_tokens=max_tokens, logprobs=top, prompt_logprobs=None,
                              vocab_size=state.vocab_size)
-    job = Job("chatcmpl", body.model, [prompt], params, params.n)
+    job = Job("chatcmpl", body.model, [prompt], params, params.n, arrival=arrival)
     view = _View(state, job, body)
     await submit(state, job)
     if body.stream:

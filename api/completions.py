@@ -3,6 +3,8 @@ and streaming. Choices are prompt-major: prompt p's choice j has index p * n + j
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -26,11 +28,13 @@ DEFAULT_MAX_TOKENS = 16
 @router.post("/v1/completions", response_model=None, responses={200: {"model": CompletionResponse}, **ERROR_RESPONSES})
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     """Complete one or more prompts (streamed as server-sent events with `stream: true`)."""
+    arrival = time.monotonic()                     # TTFT counts parsing and tokenizing too
     state = server_state(request)
     body.check()
     check_model(state, body.model)
     llm = state.llm
-    prompts = completion_prompts(body, llm.tokenizer, state.vocab_size)
+    # Off the event loop: a prompt of megabytes takes seconds to tokenize (the tokenizer releases the GIL).
+    prompts = await asyncio.to_thread(completion_prompts, body, llm.tokenizer, state.vocab_size)
     max_tokens = body.max_tokens_requested(DEFAULT_MAX_TOKENS)
     for prompt in prompts:
         check_context(prompt, max_tokens, llm.max_model_len, body.context_length_exceeded_behavior, "prompt")
@@ -40,7 +44,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     logprobs = body.logprobs if body.logprobs is not None else (0 if best_of > n else None)
     params = sampling_params(body, n=best_of, max_tokens=max_tokens, logprobs=logprobs,
                              prompt_logprobs=body.logprobs if body.echo else None, vocab_size=state.vocab_size)
-    job = Job("cmpl", body.model, prompts, params, n)
+    job = Job("cmpl", body.model, prompts, params, n, arrival=arrival)
     view = _View(state, job, body)
     await submit(state, job)
     if body.stream:

@@ -14,6 +14,7 @@ If the thread dies, every pending request gets an EngineDeadError and `is_alive`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
@@ -203,6 +204,8 @@ class AsyncLLM:
             if not isinstance(exc, EngineDeadError):
                 logger.exception("the engine thread failed")
             self._error = exc
+            # Nothing runs or waits any more, and no block serves anyone: say so (counters stay as they were).
+            self._stats = dataclasses.replace(self._stats, num_running=0, num_waiting=0, kv_blocks_used=0)
             self._dispatch_error(list(live.values()), exc)
             self._fail_pending()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import httpx
@@ -45,11 +46,12 @@ def test_engine_death_health_and_errors(llama_path):
                 after = await http.post("/v1/completions", json={**body, "stream": False})
                 chat = await http.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 2,
                                                                      "messages": [{"role": "user", "content": "x"}]})
-                return streamed, health, after, chat
+                metrics = await http.get("/metrics")
+                return streamed, health, after, chat, metrics
         finally:
             llm.shutdown()
 
-    streamed, health, after, chat = asyncio.run(main())
+    streamed, health, after, chat, metrics = asyncio.run(main())
     events = [block[len("data: "):] for block in streamed.text.split("\n\n") if block]
     assert streamed.status_code == 200 and events[-1] == "[DONE]"
     assert len(events) >= 3                                    # some chunks came before the failure
@@ -59,6 +61,33 @@ def test_engine_death_health_and_errors(llama_path):
     assert health.status_code == 503 and health.json()["error"]["type"] == "server_error"
     for r in (after, chat):
         assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+    gauges = dict(line.split() for line in metrics.text.splitlines() if line.startswith("triton_serve_"))
+    assert gauges["triton_serve_engine_healthy"] == "0.0"
+    for name in ("num_requests_running", "num_requests_waiting", "kv_cache_blocks_used"):   # nothing runs now
+        assert gauges[f"triton_serve_{name}"] == "0.0"
+
+
+def test_prompts_are_tokenized_off_the_event_loop(llama_path, monkeypatch):
+    """A prompt of megabytes takes seconds to tokenize; on the event loop it would stall every other stream."""
+    async def main():
+        llm = AsyncLLM(llama_path)
+        try:
+            loop_thread, threads = threading.get_ident(), []
+            encode, encode_chat = llm.tokenizer.encode, llm.tokenizer.encode_chat
+            monkeypatch.setattr(llm.tokenizer, "encode", lambda *a: threads.append(threading.get_ident()) or encode(*a))
+            monkeypatch.setattr(llm.tokenizer, "encode_chat",
+                                lambda *a: threads.append(threading.get_ident()) or encode_chat(*a))
+            async with _serve(llm) as http:
+                completion = await http.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 1})
+                chat = await http.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 1,
+                                                                     "messages": [{"role": "user", "content": "x"}]})
+            return loop_thread, threads, completion, chat
+        finally:
+            llm.shutdown()
+
+    loop_thread, threads, completion, chat = asyncio.run(main())
+    assert completion.status_code == chat.status_code == 200
+    assert len(threads) == 2 and loop_thread not in threads
 
 
 def test_full_waiting_queue_is_429(llama_path):

@@ -24,7 +24,7 @@ logger = logging.getLogger("api")
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(prog="python -m api", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_DefaultsHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint directory (default: the built-in default model)")
     p.add_argument("--served-model-name", default=None, help="the name clients send (default: the directory name)")
     p.add_argument("--host", default="127.0.0.1")
@@ -59,6 +59,13 @@ def resolve_model(model: str | None) -> str:
     if not (Path(model) / "config.json").is_file():
         raise SystemExit(f"error: --model {model!r} is not a checkpoint directory (no config.json)")
     return model
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where its help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if "(default:" in (action.help or "") else super()._get_help_string(action)
 
 
 def server_settings(args: argparse.Namespace, model: str) -> ServerSettings:

@@ -23,7 +23,8 @@ part() {  # part NAME SECONDS COMMAND...
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__,
 'transformers', transformers.__version__)"; } 2>&1 | tee "$LOGS/env.log"
-part gpu_tests "${GPU_TESTS_LIMIT:-100}" $PY -m pytest tests/gpu -q -n 8 -p no:cacheprovider -rfE
+XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")      # pytest-xdist where installed, else serially
+part gpu_tests "${GPU_TESTS_LIMIT:-100}" $PY -m pytest tests/gpu -q $XDIST -p no:cacheprovider -rfE
 part kernels "${KERNELS_LIMIT:-170}" $PY -m benchmarks.kernels
 part sampling_sweep "${SAMPLING_SWEEP_LIMIT:-130}" $PY -m benchmarks.kernels --sampling-sweep
 part throughput "${THROUGHPUT_LIMIT:-190}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from kernels.reference.sampling import is_greedy
@@ -57,13 +58,17 @@ class SamplingParams:
         _check(isinstance(self.n, int) and self.n >= 1, "n", "must be an integer >= 1", self.n)
         _check(self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 0),
                "max_tokens", "must be None or an integer >= 0", self.max_tokens)
-        _check(self.temperature >= 0, "temperature", "must be >= 0", self.temperature)
+        _check(self.temperature >= 0 and math.isfinite(self.temperature), "temperature", "must be finite and >= 0",
+               self.temperature)
+        for name in ("include_stop_str_in_output", "ignore_eos", "skip_special_tokens"):
+            _check(isinstance(getattr(self, name), bool), name, "must be True or False", getattr(self, name))
         _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
         _check(isinstance(self.top_k, int) and self.top_k >= -1, "top_k", "must be -1, 0 (off) or >= 1", self.top_k)
         _check(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]", self.min_p)
         _check(-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]", self.presence_penalty)
         _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]", self.frequency_penalty)
-        _check(self.repetition_penalty > 0, "repetition_penalty", "must be > 0", self.repetition_penalty)
+        _check(self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty), "repetition_penalty",
+               "must be finite and > 0", self.repetition_penalty)
         _check(self.seed is None or isinstance(self.seed, int), "seed", "must be None or an integer", self.seed)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings", self.stop)
         _check(all(t >= 0 for t in self.stop_token_ids), "stop_token_ids", "must be >= 0", self.stop_token_ids)

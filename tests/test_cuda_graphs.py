@@ -5,6 +5,7 @@ itself needs a GPU: tests/gpu/test_engine_cuda.py.)"""
 from __future__ import annotations
 
 import pytest
+import torch
 from test_models_vs_hf import PROMPTS, assert_all_blocks_free
 
 from engine import LLM, SamplingParams
@@ -34,4 +35,7 @@ def test_cuda_graphs_need_a_gpu(llama_path):
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device and the Triton kernels"):
         LLM(llama_path, device="cpu", cuda_graphs=True)
     with pytest.raises(ValueError, match="cuda_graphs must be True or False"):
-        EngineConfig(model=llama_path, cuda_graphs="yes")
+        EngineConfig(model=llama_path, device="cpu", cuda_graphs="yes")
+    if not torch.cuda.is_available():                       # a clear error, not torch's assertion
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            EngineConfig(model=llama_path, device="cuda")

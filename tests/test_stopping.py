@@ -156,7 +156,8 @@ def test_detokenization_is_byte_safe(llama_path):
     ("n", 0), ("max_tokens", -1), ("temperature", -0.5), ("top_p", 0.0), ("top_p", 1.5), ("top_k", -2),
     ("min_p", 1.5), ("presence_penalty", 3.0), ("frequency_penalty", -2.5), ("repetition_penalty", 0.0),
     ("stop", [""]), ("stop_token_ids", [-1]), ("min_tokens", -1), ("logprobs", 21), ("prompt_logprobs", -1),
-    ("logit_bias", {5: 200.0}),
+    ("logit_bias", {5: 200.0}), ("temperature", float("inf")), ("repetition_penalty", float("inf")),
+    ("ignore_eos", "no"), ("include_stop_str_in_output", 1), ("skip_special_tokens", None),
 ])
 def test_out_of_range_parameters_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"^{field}"):

@@ -54,18 +54,9 @@ def _lone_surrogate_at(value: Any, path: str = "") -> str | None:
 
 
 class StrictModel(BaseModel):
-    """No type coercion ("2" is not 2), no unknown fields, and only text that is valid Unicode."""
+    """No type coercion ("2" is not 2) and no unknown fields."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _valid_unicode(cls, data: Any) -> Any:
-        where = _lone_surrogate_at(data)
-        if where is not None:
-            raise PydanticCustomError("lone_surrogate", "the text holds a lone UTF-16 surrogate (an unpaired "
-                                      "\\ud800-\\udfff escape), which is not valid Unicode", {"where": where})
-        return data
 
 
 class StreamOptions(StrictModel):
@@ -77,7 +68,17 @@ class StreamOptions(StrictModel):
 
 
 class SamplingRequest(StrictModel):
-    """The fields both endpoints share: sampling, stopping, streaming and the vLLM/Fireworks extensions."""
+    """The fields both endpoints share: sampling, stopping, streaming and the vLLM/Fireworks extensions. The
+    whole body, nested messages included, must be valid Unicode text (checked once, here)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = _lone_surrogate_at(data)
+        if where is not None:
+            raise PydanticCustomError("lone_surrogate", "the text holds a lone UTF-16 surrogate (an unpaired "
+                                      "\\ud800-\\udfff escape), which is not valid Unicode", {"where": where})
+        return data
 
     model: str
     max_tokens: Annotated[int, Field(ge=0)] | None = None

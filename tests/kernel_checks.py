@@ -35,6 +35,16 @@ def random_rows(batch: int, vocab: int, seed: int, tied: bool):
     return logits, temperature, top_k, top_p, min_p
 
 
+def seeded_rows(vocab: int) -> tuple[torch.Tensor, ...]:
+    """`sample`'s arguments for six rows with repeated and extreme seeds and positions (row 2 greedy): for the
+    tests that a draw depends only on its row, seed and position."""
+    logits, temperature, top_k, top_p, min_p = random_rows(6, vocab, seed=21, tied=False)
+    temperature[2] = 0.0
+    seeds = torch.tensor([1, 2, 2, 3, 2**62 + 5, 7], dtype=torch.int64)
+    positions = torch.tensor([0, 5, 5, 1000, 3, 2**33 + 1], dtype=torch.int64)
+    return logits, temperature, top_k, top_p, min_p, seeds, positions
+
+
 def chi_square(drawn: torch.Tensor, expected_probs: torch.Tensor) -> float:
     """p-value of the draws against the distribution; cells with small expectations are pooled."""
     counts = torch.bincount(drawn, minlength=expected_probs.numel()).double()

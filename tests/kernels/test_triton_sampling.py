@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import triton
-from kernel_checks import PHILOX_KAT, chi_square, params, philox_probe, random_rows
+from kernel_checks import PHILOX_KAT, chi_square, params, philox_probe, random_rows, seeded_rows
 
 import kernels
 from kernels.reference import sampling as ref
@@ -78,11 +78,8 @@ def test_greedy_is_the_first_argmax(lane_sums, temperature):
 
 
 def test_draws_depend_only_on_seed_and_position():
-    logits, temperature, top_k, top_p, min_p = random_rows(6, 300, seed=21, tied=False)
-    temperature[2] = 0.0
-    seeds = torch.tensor([1, 2, 2, 3, 2**62 + 5, 7], dtype=torch.int64)
-    positions = torch.tensor([0, 5, 5, 1000, 3, 2**33 + 1], dtype=torch.int64)
-    args = (logits, temperature, top_k, top_p, min_p, seeds, positions)
+    args = seeded_rows(300)
+    logits = args[0]
     together = sample(*args)
     assert torch.equal(sample(*args), together)
     alone = torch.cat([sample(*(a[i:i + 1] for a in args)) for i in range(6)])

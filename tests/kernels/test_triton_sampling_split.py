@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import chi_square, params, random_rows
+from kernel_checks import chi_square, params, random_rows, seeded_rows
 
 from kernels.reference import sampling as ref
 from kernels.triton_ops import sampling, sampling_split
@@ -65,11 +65,7 @@ def test_greedy_is_the_first_argmax_across_spans(temperature):
 
 
 def test_draws_depend_only_on_seed_and_position():
-    logits, temperature, top_k, top_p, min_p = random_rows(6, 500, seed=21, tied=False)
-    temperature[2] = 0.0
-    seeds = torch.tensor([1, 2, 2, 3, 2**62 + 5, 7], dtype=torch.int64)
-    positions = torch.tensor([0, 5, 5, 1000, 3, 2**33 + 1], dtype=torch.int64)
-    args = (logits, temperature, top_k, top_p, min_p, seeds, positions)
+    args = seeded_rows(500)
     together = sampling_split.sample_with_thresholds(*args, splits=3)[0]
     for splits in (1, 4):
         assert torch.equal(sampling_split.sample_with_thresholds(*args, splits=splits)[0], together)

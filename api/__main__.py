@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--max-num-batched-tokens", type=int, default=2048, help="tokens per engine step")
     engine.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
     engine.add_argument("--seed", type=int, default=0, help="seeds requests that do not set one")
+    engine.add_argument("--enforce-eager", action="store_true",
+                        help="run every step eagerly (by default decode steps replay CUDA graphs on a GPU)")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-seqs", type=int, default=1024,
                         help="sequences that may wait beyond the running batch; more get 429")
@@ -75,17 +77,22 @@ def server_settings(args: argparse.Namespace, model: str) -> ServerSettings:
     return ServerSettings(name, args.api_key or os.environ.get("API_KEY") or None, args.max_request_bytes)
 
 
+def engine_options(args: argparse.Namespace) -> dict:
+    """AsyncLLM's keyword options from the command line."""
+    return dict(dtype=args.dtype, device=args.device, max_model_len=args.max_model_len, block_size=args.block_size,
+                kv_cache_blocks=args.kv_cache_blocks, max_num_seqs=args.max_num_seqs,
+                max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=not args.no_prefix_caching,
+                seed=args.seed, cuda_graphs=False if args.enforce_eager else None,
+                max_queued_seqs=args.max_queued_seqs)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, load the model and serve until interrupted."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     model = resolve_model(args.model)
     try:
-        llm = AsyncLLM(model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len,
-                       block_size=args.block_size, kv_cache_blocks=args.kv_cache_blocks,
-                       max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                       enable_prefix_caching=not args.no_prefix_caching, seed=args.seed,
-                       max_queued_seqs=args.max_queued_seqs)
+        llm = AsyncLLM(model, **engine_options(args))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
     settings = server_settings(args, model)

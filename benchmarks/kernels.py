@@ -12,8 +12,8 @@ Printed per shape:
   CUDA graph (`do_bench_cudagraph`, L2 not emptied): the GPU time without the host's launch overhead.
 - prefill: causal attention TFLOP/s of our paged kernel and of `scaled_dot_product_attention`'s flash path on
   the same data (the K/V heads repeated for SDPA), and their ratio.
-- sampling: our samplers (one program per row, the default; and "split", several programs per row, with its
-  CUDA-graph time "split graph", as its six launches may be bound by the host) against a `torch.sort`-based
+- sampling: our samplers ("1-prog", one program per row; and "split", several programs per row, the default,
+  with its CUDA-graph time "split graph", as its six launches may be bound by the host) against a `torch.sort`-based
   top-k/top-p sampler, and the speedups; "kept ok" is `kernels.reference.sampling.kept_set_problems` on the
   first 4 rows for both samplers (any problem is printed below the row).
 - layer ops: the fused RMSNorm + residual, SiLU-and-mul and rotary kernels against the torch code they would
@@ -161,9 +161,9 @@ def bench_sampling(batches, vocabs, device, timer) -> None:
     samplers = (sampling.sample_with_thresholds, sampling_split.sample_with_thresholds)
     cuda = device.type == "cuda"
     print("\n== sampling (T 0.8; logits ~ N(0, 2.5^2); 'split': several programs per row) ==")
-    print(f"{'batch':>6} {'vocab':>7} {'filters':>18} {'kept ok':>8} {'ours us':>9} {'split us':>9} "
-          f"{'split graph':>12} {'sort us':>9} {'speedup':>8} {'split':>7}")
-    target_rows = {"default": [], "split": []}          # speedups where issue 3 sets its target
+    print(f"{'batch':>6} {'vocab':>7} {'filters':>18} {'kept ok':>8} {'1-prog us':>9} {'split us':>9} "
+          f"{'split graph':>12} {'sort us':>9} {'1-prog':>8} {'split':>7}")
+    target_rows = {"one-program": [], "split (default)": []}          # speedups where issue 3 sets its target
     for vocab in vocabs:
         for batch in batches:
             logits = torch.randn(batch, vocab, device=device) * 2.5
@@ -188,8 +188,8 @@ def bench_sampling(batches, vocabs, device, timer) -> None:
                 for problem in problems:
                     print(f"    ! {problem}")
                 if batch >= 64 and vocab == 128256:
-                    target_rows["default"].append(theirs / ours)
-                    target_rows["split"].append(theirs / split)
+                    target_rows["one-program"].append(theirs / ours)
+                    target_rows["split (default)"].append(theirs / split)
     for name, speedups in target_rows.items():
         if speedups:
             print(f"target (>= 3x sort at batch >= 64, vocab 128256): the {name} sampler's slowest row is "
@@ -198,41 +198,40 @@ def bench_sampling(batches, vocabs, device, timer) -> None:
 
 def _sweep_configs() -> list[tuple[str, object, dict]]:
     """(label, sampler, launch options): tile width x warps x lane sums ('L') x compacting search ('C') of the
-    one-program sampler, and tile width x warps of the split one ('S'; 'S2x': twice its default spans per row)."""
+    one-program sampler, and tile width x warps x programs per multiprocessor of the split one ('S4': 4 per SM)."""
     from kernels.triton_ops import sampling, sampling_split
 
-    # Run 2's sweep (benchmarks/RESULTS.md) ruled out 16 warps and 4096-token tiles at 4 warps.
-    single = [(1024, 8, ""), (2048, 4, ""), (2048, 8, ""), (4096, 8, ""), (1024, 8, "L"), (2048, 8, "L"),
-              (2048, 8, "C"), (2048, 8, "LC")]
-    split = [(512, 4, False), (1024, 4, False), (2048, 4, False), (1024, 8, False), (1024, 4, True)]
+    # The H100 sweep of 2026-11-26 (benchmarks/RESULTS.md) made the split sampler the default at 1024/4w with
+    # 8 programs per SM; the one-program settings kept here are its default and its fastest variants.
+    single = [(2048, 8, ""), (2048, 8, "L"), (2048, 8, "LC")]
+    split = [(512, 4, 8), (1024, 4, 4), (1024, 4, 8), (1024, 4, 16), (2048, 4, 8), (1024, 8, 8)]
     return ([(f"{block}/{warps}w{flags}", sampling.sample_with_thresholds,
               {"block": block, "num_warps": warps, "lane_sums": "L" in flags, "compact": "C" in flags})
              for block, warps, flags in single]
-            + [(f"{block}/{warps}wS" + ("2x" if twice else ""), sampling_split.sample_with_thresholds,
-                {"block": block, "num_warps": warps, "twice": twice}) for block, warps, twice in split])
+            + [(f"{block}/{warps}wS{per_sm}", sampling_split.sample_with_thresholds,
+                {"block": block, "num_warps": warps, "per_sm": per_sm}) for block, warps, per_sm in split])
 
 
 def sampling_sweep(device, timer, batches=(1, 64, 256), vocab: int = 128256) -> None:
     """The samplers' time per launch configuration."""
     from kernels.reference.sampling import kept_set_problems
-    from kernels.triton_ops import _utils, sampling_split
+    from kernels.triton_ops import _utils
 
     configs = _sweep_configs()
     print(f"\n== sampling launch configurations (vocab {vocab}, T 0.8; tile/warps, 'L': lane sums, 'C': compacting "
-          "search, 'S': split) ==")
+          "search, 'S<n>': split, n programs per SM) ==")
     print(f"{'batch':>6} {'filters':>14} " + " ".join(f"{label:>10}" for label, _, _ in configs))
     for batch in batches:
         logits = torch.randn(batch, vocab, device=device) * 2.5
         full = functools.partial(torch.full, (batch,), device=device)
-        default_spans = _utils.cdiv(sampling_split.PROGRAMS_PER_SM * _utils.sm_count(device), batch)
         for top_k, top_p in ((50, 0.9), (0, 0.95)):
             args = (logits, full(0.8), full(top_k, dtype=torch.int32), full(top_p), full(0.0),
                     full(1, dtype=torch.int64), torch.arange(batch, device=device))
             cells = []
             for _, sampler, options in configs:
                 options = dict(options)
-                if options.pop("twice", False):
-                    options["splits"] = 2 * default_spans
+                if "per_sm" in options:
+                    options["splits"] = _utils.cdiv(options.pop("per_sm") * _utils.sm_count(device), batch)
                 run = functools.partial(sampler, *args, **options)
                 try:
                     _, thresholds, counts = run()

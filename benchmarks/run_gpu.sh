@@ -28,6 +28,6 @@ part gpu_tests "${GPU_TESTS_LIMIT:-100}" $PY -m pytest tests/gpu -q $XDIST -p no
 part kernels "${KERNELS_LIMIT:-170}" $PY -m benchmarks.kernels
 part sampling_sweep "${SAMPLING_SWEEP_LIMIT:-130}" $PY -m benchmarks.kernels --sampling-sweep
 part throughput "${THROUGHPUT_LIMIT:-190}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \
-    --repeats "${THROUGHPUT_REPEATS:-3}" --json "$LOGS/throughput.json" --cuda-graphs --layer-ops --profile
+    --repeats "${THROUGHPUT_REPEATS:-3}" --json "$LOGS/throughput.json" --ablations --profile
 part pytest_benchmark "${PYTEST_BENCH_LIMIT:-100}" $PY -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
     --benchmark-max-time=0.3 --benchmark-columns=min,median,mean,rounds

@@ -6,13 +6,14 @@ left-padded into batches, each batch generating as many tokens as its longest re
 are credited with the output tokens the requests asked for, so the figure is useful tokens per second.
 
     python -m benchmarks.throughput [--model PATH | qwen3-tiny | qwen3-0.6b-shape] [--num-seqs 64] [--quick]
-        [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--cuda-graphs] [--layer-ops] [--profile]
+        [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--ablations] [--profile]
 
 `qwen3-tiny` and `qwen3-0.6b-shape` are random-weight Qwen3 checkpoints built on the fly with the default
 model's 4k-token tokenizer: the first the default model's size, the second Qwen3-0.6B's body (28 layers,
 hidden 1024, 16 query and 8 KV heads of 128) for GPUs. dtype `auto` is float32 on the CPU, bfloat16 on a GPU.
-`--cuda-graphs` and `--layer-ops` (the fused Triton RMSNorm, SiLU-and-mul and rotary, through
-`kernels.use("triton")`) add engine runs with each and with both; every engine run is printed as it ends.
+On CUDA the engine replays decode steps from CUDA graphs and runs the fused Triton RMSNorm, SiLU-and-mul and
+rotary by default; `--ablations` adds engine runs without each and without both. Every engine run is printed
+as it ends.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def qwen3_random(shape: str, tokenizer_dir: str, out_dir: Path) -> str:
 
 
 def warm_engine(model: str, max_model_len: int, device: torch.device, dtype: torch.dtype,
-                cuda_graphs: bool = False) -> LLM:
+                cuda_graphs: bool | None = None) -> LLM:
     """engine.LLM on the checkpoint, after a warm-up request."""
     llm = LLM(model, max_model_len=max_model_len, device=device.type, dtype=str(dtype).removeprefix("torch."),
               cuda_graphs=cuda_graphs)
@@ -91,14 +92,14 @@ def workload_params(work: Workload) -> list[SamplingParams]:
 
 
 def run_engine(model: str, workloads: list[Workload], max_model_len: int, device: torch.device,
-               dtype: torch.dtype, cuda_graphs: bool = False, layer_ops: bool = False) -> list[float]:
+               dtype: torch.dtype, cuda_graphs: bool | None = None, layer_ops: bool = True) -> list[float]:
     """engine.LLM's output tokens/s on each workload (after a warm-up request). Each workload has prompts of
-    its own, so the prefix cache never serves one run from an earlier one. `layer_ops`: the Triton backend
-    forced throughout (which also runs the fused layer ops), from before the graphs are captured; otherwise the
-    backend configured (auto unless KERNELS_BACKEND says otherwise)."""
-    configured = kernels.configured_backend()
-    if layer_ops:
-        kernels.use("triton")
+    its own, so the prefix cache never serves one run from an earlier one. `layer_ops=False` is an ablation:
+    the torch layer ops where the engine would run the Triton ones (`kernels.backend.resolve_layer_ops`
+    replaced for the run, from before the graphs are captured)."""
+    resolve_layer_ops = kernels.backend.resolve_layer_ops
+    if not layer_ops:
+        kernels.backend.resolve_layer_ops = lambda device: "torch"
     try:
         llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs)
         rates = []
@@ -110,16 +111,16 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
             assert sum(len(o.outputs[0].token_ids) for o in outputs) == work.output_tokens
         return rates
     finally:
-        kernels.use(configured)
+        kernels.backend.resolve_layer_ops = resolve_layer_ops
 
 
 def profile_engine(model: str, work: Workload, max_model_len: int, device: torch.device, dtype: torch.dtype,
-                   cuda_graphs: bool = False, rows: int = 25) -> None:
+                   rows: int = 25) -> None:
     """One workload under torch.profiler: the engine's steps (how many, host wall ms each) and the operators with
     the most self time on the host and, on a GPU, on the device: where a step's time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs)
+    llm = warm_engine(model, max_model_len, device, dtype)
     step, step_ms = llm.engine.step, []
 
     def timed_step():
@@ -134,7 +135,7 @@ def profile_engine(model: str, work: Workload, max_model_len: int, device: torch
     with profile(activities=activities) as prof:
         llm.generate(work.prompts, params)
     ordered = sorted(step_ms)
-    mode = " (CUDA graphs)" if cuda_graphs else ""
+    mode = " (CUDA graphs)" if llm.engine.runner.graphs is not None else ""
     print(f"\nprofile{mode}: {len(step_ms)} engine steps, host wall ms per step: mean {statistics.mean(step_ms):.2f}, "
           f"p50 {ordered[len(ordered) // 2]:.2f}, p90 {ordered[int(len(ordered) * 0.9)]:.2f}, "
           f"total {sum(step_ms) / 1e3:.2f} s")
@@ -169,11 +170,11 @@ def run_transformers(model: str, workloads: list[Workload], batch_size: int, dev
     return rates
 
 
-ENGINE_VARIANTS = {                 # result key -> (label, cuda_graphs, layer_ops)
-    "engine": ("engine.LLM", False, False),
-    "engine_layer_ops": ("engine.LLM, Triton layer ops", False, True),
-    "engine_cuda_graphs": ("engine.LLM, CUDA graphs", True, False),
-    "engine_cuda_graphs_layer_ops": ("engine.LLM, graphs + layer ops", True, True),
+ENGINE_VARIANTS = {                 # result key -> (label, cuda_graphs, Triton layer ops); the first is the default
+    "engine": ("engine.LLM", None, True),
+    "engine_torch_layer_ops": ("engine.LLM, torch layer ops", None, False),
+    "engine_eager": ("engine.LLM, eager", False, True),
+    "engine_eager_torch_layer_ops": ("engine.LLM, eager, torch ops", False, False),
 }
 
 
@@ -192,23 +193,19 @@ def main() -> None:
                         help="workloads (fresh prompts each) run by both sides; medians are reported")
     parser.add_argument("--quick", action="store_true", help="a small workload for CI")
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="also run the engine with its decode steps replayed from CUDA graphs (GPU only)")
-    parser.add_argument("--layer-ops", action="store_true",
-                        help="also run the engine with the fused Triton layer ops (GPU, or TRITON_INTERPRET=1)")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also run the engine without CUDA graphs, without the Triton layer ops and without "
+                             "both (CUDA only: its defaults there)")
     parser.add_argument("--profile", action="store_true",
-                        help="then profile the engine (with CUDA graphs if --cuda-graphs) on one more workload: step "
-                             "times and the costliest operators")
+                        help="then profile the engine on one more workload: step times and the costliest operators")
     args = parser.parse_args()
     if args.quick:
         args.num_seqs, args.input_len, args.output_len, args.repeats = 8, [16, 48], [8, 24], 1
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if args.cuda_graphs and device.type != "cuda":
-        parser.error("--cuda-graphs needs a CUDA device")
-    if args.layer_ops and device.type != "cuda" and not kernels.backend.interpreter_on():
-        parser.error("--layer-ops needs a CUDA device (or TRITON_INTERPRET=1)")
+    if args.ablations and device.type != "cuda":
+        parser.error("--ablations needs a CUDA device (on the CPU the engine runs eagerly with the torch layer ops)")
     auto_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype = auto_dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,9 +231,8 @@ def main() -> None:
                   f"{', '.join(f'{r:.0f}' for r in rates)})", flush=True)
 
         for key, (label, graphs, layer_ops) in ENGINE_VARIANTS.items():
-            if (graphs and not args.cuda_graphs) or (layer_ops and not args.layer_ops):
-                continue
-            report(key, label, run_engine(model, workloads, max_len, device, dtype, graphs, layer_ops))
+            if key == "engine" or args.ablations:
+                report(key, label, run_engine(model, workloads, max_len, device, dtype, graphs, layer_ops))
         report("transformers", "transformers.generate",
                run_transformers(model, workloads, args.hf_batch_size, device, dtype))
         result["ratio"] = result["engine_tok_s"] / result["transformers_tok_s"]
@@ -245,7 +241,7 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(result, indent=2))
         if args.profile:
             profile_engine(model, make_workload(args.num_seqs, tuple(args.input_len), tuple(args.output_len), vocab,
-                                                seed=args.repeats), max_len, device, dtype, args.cuda_graphs)
+                                                seed=args.repeats), max_len, device, dtype)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     gpu_memory_utilization: float = 0.9
-    cuda_graphs: bool = False
+    cuda_graphs: bool | None = None
 
     def __post_init__(self) -> None:
         if not (Path(self.model) / "config.json").is_file():
@@ -104,8 +104,8 @@ class EngineConfig:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
         if str(self.device).startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r}: no CUDA device is available here (use 'cpu' or 'auto')")
-        if not isinstance(self.cuda_graphs, bool):
-            raise ValueError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
+        if self.cuda_graphs is not None and not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be True, False or None (auto), got {self.cuda_graphs!r}")
 
     def torch_device(self) -> torch.device:
         """`auto` is CUDA when available, else the CPU."""

@@ -27,13 +27,14 @@ class LLM:
     block_size: tokens per KV block. kv_cache_blocks: a fixed number of KV blocks (default: sized from
     free memory). max_num_seqs: sequences running at once. max_num_batched_tokens: tokens per step.
     enable_prefix_caching: reuse the KV of shared prompt prefixes. seed: seeds unseeded requests.
-    cuda_graphs: replay decode steps from CUDA graphs (CUDA only; off until a GPU benchmark shows it pays).
+    cuda_graphs: replay decode steps from CUDA graphs; None (default) does wherever it can (CUDA with the
+    Triton kernels), True requires it, False runs every step eagerly.
     """
 
     def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "auto",
                  max_model_len: int | None = None, block_size: int = 16, kv_cache_blocks: int | None = None,
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
-                 seed: int = 0, cuda_graphs: bool = False) -> None:
+                 seed: int = 0, cuda_graphs: bool | None = None) -> None:
         self.engine = LLMEngine(EngineConfig(
             model=model or DEFAULT_MODEL, dtype=dtype, device=device, max_model_len=max_model_len,
             block_size=block_size, kv_cache_blocks=kv_cache_blocks, max_num_seqs=max_num_seqs,

@@ -55,10 +55,11 @@ class ModelRunner:
         for i, attn in enumerate(self.model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
         self.graphs: DecodeGraphs | None = None
-        if config.cuda_graphs:
-            if self.device.type != "cuda" or kernels.backend.resolve(self.device) != "triton":
-                raise ValueError(f"cuda_graphs=True needs a CUDA device and the Triton kernels, not {self.device} "
-                                 f"and the {kernels.backend.resolve(self.device)!r} kernels backend")
+        graphs_possible = self.device.type == "cuda" and kernels.backend.resolve(self.device) == "triton"
+        if config.cuda_graphs and not graphs_possible:
+            raise ValueError(f"cuda_graphs=True needs a CUDA device and the Triton kernels, not {self.device} "
+                             f"and the {kernels.backend.resolve(self.device)!r} kernels backend")
+        if config.cuda_graphs or (config.cuda_graphs is None and graphs_possible):
             self.graphs = DecodeGraphs(self.model, min(config.max_num_seqs, config.max_num_batched_tokens),
                                        -(-max_model_len // self.block_size), self.device)
 

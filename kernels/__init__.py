@@ -4,8 +4,8 @@ Each kernel has a Triton implementation (`kernels.triton_ops`) and a plain-torch
 (`kernels.reference`) that is both its test oracle and the CPU path; decode attention also has a C kernel for
 the CPU (`kernels.cpu`). `kernels.use("triton" | "cpu" | "torch" | "auto")` or the KERNELS_BACKEND environment
 variable picks one; by default Triton runs on CUDA tensors and the `cpu` backend (C where there is a C kernel,
-torch elsewhere) on CPU tensors, except the layer ops (`rms_norm`, `silu_and_mul`, `rotary`), which run their
-torch references unless Triton is forced (`kernels.backend.resolve_layer_ops`).
+torch elsewhere) on CPU tensors; the layer ops (`rms_norm`, `silu_and_mul`, `rotary`) have no C version and run
+their torch references there (`kernels.backend.resolve_layer_ops`).
 """
 
 from kernels.api import apply_penalties, paged_attention, rms_norm, rotary, sample, silu_and_mul, store_kv

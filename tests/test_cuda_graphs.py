@@ -32,9 +32,11 @@ def test_padded_decode_steps_give_the_eager_tokens(llama_path):
 
 
 def test_cuda_graphs_need_a_gpu(llama_path):
+    """True requires them; the default (None) uses them only where they can run, so not on the CPU."""
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device and the Triton kernels"):
         LLM(llama_path, device="cpu", cuda_graphs=True)
-    with pytest.raises(ValueError, match="cuda_graphs must be True or False"):
+    assert LLM(llama_path, device="cpu", kv_cache_blocks=64).engine.runner.graphs is None
+    with pytest.raises(ValueError, match=r"cuda_graphs must be True, False or None \(auto\)"):
         EngineConfig(model=llama_path, device="cpu", cuda_graphs="yes")
     if not torch.cuda.is_available():                       # a clear error, not torch's assertion
         with pytest.raises(ValueError, match="no CUDA device is available"):

@@ -136,7 +136,7 @@ def kept_set_problems(logits: torch.Tensor, temperature: torch.Tensor, top_k: to
     normally (1e-37), or, for a token that min-p and top-k keep and where top-p decides, the mass of the tokens
     above it is near top_p times the mass that min-p and top-k leave (a range: tokens near the k-th probability
     may tie with it in float32). "Near" is `rtol` relative (`mass_rtol` for masses), widened by four float32
-    units of the row's largest |logit / temperature|, which an approximate GPU division may be off by. Greedy
+    units of the row's largest |logit / temperature| (a margin for the GPU's approximate exponential). Greedy
     rows (temperature below GREEDY_BELOW) are skipped.
     """
     problems = []

@@ -1,5 +1,9 @@
 """Triton implementations of the kernel API (`kernels.api`): same semantics (the layer ops also take `out=`).
 
+`sample` is the split sampler (`sampling_split`, several programs per row): in the H100 sweep it beat the
+one-program-per-row `sampling` in every row but batch 256 with top-k (benchmarks/RESULTS.md). Both stay,
+tested against the same reference.
+
 Importing this package only defines kernels; nothing touches a GPU driver until a kernel is launched, and on
 CPU tensors that needs TRITON_INTERPRET=1 set before the import.
 """
@@ -8,6 +12,6 @@ from kernels.triton_ops.attention import paged_attention
 from kernels.triton_ops.kv_store import store_kv
 from kernels.triton_ops.layer_ops import rms_norm, rotary, silu_and_mul
 from kernels.triton_ops.penalties import apply_penalties
-from kernels.triton_ops.sampling import sample
+from kernels.triton_ops.sampling_split import sample
 
 __all__ = ["apply_penalties", "paged_attention", "rms_norm", "rotary", "sample", "silu_and_mul", "store_kv"]

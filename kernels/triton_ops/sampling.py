@@ -53,9 +53,8 @@ def _sample_kernel(logits_ptr, stride_row, out_ptr, threshold_ptr, count_ptr, te
         tl.store(count_ptr + row, 1)
         return
 
-    inv_z = 1.0 / z
-    # The largest probability, exactly as `probs` computes it for a token at x_max (exp(0) = 1). Not derived
-    # from the argmax logit: an approximate GPU division need not be monotonic in the last bit.
+    inv_z = tl.math.div_rn(1.0, z)    # IEEE, as every division of the samplers (see topk_topp.scaled)
+    # The largest probability, exactly as `probs` computes it for a token at x_max (exp(0) = 1).
     p_max = inv_z
     top_k = tl.load(top_k_ptr + row)
     top_p = tl.load(top_p_ptr + row)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.triton_ops.topk_topp import probs
+from kernels.triton_ops.topk_topp import probs, scaled
 
 
 @triton.jit
@@ -57,7 +57,7 @@ def softmax_stats(row_ptr, start, end, temperature, BLOCK: tl.constexpr, LANE_SU
             better = logits > lane_best
             lane_index = tl.where(better, offs, lane_index)
             lane_best = tl.where(better, logits, lane_best)
-            x = logits / temperature
+            x = scaled(logits, temperature)
             new_max = tl.maximum(lane_max, x)
             shift = tl.where(new_max == float("-inf"), 0.0, new_max)
             lane_z = lane_z * tl.exp(lane_max - shift) + tl.exp(x - shift)
@@ -80,7 +80,7 @@ def softmax_stats(row_ptr, start, end, temperature, BLOCK: tl.constexpr, LANE_SU
             if tile_max > best_logit:
                 best_index = tl.min(tl.where(logits == tile_max, offs, end), axis=0)
                 best_logit = tile_max
-            x = logits / temperature
+            x = scaled(logits, temperature)
             new_max = tl.maximum(x_max, tl.max(x, axis=0))
             shift = tl.where(new_max == float("-inf"), 0.0, new_max)
             z = z * tl.exp(x_max - shift) + tl.sum(tl.exp(x - shift), axis=0)
@@ -163,7 +163,7 @@ def gumbel_argmax(row_ptr, start, end, temperature, x_max, inv_z, threshold, see
         kept_count += kept_here
         if kept_here > 0:
             gumbel = gumbel_noise(seed, position, offs, PHILOX_ROUNDS)
-            score = tl.where(kept, logits / temperature + gumbel, float("-inf"))
+            score = tl.where(kept, scaled(logits, temperature) + gumbel, float("-inf"))
             tile_best = tl.max(score, axis=0)
             if tile_best > best_score:
                 drawn = tl.min(tl.where(score == tile_best, offs, end), axis=0)

@@ -15,7 +15,7 @@ logits, and per-row kernels merge their small results. Six launches:
 4. threshold: per row, the sort-free search of `topk_topp` on the band, compacting the buffer as it narrows;
 5. draw:     per span, Gumbel-max over the kept tokens;
 6. finish:   per row, the best of the spans (first token on ties), the kept count, greedy rows' argmax.
-Not called by the engine until a GPU benchmark shows it faster than `sampling` (benchmarks/kernels.py).
+The default Triton sampler (`kernels.triton_ops.sample`) since the H100 sweep in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from kernels.triton_ops.topk_topp import filter_threshold
 
 NUM_LEVELS = 32
 LEVEL_STEP = 0.5            # nats between cut-offs: 0.5 to 16 below the most likely token
-PROGRAMS_PER_SM = 4         # (row, span) programs to aim for per streaming multiprocessor
+PROGRAMS_PER_SM = 8         # (row, span) programs to aim for per multiprocessor (H100 sweep: 8 beat 4)
 MAX_SPLITS = 128            # spans per row at most: each gather program holds [spans, NUM_LEVELS] counts
 
 
@@ -114,7 +114,7 @@ def _levels_kernel(logits_ptr, stride_row, temperature_ptr, top_k_ptr, top_p_ptr
     if greedy:
         return
     _, x_max, z = _row_softmax(part_f_ptr, part_i_ptr, row, splits, vocab, SPLITS)
-    inv_z = 1.0 / z
+    inv_z = tl.math.div_rn(1.0, z)    # IEEE, as every division of the samplers (see topk_topp.scaled)
     level_ids = tl.arange(0, NUM_LEVELS)
     levels = tl.exp(-LEVEL_STEP * (level_ids + 1).to(tl.float32)) * inv_z
     record = _record(row_f_ptr, row, NUM_LEVELS)

@@ -18,9 +18,18 @@ import triton.language as tl
 
 
 @triton.jit
+def scaled(logits, temperature):
+    """logits / temperature, rounded as IEEE division. Every pass divides through this: a plain `/` is the GPU's
+    approximate division, which ptxas turns into a multiply by the reciprocal and may fuse with the subtraction
+    that follows in one pass but not in another, so two passes disagreed in the last bit on the same token (on
+    an H100: a top-k cut that kept k - 1 tokens, a top-p cut that kept none)."""
+    return tl.math.div_rn(logits, temperature)
+
+
+@triton.jit
 def probs(logits, temperature, x_max, inv_z):
     """softmax(logits / temperature) given its max and 1 / sum; every pass uses this for bit-identical values."""
-    return tl.exp(logits / temperature - x_max) * inv_z
+    return tl.exp(scaled(logits, temperature) - x_max) * inv_z
 
 
 @triton.jit
@@ -62,7 +71,7 @@ def _pivot_stats(src_ptr, n, floor, pivots, keep_lo, keep_hi, temperature, x_max
         offs = start + tl.arange(0, BLOCK)
         if FROM_LOGITS:  # the expression of `probs`, inlined (the interpreter pays per helper call)
             logits = tl.load(src_ptr + offs, mask=offs < n, other=float("-inf")).to(tl.float32)
-            p = tl.exp(logits / temperature - x_max) * inv_z
+            p = tl.exp(tl.math.div_rn(logits, temperature) - x_max) * inv_z
         else:
             p = tl.load(src_ptr + offs, mask=offs < n, other=0.0)
         ok = (p >= floor) & (p > 0)

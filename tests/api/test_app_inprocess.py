@@ -139,6 +139,17 @@ def test_settings_from_the_command_line(llama_path, monkeypatch):
     assert cli.server_settings(args, llama_path) == ServerSettings("m", "flag", args.max_request_bytes)
 
 
+def test_engine_options_from_the_command_line(llama_path):
+    """Every engine flag reaches AsyncLLM; CUDA graphs are the engine's choice unless --enforce-eager."""
+    options = cli.engine_options(cli.build_parser().parse_args(["--model", llama_path]))
+    assert options["cuda_graphs"] is None and options["enable_prefix_caching"] is True
+    args = cli.build_parser().parse_args(["--enforce-eager", "--no-prefix-caching", "--max-num-seqs", "3",
+                                          "--max-queued-seqs", "5", "--seed", "7"])
+    options = cli.engine_options(args)
+    assert options["cuda_graphs"] is False and options["enable_prefix_caching"] is False
+    assert (options["max_num_seqs"], options["max_queued_seqs"], options["seed"]) == (3, 5, 7)
+
+
 def test_ready_line_names_the_model_and_address(server):
     log = server.log.read_text()
     assert f"ready: serving model '{server.model}' ({server.checkpoint}, max_model_len 1024) at {server.url}" in log

@@ -1,6 +1,6 @@
 """The engine on the GPU (Triton kernels compiled for it) generates transformers' greedy tokens on the same GPU,
-in float32, with chunked prefill, preemption and prefix-cache hits all happening, eagerly and with its decode
-steps replayed from CUDA graphs, and with the fused Triton layer ops."""
+in float32, with chunked prefill, preemption and prefix-cache hits all happening: with its defaults there (decode
+steps replayed from CUDA graphs, the fused Triton layer ops) and without either."""
 
 from __future__ import annotations
 
@@ -40,19 +40,21 @@ def hf_greedy(path: str, device: torch.device) -> list[list[int]]:
     return outputs
 
 
-@pytest.mark.parametrize(("cuda_graphs", "layer_ops"), [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize(("cuda_graphs", "layer_ops"), [(None, True), (False, False), (True, False)])
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_greedy_matches_transformers_on_the_gpu(device, checkpoint_factory, monkeypatch, arch, cuda_graphs,
                                                  layer_ops):
-    """layer_ops: the Triton backend forced, so the fused RMSNorm, SiLU-and-mul and rotary run (and are captured)."""
+    """(None, True) is the engine's default on CUDA: graphs, and the fused Triton RMSNorm, SiLU-and-mul and
+    rotary (captured in them). The others turn graphs off, or the fused ops (resolve_layer_ops patched)."""
     if cuda_graphs and device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU (the dry run is on the CPU)")
     path = checkpoint_factory(arch, seed=len(arch))
     expected = hf_greedy(path, device)
     calls = []
     layer_names = {"rms_norm", "silu_and_mul", "rotary"}
-    # "auto" on CUDA: Triton kernels, torch layer ops (conftest resets the choice; the CPU dry run needs Triton).
-    kernels.use("triton" if layer_ops or device.type != "cuda" else "auto")
+    kernels.use("auto" if device.type == "cuda" else "triton")   # conftest resets it; the CPU dry run needs Triton
+    if not layer_ops:
+        monkeypatch.setattr(kernels.backend, "resolve_layer_ops", lambda device: "torch")
     for name in {"store_kv", "paged_attention", "sample"} | layer_names:
         kernel = getattr(triton_ops, name)
         monkeypatch.setattr(triton_ops, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
@@ -65,14 +67,13 @@ def test_greedy_matches_transformers_on_the_gpu(device, checkpoint_factory, monk
     params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     outputs = llm.generate(PROMPTS, params)
     assert [o.outputs[0].token_ids for o in outputs] == expected
-    assert bool(replays) == cuda_graphs
+    assert bool(replays) == (device.type == "cuda" and cuda_graphs is not False)
     assert llm.engine.stats().num_preemptions > 0
     for _ in range(2):                                  # the second time over the first one's cached blocks
         assert llm.generate(PROMPTS[4], params)[0].outputs[0].token_ids == expected[4]
     assert llm.engine.stats().prefix_cache_hits > 0
     assert {"store_kv", "paged_attention", "sample"} <= set(calls)
-    if device.type == "cuda":
-        assert (layer_names <= set(calls)) if layer_ops else not (layer_names & set(calls))
+    assert (layer_names <= set(calls)) if layer_ops else not (layer_names & set(calls))
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_blocks
 
 

@@ -26,9 +26,9 @@ from kernels.triton_ops import apply_penalties, layer_ops, sampling, sampling_sp
 from kernels.triton_ops.attention import paged_attention_into  # noqa: E402
 from kernels.triton_ops.sampling import sample_with_thresholds  # noqa: E402
 
-# The samplers under test: one program per row (the default, with lane sums, with a compacting search), and
-# several programs per row.
-SAMPLERS = {"default": sample_with_thresholds,
+# The samplers under test: one program per row (plain, with lane sums, with a compacting search), and several
+# programs per row ("split", what kernels.sample runs).
+SAMPLERS = {"one_program": sample_with_thresholds,
             "lane_sums": functools.partial(sample_with_thresholds, lane_sums=True),
             "compact": functools.partial(sample_with_thresholds, compact=True),
             "lane_sums+compact": functools.partial(sample_with_thresholds, lane_sums=True, compact=True),
@@ -161,7 +161,7 @@ def test_draws_depend_only_on_seed_and_position(device, split):
     assert torch.equal(draw(*(a.flip(0) for a in args)).flip(0), together)
 
 
-def test_split_sampler_draws_what_the_default_draws(device):
+def test_split_sampler_draws_what_the_one_program_sampler_draws(device):
     """Where both samplers keep as many tokens (then the same set: both keep upper sets of the probabilities),
     they draw the same token; the counts may differ only where float summation order moves a top-p cut."""
     logits, temperature, top_k, top_p, min_p = random_rows(64, 128256, seed=22, tied=False)

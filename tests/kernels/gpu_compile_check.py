@@ -10,6 +10,7 @@ real launch. The cubin is not run. Usage: python gpu_compile_check.py [capabilit
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import torch
@@ -20,6 +21,7 @@ from triton.compiler import ASTSource
 POINTER_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.int32: "*i32",
                  torch.int64: "*i64", torch.int8: "*i8"}
 MAX_SHARED_MEMORY = {80: 163 * 1024, 90: 227 * 1024}
+EXACT_DIVISION_MODULES = (".sampling", ".sampling_split")
 
 
 def _signature(fn, bound: dict) -> tuple[dict, dict, dict]:
@@ -59,6 +61,10 @@ class CompileInsteadOfLaunch:
             kernel = triton.compile(ASTSource(self.fn, signature, constants, attrs),
                                     target=GPUTarget("cuda", self.capability, 32), options=options)
             shared = kernel.metadata.shared
+            # The samplers' passes must agree bit for bit on each probability (topk_topp.scaled): no approximate
+            # division, which ptxas rewrites as a reciprocal multiply and fuses differently from pass to pass.
+            assert not (self.fn.__module__.endswith(EXACT_DIVISION_MODULES)
+                        and re.search(r"div\.(full|approx)", kernel.asm["ptx"])), (self.fn.__name__, constants)
             assert shared <= MAX_SHARED_MEMORY.get(self.capability, 99 * 1024), (self.fn.__name__, constants, shared)
             self.compiled.append((self.fn.__name__, constants, options, shared))
         return launch

@@ -118,10 +118,10 @@ def test_strided_weight_and_rows():
     torch.testing.assert_close(layer_ops.rotary(heads, cos, sin), ref.rotary(heads, cos, sin), rtol=1e-5, atol=1e-5)
 
 
-def test_the_kernel_api_runs_them_only_when_triton_is_forced(monkeypatch):
-    """`kernels.rms_norm` / `silu_and_mul` / `rotary`: the references under "auto" (also on CUDA, until a GPU
-    benchmark shows the fused ops pay), the Triton kernels when "triton" is forced, with the same results; the
-    API's rms_norm takes [..., n] (Qwen3's per-head q/k norm) by flattening it for the kernel."""
+def test_the_kernel_api_runs_them_where_attention_runs_triton(monkeypatch):
+    """`kernels.rms_norm` / `silu_and_mul` / `rotary`: Triton wherever the attention kernels are Triton (CUDA
+    under "auto", anywhere when "triton" is forced), the references on the CPU otherwise, with the same results;
+    the API's rms_norm takes [..., n] (Qwen3's per-head q/k norm) by flattening it for the kernel."""
     from kernels import backend, triton_ops
 
     calls = []
@@ -136,9 +136,11 @@ def test_the_kernel_api_runs_them_only_when_triton_is_forced(monkeypatch):
     cases = [(kernels.rms_norm, (heads, weight, 1e-6)), (kernels.rms_norm, (x, weight, 1e-6, residual)),
              (kernels.silu_and_mul, (gate_up,)), (kernels.rotary, (heads, cos, sin))]
     assert backend.resolve_layer_ops(torch.device("cpu")) == "torch"
-    assert backend.resolve_layer_ops(torch.device("cuda")) == "torch"
+    assert backend.resolve_layer_ops(torch.device("cuda")) == "triton"
     expected = [op(*args) for op, args in cases]
     assert calls == []
+    kernels.use("cpu")                                          # the C backend has no layer ops: the references
+    assert backend.resolve_layer_ops(torch.device("cpu")) == "torch"
     kernels.use("triton")
     assert backend.resolve_layer_ops(torch.device("cpu")) == "triton"
     got = [op(*args) for op, args in cases]

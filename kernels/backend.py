@@ -85,8 +85,8 @@ def resolve(device: torch.device) -> str:
 def resolve_layer_ops(device: torch.device) -> str:
     """The backend ("triton" or "torch") of the fused layer ops on tensors of `device`: Triton wherever the
     attention kernels are Triton (CUDA under `auto`, or forced), the torch references otherwise (there is no C
-    version). On the H100 they raised the engine's throughput 1.35x eager and 1.7x with CUDA graphs
-    (benchmarks/RESULTS.md)."""
+    version). On an H100 they raised the engine's throughput 1.14x to 1.35x eagerly and 1.65x to
+    1.71x with CUDA graphs (two runs, benchmarks/RESULTS.md)."""
     backend = configured()
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"

@@ -3,9 +3,9 @@
 Each replaces several torch kernels (and their round trips through memory) with one that reads its inputs once
 and writes its outputs once. Same results as `kernels.reference.layer_ops` up to float rounding. The engine
 calls them through `kernels.rms_norm`, `kernels.silu_and_mul` and `kernels.rotary`, which run them wherever the
-attention kernels are Triton (CUDA by default): on an H100 they raised the engine's throughput 1.35x eagerly
-and 1.7x with CUDA graphs (benchmarks/RESULTS.md). `python -m benchmarks.kernels` measures each op alone,
-`python -m benchmarks.throughput --ablations` the engine with and without them.
+attention kernels are Triton (CUDA by default): on an H100 they raised the engine's throughput 1.14x to 1.35x
+eagerly and 1.65x to 1.71x with CUDA graphs (benchmarks/RESULTS.md). `python -m benchmarks.kernels` measures
+each op alone, `python -m benchmarks.throughput --ablations` the engine with and without them.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
     engine.add_argument("--seed", type=int, default=0, help="seeds requests that do not set one")
     engine.add_argument("--enforce-eager", action="store_true",
-                        help="run every step eagerly (by default decode steps replay CUDA graphs on a GPU)")
+                        help="run every step eagerly (by default decode steps replay CUDA graphs on a GPU with the "
+                             "Triton kernels)")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-seqs", type=int, default=1024,
                         help="sequences that may wait beyond the running batch; more get 429")

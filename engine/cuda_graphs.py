@@ -10,6 +10,7 @@ Prefill and mixed steps run eagerly.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from engine.models.attention import AttentionMetadata
 
 PADDED_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+_CAPTURE_LOCK = threading.Lock()      # one engine captures at a time (torch supports one capture per process)
 
 
 class DecodeGraphs:
@@ -42,13 +44,14 @@ class DecodeGraphs:
         self._outputs: dict[int, torch.Tensor] = {}
         if capture:
             pool = None
-            with torch.inference_mode(), torch.cuda.device(device):
+            stream = torch.cuda.Stream(device)       # torch's shared default capture stream is on one device only
+            with _CAPTURE_LOCK, torch.inference_mode(), torch.cuda.device(device):
                 for size in reversed(self.sizes):
                     self._forward(size)              # compiles and warms up outside the graph
                     torch.cuda.synchronize(device)
                     graph = torch.cuda.CUDAGraph()
                     # thread_local: CUDA work of other threads (another engine) does not void this capture.
-                    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                    with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
                         self._outputs[size] = self._forward(size)
                     pool = graph.pool()
                     self._graphs[size] = graph

@@ -46,6 +46,7 @@ class ModelRunner:
         self.dtype = config.torch_dtype(model_config, self.device)
         self.block_size = config.block_size
         self.max_model_len = max_model_len
+        use_graphs = self._use_cuda_graphs()         # before anything is loaded: a refusal leaves nothing behind
         self.model = load_model(config.model, model_config, max_model_len, self.dtype, self.device)
         self.sampler = Sampler(eos_token_ids)
         self.num_blocks = self._choose_num_blocks()
@@ -55,13 +56,23 @@ class ModelRunner:
         for i, attn in enumerate(self.model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
         self.graphs: DecodeGraphs | None = None
-        graphs_possible = self.device.type == "cuda" and kernels.backend.resolve(self.device) == "triton"
-        if config.cuda_graphs and not graphs_possible:
-            raise ValueError(f"cuda_graphs=True needs a CUDA device and the Triton kernels, not {self.device} "
-                             f"and the {kernels.backend.resolve(self.device)!r} kernels backend")
-        if config.cuda_graphs or (config.cuda_graphs is None and graphs_possible):
+        if use_graphs:
             self.graphs = DecodeGraphs(self.model, min(config.max_num_seqs, config.max_num_batched_tokens),
                                        -(-max_model_len // self.block_size), self.device)
+
+    def _use_cuda_graphs(self) -> bool:
+        """Whether decode steps replay CUDA graphs: `cuda_graphs` if set, else wherever they can run (a CUDA
+        device with the Triton kernels). The graphs keep the kernels in force when they are captured, so a later
+        `kernels.use(...)` changes the eager steps only. A backend that cannot run on the device is refused here."""
+        try:
+            backend = kernels.backend.resolve(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"device {self.device}: {exc}") from exc
+        possible = self.device.type == "cuda" and backend == "triton"
+        if self.config.cuda_graphs and not possible:
+            raise ValueError(f"cuda_graphs=True needs a CUDA device and the Triton kernels, not {self.device} "
+                             f"and the {backend!r} kernels backend")
+        return possible if self.config.cuda_graphs is None else self.config.cuda_graphs
 
     def _block_bytes(self) -> int:
         cfg = self.model_config
@@ -90,9 +101,16 @@ class ModelRunner:
             return int(free - (1 - self.config.gpu_memory_utilization) * total - activations - logits)
         return min(_CPU_KV_CACHE_CAP, _available_cpu_memory() // 4)
 
-    @torch.inference_mode()
     def execute(self, step: SchedulerOutput) -> StepOutput:
-        """Run one scheduled step and sample the sequences that need a next token."""
+        """Run one scheduled step and sample the sequences that need a next token. On a GPU, with the runner's
+        device current: Triton launches on the current device, which need not be this one (cuda:1)."""
+        if self.device.type != "cuda":
+            return self._execute(step)
+        with torch.cuda.device(self.device):
+            return self._execute(step)
+
+    @torch.inference_mode()
+    def _execute(self, step: SchedulerOutput) -> StepOutput:
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []

@@ -67,8 +67,12 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     top_p [B] float32 (1 = off), min_p [B] float32 (0 = off), seeds [B] int64 and positions [B] int64 (the index
     of the token being drawn in its sequence). The draw depends only on the row's logits, its parameters and
     (seed, position), never on the other rows. Exact semantics: `kernels.reference.sampling`.
-    Returns [B] int64.
+    Returns [B] int64. Other shapes are a ValueError (the Triton kernels would read past a short parameter).
     """
+    params = (temperature, top_k, top_p, min_p, seeds, positions)
+    if logits.dim() != 2 or any(t.shape != logits.shape[:1] for t in params):
+        raise ValueError(f"sample: logits must be [B, V] and each parameter [B]; got logits {tuple(logits.shape)}, "
+                         f"parameters {[tuple(t.shape) for t in params]}")
     if backend.resolve(logits.device) == "triton":
         return _triton("sample")(logits, temperature, top_k, top_p, min_p, seeds, positions)
     return ref_sampling.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)

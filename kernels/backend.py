@@ -14,6 +14,9 @@ The choice is made per call from the tensor's device unless it is forced, with `
 The fused layer ops (`kernels.rms_norm`, `silu_and_mul`, `rotary`) follow `resolve_layer_ops`: Triton where the
 attention kernels are Triton, the torch references elsewhere (the `cpu` backend has no C layer ops).
 
+An engine that replays CUDA graphs (`engine/cuda_graphs.py`, the default on CUDA) keeps, in its decode steps, the
+kernels in force when it was built: choose the backend before building it.
+
 Nothing here imports Triton or touches a GPU driver at import time.
 """
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_models_vs_hf import PROMPTS, assert_all_blocks_free
 
+import kernels
 from engine import LLM, SamplingParams
 from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeGraphs
@@ -31,10 +32,24 @@ def test_padded_decode_steps_give_the_eager_tokens(llama_path):
     assert_all_blocks_free(llm)
 
 
-def test_cuda_graphs_need_a_gpu(llama_path):
-    """True requires them; the default (None) uses them only where they can run, so not on the CPU."""
+def test_cuda_graphs_need_a_gpu(llama_path, monkeypatch):
+    """True requires them, refused before the weights are loaded or the KV cache allocated; the default (None)
+    uses them only where they can run, so not on the CPU. A kernels backend that cannot run on the device is a
+    ValueError up front too."""
+    import engine.model_runner
+
+    loads = []
+    load_model = engine.model_runner.load_model
+    monkeypatch.setattr(engine.model_runner, "load_model", lambda *a: loads.append(1) or load_model(*a))
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device and the Triton kernels"):
         LLM(llama_path, device="cpu", cuda_graphs=True)
+    assert loads == []
+    monkeypatch.setattr(kernels.backend, "_forced", "triton")                 # restored after the test
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="device cpu: kernels backend 'triton' on a cpu tensor needs TRITON_INTERP"):
+        LLM(llama_path, device="cpu", cuda_graphs=False)
+    assert loads == []
+    monkeypatch.setattr(kernels.backend, "_forced", None)
     assert LLM(llama_path, device="cpu", kv_cache_blocks=64).engine.runner.graphs is None
     with pytest.raises(ValueError, match=r"cuda_graphs must be True, False or None \(auto\)"):
         EngineConfig(model=llama_path, device="cpu", cuda_graphs="yes")

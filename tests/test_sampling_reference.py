@@ -192,3 +192,20 @@ def test_kept_set_problems_does_not_excuse_ignoring_top_k_when_top_p_is_near_one
     args = (logits, torch.ones(1), torch.tensor([20], dtype=torch.int32), torch.tensor([0.99999]), torch.zeros(1))
     everything = torch.softmax(logits, dim=-1).min().reshape(1)
     assert ref.kept_set_problems(*args, everything, torch.tensor([2000])) != []
+
+
+def test_the_kernel_api_rejects_parameters_of_the_wrong_shape():
+    """A parameter shorter than the batch would be read past its end by the Triton kernels: a ValueError."""
+    import kernels
+
+    logits = torch.randn(4, VOCAB)
+    good = [torch.ones(4), torch.zeros(4, dtype=torch.int32), torch.ones(4), torch.zeros(4),
+            torch.zeros(4, dtype=torch.int64), torch.arange(4)]
+    assert kernels.sample(logits, *good).shape == (4,)
+    for i, bad in enumerate([torch.ones(1), torch.ones(()), torch.ones(4, 1)]):
+        params = list(good)
+        params[i] = bad
+        with pytest.raises(ValueError, match=r"sample: logits must be \[B, V\] and each parameter \[B\]"):
+            kernels.sample(logits, *params)
+    with pytest.raises(ValueError, match="sample: logits must be"):
+        kernels.sample(logits[0], *(t[:1] for t in good))

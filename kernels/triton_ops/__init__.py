@@ -1,8 +1,8 @@
 """Triton implementations of the kernel API (`kernels.api`): same semantics (the layer ops also take `out=`).
 
-`sample` is the split sampler (`sampling_split`, several programs per row): in the H100 sweep it beat the
-one-program-per-row `sampling` in every row but batch 256 with top-k (benchmarks/RESULTS.md). Both stay,
-tested against the same reference.
+`sample` is the split sampler (`sampling_split`, several programs per row): in the H100 sweep (vocab 128256) it
+beat the one-program-per-row `sampling` in every row but batch 256 with top-k; at small vocabularies its six
+launches make an eager call slower (benchmarks/RESULTS.md). Both stay, tested against the same reference.
 
 Importing this package only defines kernels; nothing touches a GPU driver until a kernel is launched, and on
 CPU tensors that needs TRITON_INTERPRET=1 set before the import.

@@ -62,16 +62,16 @@ class Sampler:
         self._suppress_stops(logits, seqs)
         self._add_bias(logits, seqs)
         self._penalise(logits, seqs)
-        floats, ints, top_k = [], [], []
         vocab = logits.shape[-1]
-        for seq in seqs:
-            p = seq.params
-            floats.append((p.temperature, p.top_p, p.min_p))
-            ints.append((_signed64(seq.seed), seq.num_tokens))
-            top_k.append(min(max(p.top_k, 0), vocab))         # k >= vocab keeps all (and fits an int32)
-        temperature, top_p, min_p = torch.tensor(floats, dtype=torch.float32, device=device).T
-        seeds, positions = torch.tensor(ints, dtype=torch.int64, device=device).T
-        top_k = torch.tensor(top_k, dtype=torch.int32, device=device)
+        params = [seq.params for seq in seqs]
+        # Parameter-major: each parameter is a contiguous row, which the kernels read without a copy.
+        temperature, top_p, min_p = torch.tensor(
+            [[p.temperature for p in params], [p.top_p for p in params], [p.min_p for p in params]],
+            dtype=torch.float32, device=device)
+        seeds, positions = torch.tensor([[_signed64(seq.seed) for seq in seqs], [seq.num_tokens for seq in seqs]],
+                                        dtype=torch.int64, device=device)
+        top_k = torch.tensor([min(max(p.top_k, 0), vocab) for p in params],   # k >= vocab keeps all, fits int32
+                             dtype=torch.int32, device=device)
         drawn = kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
         top = None
         if raw is not None:

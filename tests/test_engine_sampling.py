@@ -207,3 +207,21 @@ def test_a_repetition_penalty_near_zero_matches_the_exact_computation(llm, hf, l
         assert llm.generate(prompt, params)[0].outputs[0].token_ids == expected
         changed += expected != hf_greedy(llama_path, prompt)[:6]
     assert changed                                               # the penalty did decide something
+
+
+def test_each_request_parameter_reaches_the_kernel_as_its_own_contiguous_row(llm, monkeypatch):
+    """The engine hands `kernels.sample` one [B] tensor per parameter, each contiguous (no copy in the Triton
+    wrapper), row i holding request i's settings."""
+    import engine.sampler
+
+    seen = []
+    sample = engine.sampler.kernels.sample
+    monkeypatch.setattr(engine.sampler.kernels, "sample", lambda *a: seen.append(a) or sample(*a))
+    params = [SamplingParams(temperature=0.5, top_k=7, top_p=0.8, min_p=0.1, max_tokens=1, seed=3),
+              SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, max_tokens=1, seed=-2)]
+    llm.generate(PROMPTS[:2], params)
+    logits, temperature, top_k, top_p, min_p, seeds, positions = seen[-1]
+    assert all(t.is_contiguous() and t.shape == (2,) for t in seen[-1][1:])
+    assert temperature.tolist() == [0.5, 1.5] and top_k.tolist() == [7, 0]
+    assert top_p.tolist() == pytest.approx([0.8, 1.0]) and min_p.tolist() == pytest.approx([0.1, 0.0])
+    assert seeds.tolist() == [3, -2] and (top_k.dtype, seeds.dtype) == (torch.int32, torch.int64)

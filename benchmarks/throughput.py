@@ -140,6 +140,9 @@ def profile_engine(model: str, work: Workload, max_model_len: int, device: torch
           f"p50 {ordered[len(ordered) // 2]:.2f}, p90 {ordered[int(len(ordered) * 0.9)]:.2f}, "
           f"total {sum(step_ms) / 1e3:.2f} s")
     averages = prof.key_averages()
+    syncs = sum(event.count for event in averages if event.key == "cudaStreamSynchronize")
+    if device.type == "cuda":           # the engine should wait once a step: for the drawn tokens
+        print(f"cudaStreamSynchronize calls per engine step: {syncs / len(step_ms):.2f}")
     print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
     if device.type == "cuda":
         print(averages.table(sort_by="self_device_time_total", row_limit=rows))

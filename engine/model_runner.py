@@ -19,6 +19,7 @@ from engine.models.attention import AttentionMetadata
 from engine.sampler import Sampler, SamplerOutput, TopLogprobs, top_logprobs
 from engine.scheduler import SchedulerOutput, needs_prompt_logprobs
 from engine.sequence import Sequence
+from engine.transfer import to_device
 
 _CPU_KV_CACHE_CAP = 4 << 30       # bytes: never take more than this for the KV cache on the CPU by default
 
@@ -145,16 +146,15 @@ class ModelRunner:
         else:
             dev = self.device
             meta = AttentionMetadata(
-                slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-                block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
-                seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-                cu_seqlens_q=torch.tensor(cu_seqlens, dtype=torch.int32, device=dev),
+                slot_mapping=to_device(slots, torch.int64, dev),
+                block_tables=to_device(tables, torch.int32, dev),
+                seq_lens=to_device(seq_lens, torch.int32, dev),
+                cu_seqlens_q=to_device(cu_seqlens, torch.int32, dev),
                 max_seqlen_q=max(step.num_new_tokens),
             )
-            hidden = self.model(torch.tensor(input_ids, dtype=torch.int64, device=dev),
-                                torch.tensor(positions, dtype=torch.int64, device=dev), meta)
+            hidden = self.model(to_device(input_ids, torch.int64, dev), to_device(positions, torch.int64, dev), meta)
         if sample_rows:
-            logits = self.model.compute_logits(hidden[sample_rows])
+            logits = self.model.compute_logits(hidden[to_device(sample_rows, torch.int64, hidden.device)])
             out.sampled = self.sampler(logits, out.sampled_seqs)
         if prompt_rows:
             out.prompt_logprobs = self._prompt_logprobs(hidden, prompt_rows, out)
@@ -166,8 +166,9 @@ class ModelRunner:
         for seq, span in zip(out.prompt_seqs, out.prompt_positions):
             targets += seq.request.prompt_token_ids[span.start:span.stop]
             ks += [seq.params.prompt_logprobs] * len(span)
-        logprobs = torch.log_softmax(self.model.compute_logits(hidden[rows]), dim=-1)
-        return top_logprobs(logprobs, torch.tensor(targets, device=self.device), ks)
+        logprobs = torch.log_softmax(self.model.compute_logits(hidden[to_device(rows, torch.int64, hidden.device)]),
+                                     dim=-1)
+        return top_logprobs(logprobs, to_device(targets, torch.int64, self.device), ks)
 
 
 def _available_cpu_memory() -> int:

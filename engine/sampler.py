@@ -12,6 +12,7 @@ import torch
 
 import kernels
 from engine.sequence import Sequence
+from engine.transfer import to_device
 
 
 @dataclass(slots=True)
@@ -58,25 +59,26 @@ class Sampler:
         """logits [B, V] float32, one row per sequence in `seqs`."""
         device = logits.device
         logprob_rows = [i for i, seq in enumerate(seqs) if seq.params.logprobs is not None]
-        raw = torch.log_softmax(logits[logprob_rows], dim=-1) if logprob_rows else None
+        rows = to_device(logprob_rows, torch.int64, device) if logprob_rows else None
+        raw = torch.log_softmax(logits[rows], dim=-1) if rows is not None else None
         self._suppress_stops(logits, seqs)
         self._add_bias(logits, seqs)
         self._penalise(logits, seqs)
         vocab = logits.shape[-1]
         params = [seq.params for seq in seqs]
         # Parameter-major: each parameter is a contiguous row, which the kernels read without a copy.
-        temperature, top_p, min_p = torch.tensor(
+        temperature, top_p, min_p = to_device(
             [[p.temperature for p in params], [p.top_p for p in params], [p.min_p for p in params]],
-            dtype=torch.float32, device=device)
-        seeds, positions = torch.tensor([[_signed64(seq.seed) for seq in seqs], [seq.num_tokens for seq in seqs]],
-                                        dtype=torch.int64, device=device)
-        top_k = torch.tensor([min(max(p.top_k, 0), vocab) for p in params],   # k >= vocab keeps all, fits int32
-                             dtype=torch.int32, device=device)
+            torch.float32, device)
+        seeds, positions = to_device([[_signed64(seq.seed) for seq in seqs], [seq.num_tokens for seq in seqs]],
+                                     torch.int64, device)
+        top_k = to_device([min(max(p.top_k, 0), vocab) for p in params],   # k >= vocab keeps all, fits int32
+                          torch.int32, device)
         drawn = kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
         top = None
         if raw is not None:
             ks = [seqs[i].params.logprobs for i in logprob_rows]
-            top = top_logprobs(raw, drawn[logprob_rows], ks)
+            top = top_logprobs(raw, drawn[rows], ks)
         return SamplerOutput(drawn.tolist(), top, logprob_rows)
 
     def _suppress_stops(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
@@ -86,14 +88,14 @@ class Sampler:
             if seq.num_output_tokens < params.min_tokens:
                 banned = list(params.stop_token_ids) + ([] if params.ignore_eos else self.eos_token_ids)
                 if banned:
-                    logits[i, banned] = float("-inf")
+                    logits[i, to_device(banned, torch.int64, logits.device)] = float("-inf")
 
     def _add_bias(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         for i, seq in enumerate(seqs):
             bias = seq.params.logit_bias
             if bias:
-                ids = torch.tensor(list(bias), device=logits.device)
-                logits[i, ids] += torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+                ids = to_device(list(bias), torch.int64, logits.device)
+                logits[i, ids] += to_device(list(bias.values()), logits.dtype, logits.device)
 
     def _penalise(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         rows = [i for i, seq in enumerate(seqs) if seq.params.has_penalties]
@@ -101,9 +103,9 @@ class Sampler:
             return
         picked = [seqs[i] for i in rows]
         device = logits.device
-        sub = logits[rows]
-        repetition = torch.tensor([seq.params.repetition_penalty for seq in picked], dtype=torch.float32,
-                                  device=device)
+        index = to_device(rows, torch.int64, device)
+        sub = logits[index]
+        repetition = to_device([seq.params.repetition_penalty for seq in picked], torch.float32, device)
         # A penalty near 0 divides a positive logit past float32's range (inf, then NaN probabilities). Dividing
         # by no less than the row's largest logit / _MAX_PENALISED keeps every logit finite, also once divided by
         # the temperature, and in order; the draw is then the exact computation's (greedy among the seen tokens
@@ -114,16 +116,16 @@ class Sampler:
             sub,
             _padded([seq.request.prompt_token_ids for seq in picked], device),
             _padded([seq.output_token_ids for seq in picked], device),
-            torch.tensor([seq.params.presence_penalty for seq in picked], dtype=torch.float32, device=device),
-            torch.tensor([seq.params.frequency_penalty for seq in picked], dtype=torch.float32, device=device),
+            to_device([seq.params.presence_penalty for seq in picked], torch.float32, device),
+            to_device([seq.params.frequency_penalty for seq in picked], torch.float32, device),
             repetition,
         )
-        logits[rows] = sub
+        logits[index] = sub
 
 
 def _padded(rows: list[list[int]], device: torch.device) -> torch.Tensor:
     width = max(1, max(len(r) for r in rows))
-    return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.int64, device=device)
+    return to_device([r + [-1] * (width - len(r)) for r in rows], torch.int64, device)
 
 
 def _signed64(seed: int) -> int:

@@ -149,3 +149,37 @@ def test_a_failed_step_leaves_nothing_uncomputed_in_the_prefix_cache(llama_path)
     assert out.num_cached_tokens == 0 and out.outputs[0].token_ids == expected
     again = llm.generate(prompt, params)[0]                  # the step that ran did fill the cache
     assert again.num_cached_tokens > 0 and again.outputs[0].token_ids == expected
+
+
+def test_stepping_again_after_a_failed_step_computes_the_same_tokens(llama_path):
+    """Two requests per prompt (sharing its blocks through the prefix cache), chunked prefill, and two forwards
+    that raise: stepping on gives every request the tokens of an undisturbed run, and frees every block."""
+    from engine import LLM
+
+    prompts = ["def fib(n):\n    if n < 2:\n        return n\n" * 3, "import os\nimport sys\n" * 5]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    expected = [o.outputs[0].token_ids for o in
+                LLM(llama_path, block_size=4, max_num_batched_tokens=16).generate(prompts, params)]
+    llm = LLM(llama_path, block_size=4, max_num_batched_tokens=16)
+    engine, tokenizer = llm.engine, llm.get_tokenizer()
+    for i, prompt in enumerate(prompts):
+        for copy in "ab":
+            engine.add_request(f"{i}{copy}", tokenizer(prompt)["input_ids"], params)
+    execute, calls = engine.runner.execute, []
+
+    def flaky(step):
+        calls.append(1)
+        if len(calls) in (2, 5):
+            raise RuntimeError("a forward that failed")
+        return execute(step)
+
+    engine.runner.execute = flaky
+    finished, failures = {}, 0
+    while engine.has_unfinished_requests():
+        try:
+            finished |= {o.request_id: o.outputs[0].token_ids for o in engine.step() if o.finished}
+        except RuntimeError:
+            failures += 1
+    assert failures == 2
+    assert finished == {f"{i}{copy}": expected[i] for i in range(2) for copy in "ab"}
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks

@@ -100,9 +100,9 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, apply the results; return the outputs this step produced. If the forward
-        raises, the blocks registered for the step leave the prefix cache and the exception propagates; nothing
-        of the step is applied, so the caller may step again (the same tokens are computed) or abort the
-        requests (`LLM.generate` aborts them)."""
+        raises, the blocks registered for the step leave the prefix cache and the exception propagates; the
+        step's results are not applied (its scheduling, admissions and preemptions stand), so the caller may step
+        again (the same tokens are computed) or abort the requests (`LLM.generate` aborts them)."""
         scheduled = self.scheduler.schedule()
         if not scheduled.seqs:
             if self.scheduler.has_work:     # cannot happen: an empty cache always fits one sequence's chunk

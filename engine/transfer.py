@@ -4,11 +4,10 @@
 `cudaStreamSynchronize`, so it returns only once every kernel already queued on the stream has finished. A
 decode step that built its sampling parameters that way stopped the host until the forward was done before it
 could launch the sampler (the H100 profile counted about 5 `cudaStreamSynchronize` calls per engine step, one of
-them the read-back of the drawn tokens; benchmarks/RESULTS.md).
-`.to(device, non_blocking=True)` from pageable host memory is safe without synchronisation (PyTorch's
-pin_memory/non_blocking tutorial) and makes no such call, so the host can queue the rest of the step while the
-GPU runs; the CUDA driver may still wait while it stages pageable memory. The effect on a GPU is not measured
-yet.
+them the read-back of the drawn tokens; benchmarks/RESULTS.md). Here the values go into pinned host memory and
+are copied with `non_blocking=True`: no synchronisation, and the CUDA driver has nothing to stage (a copy from
+pageable memory may wait for the stream while it stages). PyTorch's pinned-memory allocator keeps the source
+alive until the copy has run. The effect on a GPU is not measured yet.
 """
 
 from __future__ import annotations
@@ -17,5 +16,8 @@ import torch
 
 
 def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """`values` as a tensor of `dtype` on `device`, copied without synchronising the stream."""
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    """`values` as a tensor of `dtype` on `device`: on a CPU the tensor itself; on a GPU a copy that does not
+    synchronise the stream, from pinned memory on CUDA."""
+    if device.type == "cpu":
+        return torch.tensor(values, dtype=dtype)
+    return torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda").to(device, non_blocking=True)

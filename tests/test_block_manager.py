@@ -151,9 +151,11 @@ def test_a_failed_step_leaves_nothing_uncomputed_in_the_prefix_cache(llama_path)
     assert again.num_cached_tokens > 0 and again.outputs[0].token_ids == expected
 
 
-def test_stepping_again_after_a_failed_step_computes_the_same_tokens(llama_path):
-    """Two requests per prompt (sharing its blocks through the prefix cache), chunked prefill, and two forwards
-    that raise: stepping on gives every request the tokens of an undisturbed run, and frees every block."""
+@pytest.mark.parametrize("after_forward", [False, True])
+def test_stepping_again_after_a_failed_step_computes_the_same_tokens(llama_path, after_forward):
+    """Two requests per prompt (sharing its blocks through the prefix cache), chunked prefill, and two steps that
+    raise, before their forward or after it (KV written, results lost): stepping on gives every request the
+    tokens of an undisturbed run, and frees every block."""
     from engine import LLM
 
     prompts = ["def fib(n):\n    if n < 2:\n        return n\n" * 3, "import os\nimport sys\n" * 5]
@@ -170,7 +172,9 @@ def test_stepping_again_after_a_failed_step_computes_the_same_tokens(llama_path)
     def flaky(step):
         calls.append(1)
         if len(calls) in (2, 5):
-            raise RuntimeError("a forward that failed")
+            if after_forward:
+                execute(step)
+            raise RuntimeError("a step that failed")
         return execute(step)
 
     engine.runner.execute = flaky

@@ -35,3 +35,14 @@ def test_no_engine_module_copies_host_lists_synchronously():
 def test_to_device_keeps_values_and_dtype():
     t = to_device([[1, -2], [3, 2**40]], torch.int64, torch.device("cpu"))
     assert t.dtype == torch.int64 and t.tolist() == [[1, -2], [3, 2**40]]
+
+
+def test_to_device_copies_to_cuda_from_pinned_memory_without_waiting(monkeypatch):
+    """For a CUDA device: the host tensor is pinned and the copy non-blocking (`.to` stubbed: no GPU here)."""
+    pinned, moves = [], []
+    tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, pin_memory=False, **k: pinned.append(pin_memory) or tensor(*a, **k))
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: moves.append((a, k)) or self)
+    cuda = torch.device("cuda")
+    assert to_device([1.5, 2.0], torch.float32, cuda).tolist() == [1.5, 2.0]
+    assert pinned == [True] and moves == [((cuda,), {"non_blocking": True})]

@@ -85,7 +85,8 @@ def test_rotary_on_query_and_key_heads_of_a_fused_projection(dtype, heads, head_
 
 def test_references_match_transformers():
     """RMSNorm and rotary (with the engine's cos/sin rows) as transformers' Llama computes them. The engine's
-    model calls these through `kernels`, which runs the references unless the Triton backend is forced."""
+    model calls these through `kernels`, which runs the references on the CPU (and the fused kernels wherever
+    attention runs Triton)."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
     from engine.models.rotary import RotaryEmbedding

@@ -91,11 +91,20 @@ def test_draws_depend_only_on_seed_and_position():
     assert many.unique().numel() > 1
 
 
-def test_api_dispatches_to_the_triton_sampler():
+def test_api_dispatches_to_the_split_sampler(monkeypatch):
+    """`kernels.sample` under the Triton backend runs the split sampler (the H100 sweep's choice), whose draws
+    are the one-program sampler's."""
+    from kernels import triton_ops
+    from kernels.triton_ops import sampling_split
+
+    assert triton_ops.sample is sampling_split.sample
     logits, temperature, top_k, top_p, min_p = random_rows(4, 100, seed=5, tied=False)
     args = (logits, temperature, top_k, top_p, min_p, torch.arange(4), torch.arange(4))
+    calls = []
+    monkeypatch.setattr(triton_ops, "sample", lambda *a: calls.append(1) or sampling_split.sample(*a))
     kernels.use("triton")
     assert torch.equal(kernels.sample(*args), sample(*args))
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -4,7 +4,7 @@
 # limit so that one hang cannot eat a lent machine's time; a part that fails does not stop the next.
 #     bash benchmarks/run_gpu.sh [LOG_DIR]
 # PARTS="kernels throughput" runs only those parts; NAME_LIMIT overrides a part's seconds. The default parts'
-# limits add up to 590 s, under the device tool's 600 s per call, most wanted first; pytest_benchmark (the
+# limits add up to 510 s (the H100 run of 2026-11-26 took 280 s), most wanted first; pytest_benchmark (the
 # kernels table's figures again, through pytest-benchmark) runs only when PARTS names it.
 set -u -o pipefail
 LOGS=${1:-benchmarks/results/gpu}
@@ -24,10 +24,10 @@ part() {  # part NAME SECONDS COMMAND...
   $PY -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__,
 'transformers', transformers.__version__)"; } 2>&1 | tee "$LOGS/env.log"
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")      # pytest-xdist where installed, else serially
-part gpu_tests "${GPU_TESTS_LIMIT:-100}" $PY -m pytest tests/gpu -q $XDIST -p no:cacheprovider -rfE
-part kernels "${KERNELS_LIMIT:-170}" $PY -m benchmarks.kernels
-part sampling_sweep "${SAMPLING_SWEEP_LIMIT:-130}" $PY -m benchmarks.kernels --sampling-sweep
-part throughput "${THROUGHPUT_LIMIT:-190}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \
+part gpu_tests "${GPU_TESTS_LIMIT:-90}" $PY -m pytest tests/gpu -q $XDIST -p no:cacheprovider -rfE
+part kernels "${KERNELS_LIMIT:-120}" $PY -m benchmarks.kernels
+part sampling_sweep "${SAMPLING_SWEEP_LIMIT:-60}" $PY -m benchmarks.kernels --sampling-sweep
+part throughput "${THROUGHPUT_LIMIT:-240}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \
     --repeats "${THROUGHPUT_REPEATS:-3}" --json "$LOGS/throughput.json" --ablations --profile
 part pytest_benchmark "${PYTEST_BENCH_LIMIT:-100}" $PY -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
     --benchmark-max-time=0.3 --benchmark-columns=min,median,mean,rounds

@@ -12,13 +12,14 @@ are credited with the output tokens the requests asked for, so the figure is use
 model's 4k-token tokenizer: the first the default model's size, the second Qwen3-0.6B's body (28 layers,
 hidden 1024, 16 query and 8 KV heads of 128) for GPUs. dtype `auto` is float32 on the CPU, bfloat16 on a GPU.
 On CUDA the engine replays decode steps from CUDA graphs and runs the fused Triton RMSNorm, SiLU-and-mul and
-rotary by default; `--ablations` adds engine runs without each and without both. Every engine run is printed
-as it ends.
+rotary by default; `--ablations` adds engine runs without each, without both, and with the one-program Triton
+sampler in place of the split one. Every engine run is printed as it ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import random
@@ -92,14 +93,22 @@ def workload_params(work: Workload) -> list[SamplingParams]:
 
 
 def run_engine(model: str, workloads: list[Workload], max_model_len: int, device: torch.device,
-               dtype: torch.dtype, cuda_graphs: bool | None = None, layer_ops: bool = True) -> list[float]:
+               dtype: torch.dtype, cuda_graphs: bool | None = None, layer_ops: bool = True,
+               split_sampler: bool = True) -> list[float]:
     """engine.LLM's output tokens/s on each workload (after a warm-up request). Each workload has prompts of
-    its own, so the prefix cache never serves one run from an earlier one. `layer_ops=False` is an ablation:
-    the torch layer ops where the engine would run the Triton ones (`kernels.backend.resolve_layer_ops`
-    replaced for the run, from before the graphs are captured)."""
-    resolve_layer_ops = kernels.backend.resolve_layer_ops
+    its own, so the prefix cache never serves one run from an earlier one. Two ablations, each replacing a
+    function for the run (from before the graphs are captured): `layer_ops=False`, the torch layer ops where
+    the engine would run the Triton ones (`kernels.backend.resolve_layer_ops`); `split_sampler=False`, the
+    one-program Triton sampler in place of the split one (`kernels.triton_ops.sample`)."""
+    resolve_layer_ops, restore_sampler = kernels.backend.resolve_layer_ops, None
     if not layer_ops:
         kernels.backend.resolve_layer_ops = lambda device: "torch"
+    if not split_sampler:            # imported only here: a CPU run may have no Triton
+        from kernels import triton_ops
+        from kernels.triton_ops import sampling
+
+        restore_sampler = functools.partial(setattr, triton_ops, "sample", triton_ops.sample)
+        triton_ops.sample = sampling.sample
     try:
         llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs)
         rates = []
@@ -112,6 +121,8 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
         return rates
     finally:
         kernels.backend.resolve_layer_ops = resolve_layer_ops
+        if restore_sampler is not None:
+            restore_sampler()
 
 
 def profile_engine(model: str, work: Workload, max_model_len: int, device: torch.device, dtype: torch.dtype,
@@ -173,11 +184,12 @@ def run_transformers(model: str, workloads: list[Workload], batch_size: int, dev
     return rates
 
 
-ENGINE_VARIANTS = {                 # result key -> (label, cuda_graphs, Triton layer ops); the first is the default
-    "engine": ("engine.LLM", None, True),
-    "engine_torch_layer_ops": ("engine.LLM, torch layer ops", None, False),
-    "engine_eager": ("engine.LLM, eager", False, True),
-    "engine_eager_torch_layer_ops": ("engine.LLM, eager, torch ops", False, False),
+ENGINE_VARIANTS = {     # result key -> (label, cuda_graphs, Triton layer ops, split sampler); the first is the default
+    "engine": ("engine.LLM", None, True, True),
+    "engine_torch_layer_ops": ("engine.LLM, torch layer ops", None, False, True),
+    "engine_eager": ("engine.LLM, eager", False, True, True),
+    "engine_eager_torch_layer_ops": ("engine.LLM, eager, torch ops", False, False, True),
+    "engine_one_program_sampler": ("engine.LLM, 1-program sampler", None, True, False),
 }
 
 
@@ -197,8 +209,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small workload for CI")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--ablations", action="store_true",
-                        help="also run the engine without CUDA graphs, without the Triton layer ops and without "
-                             "both (CUDA only: its defaults there)")
+                        help="also run the engine without CUDA graphs, without the Triton layer ops, without both, "
+                             "and with the one-program sampler (CUDA only: its defaults there)")
     parser.add_argument("--profile", action="store_true",
                         help="then profile the engine on one more workload: step times and the costliest operators")
     args = parser.parse_args()
@@ -233,9 +245,9 @@ def main() -> None:
             print(f"{label + ':':<32}{result[f'{key}_tok_s']:9.1f} tok/s  (runs: "
                   f"{', '.join(f'{r:.0f}' for r in rates)})", flush=True)
 
-        for key, (label, graphs, layer_ops) in ENGINE_VARIANTS.items():
+        for key, (label, graphs, layer_ops, split) in ENGINE_VARIANTS.items():
             if key == "engine" or args.ablations:
-                report(key, label, run_engine(model, workloads, max_len, device, dtype, graphs, layer_ops))
+                report(key, label, run_engine(model, workloads, max_len, device, dtype, graphs, layer_ops, split))
         report("transformers", "transformers.generate",
                run_transformers(model, workloads, args.hf_batch_size, device, dtype))
         result["ratio"] = result["engine_tok_s"] / result["transformers_tok_s"]

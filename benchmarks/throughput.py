@@ -19,7 +19,7 @@ sampler in place of the split one. Every engine run is printed as it ends.
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import json
 import platform
 import random
@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 import transformers
@@ -100,16 +101,14 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
     function for the run (from before the graphs are captured): `layer_ops=False`, the torch layer ops where
     the engine would run the Triton ones (`kernels.backend.resolve_layer_ops`); `split_sampler=False`, the
     one-program Triton sampler in place of the split one (`kernels.triton_ops.sample`)."""
-    resolve_layer_ops, restore_sampler = kernels.backend.resolve_layer_ops, None
-    if not layer_ops:
-        kernels.backend.resolve_layer_ops = lambda device: "torch"
-    if not split_sampler:            # imported only here: a CPU run may have no Triton
-        from kernels import triton_ops
-        from kernels.triton_ops import sampling
+    with contextlib.ExitStack() as patches:
+        if not layer_ops:
+            patches.enter_context(mock.patch.object(kernels.backend, "resolve_layer_ops", lambda device: "torch"))
+        if not split_sampler:            # imported only here: a CPU run may have no Triton
+            from kernels import triton_ops
+            from kernels.triton_ops import sampling
 
-        restore_sampler = functools.partial(setattr, triton_ops, "sample", triton_ops.sample)
-        triton_ops.sample = sampling.sample
-    try:
+            patches.enter_context(mock.patch.object(triton_ops, "sample", sampling.sample))
         llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs)
         rates = []
         for work in workloads:
@@ -119,10 +118,6 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
             rates.append(work.output_tokens / (time.perf_counter() - start))
             assert sum(len(o.outputs[0].token_ids) for o in outputs) == work.output_tokens
         return rates
-    finally:
-        kernels.backend.resolve_layer_ops = resolve_layer_ops
-        if restore_sampler is not None:
-            restore_sampler()
 
 
 def profile_engine(model: str, work: Workload, max_model_len: int, device: torch.device, dtype: torch.dtype,

@@ -14,10 +14,10 @@ Printed per shape:
   the same data (the K/V heads repeated for SDPA), and their ratio.
 - sampling: our samplers ("1-prog", one program per row; and "split", several programs per row, the default,
   with its CUDA-graph time "split graph", as its six launches may be bound by the host) against a `torch.sort`-based
-  top-k/top-p sampler, and the speedups; "kept ok" is `kernels.reference.sampling.kept_set_problems` on the
+  top-k/top-p sampler, and the speedups; "kept ok" is `llm_kernels.reference.sampling.kept_set_problems` on the
   first 4 rows for both samplers (any problem is printed below the row).
 - layer ops: the fused RMSNorm + residual, SiLU-and-mul and rotary kernels against the torch code they would
-  replace (`kernels.reference.layer_ops`, the engine's own), bf16, Llama-3-8B's sizes: time from do_bench and
+  replace (`llm_kernels.reference.layer_ops`, the engine's own), bf16, Llama-3-8B's sizes: time from do_bench and
   from a CUDA graph (without launch overhead) for both, and the fused kernel's bytes moved / time. The engine
   uses them only where this shows they pay.
 """
@@ -71,9 +71,9 @@ def paged_batch(batch: int, context: int, q_len: int, num_heads: int, num_kv_hea
 
 
 def bench_decode(shapes, device, timer, copy_gbs: float) -> None:
-    from kernels.reference import attention as ref
-    from kernels.triton_ops import paged_attention
-    from kernels.triton_ops.decode_attention import choose_num_splits
+    from llm_kernels.reference import attention as ref
+    from llm_kernels.triton_ops import paged_attention
+    from llm_kernels.triton_ops.decode_attention import choose_num_splits
 
     print("\n== decode attention (fp16, q heads 32 / kv heads 8, head 128, block 16) ==")
     print(f"{'batch':>6} {'context':>8} {'splits':>6} {'max err':>9} {'time us':>9} {'GB/s':>8} {'% copy':>7} "
@@ -106,7 +106,7 @@ def graph_time_us(fn) -> float:
 def bench_prefill(shapes, device, timer, cuda: bool) -> None:
     import torch.nn.functional as F
 
-    from kernels.triton_ops import paged_attention
+    from llm_kernels.triton_ops import paged_attention
 
     print("\n== prefill attention (fp16, q heads 32 / kv heads 8, head 128, block 16, causal) ==")
     print(f"{'batch':>6} {'prompt':>7} {'prefix':>7} {'max err':>9} {'ours TF/s':>10} {'SDPA TF/s':>10} {'ratio':>6}")
@@ -155,8 +155,8 @@ def sort_sampler(logits, temperature, top_k, top_p):
 
 
 def bench_sampling(batches, vocabs, device, timer) -> None:
-    from kernels.reference.sampling import kept_set_problems
-    from kernels.triton_ops import sampling, sampling_split
+    from llm_kernels.reference.sampling import kept_set_problems
+    from llm_kernels.triton_ops import sampling, sampling_split
 
     samplers = (sampling.sample_with_thresholds, sampling_split.sample_with_thresholds)
     cuda = device.type == "cuda"
@@ -199,7 +199,7 @@ def bench_sampling(batches, vocabs, device, timer) -> None:
 def _sweep_configs() -> list[tuple[str, object, dict]]:
     """(label, sampler, launch options): tile width x warps x lane sums ('L') x compacting search ('C') of the
     one-program sampler, and tile width x warps x programs per multiprocessor of the split one ('S4': 4 per SM)."""
-    from kernels.triton_ops import sampling, sampling_split
+    from llm_kernels.triton_ops import sampling, sampling_split
 
     # The H100 sweep of 2026-11-26 (benchmarks/RESULTS.md) made the split sampler the default at 1024/4w with
     # 8 programs per SM; the one-program settings kept here are its default and its fastest variants.
@@ -214,8 +214,8 @@ def _sweep_configs() -> list[tuple[str, object, dict]]:
 
 def sampling_sweep(device, timer, batches=(1, 64, 256), vocab: int = 128256) -> None:
     """The samplers' time per launch configuration."""
-    from kernels.reference.sampling import kept_set_problems
-    from kernels.triton_ops import _utils
+    from llm_kernels.reference.sampling import kept_set_problems
+    from llm_kernels.triton_ops import _utils
 
     configs = _sweep_configs()
     print(f"\n== sampling launch configurations (vocab {vocab}, T 0.8; tile/warps, 'L': lane sums, 'C': compacting "
@@ -246,8 +246,8 @@ def sampling_sweep(device, timer, batches=(1, 64, 256), vocab: int = 128256) -> 
 
 def bench_layer_ops(token_counts, hidden: int, intermediate: int, heads: int, head_dim: int, device, timer,
                     copy_gbs: float) -> None:
-    from kernels.reference import layer_ops as ref
-    from kernels.triton_ops import layer_ops
+    from llm_kernels.reference import layer_ops as ref
+    from llm_kernels.triton_ops import layer_ops
 
     dtype, cuda = torch.bfloat16, device.type == "cuda"
     print(f"\n== layer ops (bf16; hidden {hidden}, intermediate {intermediate}, {heads} q+k heads of {head_dim}) ==")
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     if not cuda:
         if not args.smoke:
             parser.error("no CUDA device: only --smoke runs here (under Triton's interpreter)")
-        os.environ["TRITON_INTERPRET"] = "1"  # before kernels.triton_ops is imported: kernels are defined then
+        os.environ["TRITON_INTERPRET"] = "1"  # before llm_kernels.triton_ops is imported: kernels are defined then
     device = torch.device("cuda" if cuda else "cpu")
     timer = _timer(cuda)
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 The model is replaced by a stub that costs nothing (it returns precomputed hidden states and logits), so
 what is timed is everything else a step does: scheduling, block management, input preparation, sampling
 bookkeeping, detokenization and output processing, for 1, 64 and 256 running sequences in steady decode.
-The sampling kernel itself (`kernels.sample`, the torch reference on the CPU; on a GPU it would be device
+The sampling kernel itself (`llm_kernels.sample`, the torch reference on the CPU; on a GPU it would be device
 work) is timed apart and reported beside the overhead, not in it.
 
     python -m benchmarks.overhead [--model PATH] [--seqs 1 64 256] [--steps 200]
@@ -39,11 +39,11 @@ class StubModel(torch.nn.Module):
 
 
 class KernelClock:
-    """Wraps the sampler's `kernels.sample` to add up the CPU time spent inside it."""
+    """Wraps the sampler's `llm_kernels.sample` to add up the CPU time spent inside it."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._sample = engine.sampler.kernels.sample
+        self._sample = engine.sampler.llm_kernels.sample
 
     def __enter__(self) -> KernelClock:
         def timed(*args):
@@ -52,11 +52,11 @@ class KernelClock:
                 return self._sample(*args)
             finally:
                 self.seconds += time.process_time() - start
-        engine.sampler.kernels.sample = timed
+        engine.sampler.llm_kernels.sample = timed
         return self
 
     def __exit__(self, *exc) -> None:
-        engine.sampler.kernels.sample = self._sample
+        engine.sampler.llm_kernels.sample = self._sample
 
 
 def measure(model: str, num_seqs: int, steps: int, temperature: float) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
+import llm_kernels
 from benchmarks.kernels import paged_batch
 
 GPU = torch.cuda.is_available()
@@ -30,25 +30,25 @@ def _paged_batch(num_seqs: int, context: int, q_len: int):
 
 
 def _timed(benchmark, backend: str, fn, *args) -> None:
-    kernels.use(backend)
+    llm_kernels.use(backend)
     try:
         fn(*args)
         _sync()
         benchmark(lambda: (fn(*args), _sync()))
     finally:
-        kernels.use("auto")
+        llm_kernels.use("auto")
 
 
 @pytest.mark.parametrize("backend", DECODE_BACKENDS)
 @pytest.mark.parametrize("num_seqs, context", [(1, 4096), (32, 1024)] if not GPU else [(1, 32768), (64, 4096)])
 def test_decode_attention(benchmark, backend, num_seqs, context):
-    _timed(benchmark, backend, kernels.paged_attention, *_paged_batch(num_seqs, context, 1))
+    _timed(benchmark, backend, llm_kernels.paged_attention, *_paged_batch(num_seqs, context, 1))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("num_seqs, q_len", [(1, 512), (4, 256)] if not GPU else [(1, 4096), (8, 2048)])
 def test_prefill_attention(benchmark, backend, num_seqs, q_len):
-    _timed(benchmark, backend, kernels.paged_attention, *_paged_batch(num_seqs, q_len, q_len))
+    _timed(benchmark, backend, llm_kernels.paged_attention, *_paged_batch(num_seqs, q_len, q_len))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -57,7 +57,7 @@ def test_store_kv(benchmark, backend):
     tokens = 2048
     key = torch.randn(tokens, k_cache.shape[2], k_cache.shape[3], device=DEVICE, dtype=DTYPE)
     slots = torch.randperm(k_cache.shape[0] * k_cache.shape[1], device=DEVICE)[:tokens]
-    _timed(benchmark, backend, kernels.store_kv, key, key, k_cache, v_cache, slots)
+    _timed(benchmark, backend, llm_kernels.store_kv, key, key, k_cache, v_cache, slots)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -67,7 +67,7 @@ def test_sample_top_k_top_p(benchmark, backend, batch, vocab):
     args = (torch.full((batch,), 0.8, device=DEVICE), torch.full((batch,), 50, dtype=torch.int32, device=DEVICE),
             torch.full((batch,), 0.9, device=DEVICE), torch.zeros(batch, device=DEVICE),
             torch.arange(batch, device=DEVICE), torch.full((batch,), 100, device=DEVICE))
-    _timed(benchmark, backend, kernels.sample, logits, *args)
+    _timed(benchmark, backend, llm_kernels.sample, logits, *args)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -77,4 +77,4 @@ def test_penalties(benchmark, backend):
     prompt = torch.randint(0, vocab, (batch, 512), device=DEVICE)
     output = torch.randint(0, vocab, (batch, 256), device=DEVICE)
     ones = torch.ones(batch, device=DEVICE)
-    _timed(benchmark, backend, kernels.apply_penalties, logits, prompt, output, 0.5 * ones, 0.5 * ones, 1.2 * ones)
+    _timed(benchmark, backend, llm_kernels.apply_penalties, logits, prompt, output, 0.5 * ones, 0.5 * ones, 1.2 * ones)

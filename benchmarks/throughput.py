@@ -33,7 +33,7 @@ from unittest import mock
 import torch
 import transformers
 
-import kernels
+import llm_kernels
 from engine import DEFAULT_MODEL, LLM, SamplingParams
 
 
@@ -99,14 +99,14 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
     """engine.LLM's output tokens/s on each workload (after a warm-up request). Each workload has prompts of
     its own, so the prefix cache never serves one run from an earlier one. Two ablations, each replacing a
     function for the run (from before the graphs are captured): `layer_ops=False`, the torch layer ops where
-    the engine would run the Triton ones (`kernels.backend.resolve_layer_ops`); `split_sampler=False`, the
-    one-program Triton sampler in place of the split one (`kernels.triton_ops.sample`)."""
+    the engine would run the Triton ones (`llm_kernels.backend.resolve_layer_ops`); `split_sampler=False`, the
+    one-program Triton sampler in place of the split one (`llm_kernels.triton_ops.sample`)."""
     with contextlib.ExitStack() as patches:
         if not layer_ops:
-            patches.enter_context(mock.patch.object(kernels.backend, "resolve_layer_ops", lambda device: "torch"))
+            patches.enter_context(mock.patch.object(llm_kernels.backend, "resolve_layer_ops", lambda device: "torch"))
         if not split_sampler:            # imported only here: a CPU run may have no Triton
-            from kernels import triton_ops
-            from kernels.triton_ops import sampling
+            from llm_kernels import triton_ops
+            from llm_kernels.triton_ops import sampling
 
             patches.enter_context(mock.patch.object(triton_ops, "sample", sampling.sample))
         llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs)

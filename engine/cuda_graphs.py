@@ -3,7 +3,7 @@
 A decode step (one new token per sequence) runs the graph captured for the smallest padded batch size that holds
 it. Each graph reads static buffers that a step fills in first: rows
 0..n-1 hold the step's sequences, the padding rows attend to one cached token of block 0 and write nothing
-(cache slot -1, which `kernels.store_kv` skips). The block tables are as wide as `max_model_len` needs, so
+(cache slot -1, which `llm_kernels.store_kv` skips). The block tables are as wide as `max_model_len` needs, so
 every kernel sees the same shapes (and the decode kernel the same split count) at capture and at replay.
 Prefill and mixed steps run eagerly.
 """

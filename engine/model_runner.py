@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-import kernels
+import llm_kernels
 from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graphs import DecodeGraphs
 from engine.loader import load_model
@@ -64,9 +64,9 @@ class ModelRunner:
     def _use_cuda_graphs(self) -> bool:
         """Whether decode steps replay CUDA graphs: `cuda_graphs` if set, else wherever they can run (a CUDA
         device with the Triton kernels). The graphs keep the kernels in force when they are captured, so a later
-        `kernels.use(...)` changes the eager steps only. A backend that cannot run on the device is refused here."""
+        `llm_kernels.use(...)` changes the eager steps only. A backend that cannot run on the device is refused here."""
         try:
-            backend = kernels.backend.resolve(self.device)
+            backend = llm_kernels.backend.resolve(self.device)
         except RuntimeError as exc:
             raise ValueError(f"device {self.device}: {exc}") from exc
         possible = self.device.type == "cuda" and backend == "triton"

@@ -1,4 +1,4 @@
-"""From logits to tokens: min_tokens, logit_bias and penalties, then `kernels.sample`, plus logprobs.
+"""From logits to tokens: min_tokens, logit_bias and penalties, then `llm_kernels.sample`, plus logprobs.
 
 Logprobs are the log-softmax of the raw logits, before any of the processing (vLLM's default), so they
 describe the model rather than the sampling settings.
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-import kernels
+import llm_kernels
 from engine.sequence import Sequence
 from engine.transfer import to_device
 
@@ -74,7 +74,7 @@ class Sampler:
                                      torch.int64, device)
         top_k = to_device([min(max(p.top_k, 0), vocab) for p in params],   # k >= vocab keeps all, fits int32
                           torch.int32, device)
-        drawn = kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
+        drawn = llm_kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
         top = None
         if raw is not None:
             ks = [seqs[i].params.logprobs for i in logprob_rows]
@@ -112,7 +112,7 @@ class Sampler:
         # with positive logits, which outweigh the rest by a factor of about 1e29).
         floor = (sub.amax(dim=-1).clamp(min=0) / _MAX_PENALISED).clamp(min=torch.finfo(torch.float32).tiny)
         repetition = torch.maximum(repetition, floor)      # tiny: no subnormal divisor a GPU may flush to 0
-        kernels.apply_penalties(
+        llm_kernels.apply_penalties(
             sub,
             _padded([seq.request.prompt_token_ids for seq in picked], device),
             _padded([seq.output_token_ids for seq in picked], device),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kernels.reference.sampling import is_greedy
+from llm_kernels.reference.sampling import is_greedy
 
 MAX_LOGPROBS = 20
 
@@ -87,7 +87,7 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         """Whether tokens are chosen by argmax: the temperature, in float32 as the samplers hold it, is below
-        `kernels.reference.sampling.GREEDY_BELOW`."""
+        `llm_kernels.reference.sampling.GREEDY_BELOW`."""
         return is_greedy(self.temperature)
 
     @property

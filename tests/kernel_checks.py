@@ -1,7 +1,7 @@
-"""Inputs and checks shared by the kernel tests in the interpreter (tests/kernels) and on a GPU (tests/gpu).
+"""Inputs and checks shared by the kernel tests in the interpreter (tests/interpreter) and on a GPU (tests/gpu).
 
-Everything is built on the CPU from seeded generators; GPU tests move it to the device. `kernels.triton_ops` is
-imported here as the importing test directory left it: interpreted under tests/kernels, compiled under tests/gpu
+Everything is built on the CPU from seeded generators; GPU tests move it to the device. `llm_kernels.triton_ops` is
+imported here as the importing test directory left it: interpreted under tests/interpreter, compiled under tests/gpu
 (each directory runs in a pytest process of its own on a GPU machine).
 """
 
@@ -11,7 +11,7 @@ import torch
 import triton.language as tl
 from scipy import stats
 
-from kernels.triton_ops.sampling_passes import philox4x32
+from llm_kernels.triton_ops.sampling_passes import philox4x32
 
 
 def params(batch: int, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1234, positions=None):

@@ -1,4 +1,4 @@
-"""The C decode-attention kernel for the CPU (kernels.cpu) against the torch reference, and its build.
+"""The C decode-attention kernel for the CPU (llm_kernels.cpu) against the torch reference, and its build.
 
 Same inputs as the Triton kernels' tests: caches NaN everywhere but the written slots, block tables with
 out-of-range garbage past each sequence's last block, outputs NaN beforehand to catch unwritten elements.
@@ -12,12 +12,12 @@ import pytest
 import torch
 from paged_batches import make_batch
 
-import kernels
+import llm_kernels
 from engine import LLM, SamplingParams
-from kernels import backend
-from kernels.cpu import attention as cpu_attention
-from kernels.cpu import native
-from kernels.reference import attention as ref
+from llm_kernels import backend
+from llm_kernels.cpu import attention as cpu_attention
+from llm_kernels.cpu import native
+from llm_kernels.reference import attention as ref
 
 # Without a compiler the kernel cannot exist; with one, a failed build is a failure here, not a skip.
 pytestmark = pytest.mark.skipif(not native.compiler(), reason="no C compiler to build the CPU kernel")
@@ -115,15 +115,15 @@ def test_strided_caches_are_written_and_read_in_place(backend_name):
     slots = torch.cat([written, torch.tensor([-1])])                    # a skipped slot too
     keys, values = k.view(-1, 2, 64)[slots], v.view(-1, 2, 64)[slots]
     kv = torch.full((k.shape[0], 2, *k.shape[1:]), float("nan"))
-    kernels.use(backend_name)
+    llm_kernels.use(backend_name)
     try:
-        kernels.store_kv(keys, values, kv[:, 0], kv[:, 1], slots)
+        llm_kernels.store_kv(keys, values, kv[:, 0], kv[:, 1], slots)
         torch.testing.assert_close(kv[:, 0], k, equal_nan=True, rtol=0, atol=0)
         torch.testing.assert_close(kv[:, 1], v, equal_nan=True, rtol=0, atol=0)
-        out = kernels.paged_attention(q, kv[:, 0], kv[:, 1], tables, lens, cu, max_q, scale)
-        decodes = kernels.paged_attention(q[:2], kv[:, 0], kv[:, 1], tables[:2], lens[:2], cu[:3], 1, scale)
+        out = llm_kernels.paged_attention(q, kv[:, 0], kv[:, 1], tables, lens, cu, max_q, scale)
+        decodes = llm_kernels.paged_attention(q[:2], kv[:, 0], kv[:, 1], tables[:2], lens[:2], cu[:3], 1, scale)
     finally:
-        kernels.use("auto")
+        llm_kernels.use("auto")
     torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(decodes, expected[:2], rtol=2e-5, atol=2e-5)
 
@@ -137,16 +137,32 @@ def test_other_dtypes_run_the_reference():
 
 def test_backend_choice():
     assert backend.resolve(torch.device("cpu")) == "cpu"               # auto: C on the CPU
-    kernels.use("cpu")
+    llm_kernels.use("cpu")
     try:
         with pytest.raises(RuntimeError, match="'cpu' was requested for a cuda tensor"):
             backend.resolve(torch.device("cuda"))
     finally:
-        kernels.use("auto")
+        llm_kernels.use("auto")
+
+
+def test_environment_variables_and_their_old_names(monkeypatch, tmp_path):
+    monkeypatch.setattr(backend, "_forced", None)                # no use(...) call: the environment decides
+    monkeypatch.setenv("LLM_KERNELS_BACKEND", "torch")
+    monkeypatch.setenv("LLM_KERNELS_CACHE_DIR", str(tmp_path))
+    assert backend.resolve(torch.device("cpu")) == "torch"
+    assert native.cache_dir() == tmp_path
+    monkeypatch.delenv("LLM_KERNELS_BACKEND")
+    monkeypatch.delenv("LLM_KERNELS_CACHE_DIR")
+    monkeypatch.setenv("KERNELS_BACKEND", "torch")            # the package's name before it was llm_kernels
+    monkeypatch.setenv("KERNELS_CACHE_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="KERNELS_BACKEND is set, but the variable is now called LLM_KERNELS_BACKEND"):
+        backend.resolve(torch.device("cpu"))
+    with pytest.raises(ValueError, match="now called LLM_KERNELS_CACHE_DIR"):
+        native.cache_dir()
 
 
 def test_build_into_a_fresh_cache_and_without_a_compiler(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERNELS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("LLM_KERNELS_CACHE_DIR", str(tmp_path))
     native.load.cache_clear()
     try:
         with ThreadPoolExecutor(4) as pool:                                 # concurrent first builds
@@ -170,11 +186,11 @@ def test_engine_greedy_tokens_match_the_torch_backend(checkpoint_factory, monkey
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 
     def run(name: str) -> list[list[int]]:
-        kernels.use(name)
+        llm_kernels.use(name)
         try:
             return [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
         finally:
-            kernels.use("auto")
+            llm_kernels.use("auto")
 
     expected = run("torch")
     calls = []

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_models_vs_hf import PROMPTS, assert_all_blocks_free
 
-import kernels
+import llm_kernels
 from engine import LLM, SamplingParams
 from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeGraphs
@@ -44,12 +44,12 @@ def test_cuda_graphs_need_a_gpu(llama_path, monkeypatch):
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device and the Triton kernels"):
         LLM(llama_path, device="cpu", cuda_graphs=True)
     assert loads == []
-    monkeypatch.setattr(kernels.backend, "_forced", "triton")                 # restored after the test
+    monkeypatch.setattr(llm_kernels.backend, "_forced", "triton")                 # restored after the test
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="device cpu: kernels backend 'triton' on a cpu tensor needs TRITON_INTERP"):
         LLM(llama_path, device="cpu", cuda_graphs=False)
     assert loads == []
-    monkeypatch.setattr(kernels.backend, "_forced", None)
+    monkeypatch.setattr(llm_kernels.backend, "_forced", None)
     assert LLM(llama_path, device="cpu", kv_cache_blocks=64).engine.runner.graphs is None
     with pytest.raises(ValueError, match=r"cuda_graphs must be True, False or None \(auto\)"):
         EngineConfig(model=llama_path, device="cpu", cuda_graphs="yes")

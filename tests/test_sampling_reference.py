@@ -7,8 +7,8 @@ import pytest
 import scipy.stats
 import torch
 
-from kernels.reference import sampling as ref
-from kernels.reference.sampling import apply_penalties, sample, uniform_from
+from llm_kernels.reference import sampling as ref
+from llm_kernels.reference.sampling import apply_penalties, sample, uniform_from
 
 VOCAB = 40
 DRAWS = 20000
@@ -196,16 +196,16 @@ def test_kept_set_problems_does_not_excuse_ignoring_top_k_when_top_p_is_near_one
 
 def test_the_kernel_api_rejects_parameters_of_the_wrong_shape():
     """A parameter shorter than the batch would be read past its end by the Triton kernels: a ValueError."""
-    import kernels
+    import llm_kernels
 
     logits = torch.randn(4, VOCAB)
     good = [torch.ones(4), torch.zeros(4, dtype=torch.int32), torch.ones(4), torch.zeros(4),
             torch.zeros(4, dtype=torch.int64), torch.arange(4)]
-    assert kernels.sample(logits, *good).shape == (4,)
+    assert llm_kernels.sample(logits, *good).shape == (4,)
     for i, bad in enumerate([torch.ones(1), torch.ones(()), torch.ones(4, 1)]):
         params = list(good)
         params[i] = bad
         with pytest.raises(ValueError, match=r"sample: logits must be \[B, V\] and each parameter \[B\]"):
-            kernels.sample(logits, *params)
+            llm_kernels.sample(logits, *params)
     with pytest.raises(ValueError, match="sample: logits must be"):
-        kernels.sample(logits[0], *(t[:1] for t in good))
+        llm_kernels.sample(logits[0], *(t[:1] for t in good))

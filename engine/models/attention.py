@@ -1,4 +1,4 @@
-"""Paged self-attention: project, rotate, write the KV cache and attend, through the `kernels` API."""
+"""Paged self-attention: project, rotate, write the KV cache and attend, through the `llm_kernels` API."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-import kernels
+import llm_kernels
 from engine.models.norm import RMSNorm
 
 
 @dataclass(slots=True)
 class AttentionMetadata:
-    """Where the step's tokens go in the paged cache and what each sequence attends to (see kernels.api)."""
+    """Where the step's tokens go in the paged cache and what each sequence attends to (see llm_kernels.api)."""
 
     slot_mapping: torch.Tensor      # [T] int64
     block_tables: torch.Tensor      # [S, max_blocks] int32
@@ -46,9 +46,9 @@ class Attention(torch.nn.Module):
         qk, v = qkv[:, :heads + self.num_kv_heads], qkv[:, heads + self.num_kv_heads:]
         if self.q_norm is not None:
             qk = torch.cat([self.q_norm(qk[:, :heads]), self.k_norm(qk[:, heads:])], dim=1)
-        qk = kernels.rotary(qk, *rope)           # the query and key heads are rotated together
+        qk = llm_kernels.rotary(qk, *rope)           # the query and key heads are rotated together
         q, k = qk[:, :heads], qk[:, heads:]
-        kernels.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        out = kernels.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.seq_lens,
+        llm_kernels.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        out = llm_kernels.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.seq_lens,
                                       meta.cu_seqlens_q, meta.max_seqlen_q, self.scale)
         return self.o_proj(out.flatten(1))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+import llm_kernels
 from engine.config import ModelConfig
 from engine.models.attention import Attention, AttentionMetadata
 from engine.models.norm import RMSNorm
@@ -25,14 +25,14 @@ class MLP(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]."""
-        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(llm_kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(torch.nn.Module):
     """Pre-norm attention and MLP blocks, each with a residual connection.
 
     The residual stream is passed along unsummed, as (the last block's output, the sum before it): each norm adds
-    the two and normalises in one call (`kernels.rms_norm` with a residual), as a fused kernel can.
+    the two and normalises in one call (`llm_kernels.rms_norm` with a residual), as a fused kernel can.
     """
 
     def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+import llm_kernels
 
 
 class RMSNorm(torch.nn.Module):
@@ -18,5 +18,5 @@ class RMSNorm(torch.nn.Module):
     def forward(self, x: torch.Tensor,
                 residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Normalise x over its last dimension; with `residual`, normalise x + residual and return
-        (normalised, x + residual) (`kernels.rms_norm`)."""
-        return kernels.rms_norm(x, self.weight, self.eps, residual)
+        (normalised, x + residual) (`llm_kernels.rms_norm`)."""
+        return llm_kernels.rms_norm(x, self.weight, self.eps, residual)

@@ -34,7 +34,7 @@ class RotaryEmbedding:
     """RoPE's cos/sin rows at given absolute positions, from a table built on first use (per device).
 
     The model looks them up once per forward (`cos_sin`) and every layer rotates its query and key heads with
-    them (`kernels.rotary`).
+    them (`llm_kernels.rotary`).
     """
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict | None) -> None:

@@ -1,6 +1,6 @@
 """GPU tests: the Triton kernels compiled for the device and the engine on CUDA; skipped without a GPU.
 
-Run them in a pytest process of their own, `python -m pytest tests/gpu`: tests/kernels re-imports the kernels
+Run them in a pytest process of their own, `python -m pytest tests/gpu`: tests/interpreter re-imports the kernels
 under Triton's interpreter, and these need them compiled. `GPU_TESTS_DRY_RUN=1` together with
 `TRITON_INTERPRET=1` runs them on CPU tensors in the interpreter, to check the tests themselves on a machine
 without a GPU (slowly: the shapes are a GPU's).
@@ -13,11 +13,11 @@ import os
 import pytest
 import torch
 
-import kernels
+import llm_kernels
 
 
 def _kernels_interpreted() -> bool:
-    from kernels.triton_ops import decode_attention
+    from llm_kernels.triton_ops import decode_attention
 
     return type(decode_attention._decode_split_kernel).__name__ == "InterpretedFunction"
 
@@ -37,6 +37,6 @@ def device() -> torch.device:
 @pytest.fixture(autouse=True)
 def _triton_backend():
     """Every kernel call in these tests runs the Triton backend; the choice is reset afterwards."""
-    kernels.use("triton")
+    llm_kernels.use("triton")
     yield
-    kernels.use("auto")
+    llm_kernels.use("auto")

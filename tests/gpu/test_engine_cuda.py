@@ -9,17 +9,17 @@ import os
 import pytest
 import torch
 
-# Importing Triton here, before tests/kernels imports it under the interpreter, would break those tests
+# Importing Triton here, before tests/interpreter imports it under the interpreter, would break those tests
 # (Triton decides at its own import whether its jit'd helpers are interpreted): skip first.
 if not (torch.cuda.is_available() or os.environ.get("GPU_TESTS_DRY_RUN") == "1"):
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 import transformers  # noqa: E402
 
-import kernels  # noqa: E402
+import llm_kernels  # noqa: E402
 from engine import LLM, SamplingParams  # noqa: E402
 from engine.models.attention import AttentionMetadata  # noqa: E402
-from kernels import triton_ops  # noqa: E402
+from llm_kernels import triton_ops  # noqa: E402
 
 PROMPTS = ["The quick brown fox", "def add(a, b):\n    return", "x", "café naïve résumé 日本語",
            "import os\nimport sys\nprint('hello world')\n" * 3, "for i in range(10):\n    total += i * i\n" * 4]
@@ -52,9 +52,9 @@ def test_greedy_matches_transformers_on_the_gpu(device, checkpoint_factory, monk
     expected = hf_greedy(path, device)
     calls = []
     layer_names = {"rms_norm", "silu_and_mul", "rotary"}
-    kernels.use("auto" if device.type == "cuda" else "triton")   # conftest resets it; the CPU dry run needs Triton
+    llm_kernels.use("auto" if device.type == "cuda" else "triton")   # conftest resets it; the CPU dry run needs Triton
     if not layer_ops:
-        monkeypatch.setattr(kernels.backend, "resolve_layer_ops", lambda device: "torch")
+        monkeypatch.setattr(llm_kernels.backend, "resolve_layer_ops", lambda device: "torch")
     for name in {"store_kv", "paged_attention", "sample"} | layer_names:
         kernel = getattr(triton_ops, name)
         monkeypatch.setattr(triton_ops, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))

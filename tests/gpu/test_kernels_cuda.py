@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-# Importing Triton here, before tests/kernels imports it under the interpreter, would break those tests
+# Importing Triton here, before tests/interpreter imports it under the interpreter, would break those tests
 # (Triton decides at its own import whether its jit'd helpers are interpreted): skip first.
 if not (torch.cuda.is_available() or os.environ.get("GPU_TESTS_DRY_RUN") == "1"):
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
@@ -19,15 +19,15 @@ import triton  # noqa: E402
 from kernel_checks import PHILOX_KAT, chi_square, params, philox_probe, random_rows  # noqa: E402
 from paged_batches import make_batch  # noqa: E402
 
-from kernels.reference import attention as ref  # noqa: E402
-from kernels.reference import layer_ops as ref_layer_ops  # noqa: E402
-from kernels.reference import sampling as ref_sampling  # noqa: E402
-from kernels.triton_ops import apply_penalties, layer_ops, sampling, sampling_split, store_kv  # noqa: E402
-from kernels.triton_ops.attention import paged_attention_into  # noqa: E402
-from kernels.triton_ops.sampling import sample_with_thresholds  # noqa: E402
+from llm_kernels.reference import attention as ref  # noqa: E402
+from llm_kernels.reference import layer_ops as ref_layer_ops  # noqa: E402
+from llm_kernels.reference import sampling as ref_sampling  # noqa: E402
+from llm_kernels.triton_ops import apply_penalties, layer_ops, sampling, sampling_split, store_kv  # noqa: E402
+from llm_kernels.triton_ops.attention import paged_attention_into  # noqa: E402
+from llm_kernels.triton_ops.sampling import sample_with_thresholds  # noqa: E402
 
 # The samplers under test: one program per row (plain, with lane sums, with a compacting search), and several
-# programs per row ("split", what kernels.sample runs).
+# programs per row ("split", what llm_kernels.sample runs).
 SAMPLERS = {"one_program": sample_with_thresholds,
             "lane_sums": functools.partial(sample_with_thresholds, lane_sums=True),
             "compact": functools.partial(sample_with_thresholds, compact=True),
@@ -108,7 +108,7 @@ def test_store_kv(device, src_dtype, cache_dtype, block_size, head_dim):
 @pytest.mark.parametrize(("vocab", "tied"), [(32000, False), (32000, True), (128256, False), (151936, False)])
 def test_filters_keep_the_reference_tokens_on_full_vocabularies(device, vocab, tied, sampler):
     """The kernel keeps the reference's tokens up to float rounding (the rule of
-    `kernels.reference.sampling.kept_set_problems`), and draws one of the tokens it keeps."""
+    `llm_kernels.reference.sampling.kept_set_problems`), and draws one of the tokens it keeps."""
     batch = 32
     logits, temperature, top_k, top_p, min_p = random_rows(batch, vocab, seed=vocab % 97 + tied, tied=tied)
     args = [logits, temperature, top_k, top_p, min_p, torch.full((batch,), 5), torch.arange(batch)]

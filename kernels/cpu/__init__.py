@@ -1,6 +1,0 @@
-"""CPU kernels in C, for the steps where the torch reference leaves most of the CPU's time on the table.
-
-So far one: paged decode attention (`decode_attention.c`, wrapped by `kernels.cpu.attention`), which reads the
-paged cache in place where the reference first gathers it into dense buffers. Built on first use by
-`kernels.cpu.native`; tested against the torch reference like the Triton kernels.
-"""

@@ -1,0 +1,86 @@
+"""The split sampler (several programs per row) against the exact definitions in `llm_kernels.reference.sampling`,
+and against the one-program-per-row sampler: same kept sets, so the same Gumbel-max draws.
+
+Rows are cut into spans of a few tiles here (tiles of 128 tokens in the interpreter), so ties, the greedy
+argmax, the gathered band and the best draw all cross span boundaries.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_checks import chi_square, params, random_rows, seeded_rows
+
+from llm_kernels.reference import sampling as ref
+from llm_kernels.triton_ops import sampling, sampling_split
+
+
+def same_draws_where_same_kept_sets(args, splits: int) -> None:
+    """Where both samplers keep as many tokens (kept sets are upper sets of the same probabilities, so the same
+    set), the draws are equal; the counts may differ only by float summation order at a top-p cut."""
+    drawn, thresholds, counts = sampling_split.sample_with_thresholds(*args, splits=splits)
+    assert ref.kept_set_problems(*args[:5], thresholds, counts) == []
+    single_drawn, _, single_counts = sampling.sample_with_thresholds(*args)
+    same = counts == single_counts
+    assert int(same.sum()) >= 0.9 * len(counts)
+    assert torch.equal(drawn[same], single_drawn[same])
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+@pytest.mark.parametrize("tied", [False, True])
+def test_filters_keep_exactly_the_reference_tokens(tied, splits):
+    batch, vocab = 24, 600
+    logits, temperature, top_k, top_p, min_p = random_rows(batch, vocab, seed=7 + tied, tied=tied)
+    same_draws_where_same_kept_sets((logits, temperature, top_k, top_p, min_p, torch.full((batch,), 5),
+                                     torch.arange(batch)), splits)
+
+
+def test_top_p_alone_on_wide_rows():
+    """Top-p without top-k: the band between two cut-offs is gathered and the mass above it carried; cuts from
+    shallow to deeper than the deepest cut-off (16 nats), with and without min-p."""
+    vocab = 2000
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(8, vocab, generator=g) * 2.5
+    logits[6] = torch.linspace(-150.0, 0.0, vocab)                  # the cut far below the deepest cut-off
+    logits[7, :5] = 12.0                                            # ties at the top, a flat tail below
+    temperature = torch.tensor([0.8, 0.8, 0.8, 1.0, 2.0, 0.8, 1.0, 1.0])
+    top_p = torch.tensor([0.95, 0.5, 0.99, 0.9999, 0.9, 0.95, 0.9999, 0.999])
+    min_p = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.01, 0.0, 0.0])
+    args = (logits, temperature, torch.zeros(8, dtype=torch.int32), top_p, min_p, torch.zeros(8, dtype=torch.int64),
+            torch.arange(8))
+    same_draws_where_same_kept_sets(args, splits=5)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1e-40])           # 1e-40: logits / T overflows; greedy below 1e-5
+def test_greedy_is_the_first_argmax_across_spans(temperature):
+    logits = torch.randn(4, 700, generator=torch.Generator().manual_seed(11))
+    logits[1, [10, 650]] = 9.0                                      # a tie across spans: the first index wins
+    logits[2, :] = 1.0                                              # all equal
+    logits[3, [300, 301]] = 9.0
+    args = params(4, temperature=temperature, top_k=3, top_p=0.5)
+    drawn, _, counts = sampling_split.sample_with_thresholds(logits, *args, splits=3)
+    assert counts.tolist() == [1] * 4
+    assert torch.equal(drawn, logits.argmax(dim=-1))
+    assert drawn[1] == 10 and drawn[2] == 0 and drawn[3] == 300
+
+
+def test_draws_depend_only_on_seed_and_position():
+    args = seeded_rows(500)
+    together = sampling_split.sample_with_thresholds(*args, splits=3)[0]
+    for splits in (1, 4):
+        assert torch.equal(sampling_split.sample_with_thresholds(*args, splits=splits)[0], together)
+    alone = torch.cat([sampling_split.sample_with_thresholds(*(a[i:i + 1] for a in args), splits=3)[0]
+                       for i in range(6)])
+    assert torch.equal(alone, together)
+
+
+def test_draws_follow_the_filtered_distribution():
+    """Top-p alone (the band path), min-p on: chi-square against the exact filtered distribution."""
+    draws, vocab = 200, 40
+    row = torch.randn(1, vocab, generator=torch.Generator().manual_seed(3)) * 1.5
+    row[0, [4, 29]] = float("-inf")
+    drawn = sampling_split.sample(row.repeat(draws, 1), *params(draws, 1.0, 0, 0.8, 0.02, seed=2**40 + 17))
+    filtered = ref.filter_probs(torch.softmax(row, dim=-1), torch.tensor([0]), torch.tensor([0.8]),
+                                torch.tensor([0.02]))[0]
+    assert bool((filtered[drawn] > 0).all()), "a filtered-out token was drawn"
+    assert chi_square(drawn, filtered / filtered.sum()) > 1e-3

@@ -41,8 +41,8 @@ class EngineOverloadedError(RuntimeError):
 class AsyncLLM:
     """Serve one checkpoint to asyncio code: `generate` streams a request's outputs, `abort` stops it.
 
-    model and the keyword options are those of `LLM` (dtype, device, max_model_len, block_size,
-    kv_cache_blocks, max_num_seqs, max_num_batched_tokens, enable_prefix_caching, seed, cuda_graphs); or pass a ready
+    model and the keyword options are those of `LLM` (dtype, device, max_model_len, block_size, kv_cache_blocks,
+    max_num_seqs, max_num_batched_tokens, enable_prefix_caching, seed, cuda_graphs, cpu_threads); or pass a ready
     `engine` (on the CPU, one built on another thread runs slower: see `_main`). max_queued_seqs bounds the
     sequences waiting beyond the running batch (None: no bound): a request that would exceed it raises
     EngineOverloadedError instead of queueing without limit.

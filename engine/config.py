@@ -86,6 +86,7 @@ class EngineConfig:
     seed: int = 0
     gpu_memory_utilization: float = 0.9
     cuda_graphs: bool | None = None
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         if not (Path(self.model) / "config.json").is_file():
@@ -102,8 +103,13 @@ class EngineConfig:
             raise ValueError(f"kv_cache_blocks must be >= 1, got {self.kv_cache_blocks!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+        if self.device != "auto" and _device_type(self.device) not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if str(self.device).startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r}: no CUDA device is available here (use 'cpu' or 'auto')")
+        if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or isinstance(self.cpu_threads, bool)
+                                             or self.cpu_threads < 1):
+            raise ValueError(f"cpu_threads must be an integer >= 1 or None (torch's default), got {self.cpu_threads!r}")
         if self.cuda_graphs is not None and not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be True, False or None (auto), got {self.cuda_graphs!r}")
 
@@ -129,3 +135,11 @@ class EngineConfig:
         if self.max_model_len > limit:
             raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's limit of {limit} tokens")
         return self.max_model_len
+
+
+def _device_type(device: str | torch.device) -> str | None:
+    """torch's device type of `device`, or None where torch cannot parse it."""
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        return None

@@ -21,25 +21,26 @@ Prompt = str | list[int]
 class LLM:
     """Load a Hugging Face checkpoint once, then `generate` or `chat` over batches of prompts.
 
-    model: a local checkpoint directory (default: the small code model shipped with the package).
-    dtype: "auto" (the checkpoint's on a GPU, float32 on the CPU), "float32", "float16" or "bfloat16".
-    device: "auto", "cuda", "cpu". max_model_len: the context length (default: the model's).
-    block_size: tokens per KV block. kv_cache_blocks: a fixed number of KV blocks (default: sized from
-    free memory). max_num_seqs: sequences running at once. max_num_batched_tokens: tokens per step.
-    enable_prefix_caching: reuse the KV of shared prompt prefixes. seed: seeds unseeded requests.
-    cuda_graphs: replay decode steps from CUDA graphs; None (default) does wherever it can (CUDA with the
-    Triton kernels), True requires it, False runs every step eagerly.
+    model: a local checkpoint directory (default: the small code model shipped with the package). dtype: "auto" (the
+    checkpoint's on a GPU, float32 on the CPU), "float32", "float16" or "bfloat16". device: "auto", "cuda", "cpu".
+    max_model_len: the context length (default: the model's). block_size: tokens per KV block. kv_cache_blocks: a
+    fixed number of KV blocks (default: room for max_num_seqs x max_model_len tokens, within the device's memory;
+    see engine/kv_cache.py). max_num_seqs: sequences running at once. max_num_batched_tokens: tokens per step.
+    enable_prefix_caching: reuse the KV of shared prompt prefixes. seed: seeds unseeded requests. cuda_graphs:
+    replay decode steps from CUDA graphs; None (default) does wherever it can (CUDA with the Triton kernels), True
+    requires it, False runs every step eagerly. cpu_threads: torch's intra-op threads for the CPU work (default:
+    torch's choice, one per physical core); process-wide, as `torch.set_num_threads`.
     """
 
     def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "auto",
                  max_model_len: int | None = None, block_size: int = 16, kv_cache_blocks: int | None = None,
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
-                 seed: int = 0, cuda_graphs: bool | None = None) -> None:
+                 seed: int = 0, cuda_graphs: bool | None = None, cpu_threads: int | None = None) -> None:
         self.engine = LLMEngine(EngineConfig(
             model=model or DEFAULT_MODEL, dtype=dtype, device=device, max_model_len=max_model_len,
             block_size=block_size, kv_cache_blocks=kv_cache_blocks, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, enable_prefix_caching=enable_prefix_caching, seed=seed,
-            cuda_graphs=cuda_graphs))
+            cuda_graphs=cuda_graphs, cpu_threads=cpu_threads))
         self._ids = itertools.count()
 
     def get_tokenizer(self):

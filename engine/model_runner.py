@@ -7,11 +7,13 @@ where its tokens start in the pack, how long its cached context is and which blo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
 import llm_kernels
+from engine import kv_cache
 from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graphs import DecodeGraphs
 from engine.loader import load_model
@@ -21,7 +23,7 @@ from engine.scheduler import SchedulerOutput, needs_prompt_logprobs
 from engine.sequence import Sequence
 from engine.transfer import to_device
 
-_CPU_KV_CACHE_CAP = 4 << 30       # bytes: never take more than this for the KV cache on the CPU by default
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -43,6 +45,9 @@ class ModelRunner:
                  eos_token_ids: list[int]) -> None:
         self.config = config
         self.model_config = model_config
+        if config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)      # on the thread that will run the steps
+        logger.info("torch runs CPU work on %d threads", torch.get_num_threads())
         self.device = config.torch_device()
         self.dtype = config.torch_dtype(model_config, self.device)
         self.block_size = config.block_size
@@ -50,10 +55,12 @@ class ModelRunner:
         use_graphs = self._use_cuda_graphs()         # before anything is loaded: a refusal leaves nothing behind
         self.model = load_model(config.model, model_config, max_model_len, self.dtype, self.device)
         self.sampler = Sampler(eos_token_ids)
-        self.num_blocks = self._choose_num_blocks()
         cfg = model_config
-        shape = (2, cfg.num_layers, self.num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        shape = kv_cache.KVCacheShape(cfg.num_layers, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype)
+        budget = self._memory_budget() if config.kv_cache_blocks is None else 0
+        self.num_blocks = kv_cache.choose_num_blocks(shape, max_model_len, config.max_num_seqs, budget,
+                                                     config.kv_cache_blocks)
+        self.kv_cache = kv_cache.allocate(shape, self.num_blocks, self.device)
         for i, attn in enumerate(self.model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
         self.graphs: DecodeGraphs | None = None
@@ -75,23 +82,6 @@ class ModelRunner:
                              f"and the {backend!r} kernels backend")
         return possible if self.config.cuda_graphs is None else self.config.cuda_graphs
 
-    def _block_bytes(self) -> int:
-        cfg = self.model_config
-        return 2 * cfg.num_layers * self.block_size * cfg.num_kv_heads * cfg.head_dim * self.dtype.itemsize
-
-    def _choose_num_blocks(self) -> int:
-        """`kv_cache_blocks` if given; else what free memory allows, but no more than the sequences could use."""
-        per_seq = -(-self.max_model_len // self.block_size)
-        if self.config.kv_cache_blocks is not None:
-            num_blocks = self.config.kv_cache_blocks
-        else:
-            num_blocks = min(self._memory_budget() // self._block_bytes(), self.config.max_num_seqs * per_seq)
-        if num_blocks < per_seq:
-            raise ValueError(f"the KV cache has room for {num_blocks} blocks of {self.block_size} tokens, fewer "
-                             f"than one sequence of max_model_len={self.max_model_len} needs ({per_seq}); "
-                             "raise kv_cache_blocks or lower max_model_len")
-        return num_blocks
-
     def _memory_budget(self) -> int:
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
@@ -100,7 +90,7 @@ class ModelRunner:
             activations = tokens * (6 * cfg.hidden_size + 3 * cfg.intermediate_size) * 4
             logits = self.config.max_num_seqs * cfg.vocab_size * 4 * 4
             return int(free - (1 - self.config.gpu_memory_utilization) * total - activations - logits)
-        return min(_CPU_KV_CACHE_CAP, _available_cpu_memory() // 4)
+        return kv_cache.cpu_budget()
 
     def execute(self, step: SchedulerOutput) -> StepOutput:
         """Run one scheduled step and sample the sequences that need a next token. On a GPU, with the runner's
@@ -169,15 +159,3 @@ class ModelRunner:
         logprobs = torch.log_softmax(self.model.compute_logits(hidden[to_device(rows, torch.int64, hidden.device)]),
                                      dim=-1)
         return top_logprobs(logprobs, to_device(targets, torch.int64, self.device), ks)
-
-
-def _available_cpu_memory() -> int:
-    """MemAvailable from /proc/meminfo, or a conservative 8 GiB where that file does not exist."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30

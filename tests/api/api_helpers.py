@@ -13,6 +13,10 @@ import openai
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+# Seconds a request may take before a test gives up: long enough for a correct server on a loaded 2-core machine
+# (a ~1000-token generation took over 60 s there); a hung server still fails, just later.
+TIMEOUT = 600
+
 
 @dataclass
 class Server:
@@ -26,9 +30,11 @@ class Server:
     api_key: str = "unused"
 
     def client(self, **options) -> openai.OpenAI:
+        options.setdefault("timeout", TIMEOUT)
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key, max_retries=0, **options)
 
     def async_client(self, **options) -> openai.AsyncOpenAI:
+        options.setdefault("timeout", TIMEOUT)
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=self.api_key, max_retries=0, **options)
 
     def headers(self) -> dict:
@@ -36,12 +42,12 @@ class Server:
 
     def post(self, path: str, body: dict | None = None, **kwargs) -> httpx.Response:
         kwargs.setdefault("headers", self.headers())
-        kwargs.setdefault("timeout", 60)
+        kwargs.setdefault("timeout", TIMEOUT)
         return httpx.post(f"{self.url}{path}", json=body, **kwargs)
 
     def metrics(self) -> dict[str, float]:
         """Samples of /metrics by name (histograms as name_count / name_sum)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        text = httpx.get(f"{self.url}/metrics", timeout=TIMEOUT).text
         return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
                 if not s.labels}
 

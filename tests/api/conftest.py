@@ -35,7 +35,7 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def _wait_ready(proc: subprocess.Popen, log: Path, timeout: float = 180) -> str:
+def _wait_ready(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         match = re.search(r"ready: serving model .* at (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))

@@ -10,15 +10,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from api_helpers import TIMEOUT
 
-import api.__main__ as cli
+import api.cli as cli
+import engine
 from api import ServerSettings, create_app
 from engine import AsyncLLM, SamplingParams
 
 
 def _serve(llm: AsyncLLM, **settings) -> httpx.AsyncClient:
     app = create_app(llm, ServerSettings("tiny", **settings))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=TIMEOUT)
 
 
 def _break_after(llm: AsyncLLM, steps: int) -> None:
@@ -113,12 +115,13 @@ def test_full_waiting_queue_is_429(llama_path):
     assert accepted.status_code == 200 and accepted.json()["usage"]["completion_tokens"] <= 4
 
 
-def test_without_model_the_default_must_exist(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "DEFAULT_MODEL", str(tmp_path / "pycoder-tiny"))
-    with pytest.raises(SystemExit, match="--model"):
-        cli.main([])
-    with pytest.raises(SystemExit, match="not a checkpoint"):
+def test_without_model_the_default_must_exist(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(engine, "DEFAULT_MODEL", str(tmp_path / "pycoder-tiny"))
+    with pytest.raises(SystemExit, match="the built-in default model is not available .* pass --model"):
+        cli.main(["--port", "0"])
+    with pytest.raises(SystemExit) as exited:
         cli.main(["--model", str(tmp_path)])
+    assert exited.value.code == 2 and "is not a checkpoint directory (no config.json)" in capsys.readouterr().err
 
 
 def test_without_model_the_built_in_model_is_served_as_pycoder_tiny():
@@ -144,10 +147,11 @@ def test_engine_options_from_the_command_line(llama_path):
     options = cli.engine_options(cli.build_parser().parse_args(["--model", llama_path]))
     assert options["cuda_graphs"] is None and options["enable_prefix_caching"] is True
     args = cli.build_parser().parse_args(["--enforce-eager", "--no-prefix-caching", "--max-num-seqs", "3",
-                                          "--max-queued-seqs", "5", "--seed", "7"])
+                                          "--max-queued-seqs", "5", "--seed", "7", "--cpu-threads", "3"])
     options = cli.engine_options(args)
     assert options["cuda_graphs"] is False and options["enable_prefix_caching"] is False
-    assert (options["max_num_seqs"], options["max_queued_seqs"], options["seed"]) == (3, 5, 7)
+    chosen = (options["max_num_seqs"], options["max_queued_seqs"], options["seed"], options["cpu_threads"])
+    assert chosen == (3, 5, 7, 3)
 
 
 def test_ready_line_names_the_model_and_address(server):

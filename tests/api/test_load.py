@@ -9,6 +9,7 @@ import time
 import httpx
 import openai
 import pytest
+from api_helpers import TIMEOUT
 
 PROMPT = "def add(a, b):"
 
@@ -42,7 +43,7 @@ def test_fifty_concurrent_requests_complete_with_the_right_counts(server):
         return usage.completion_tokens, 2 * (i + 1), finishes == ["length", "length"] and "length"
 
     async def run() -> list:
-        async with server.async_client(timeout=120) as client:
+        async with server.async_client(timeout=TIMEOUT) as client:
             return await asyncio.gather(*(one(client, i) for i in range(50)))
 
     results = asyncio.run(run())
@@ -54,7 +55,7 @@ def test_seeded_output_is_the_same_alone_and_under_load(server):
              "ignore_eos": True, "top_p": 0.9, "top_k": 50}
 
     async def run(load: int) -> list[dict]:
-        async with httpx.AsyncClient(timeout=120) as http:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
             async def post(body):
                 return (await http.post(f"{server.url}/v1/completions", json=body)).json()
 
@@ -84,7 +85,7 @@ def test_disconnected_streams_free_their_kv_blocks(server):
 
     async def run() -> list:
         seen: list = []
-        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=20)) as http:
+        async with httpx.AsyncClient(timeout=TIMEOUT, limits=httpx.Limits(max_connections=20)) as http:
             await asyncio.gather(*(read_a_little(http, seen) for _ in range(10)))
         return seen
 
@@ -114,14 +115,14 @@ def test_a_disconnected_non_streamed_request_is_aborted(server):
 
 
 def test_preempted_requests_finish_with_unloaded_output(small_server):
-    client = small_server.client(timeout=120)
+    client = small_server.client(timeout=TIMEOUT)
     prompts = [f"{i} the quick brown fox" for i in range(8)]
     common = dict(model=small_server.model, max_tokens=90, temperature=0, extra_body={"ignore_eos": True})
     alone = [client.completions.create(prompt=p, **common).choices[0].text for p in prompts]
     before = small_server.metrics()["triton_serve_num_preemptions_total"]
 
     async def run() -> list[str]:
-        async with small_server.async_client(timeout=120) as aclient:
+        async with small_server.async_client(timeout=TIMEOUT) as aclient:
             results = await asyncio.gather(*(aclient.completions.create(prompt=p, **common) for p in prompts))
         return [r.choices[0].text for r in results]
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from api_helpers import sse_events
+from api_helpers import TIMEOUT, sse_events
 
 PROMPTS = ["def add(a, b):", "日本語のテキスト 😀"]
 
 
 def _stream(server, path: str, body: dict) -> list[dict]:
     """The chunks of a streamed response, checking what every stream must satisfy."""
-    with httpx.Client(timeout=60, headers=server.headers()) as http:
+    with httpx.Client(timeout=TIMEOUT, headers=server.headers()) as http:
         r = http.post(f"{server.url}{path}", json={**body, "stream": True})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     assert "event:" not in r.text

@@ -1,0 +1,152 @@
+"""The server's command line: `triton-serve` and `python -m api` (the same flags).
+
+    triton-serve [--model PATH] [--served-model-name NAME] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+
+What needs no model is checked first, with nothing heavy imported: `--help` and a bad flag answer at once, and
+a port that is taken is an error before torch, the weights and the KV cache are loaded. The socket bound here
+is the one the server then listens on (api/serve.py). `--port 0` picks a free port; the "ready" line says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+# EngineConfig's dtype names (engine/config.py imports torch, so they are spelled out again here; a test
+# keeps the two lists equal).
+DTYPES = ("auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16", "half", "float")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line, `PROG: error: ...`, not the usage block and then the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
+    """The command line."""
+    p = _Parser(prog=prog, description=__doc__.split("\n")[0], formatter_class=_DefaultsHelpFormatter)
+    p.add_argument("--model", default=None, help="checkpoint directory (default: the built-in default model)")
+    p.add_argument("--served-model-name", default=None, help="the name clients send (default: the directory name)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (or set API_KEY)")
+    engine = p.add_argument_group("engine")
+    engine.add_argument("--dtype", default="auto", choices=DTYPES, metavar="DTYPE",
+                        help="auto, float32, float16 or bfloat16 (or fp32, fp16, bf16, half, float)")
+    engine.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda or cuda:N")
+    engine.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    engine.add_argument("--kv-cache-blocks", type=int, default=None,
+                        help="KV blocks (default: room for max-num-seqs x max-model-len tokens, within memory)")
+    engine.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    engine.add_argument("--max-num-seqs", type=int, default=256, help="sequences running at once")
+    engine.add_argument("--max-num-batched-tokens", type=int, default=2048, help="tokens per engine step")
+    engine.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
+    engine.add_argument("--seed", type=int, default=0, help="seeds requests that do not set one")
+    engine.add_argument("--enforce-eager", action="store_true",
+                        help="run every step eagerly (by default decode steps replay CUDA graphs on a GPU with the "
+                             "Triton kernels)")
+    engine.add_argument("--cpu-threads", type=int, default=None,
+                        help="torch's threads for CPU work (default: torch's choice, one per physical core)")
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--max-queued-seqs", type=int, default=1024,
+                        help="sequences that may wait beyond the running batch; more get 429")
+    limits.add_argument("--max-request-bytes", type=int, default=8 << 20, help="larger bodies get 413")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    return p
+
+
+def _device(value: str) -> str:
+    if not _DEVICE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return value
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where its help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if "(default:" in (action.help or "") else super()._get_help_string(action)
+
+
+def resolve_model(model: str | None) -> str:
+    """The checkpoint to serve: --model, or the built-in default, which must exist."""
+    if model is None:
+        from engine import DEFAULT_MODEL
+
+        if not (Path(DEFAULT_MODEL) / "config.json").is_file():
+            raise SystemExit(f"error: the built-in default model is not available ({DEFAULT_MODEL} has no "
+                             "config.json); pass --model PATH to serve a checkpoint")
+        return DEFAULT_MODEL
+    if not (Path(model) / "config.json").is_file():
+        raise SystemExit(f"error: --model {model!r} is not a checkpoint directory (no config.json)")
+    return model
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    """AsyncLLM's keyword options from the command line."""
+    return dict(dtype=args.dtype, device=args.device, max_model_len=args.max_model_len, block_size=args.block_size,
+                kv_cache_blocks=args.kv_cache_blocks, max_num_seqs=args.max_num_seqs,
+                max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=not args.no_prefix_caching,
+                seed=args.seed, cuda_graphs=False if args.enforce_eager else None, cpu_threads=args.cpu_threads,
+                max_queued_seqs=args.max_queued_seqs)
+
+
+def server_settings(args: argparse.Namespace, model: str):
+    """The served name (default: the checkpoint directory's name), the API key (--api-key, else the API_KEY
+    environment variable) and the body size limit, as an api.state.ServerSettings."""
+    from api.state import ServerSettings
+
+    name = args.served_model_name or Path(model).resolve().name
+    return ServerSettings(name, args.api_key or os.environ.get("API_KEY") or None, args.max_request_bytes)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port and not yet listening, so that nothing connects before the server is up
+    (as vLLM binds its port before it builds the engine). OSError for a port in use or a host not this
+    machine's."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _prog() -> str:
+    return "triton-serve" if Path(sys.argv[0]).name == "triton-serve" else "python -m api"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse and check the command line, take the port, then load the model and serve until interrupted."""
+    parser = build_parser(_prog())
+    args = parser.parse_args(argv)
+    if args.model is not None and not (Path(args.model) / "config.json").is_file():
+        parser.error(f"--model {args.model!r} is not a checkpoint directory (no config.json)")
+    if args.cpu_threads is not None and args.cpu_threads < 1:
+        parser.error(f"--cpu-threads must be >= 1, got {args.cpu_threads}")
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        raise SystemExit(f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: "
+                         f"{exc.strerror or exc}") from None
+    try:
+        from api.serve import serve
+
+        serve(args, sock)
+    finally:
+        sock.close()

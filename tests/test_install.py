@@ -29,10 +29,11 @@ USE_BOTH = textwrap.dedent("""
                          num_attention_heads=2, num_key_value_heads=2)
     logits = LlamaForCausalLM(config).eval()(torch.tensor([[1, 2, 3]])).logits
     assert logits.shape == (1, 3, 64)
-    hf_kernels = importlib.util.find_spec("kernels")
     print("ENGINE", sys.modules["engine"].__file__)
     print("LLM_KERNELS", llm_kernels.__file__)
-    print("HF_KERNELS", hf_kernels.origin if hf_kernels else None)
+    if importlib.util.find_spec("kernels") is not None:         # Hugging Face's: transformers >= 5.25 needs it
+        import kernels
+        print("HF_KERNELS", kernels.__file__, hasattr(kernels, "get_kernel"))
 """)
 
 
@@ -51,8 +52,8 @@ def test_engine_and_transformers_in_one_process_outside_the_repo(tmp_path):
     assert run.returncode == 0, run.stderr
     found = _lines(run.stdout)
     assert Path(found["LLM_KERNELS"]).parent.name == "llm_kernels"
-    if found["HF_KERNELS"] != "None":                        # transformers >= 5.25 requires it
-        assert REPO not in Path(found["HF_KERNELS"]).parents, "the repo shadows Hugging Face's kernels package"
+    if "HF_KERNELS" in found:
+        assert found["HF_KERNELS"].endswith(" True"), f"`import kernels` is not Hugging Face's: {found}"
 
 
 def _site_packages() -> list[str]:

@@ -143,9 +143,15 @@ class AsyncLLM:
     def _abort(self, request_id: str, stream: RequestStream | None) -> None:
         self._commands.put(("abort", request_id))
         if stream is not None:
-            self._streams.pop(request_id, None)
+            self._unregister(stream)
             stream._put(END)
             self._release(stream)
+
+    def _unregister(self, stream: RequestStream) -> None:
+        """Forget `stream` by its id, unless the id already names a newer request's stream (an id may be reused
+        as soon as its request ended, while that request's last output is still on its way here)."""
+        if self._streams.get(stream.request_id) is stream:
+            del self._streams[stream.request_id]
 
     def _release(self, stream: RequestStream) -> None:
         with self._lock:
@@ -158,7 +164,7 @@ class AsyncLLM:
         for stream, item in items:
             stream._put(item)
             if not isinstance(item, RequestOutput) or item.finished:
-                self._streams.pop(stream.request_id, None)
+                self._unregister(stream)
                 self._release(stream)
 
     # ---- the engine thread ------------------------------------------------------------------------------

@@ -92,6 +92,48 @@ def test_cancelling_the_consumer_or_abort_frees_the_blocks(llama_path):
     assert other_ended                                    # abort() ends the stream quietly
 
 
+def test_a_reused_request_id_keeps_its_own_stream(llama_path):
+    """The old request's last output arrives after the id was reused: it must not unregister the new stream,
+    which `abort` must still end (before the fix it hung, holding its slot)."""
+    first_step_may_run = threading.Event()
+
+    async def main():
+        llm = AsyncLLM(llama_path, max_queued_seqs=4)
+        real_step = llm._engine.step
+        steps = []
+
+        def gated_step():
+            if not steps:
+                first_step_may_run.wait(30)
+            steps.append(1)
+            time.sleep(0.005)
+            return real_step()
+
+        llm._engine.step = gated_step
+        try:
+            await llm.add_request(PROMPTS[0], SamplingParams(max_tokens=1), request_id="x")   # the step waits
+            await llm.abort("x")
+            again = asyncio.create_task(llm.add_request(PROMPTS[0], SamplingParams(max_tokens=500, ignore_eos=True),
+                                                        request_id="x"))
+            await asyncio.sleep(0.05)                      # the new stream is registered; the step still waits
+            first_step_may_run.set()                       # the old request finishes in it, after its abort
+            stream = await asyncio.wait_for(again, 30)
+            await asyncio.sleep(0.1)                       # its last output has been delivered by now
+            await llm.abort("x")
+            await asyncio.wait_for(_drain(stream), 30)
+            return llm._in_flight
+        finally:
+            first_step_may_run.set()
+            llm.shutdown()
+
+    assert _run(main()) == 0
+
+
+async def _drain(stream) -> None:
+    async for _ in stream:
+        pass
+
+
 def test_engine_thread_sleeps_when_idle(llama_path):
     async def main():
         llm = AsyncLLM(llama_path)

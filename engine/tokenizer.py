@@ -62,22 +62,31 @@ class Tokenizer:
 class IncrementalDetokenizer:
     """Turns generated tokens into text one at a time, holding back bytes of a character split over tokens."""
 
-    __slots__ = ("_backend", "_stream", "_pending", "_skip_special")
+    __slots__ = ("_backend", "_stream", "_pending", "_skip_special", "_prompt_tail")
 
     def __init__(self, tokenizer: Tokenizer, context_ids: list[int], skip_special_tokens: bool) -> None:
         self._backend = tokenizer.backend
-        self._stream = DecodeStream(ids=context_ids, skip_special_tokens=skip_special_tokens)
-        self._pending: list[int] = []      # tokens whose text is still held back
         self._skip_special = skip_special_tokens
+        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+        held: list[int] = []               # context tokens the stream holds back: the prompt ends inside a character
+        for token_id in context_ids:       # primed token by token, emitting nothing
+            held = [] if self._stream.step(self._backend, token_id) is not None else [*held, token_id]
+        # The whole characters among the held tokens (a space merged with the first byte, say) are prompt text
+        # that the stream will emit again with the first generated text: it is cut from there.
+        self._prompt_tail = self._backend.decode(held, skip_special_tokens=skip_special_tokens).rstrip("\ufffd")
+        self._pending: list[int] = []      # generated tokens whose text is still held back
 
     def step(self, token_id: int) -> str:
         """The new text that `token_id` completes ('' while a multi-byte character is incomplete)."""
         text = self._stream.step(self._backend, token_id)
-        if text:
-            self._pending.clear()
-        else:
+        if not text:
             self._pending.append(token_id)
-        return text or ""
+            return ""
+        self._pending.clear()
+        if self._prompt_tail:
+            text = text.removeprefix(self._prompt_tail)
+            self._prompt_tail = ""
+        return text
 
     def flush(self) -> str:
         """At the end of a sequence: the text still held back, incomplete characters shown as U+FFFD."""

@@ -152,6 +152,20 @@ def test_detokenization_is_byte_safe(llama_path):
     assert not any("\ufffd" in piece for piece in pieces)
 
 
+def test_a_prompt_ending_inside_a_character_is_not_emitted_again(llama_path):
+    """The prompt holds 'ok ' and three of the emoji's four bytes; the generated token is the fourth. The
+    output is the emoji alone: the prompt's text does not come out again, nor can a stop string match it."""
+    tokenizer = Tokenizer(llama_path, [])
+    ids = tokenizer.backend.encode("ok 😀", add_special_tokens=False).ids
+    last = ids[-1]
+    assert tokenizer.backend.decode([last]) == "\ufffd"            # a lone byte of the emoji
+    llm = LLM(llama_path, max_num_seqs=2)
+    for stop in ([], [" "], ["ok"]):
+        params = SamplingParams(temperature=0, max_tokens=1, logit_bias={last: 100.0}, stop=stop)
+        out = llm.generate(ids[:-1], params)[0].outputs[0]
+        assert out.token_ids == [last] and out.text == "😀" and out.finish_reason == "length", (stop, out)
+
+
 @pytest.mark.parametrize("field, value", [
     ("n", 0), ("max_tokens", -1), ("temperature", -0.5), ("top_p", 0.0), ("top_p", 1.5), ("top_k", -2),
     ("min_p", 1.5), ("presence_penalty", 3.0), ("frequency_penalty", -2.5), ("repetition_penalty", 0.0),

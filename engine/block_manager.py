@@ -7,13 +7,12 @@ count drops to zero goes to the back of the free queue but keeps its hash: until
 else, a later request with the same prefix can revive it. Allocation takes from the front, so the least recently freed
 cached blocks are the first evicted.
 
-A block is registered in the map as soon as all of its tokens are scheduled, before the step that computes
-them runs: a request admitted later in the same step may then share it, because every layer writes the
-step's keys and values before it attends. This is how the `n` choices of a prompt share (fork) its blocks;
-with prefix caching disabled, lookups are limited to the blocks of a sequence's first sibling, so the
-choices still share their prompt but requests never share with each other. Blocks registered for a step
-that then fails (an exception, Ctrl-C in the forward) hold no KV: the engine calls `forget_uncomputed`, so
-that no later request takes them from the cache.
+A block is registered in the map only after the step that computed its KV has run (`register_computed`, from
+the scheduler's `update`), as in nano-vllm: a step that fails leaves nothing in the cache to undo, and no
+request can take KV that was never written. The `n` choices of one prompt share its full blocks explicitly
+instead (`sibling_prefix`), even blocks their first choice computes in the same step: every layer writes the
+step's keys and values before it attends. With prefix caching disabled, nothing is registered and only the
+choices of one prompt share blocks.
 """
 
 from __future__ import annotations
@@ -49,8 +48,7 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
-        self.cached: dict[int, int] = {}     # block hash -> block id
-        self.uncomputed: list[int] = []      # blocks registered for the step being run, not yet written
+        self.cached: dict[int, int] = {}     # block hash -> block id, for blocks whose KV is computed
         self.prefix_queries = 0              # prompt tokens looked up in the prefix cache
         self.prefix_hits = 0                 # ... and found there
 
@@ -71,11 +69,7 @@ class BlockManager:
     def find_cached_prefix(self, seq: Sequence) -> list[int]:
         """Ids of the cached blocks that hold the longest prefix of `seq`'s tokens, leaving at least its last
         token to compute (its logits are needed). Nothing is taken yet: see `allocate`."""
-        if self.enable_prefix_caching:
-            allowed = None
-        elif seq.index > 0:        # without prefix caching, the choices of one prompt still share it
-            allowed = set(seq.request.seqs[0].block_table)
-        else:
+        if not self.enable_prefix_caching:
             return []
         found: list[int] = []
         parent = None
@@ -89,10 +83,15 @@ class BlockManager:
             block = self.blocks[block_id]
             if block.token_ids != chunk or block.parent != (found[-1] if found else None):
                 break
-            if allowed is not None and block_id not in allowed:
-                break
             found.append(block_id)
         return found
+
+    def sibling_prefix(self, seq: Sequence, first: Sequence, covered: int) -> list[int]:
+        """The full prompt blocks of `first` (the prompt's first choice) that `seq`, another choice of the same
+        prompt, can share: those wholly within the `covered` tokens whose KV `first` has computed or computes in
+        this step, leaving `seq`'s last token to compute."""
+        shareable = min(covered, seq.num_prompt_tokens, seq.num_tokens - 1) // self.block_size
+        return first.block_table[:shareable]
 
     def fits(self, seq: Sequence, num_tokens: int) -> bool:
         """Whether `seq`'s blocks already hold `num_tokens` tokens (true for most decode steps)."""
@@ -105,20 +104,18 @@ class BlockManager:
         return new + revived <= self.num_free_blocks - reserve
 
     def allocate(self, seq: Sequence, num_tokens: int, cached: list[int] = ()) -> None:
-        """Give `seq` the `cached` prefix blocks, then fresh blocks up to `num_tokens` tokens; register the
-        blocks that `num_tokens` fills. The caller checked `can_allocate`."""
+        """Give `seq` the `cached` prefix blocks (from the cache or a sibling), then fresh blocks up to
+        `num_tokens` tokens. The caller checked `can_allocate`."""
         for block_id in cached:
             block = self.blocks[block_id]
             if block.ref_count == 0:
                 del self.free[block_id]
             block.ref_count += 1
             seq.block_table.append(block_id)
-            seq.block_hashes.append(block.hash)
         if cached:
             seq.num_computed_tokens = len(cached) * self.block_size
         while len(seq.block_table) < self.blocks_needed(num_tokens):
             seq.block_table.append(self._take_fresh())
-        self._register_full_blocks(seq, num_tokens)
 
     def free_seq(self, seq: Sequence) -> None:
         """Return `seq`'s blocks, last block first so that a prompt's tail is evicted before its head."""
@@ -131,17 +128,6 @@ class BlockManager:
                     self._forget(block)
         seq.block_table.clear()
         seq.block_hashes.clear()
-
-    def step_computed(self) -> None:
-        """The step ran: the blocks registered for it now hold their KV."""
-        self.uncomputed.clear()
-
-    def forget_uncomputed(self) -> None:
-        """The step failed: drop the blocks registered for it from the prefix cache (their sequences keep them;
-        no lookup finds them)."""
-        for block_id in self.uncomputed:
-            self._forget(self.blocks[block_id])
-        self.uncomputed.clear()
 
     def _take_fresh(self) -> int:
         block_id, _ = self.free.popitem(last=False)
@@ -156,8 +142,12 @@ class BlockManager:
             del self.cached[block.hash]
         block.hash = block.token_ids = block.parent = None
 
-    def _register_full_blocks(self, seq: Sequence, num_tokens: int) -> None:
-        full = min(num_tokens, len(seq.token_ids)) // self.block_size
+    def register_computed(self, seq: Sequence) -> None:
+        """The step that computed `seq`'s tokens up to `num_computed_tokens` has run: its full blocks so far
+        enter the prefix cache (a block another sequence registered first keeps that registration)."""
+        if not self.enable_prefix_caching:
+            return
+        full = min(seq.num_computed_tokens, len(seq.token_ids)) // self.block_size
         while len(seq.block_hashes) < full:
             i = len(seq.block_hashes)
             chunk = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
@@ -169,4 +159,3 @@ class BlockManager:
                 block.hash, block.token_ids = block_hash, chunk
                 block.parent = seq.block_table[i - 1] if i else None
                 self.cached.setdefault(block_hash, block.block_id)
-                self.uncomputed.append(block.block_id)

@@ -100,20 +100,15 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, apply the results; return the outputs this step produced. If the forward
-        raises, the blocks registered for the step leave the prefix cache and the exception propagates; the
-        step's results are not applied (its scheduling, admissions and preemptions stand), so the caller may step
-        again (the same tokens are computed) or abort the requests (`LLM.generate` aborts them)."""
+        raises, the exception propagates and the step's results are not applied: nothing entered the prefix
+        cache; its scheduling, admissions and preemptions stand, so the caller may step again (the same tokens
+        are computed) or abort the requests (`LLM.generate` aborts them)."""
         scheduled = self.scheduler.schedule()
         if not scheduled.seqs:
             if self.scheduler.has_work:     # cannot happen: an empty cache always fits one sequence's chunk
                 raise RuntimeError("the scheduler made no progress with requests waiting")
             return []
-        try:
-            result = self.runner.execute(scheduled)
-        except BaseException:              # Ctrl-C included: the cache must not offer KV that was never written
-            self.blocks.forget_uncomputed()
-            raise
-        self.blocks.step_computed()
+        result = self.runner.execute(scheduled)   # if it raises, nothing was registered: nothing to undo
         self.scheduler.update(scheduled)
         finished = self.processor.process(result, time.monotonic())
         for seq in finished:

@@ -12,7 +12,8 @@ prefill chunks and resumed sequences mix freely in one batch:
    prefix. A preempted one recomputes its prompt and output as a prefill and goes on exactly where it
    stopped: sampling depends only on (seed, position), so nothing it produces changes.
 
-`schedule()` returns plain data (a SchedulerOutput); the engine runs it and reports back with `update()`.
+`schedule()` returns plain data (a SchedulerOutput); the engine runs it and reports back with `update()`, which
+is when the computed blocks enter the prefix cache.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class Scheduler:
             seq = self.waiting[0]
             if seq.index > 0 and needs_prompt_logprobs(seq.request.seqs[0]):
                 break       # the prompt logprobs come first, so a streamed request sends them whole
-            cached = [] if needs_prompt_logprobs(seq) else self.blocks.find_cached_prefix(seq)
+            cached = [] if needs_prompt_logprobs(seq) else self._prefix(seq, out)
             start = len(cached) * self.blocks.block_size
             count = min(seq.num_tokens - start, budget)
             reserve = self.admission_reserve if self.running else 0
@@ -102,6 +103,17 @@ class Scheduler:
             out.add(seq, count)
             budget -= count
         return out
+
+    def _prefix(self, seq: Sequence, out: SchedulerOutput) -> list[int]:
+        """The blocks `seq` starts from: the longer of its cached prefix and, for a later choice of a prompt,
+        the prompt blocks its first choice has computed or computes in this step (`out`)."""
+        cached = self.blocks.find_cached_prefix(seq)
+        first = seq.request.seqs[0]
+        if seq.index == 0 or first.finished or not first.block_table:
+            return cached
+        covered = first.num_computed_tokens + sum(n for s, n in zip(out.seqs, out.num_new_tokens) if s is first)
+        shared = self.blocks.sibling_prefix(seq, first, covered)
+        return shared if len(shared) > len(cached) else cached
 
     def _make_room(self, seq: Sequence, num_tokens: int, out: SchedulerOutput) -> bool:
         """Preempt the newest running sequences until `seq` can hold `num_tokens`; False if `seq` itself was."""
@@ -125,6 +137,7 @@ class Scheduler:
         """Record that the step's tokens were computed."""
         for seq, count in zip(out.seqs, out.num_new_tokens):
             seq.num_computed_tokens += count
+            self.blocks.register_computed(seq)
 
     def finish(self, seq: Sequence) -> None:
         """Take `seq` out of the queues and return its blocks."""

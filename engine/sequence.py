@@ -44,7 +44,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0                  # tokens whose KV is in the cache
     block_table: list[int] = field(default_factory=list)
-    block_hashes: list[int] = field(default_factory=list)   # chained hashes of the full blocks registered
+    block_hashes: list[int] = field(default_factory=list)   # chained hashes of the full blocks computed
     num_preemptions: int = 0
     text: str = ""
     logprobs: list[PositionLogprobs] = field(default_factory=list)

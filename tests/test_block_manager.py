@@ -18,11 +18,25 @@ def make_seq(tokens: list[int], seq_id: int = 0) -> Sequence:
 
 
 def admit(manager: BlockManager, seq: Sequence) -> int:
-    """Allocate the whole of `seq` after its cached prefix, as the scheduler does; return the cached tokens."""
+    """Allocate the whole of `seq` after its cached prefix and compute it in one step, as the scheduler and the
+    engine do; return the cached tokens."""
     cached = manager.find_cached_prefix(seq)
     assert manager.can_allocate(seq, seq.num_tokens, cached)
     manager.allocate(seq, seq.num_tokens, cached)
-    return len(cached) * manager.block_size
+    found = len(cached) * manager.block_size
+    seq.num_computed_tokens = seq.num_tokens                     # the step ran
+    manager.register_computed(seq)
+    return found
+
+
+def test_blocks_enter_the_cache_only_once_computed():
+    manager = BlockManager(16, 4, enable_prefix_caching=True)
+    first = make_seq(list(range(13)), 0)
+    manager.allocate(first, 13)                                  # scheduled, not yet run
+    assert manager.find_cached_prefix(make_seq(list(range(13)), 1)) == []
+    first.num_computed_tokens = 8                                # a chunk of 8 tokens ran
+    manager.register_computed(first)
+    assert manager.find_cached_prefix(make_seq(list(range(13)), 2)) == first.block_table[:2]
 
 
 def test_allocate_and_free_restore_every_block():
@@ -47,7 +61,6 @@ def test_shared_prefix_is_reused_and_reference_counted():
     assert admit(manager, second) == 12
     assert second.block_table[:3] == first.block_table[:3]
     assert [manager.blocks[b].ref_count for b in first.block_table[:3]] == [2, 2, 2]
-    assert second.num_computed_tokens == 12
     manager.free_seq(first)
     assert [manager.blocks[b].ref_count for b in second.block_table[:3]] == [1, 1, 1]
     manager.free_seq(second)
@@ -126,8 +139,8 @@ def test_can_allocate_counts_revived_blocks(reserve):
 
 
 def test_a_failed_step_leaves_nothing_uncomputed_in_the_prefix_cache(llama_path):
-    """Blocks are registered when scheduled; if the forward then raises (Ctrl-C in a notebook, an OOM), a later
-    request with the same prompt must not take their never-written KV from the cache."""
+    """If the forward raises (Ctrl-C in a notebook, an OOM), a later request with the same prompt must not take
+    never-written KV from the cache."""
     from engine import LLM
 
     prompt = "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n"
@@ -186,4 +199,62 @@ def test_stepping_again_after_a_failed_step_computes_the_same_tokens(llama_path,
             failures += 1
     assert failures == 2
     assert finished == {f"{i}{copy}": expected[i] for i in range(2) for copy in "ab"}
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def test_aborting_the_request_that_owned_shared_blocks_after_a_failed_step(llama_path):
+    """Two requests with one prompt admitted in the same step, whose forward fails; the first is aborted and the
+    engine steps on. The second must not count the first's never-written blocks as its computed prefix (before
+    blocks were registered only once computed, it generated 12 of 12 wrong greedy tokens)."""
+    from engine import LLM
+
+    prompt = "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n"
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    expected = LLM(llama_path, block_size=4).generate(prompt, params)[0].outputs[0].token_ids
+    llm = LLM(llama_path, block_size=4)
+    engine, ids = llm.engine, llm.get_tokenizer()(prompt)["input_ids"]
+    engine.add_request("owner", ids, params)
+    engine.add_request("sharer", ids, params)
+    execute = engine.runner.execute
+
+    def failing(step):
+        engine.runner.execute = execute
+        raise RuntimeError("a step that failed")
+
+    engine.runner.execute = failing
+    with pytest.raises(RuntimeError):
+        engine.step()
+    engine.abort_request("owner")
+    finished = {}
+    while engine.has_unfinished_requests():
+        finished |= {o.request_id: o.outputs[0].token_ids for o in engine.step() if o.finished}
+    assert finished == {"sharer": expected}
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_the_choices_of_a_prompt_share_its_blocks_in_their_first_step(llama_path, prefix_caching):
+    """n=3: the later choices take the first choice's full prompt blocks in the step that computes them, with or
+    without prefix caching, and generate what three separate requests would."""
+    from engine import LLM
+
+    prompt = list(range(5, 5 + 4 * 6 + 2))                       # six full blocks of 4 and two tokens
+    params = SamplingParams(n=3, temperature=1.0, seed=11, max_tokens=6, ignore_eos=True)
+    llm = LLM(llama_path, block_size=4, enable_prefix_caching=prefix_caching)
+    engine = llm.engine
+    engine.add_request("r", prompt, params)
+    step = engine.scheduler.schedule()
+    first, second, third = step.seqs
+    assert step.num_new_tokens == [len(prompt), 2, 2]
+    assert second.block_table[:6] == third.block_table[:6] == first.block_table[:6]
+    assert [engine.blocks.blocks[b].ref_count for b in first.block_table[:6]] == [3] * 6
+    result = engine.runner.execute(step)
+    engine.scheduler.update(step)
+    engine.processor.process(result, 0.0)
+    outputs = {}
+    while engine.has_unfinished_requests():
+        outputs |= {o.request_id: o for o in engine.step() if o.finished}
+    separate = LLM(llama_path, block_size=4, enable_prefix_caching=False)
+    alone = separate.generate(prompt, params)[0]
+    assert [c.token_ids for c in outputs["r"].outputs] == [c.token_ids for c in alone.outputs]
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks

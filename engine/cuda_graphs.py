@@ -39,6 +39,12 @@ class DecodeGraphs:
         self.block_tables = torch.zeros(largest, max_blocks_per_seq, dtype=torch.int32, device=device)
         self.seq_lens = torch.ones(largest, dtype=torch.int32, device=device)
         self.cu_seqlens_q = torch.arange(largest + 1, dtype=torch.int32, device=device)
+        # Pinned host twins of the buffers a step fills: its lists are written there, then copied without a
+        # stream sync or a driver staging copy (engine/transfer.py). The event marks the last copies out of them.
+        pinned = torch.device(device).type == "cuda"
+        self._host = {name: torch.empty(buffer.shape, dtype=buffer.dtype, pin_memory=pinned)
+                      for name, buffer in self._filled().items()}
+        self._copied = torch.cuda.Event() if pinned else None
         self._model = model
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._outputs: dict[int, torch.Tensor] = {}
@@ -61,6 +67,10 @@ class DecodeGraphs:
         """The largest decode batch a graph holds."""
         return self.sizes[-1]
 
+    def _filled(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "positions": self.positions, "slots": self.slots,
+                "seq_lens": self.seq_lens, "block_tables": self.block_tables}
+
     def _forward(self, size: int) -> torch.Tensor:
         meta = AttentionMetadata(self.slots[:size], self.block_tables[:size], self.seq_lens[:size],
                                  self.cu_seqlens_q[:size + 1], 1)
@@ -73,11 +83,17 @@ class DecodeGraphs:
         n = len(input_ids)
         size = next(s for s in self.sizes if s >= n)
         width = len(block_tables[0])
-        self.input_ids[:n].copy_(torch.tensor(input_ids, dtype=torch.int64), non_blocking=True)
-        self.positions[:n].copy_(torch.tensor(positions, dtype=torch.int64), non_blocking=True)
-        self.slots[:n].copy_(torch.tensor(slots, dtype=torch.int64), non_blocking=True)
-        self.seq_lens[:n].copy_(torch.tensor(seq_lens, dtype=torch.int32), non_blocking=True)
-        self.block_tables[:n, :width].copy_(torch.tensor(block_tables, dtype=torch.int32), non_blocking=True)
+        if self._copied is not None:
+            self._copied.synchronize()        # the previous step's copies have left the pinned twins
+        host, device = self._host, self._filled()
+        values = {"input_ids": input_ids, "positions": positions, "slots": slots, "seq_lens": seq_lens}
+        for name, listed in values.items():
+            host[name].numpy()[:n] = listed
+            device[name][:n].copy_(host[name][:n], non_blocking=True)
+        host["block_tables"].numpy()[:n, :width] = block_tables
+        self.block_tables[:n, :width].copy_(host["block_tables"][:n, :width], non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
         # Padding rows (a previous, larger step may have filled them): no write, one cached token of block 0.
         self.input_ids[n:size] = 0
         self.positions[n:size] = 0

@@ -1,5 +1,6 @@
-"""The engine never builds a device tensor with `torch.tensor(..., device=...)`: on a GPU that copy waits for every
-queued kernel (engine/transfer.py), which a CPU run cannot show, so the rule is checked on the source."""
+"""The engine never builds a device tensor with `torch.tensor(..., device=...)` (on a GPU that copy waits for every
+queued kernel, engine/transfer.py) nor copies a freshly built pageable host tensor to a device (the driver may wait
+while it stages it): a CPU run cannot show either, so the rules are checked on the source."""
 
 from __future__ import annotations
 
@@ -19,6 +20,44 @@ def synchronous_copies(source: str) -> list[int]:
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
             and node.func.attr in ("tensor", "as_tensor") and isinstance(node.func.value, ast.Name)
             and node.func.value.id == "torch" and any(k.arg == "device" for k in node.keywords)]
+
+
+def _fresh_host_tensor(node: ast.AST, pinned_ok: bool) -> bool:
+    """Whether `node` builds a new host tensor from Python data (`torch.tensor`, `torch.as_tensor`): pageable
+    memory, unless it asks for `pin_memory` and that is allowed."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("tensor", "as_tensor") and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "torch"
+            and not (pinned_ok and any(k.arg == "pin_memory" for k in node.keywords)))
+
+
+def pageable_copies(source: str) -> list[int]:
+    """Lines that copy a freshly built pageable host tensor to a device: `dst.copy_(torch.tensor(...))`, or
+    `torch.tensor(...).to(...)` / `.cuda(...)` without `pin_memory`."""
+    return [node.lineno for node in ast.walk(ast.parse(source)) if _copies_pageable(node)]
+
+
+def _copies_pageable(node: ast.AST) -> bool:
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        return False
+    if node.func.attr == "copy_":
+        return bool(node.args) and _fresh_host_tensor(node.args[0], pinned_ok=False)
+    return node.func.attr in ("to", "cuda") and _fresh_host_tensor(node.func.value, pinned_ok=True)
+
+
+def test_the_check_finds_a_pageable_copy():
+    old_graph_path = "self.slots[:n].copy_(torch.tensor(slots, dtype=torch.int64), non_blocking=True)\n"
+    assert pageable_copies(old_graph_path) == [1]
+    assert pageable_copies("x = torch.tensor(v, dtype=d).to(dev, non_blocking=True)\ny = torch.as_tensor(v).cuda()\n") \
+        == [1, 2]
+    assert pageable_copies("x = torch.tensor(v, pin_memory=True).to(dev, non_blocking=True)\n") == []
+    assert pageable_copies("dst[:n].copy_(host[:n], non_blocking=True)\n") == []
+
+
+def test_no_engine_module_copies_from_pageable_host_memory():
+    found = {path.name: lines for path in sorted(ENGINE.rglob("*.py"))
+             if (lines := pageable_copies(path.read_text()))}
+    assert found == {}, f"copy from pinned memory (engine.transfer.to_device, or a pinned buffer): {found}"
 
 
 def test_the_check_finds_a_synchronous_copy():

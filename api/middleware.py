@@ -1,5 +1,5 @@
 """Plain ASGI middleware (no BaseHTTPMiddleware, which would get in the way of streaming and of disconnect
-detection): the API key check on /v1 routes, and the request body size limit."""
+detection): the API key check on /v1 routes, the request body size limit, and paths with a trailing slash."""
 
 from __future__ import annotations
 
@@ -88,3 +88,18 @@ class BodyLimitMiddleware:
     async def _too_large(self, send: Send) -> None:
         await send_error(send, 413, f"The request body is larger than the limit of {self.max_bytes} bytes.",
                          "invalid_request_error", "request_too_large", [(b"connection", b"close")])
+
+
+class TrailingSlashMiddleware:
+    """`/v1/completions/` is served as `/v1/completions` (Starlette would answer a bare 307 redirect, which
+    clients do not follow for a POST)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            trimmed = path.rstrip("/") or "/"
+            scope = {**scope, "path": trimmed, "raw_path": trimmed.encode()}
+        await self.app(scope, receive, send)

@@ -142,10 +142,6 @@ class SamplingRequest(StrictModel):
             raise bad_request("Send max_tokens or max_completion_tokens, not both.", "max_completion_tokens")
         if self.stream_options is not None and not self.stream:
             raise bad_request("stream_options is only allowed with stream: true.", "stream_options")
-        options = self.stream_options
-        if options is not None and options.continuous_usage_stats and not options.include_usage:
-            raise bad_request("stream_options.continuous_usage_stats needs stream_options.include_usage: true.",
-                              "stream_options")
 
 
 class CompletionRequest(SamplingRequest):

@@ -79,8 +79,8 @@ def check_context(prompt: Prompt, max_tokens: int | None, max_model_len: int, be
                        f"length of the {param}.", param, "context_length_exceeded")
     if behavior == "error" and max_tokens is not None and size + max_tokens > max_model_len:
         raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, you "
-                       f"requested {size + max_tokens} tokens ({size} in the messages, {max_tokens} in the "
-                       "completion). Please reduce the length of the messages or completion.", param,
+                       f"requested {size + max_tokens} tokens ({size} in the {param}, {max_tokens} in the "
+                       f"completion). Please reduce the length of the {param} or completion.", param,
                        "context_length_exceeded")
 
 

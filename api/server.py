@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from api import chat, completions
 from api.errors import envelope, install_handlers
 from api.metrics import CONTENT_TYPE
-from api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, TrailingSlashMiddleware
 from api.responses import ERROR_RESPONSES, ModelList
 from api.state import ServerSettings, ServerState, server_state
 from engine.async_llm import AsyncLLM
@@ -30,7 +30,8 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
     app.add_api_route("/metrics", metrics, methods=["GET"], response_model=None)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)    # outermost: before reading bodies
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)    # before reading bodies
+    app.add_middleware(TrailingSlashMiddleware)                             # outermost
     return app
 
 

@@ -10,7 +10,7 @@ Usage (Fireworks semantics), decided by `stream_options`:
    and the usage (OpenAI's shape);
 3. `{"include_usage": false}` or `{}`: no usage anywhere;
 4. `{"include_usage": true, "continuous_usage_stats": true}`: every chunk carries the usage so far, plus
-   the extra chunk of case 2.
+   the extra chunk of case 2. `continuous_usage_stats` without `include_usage: true` sends no usage, as vLLM.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import pytest
 import torch
-from api_helpers import hf_greedy, hf_logprobs, strict_json
+from api_helpers import TIMEOUT, hf_greedy, hf_logprobs, strict_json
 
 PROMPT = "def add(a, b):"
 
@@ -216,7 +217,7 @@ def test_context_length_behaviour(server, client):
     assert r.status_code == 400
     assert r.json()["error"] == {
         "message": "This model's maximum context length is 1024 tokens. However, you requested 1100 tokens "
-                   "(1000 in the messages, 100 in the completion). Please reduce the length of the messages or "
+                   "(1000 in the prompt, 100 in the completion). Please reduce the length of the prompt or "
                    "completion.",
         "type": "invalid_request_error", "param": "prompt", "code": "context_length_exceeded"}
     for behaviour in ("truncate", "error"):
@@ -250,3 +251,16 @@ def test_any_integer_is_a_seed(server):
         assert server.post("/v1/completions", {**body, "seed": seed}).json()["choices"][0]["text"] == first
         texts.append(first)
     assert len(set(texts)) > 1
+
+
+def test_a_trailing_slash_serves_the_route(server):
+    """Not a bare 307 redirect (which clients do not follow for a POST): the same route answers."""
+    body = {"model": server.model, "prompt": "def f(x):", "max_tokens": 3, "temperature": 0, "ignore_eos": True}
+    slashed, plain = server.post("/v1/completions/", body), server.post("/v1/completions", body)
+    assert slashed.status_code == 200, slashed.text
+    assert slashed.json()["choices"][0]["text"] == plain.json()["choices"][0]["text"]
+    r = server.post("/v1/chat/completions/", {"model": server.model, "max_tokens": 2,
+                                              "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    models = httpx.get(f"{server.url}/v1/models/", headers=server.headers(), timeout=TIMEOUT)
+    assert models.status_code == 200 and models.json()["data"][0]["id"] == server.model

@@ -1,11 +1,13 @@
 """Logprobs in the two OpenAI shapes, and what a token looks like in them.
 
-A token's `bytes` are its true UTF-8 bytes: for byte-level BPE the token string is mapped back through the
-GPT-2 byte decoder, for SentencePiece `<0xNN>` pieces are bytes and `▁` is a space, so a token that is half
-of a multi-byte character gives its real half. Its string form is its text when those bytes are valid UTF-8
-on their own, else OpenAI's `bytes:\\xe6\\x97` notation: always JSON-serialisable, and two tokens never share
-a key in a `top_logprobs` dict. Logprobs are the raw model distribution's (before temperature, penalties
-and filters); a -inf (or NaN) is sent as -9999.0, as OpenAI does, since JSON has no infinities.
+A token's `bytes` are its true UTF-8 bytes: for byte-level BPE the token string is mapped back through the GPT-2
+byte decoder, for SentencePiece `<0xNN>` pieces are bytes and `▁` is a space, so a token that is half of a
+multi-byte character gives its real half. Its string form is its text when those bytes are valid UTF-8 on their
+own, else OpenAI's `bytes:\\xe6\\x97` notation; an id the model has but the tokenizer lacks (the embedding is
+often padded past the vocabulary) has no bytes and is written `token_id:N`, as vLLM writes token ids. Always
+JSON-serialisable, and two tokens never share a key in a `top_logprobs` dict. Logprobs are the raw model
+distribution's (before temperature, penalties and filters); a -inf (or NaN) is sent as -9999.0, as OpenAI does,
+since JSON has no infinities.
 """
 
 from __future__ import annotations
@@ -61,12 +63,12 @@ class TokenTable:
         self.added = {tid: tok.content for tid, tok in getattr(hf_tokenizer, "added_tokens_decoder", {}).items()}
         self._cache: dict[int, tuple[bytes, str]] = {}
 
-    def _compute(self, token_id: int) -> bytes:
+    def _compute(self, token_id: int) -> bytes | None:
         if token_id in self.added:
             return self.added[token_id].encode()
         piece = self.hf.convert_ids_to_tokens(token_id)
         if piece is None:
-            return b""
+            return None
         if self.byte_level:
             table = _gpt2_byte_decoder()
             if all(ch in table for ch in piece):
@@ -81,10 +83,13 @@ class TokenTable:
         entry = self._cache.get(token_id)
         if entry is None:
             raw = self._compute(token_id)
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            if raw is None:                          # not in the tokenizer's vocabulary
+                raw, text = b"", f"token_id:{token_id}"
+            else:
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
             entry = self._cache[token_id] = (raw, text)
         return entry
 

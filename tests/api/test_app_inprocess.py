@@ -180,3 +180,33 @@ def test_unexpected_errors_are_500_without_a_trace(llama_path, monkeypatch):
     r = asyncio.run(main())
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
     assert "secret" not in r.text and "Traceback" not in r.text
+
+
+def test_ids_the_tokenizer_lacks_keep_distinct_logprob_entries(checkpoint_factory):
+    """The model's vocabulary is padded past the tokenizer's: those ids are written `token_id:N`, so a legacy
+    top_logprobs dict keeps every one of its k entries and chat's list repeats no token (they all rendered "")."""
+    path = checkpoint_factory("llama", vocab_size=1024, seed=3)        # the test tokenizer has about 400 tokens
+    prompt = "def add(a, b):"
+
+    async def main():
+        llm = AsyncLLM(path, max_num_seqs=2)
+        try:
+            async with _serve(llm) as http:
+                legacy = await http.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 4,
+                                                                   "temperature": 0, "logprobs": 20})
+                chat = await http.post("/v1/chat/completions", json={
+                    "model": "tiny", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4,
+                    "temperature": 0, "logprobs": True, "top_logprobs": 20})
+                return legacy, chat, len(llm.tokenizer.hf)
+        finally:
+            llm.shutdown()
+
+    legacy, chat, known = asyncio.run(main())
+    assert legacy.status_code == 200 and chat.status_code == 200, (legacy.text, chat.text)
+    tops = legacy.json()["choices"][0]["logprobs"]["top_logprobs"]
+    padded = [key for top in tops for key in top if key.startswith("token_id:")]
+    assert padded and all(int(key.split(":")[1]) >= known for key in padded)     # the premise: they do appear
+    assert all(len(top) >= 20 for top in tops)
+    for entry in chat.json()["choices"][0]["logprobs"]["content"]:
+        tokens = [alt["token"] for alt in entry["top_logprobs"]]
+        assert len(tokens) == 20 and len(set(tokens)) == 20

@@ -83,13 +83,18 @@ def resolve_model(model: str | None) -> str:
     if model is None:
         from engine import DEFAULT_MODEL
 
-        if not (Path(DEFAULT_MODEL) / "config.json").is_file():
+        if not is_checkpoint(DEFAULT_MODEL):
             raise SystemExit(f"error: the built-in default model is not available ({DEFAULT_MODEL} has no "
                              "config.json); pass --model PATH to serve a checkpoint")
         return DEFAULT_MODEL
-    if not (Path(model) / "config.json").is_file():
+    if not is_checkpoint(model):
         raise SystemExit(f"error: --model {model!r} is not a checkpoint directory (no config.json)")
     return model
+
+
+def is_checkpoint(path: str) -> bool:
+    """Whether `path` is a checkpoint directory (has a config.json)."""
+    return (Path(path) / "config.json").is_file()
 
 
 def engine_options(args: argparse.Namespace) -> dict:
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse and check the command line, take the port, then load the model and serve until interrupted."""
     parser = build_parser(_prog())
     args = parser.parse_args(argv)
-    if args.model is not None and not (Path(args.model) / "config.json").is_file():
+    if args.model is not None and not is_checkpoint(args.model):
         parser.error(f"--model {args.model!r} is not a checkpoint directory (no config.json)")
     if args.cpu_threads is not None and args.cpu_threads < 1:
         parser.error(f"--cpu-threads must be >= 1, got {args.cpu_threads}")

@@ -49,8 +49,6 @@ class BlockManager:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.cached: dict[int, int] = {}     # block hash -> block id, for blocks whose KV is computed
-        self.prefix_queries = 0              # prompt tokens looked up in the prefix cache
-        self.prefix_hits = 0                 # ... and found there
 
     @property
     def num_blocks(self) -> int:

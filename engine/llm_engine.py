@@ -45,6 +45,8 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}
         self._rng = random.Random(config.seed)
         self._next_seq_id = 0
+        self._prefix_queries = 0       # summed over the scheduler's outputs
+        self._prefix_hits = 0
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     stream: bool = False) -> None:
@@ -104,6 +106,8 @@ class LLMEngine:
         cache; its scheduling, admissions and preemptions stand, so the caller may step again (the same tokens
         are computed) or abort the requests (`LLM.generate` aborts them)."""
         scheduled = self.scheduler.schedule()
+        self._prefix_queries += scheduled.prefix_queries
+        self._prefix_hits += scheduled.prefix_hits
         if not scheduled.seqs:
             if self.scheduler.has_work:     # cannot happen: an empty cache always fits one sequence's chunk
                 raise RuntimeError("the scheduler made no progress with requests waiting")
@@ -133,6 +137,6 @@ class LLMEngine:
             kv_blocks_total=self.blocks.num_blocks,
             kv_blocks_used=self.blocks.num_blocks - self.blocks.num_free_blocks,
             num_preemptions=self.scheduler.num_preemptions,
-            prefix_cache_queries=self.blocks.prefix_queries,
-            prefix_cache_hits=self.blocks.prefix_hits,
+            prefix_cache_queries=self._prefix_queries,
+            prefix_cache_hits=self._prefix_hits,
         )

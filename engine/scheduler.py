@@ -32,6 +32,8 @@ class SchedulerOutput:
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
     num_preempted: int = 0
+    prefix_queries: int = 0      # prompt tokens of the sequences first admitted this step
+    prefix_hits: int = 0         # ... whose KV they took from the prefix cache (or a sibling)
 
     @property
     def num_tokens(self) -> int:
@@ -96,8 +98,8 @@ class Scheduler:
             self.blocks.allocate(seq, start + count, cached)
             if seq.num_preemptions == 0:
                 seq.request.num_cached_tokens = max(seq.request.num_cached_tokens, start)
-                self.blocks.prefix_queries += seq.num_tokens
-                self.blocks.prefix_hits += start
+                out.prefix_queries += seq.num_tokens
+                out.prefix_hits += start
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.add(seq, count)

@@ -246,6 +246,7 @@ def test_the_choices_of_a_prompt_share_its_blocks_in_their_first_step(llama_path
     step = engine.scheduler.schedule()
     first, second, third = step.seqs
     assert step.num_new_tokens == [len(prompt), 2, 2]
+    assert (step.prefix_queries, step.prefix_hits) == (3 * len(prompt), 2 * 24)    # the step's record says so
     assert second.block_table[:6] == third.block_table[:6] == first.block_table[:6]
     assert [engine.blocks.blocks[b].ref_count for b in first.block_table[:6]] == [3] * 6
     result = engine.runner.execute(step)

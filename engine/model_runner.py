@@ -19,7 +19,7 @@ from engine.cuda_graphs import DecodeGraphs
 from engine.loader import load_model
 from engine.models.attention import AttentionMetadata
 from engine.sampler import Sampler, SamplerOutput, TopLogprobs, top_logprobs
-from engine.scheduler import SchedulerOutput, needs_prompt_logprobs
+from engine.scheduler import SchedulerOutput
 from engine.sequence import Sequence
 from engine.transfer import to_device
 
@@ -111,19 +111,17 @@ class ModelRunner:
         out = StepOutput()
         prompt_rows: list[int] = []
         bs = self.block_size
-        for seq, count in zip(step.seqs, step.num_new_tokens):
+        for seq, count, wanted in zip(step.seqs, step.num_new_tokens, step.prompt_logprob_positions):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + count
             input_ids += seq.token_ids[start:end]
             positions += range(start, end)
             table = seq.block_table
             slots += [table[t // bs] * bs + t % bs for t in range(start, end)]
-            if needs_prompt_logprobs(seq):
-                first = max(start, len(seq.request.prompt_logprobs) - 1)
-                last = min(end, seq.num_prompt_tokens - 1)
-                if first < last:       # row t predicts prompt token t + 1
-                    prompt_rows += range(cu_seqlens[-1] + first - start, cu_seqlens[-1] + last - start)
-                    out.prompt_seqs.append(seq)
-                    out.prompt_positions.append(range(first + 1, last + 1))
+            if wanted:              # row t predicts prompt token t + 1
+                row0 = cu_seqlens[-1] - start - 1
+                prompt_rows += range(row0 + wanted.start, row0 + wanted.stop)
+                out.prompt_seqs.append(seq)
+                out.prompt_positions.append(wanted)
             cu_seqlens.append(cu_seqlens[-1] + count)
             seq_lens.append(end)
             if end == seq.num_tokens:

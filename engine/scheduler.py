@@ -27,10 +27,12 @@ from engine.sequence import Sequence, SequenceStatus
 
 @dataclass(slots=True)
 class SchedulerOutput:
-    """The sequences of one step and how many new tokens each computes, in batch order."""
+    """The sequences of one step and how many new tokens each computes, in batch order, and for each the prompt
+    positions whose logprobs the step computes (empty unless it wants prompt logprobs; row t predicts token t + 1)."""
 
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
+    prompt_logprob_positions: list[range] = field(default_factory=list)
     num_preempted: int = 0
     prefix_queries: int = 0      # prompt tokens of the sequences first admitted this step
     prefix_hits: int = 0         # ... whose KV they took from the prefix cache (or a sibling)
@@ -44,6 +46,12 @@ class SchedulerOutput:
         """Schedule `num_new_tokens` of `seq`."""
         self.seqs.append(seq)
         self.num_new_tokens.append(num_new_tokens)
+        positions = range(0)
+        if needs_prompt_logprobs(seq):
+            end = seq.num_computed_tokens + num_new_tokens
+            positions = range(max(seq.num_computed_tokens + 1, seq.next_prompt_logprob),
+                              min(end, seq.num_prompt_tokens - 1) + 1)
+        self.prompt_logprob_positions.append(positions)
 
 
 class Scheduler:
@@ -137,8 +145,9 @@ class Scheduler:
 
     def update(self, out: SchedulerOutput) -> None:
         """Record that the step's tokens were computed."""
-        for seq, count in zip(out.seqs, out.num_new_tokens):
+        for seq, count, positions in zip(out.seqs, out.num_new_tokens, out.prompt_logprob_positions):
             seq.num_computed_tokens += count
+            seq.next_prompt_logprob = max(seq.next_prompt_logprob, positions.stop)
             self.blocks.register_computed(seq)
 
     def finish(self, seq: Sequence) -> None:
@@ -152,7 +161,7 @@ class Scheduler:
 
 
 def needs_prompt_logprobs(seq: Sequence) -> bool:
-    """Whether `seq` must still compute logits over prompt positions (so it cannot start from the cache)."""
-    request = seq.request
-    return (seq.index == 0 and request.prompt_logprobs is not None
-            and len(request.prompt_logprobs) < len(request.prompt_token_ids))
+    """Whether `seq` must still compute logits over prompt positions (so it cannot start from the cache). The first
+    choice of a request computes them; a preempted one does not compute them twice."""
+    return (seq.index == 0 and seq.params.prompt_logprobs is not None
+            and seq.next_prompt_logprob < seq.num_prompt_tokens)

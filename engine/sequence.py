@@ -46,6 +46,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)   # chained hashes of the full blocks computed
     num_preemptions: int = 0
+    next_prompt_logprob: int = 1                  # the scheduler's: first prompt position whose logprob is due
     text: str = ""
     logprobs: list[PositionLogprobs] = field(default_factory=list)
     cumulative_logprob: float = 0.0

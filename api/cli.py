@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-# EngineConfig's dtype names (engine/config.py imports torch, so they are spelled out again here; a test
-# keeps the two lists equal).
+# EngineConfig's dtype names and llm_kernels' backends (both modules import torch, so they are spelled out again
+# here; a test keeps the lists equal).
 DTYPES = ("auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16", "half", "float")
+KERNEL_BACKENDS = ("auto", "triton", "cpu", "torch")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -56,6 +57,9 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
                              "Triton kernels)")
     engine.add_argument("--cpu-threads", type=int, default=None,
                         help="torch's threads for CPU work (default: torch's choice, one per physical core)")
+    engine.add_argument("--kernels", default=None, choices=KERNEL_BACKENDS,
+                        help="the kernels backend, chosen once for the engine (default: LLM_KERNELS_BACKEND, else "
+                             "auto: Triton on CUDA, the C and torch kernels on the CPU)")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-seqs", type=int, default=1024,
                         help="sequences that may wait beyond the running batch; more get 429")
@@ -103,7 +107,7 @@ def engine_options(args: argparse.Namespace) -> dict:
                 kv_cache_blocks=args.kv_cache_blocks, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=not args.no_prefix_caching,
                 seed=args.seed, cuda_graphs=False if args.enforce_eager else None, cpu_threads=args.cpu_threads,
-                max_queued_seqs=args.max_queued_seqs)
+                kernels=args.kernels, max_queued_seqs=args.max_queued_seqs)
 
 
 def server_settings(args: argparse.Namespace, model: str):

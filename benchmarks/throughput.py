@@ -79,10 +79,10 @@ def qwen3_random(shape: str, tokenizer_dir: str, out_dir: Path) -> str:
 
 
 def warm_engine(model: str, max_model_len: int, device: torch.device, dtype: torch.dtype,
-                cuda_graphs: bool | None = None) -> LLM:
+                cuda_graphs: bool | None = None, kernels: llm_kernels.KernelSet | None = None) -> LLM:
     """engine.LLM on the checkpoint, after a warm-up request."""
     llm = LLM(model, max_model_len=max_model_len, device=device.type, dtype=str(dtype).removeprefix("torch."),
-              cuda_graphs=cuda_graphs)
+              cuda_graphs=cuda_graphs, kernels=kernels)
     llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
     return llm
 
@@ -97,19 +97,18 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
                dtype: torch.dtype, cuda_graphs: bool | None = None, layer_ops: bool = True,
                split_sampler: bool = True) -> list[float]:
     """engine.LLM's output tokens/s on each workload (after a warm-up request). Each workload has prompts of
-    its own, so the prefix cache never serves one run from an earlier one. Two ablations, each replacing a
-    function for the run (from before the graphs are captured): `layer_ops=False`, the torch layer ops where
-    the engine would run the Triton ones (`llm_kernels.backend.resolve_layer_ops`); `split_sampler=False`, the
-    one-program Triton sampler in place of the split one (`llm_kernels.triton_ops.sample`)."""
+    its own, so the prefix cache never serves one run from an earlier one. Two ablations: `layer_ops=False`, the
+    torch layer ops where the engine would run the Triton ones (`KernelSet.with_torch_layer_ops`);
+    `split_sampler=False`, the one-program Triton sampler in place of the split one (`llm_kernels.triton_ops.sample`
+    replaced while the engine selects its kernels)."""
+    kernels = llm_kernels.select(device).with_torch_layer_ops() if not layer_ops else None
     with contextlib.ExitStack() as patches:
-        if not layer_ops:
-            patches.enter_context(mock.patch.object(llm_kernels.backend, "resolve_layer_ops", lambda device: "torch"))
         if not split_sampler:            # imported only here: a CPU run may have no Triton
             from llm_kernels import triton_ops
             from llm_kernels.triton_ops import sampling
 
             patches.enter_context(mock.patch.object(triton_ops, "sample", sampling.sample))
-        llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs)
+        llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs, kernels)
         rates = []
         for work in workloads:
             params = workload_params(work)

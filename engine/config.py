@@ -9,6 +9,9 @@ from pathlib import Path
 
 import torch
 
+from llm_kernels.backend import BACKENDS
+from llm_kernels.kernel_set import KernelSet
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
            "float": torch.float32}
@@ -87,6 +90,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     cuda_graphs: bool | None = None
     cpu_threads: int | None = None
+    kernels: str | KernelSet | None = None
 
     def __post_init__(self) -> None:
         if not (Path(self.model) / "config.json").is_file():
@@ -110,6 +114,9 @@ class EngineConfig:
         if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or isinstance(self.cpu_threads, bool)
                                              or self.cpu_threads < 1):
             raise ValueError(f"cpu_threads must be an integer >= 1 or None (torch's default), got {self.cpu_threads!r}")
+        if self.kernels is not None and not isinstance(self.kernels, KernelSet) and self.kernels not in BACKENDS:
+            raise ValueError(f"kernels must be one of {', '.join(BACKENDS)}, a llm_kernels.KernelSet or None "
+                             f"(what llm_kernels.use or LLM_KERNELS_BACKEND says), got {self.kernels!r}")
         if self.cuda_graphs is not None and not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be True, False or None (auto), got {self.cuda_graphs!r}")
 

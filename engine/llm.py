@@ -12,6 +12,7 @@ from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from llm_kernels import KernelSet
 
 DEFAULT_MODEL = str(Path(__file__).parent / "assets" / "pycoder-tiny")
 
@@ -29,18 +30,21 @@ class LLM:
     enable_prefix_caching: reuse the KV of shared prompt prefixes. seed: seeds unseeded requests. cuda_graphs:
     replay decode steps from CUDA graphs; None (default) does wherever it can (CUDA with the Triton kernels), True
     requires it, False runs every step eagerly. cpu_threads: torch's intra-op threads for the CPU work (default:
-    torch's choice, one per physical core); process-wide, as `torch.set_num_threads`.
+    torch's choice, one per physical core); process-wide, as `torch.set_num_threads`. kernels: the kernels backend,
+    chosen once for this engine: "auto", "triton", "cpu", "torch", a `llm_kernels.KernelSet` (one kernel swapped
+    for an experiment), or None (default: what `llm_kernels.use` or LLM_KERNELS_BACKEND says when it is built).
     """
 
     def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "auto",
                  max_model_len: int | None = None, block_size: int = 16, kv_cache_blocks: int | None = None,
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
-                 seed: int = 0, cuda_graphs: bool | None = None, cpu_threads: int | None = None) -> None:
+                 seed: int = 0, cuda_graphs: bool | None = None, cpu_threads: int | None = None,
+                 kernels: str | KernelSet | None = None) -> None:
         self.engine = LLMEngine(EngineConfig(
             model=model or DEFAULT_MODEL, dtype=dtype, device=device, max_model_len=max_model_len,
             block_size=block_size, kv_cache_blocks=kv_cache_blocks, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, enable_prefix_caching=enable_prefix_caching, seed=seed,
-            cuda_graphs=cuda_graphs, cpu_threads=cpu_threads))
+            cuda_graphs=cuda_graphs, cpu_threads=cpu_threads, kernels=kernels))
         self._ids = itertools.count()
 
     def get_tokenizer(self):

@@ -10,6 +10,7 @@ from safetensors import safe_open
 
 from engine.config import ModelConfig
 from engine.models import model_class
+from llm_kernels import KernelSet
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -26,15 +27,16 @@ def safetensors_files(path: Path) -> list[Path]:
     return files
 
 
-def load_model(path: str, cfg: ModelConfig, max_positions: int, dtype: torch.dtype,
-               device: torch.device) -> torch.nn.Module:
-    """Instantiate the architecture without initialising it, then fill every parameter from the checkpoint."""
+def load_model(path: str, cfg: ModelConfig, max_positions: int, dtype: torch.dtype, device: torch.device,
+               kernels: KernelSet) -> torch.nn.Module:
+    """Instantiate the architecture (its layers calling `kernels`) without initialising it, then fill every
+    parameter from the checkpoint."""
     cls = model_class(cfg.architecture)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device("meta"):
-            model = cls(cfg, max_positions)
+            model = cls(cfg, max_positions, kernels)
     finally:
         torch.set_default_dtype(previous)
     model = model.to_empty(device=device)

@@ -52,9 +52,10 @@ class ModelRunner:
         self.dtype = config.torch_dtype(model_config, self.device)
         self.block_size = config.block_size
         self.max_model_len = max_model_len
-        use_graphs = self._use_cuda_graphs()         # before anything is loaded: a refusal leaves nothing behind
-        self.model = load_model(config.model, model_config, max_model_len, self.dtype, self.device)
-        self.sampler = Sampler(eos_token_ids)
+        self.kernels = self._select_kernels()         # before anything is loaded: a refusal leaves nothing behind
+        use_graphs = self._use_cuda_graphs()
+        self.model = load_model(config.model, model_config, max_model_len, self.dtype, self.device, self.kernels)
+        self.sampler = Sampler(eos_token_ids, self.kernels)
         cfg = model_config
         shape = kv_cache.KVCacheShape(cfg.num_layers, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype)
         budget = self._memory_budget() if config.kv_cache_blocks is None else 0
@@ -68,14 +69,25 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self.model, min(config.max_num_seqs, config.max_num_batched_tokens),
                                        -(-max_model_len // self.block_size), self.device)
 
+    def _select_kernels(self) -> llm_kernels.KernelSet:
+        """The engine's kernels, chosen once: `kernels` if it is a KernelSet, else `llm_kernels.select` for the
+        device and that backend (None: what `llm_kernels.use` or LLM_KERNELS_BACKEND says now). Eager steps and
+        CUDA graphs run the same ones, whatever `use` says later. A backend that cannot run on the device is refused."""
+        chosen = self.config.kernels
+        if isinstance(chosen, llm_kernels.KernelSet):
+            kernels = chosen
+        else:
+            try:
+                kernels = llm_kernels.select(self.device, chosen)
+            except RuntimeError as exc:
+                raise ValueError(f"device {self.device}: {exc}") from exc
+        logger.info("kernels: %s (layer ops: %s)", kernels.backend, kernels.layer_ops)
+        return kernels
+
     def _use_cuda_graphs(self) -> bool:
         """Whether decode steps replay CUDA graphs: `cuda_graphs` if set, else wherever they can run (a CUDA
-        device with the Triton kernels). The graphs keep the kernels in force when they are captured, so a later
-        `llm_kernels.use(...)` changes the eager steps only. A backend that cannot run on the device is refused here."""
-        try:
-            backend = llm_kernels.backend.resolve(self.device)
-        except RuntimeError as exc:
-            raise ValueError(f"device {self.device}: {exc}") from exc
+        device with the Triton kernels)."""
+        backend = self.kernels.backend
         possible = self.device.type == "cuda" and backend == "triton"
         if self.config.cuda_graphs and not possible:
             raise ValueError(f"cuda_graphs=True needs a CUDA device and the Triton kernels, not {self.device} "

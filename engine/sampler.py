@@ -1,4 +1,4 @@
-"""From logits to tokens: min_tokens, logit_bias and penalties, then `llm_kernels.sample`, plus logprobs.
+"""From logits to tokens: min_tokens, logit_bias and penalties, then the engine's `sample` kernel, plus logprobs.
 
 Logprobs are the log-softmax of the raw logits, before any of the processing (vLLM's default), so they
 describe the model rather than the sampling settings.
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-import llm_kernels
 from engine.sequence import Sequence
 from engine.transfer import to_device
+from llm_kernels import KernelSet
 
 
 @dataclass(slots=True)
@@ -52,8 +52,9 @@ _MAX_PENALISED = 1e30     # the largest logit a repetition penalty may make: / 1
 class Sampler:
     """Turns the logits of the sequences that reached their next token into that token."""
 
-    def __init__(self, eos_token_ids: list[int]) -> None:
+    def __init__(self, eos_token_ids: list[int], kernels: KernelSet) -> None:
         self.eos_token_ids = eos_token_ids
+        self.kernels = kernels
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """logits [B, V] float32, one row per sequence in `seqs`."""
@@ -74,7 +75,7 @@ class Sampler:
                                      torch.int64, device)
         top_k = to_device([min(max(p.top_k, 0), vocab) for p in params],   # k >= vocab keeps all, fits int32
                           torch.int32, device)
-        drawn = llm_kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
+        drawn = self.kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
         top = None
         if raw is not None:
             ks = [seqs[i].params.logprobs for i in logprob_rows]
@@ -112,7 +113,7 @@ class Sampler:
         # with positive logits, which outweigh the rest by a factor of about 1e29).
         floor = (sub.amax(dim=-1).clamp(min=0) / _MAX_PENALISED).clamp(min=torch.finfo(torch.float32).tiny)
         repetition = torch.maximum(repetition, floor)      # tiny: no subnormal divisor a GPU may flush to 0
-        llm_kernels.apply_penalties(
+        self.kernels.apply_penalties(
             sub,
             _padded([seq.request.prompt_token_ids for seq in picked], device),
             _padded([seq.output_token_ids for seq in picked], device),

@@ -1,25 +1,17 @@
-"""The kernel API the engine calls. Each function dispatches to Triton, to a C kernel for the CPU (paged
-attention's decodes) or to the torch reference.
+"""The kernel API: the contract of every kernel, and direct calls that choose a backend per call.
 
-The contract is the same for both backends, so a researcher can swap in a kernel of their own by replacing
-one function of `llm_kernels.triton_ops` and checking it against `llm_kernels.reference` with the tests.
+Each function runs Triton, a C kernel for the CPU (paged attention's decodes) or the torch reference, as
+`llm_kernels.select` picks for the tensor's device and the configured backend. The engine does not come through
+here: it holds the `KernelSet` it selected once. The contract is the same for every backend, so a researcher can
+swap in a kernel of their own (a `KernelSet` field, or a function of `llm_kernels.triton_ops`) and check it
+against `llm_kernels.reference` with the tests.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-from llm_kernels import backend
-from llm_kernels.cpu import attention as cpu_attention
-from llm_kernels.reference import attention as ref_attention
-from llm_kernels.reference import layer_ops as ref_layer_ops
-from llm_kernels.reference import sampling as ref_sampling
-
-
-def _triton(name: str):
-    return getattr(importlib.import_module("llm_kernels.triton_ops"), name)
+from llm_kernels.kernel_set import select
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -29,9 +21,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_ca
     key, value: [T, num_kv_heads, head_dim]. k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim].
     slot_mapping: [T] integer, `block * block_size + offset` for each token; a negative slot is skipped.
     """
-    if backend.resolve(key.device) == "triton":
-        return _triton("store_kv")(key, value, k_cache, v_cache, slot_mapping)
-    return ref_attention.store_kv(key, value, k_cache, v_cache, slot_mapping)
+    return select(key.device).store_kv(key, value, k_cache, v_cache, slot_mapping)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -48,15 +38,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     num_heads > num_kv_heads (query head h reads kv head h // (num_heads // num_kv_heads)).
     Returns [T, num_heads, head_dim] in q's dtype.
     """
-    chosen = backend.resolve(q.device)
-    if chosen == "triton":
-        return _triton("paged_attention")(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-                                          max_seqlen_q, scale)
-    if chosen == "cpu":
-        return cpu_attention.paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-                                             max_seqlen_q, scale)
-    return ref_attention.paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-                                         max_seqlen_q, scale)
+    return select(q.device).paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
+                                            max_seqlen_q, scale)
 
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
@@ -69,13 +52,7 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     (seed, position), never on the other rows. Exact semantics: `llm_kernels.reference.sampling`.
     Returns [B] int64. Other shapes are a ValueError (the Triton kernels would read past a short parameter).
     """
-    params = (temperature, top_k, top_p, min_p, seeds, positions)
-    if logits.dim() != 2 or any(t.shape != logits.shape[:1] for t in params):
-        raise ValueError(f"sample: logits must be [B, V] and each parameter [B]; got logits {tuple(logits.shape)}, "
-                         f"parameters {[tuple(t.shape) for t in params]}")
-    if backend.resolve(logits.device) == "triton":
-        return _triton("sample")(logits, temperature, top_k, top_p, min_p, seeds, positions)
-    return ref_sampling.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
+    return select(logits.device).sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
 
 
 def apply_penalties(logits: torch.Tensor, prompt_tokens: torch.Tensor, output_tokens: torch.Tensor,
@@ -85,9 +62,8 @@ def apply_penalties(logits: torch.Tensor, prompt_tokens: torch.Tensor, output_to
     prompt_tokens [B, Lp] and output_tokens [B, Lo] int64, padded with -1. presence, frequency,
     repetition: [B] float32 (0, 0 and 1 are neutral). Exact semantics: `llm_kernels.reference.sampling`.
     """
-    if backend.resolve(logits.device) == "triton":
-        return _triton("apply_penalties")(logits, prompt_tokens, output_tokens, presence, frequency, repetition)
-    return ref_sampling.apply_penalties(logits, prompt_tokens, output_tokens, presence, frequency, repetition)
+    return select(logits.device).apply_penalties(logits, prompt_tokens, output_tokens, presence, frequency,
+                                                  repetition)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -96,25 +72,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     float32. With `residual` (like x), normalises x + residual and returns (normalised, x + residual), so a
     decoder layer adds its residual and normalises in one pass. Exact semantics:
     `llm_kernels.reference.layer_ops.rms_norm`."""
-    if backend.resolve_layer_ops(x.device) == "triton":
-        flat = x.reshape(-1, x.shape[-1])
-        got = _triton("rms_norm")(flat, weight, eps, None if residual is None else residual.reshape(flat.shape))
-        if residual is None:
-            return got.view(x.shape)
-        return got[0].view(x.shape), got[1].view(x.shape)
-    return ref_layer_ops.rms_norm(x, weight, eps, residual)
+    return select(x.device).rms_norm(x, weight, eps, residual)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """SwiGLU's activation: silu(gate) * up for x [T, 2 * I] = [gate | up] -> [T, I], in x's dtype."""
-    if backend.resolve_layer_ops(x.device) == "triton":
-        return _triton("silu_and_mul")(x)
-    return ref_layer_ops.silu_and_mul(x)
+    return select(x.device).silu_and_mul(x)
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE of x [T, heads, D] with each token's float32 rows cos, sin [T, D/2]:
     (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), computed in float32. Returns a new tensor like x."""
-    if backend.resolve_layer_ops(x.device) == "triton":
-        return _triton("rotary")(x, cos, sin)
-    return ref_layer_ops.rotary(x, cos, sin)
+    return select(x.device).rotary(x, cos, sin)

@@ -1,8 +1,7 @@
 """Which implementation the kernel API dispatches to: our Triton kernels, our C kernels for the CPU, or the
 plain-torch references.
 
-The choice is made per call from the tensor's device unless it is forced, with `llm_kernels.use(...)` or the
-`LLM_KERNELS_BACKEND` environment variable (`auto`, `triton`, `cpu` or `torch`):
+A backend is one of `auto`, `triton`, `cpu` or `torch`:
 
 - `auto` (default): Triton for CUDA tensors, `cpu` for CPU tensors, torch everywhere else.
 - `triton`: always Triton. On a CPU tensor this needs `TRITON_INTERPRET=1` (Triton's numpy interpreter),
@@ -12,10 +11,11 @@ The choice is made per call from the tensor's device unless it is forced, with `
 - `torch`: always the plain-torch references.
 
 The fused layer ops (`llm_kernels.rms_norm`, `silu_and_mul`, `rotary`) follow `resolve_layer_ops`: Triton where the
-attention kernels are Triton, the torch references elsewhere (the `cpu` backend has no C layer ops).
+attention kernels are Triton, the torch references elsewhere (the `cpu` backend has no C version).
 
-An engine that replays CUDA graphs (`engine/cuda_graphs.py`, the default on CUDA) keeps, in its decode steps, the
-kernels in force when it was built: choose the backend before building it.
+An engine chooses once, when it is built (`llm_kernels.select`, `LLM(kernels=...)`). Direct calls of the API's
+functions choose per call, by the tensor's device and what `llm_kernels.use(...)` or, failing that, the
+`LLM_KERNELS_BACKEND` environment variable says.
 
 Nothing here imports Triton or touches a GPU driver at import time.
 """
@@ -33,11 +33,17 @@ _forced: str | None = None
 
 
 def use(backend: str) -> None:
-    """Force every kernel call to one backend ("triton" | "cpu" | "torch"), or "auto" to choose by device."""
+    """Force the direct kernel calls, and the engines built from now on without a backend of their own, to one
+    backend ("triton" | "cpu" | "torch"), or "auto" to choose by device. An engine already built keeps its own."""
     global _forced
+    _forced = checked(backend)
+
+
+def checked(backend: str) -> str:
+    """`backend` if it names one, else a ValueError listing them."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernels backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    _forced = backend
+    return backend
 
 
 def configured() -> str:
@@ -74,9 +80,10 @@ def triton_available() -> bool:
     return True
 
 
-def resolve(device: torch.device) -> str:
-    """The backend ("triton", "cpu" or "torch") that a call on tensors of `device` runs."""
-    backend = configured()
+def resolve(device: torch.device, backend: str | None = None) -> str:
+    """The backend ("triton", "cpu" or "torch") that tensors of `device` run under `backend` (None: `configured()`).
+    A backend that cannot run there is a RuntimeError."""
+    backend = configured() if backend is None else checked(backend)
     if backend == "auto":
         if device.type == "cuda" and triton_available():
             return "triton"
@@ -94,12 +101,12 @@ def resolve(device: torch.device) -> str:
     return backend
 
 
-def resolve_layer_ops(device: torch.device) -> str:
+def resolve_layer_ops(device: torch.device, backend: str | None = None) -> str:
     """The backend ("triton" or "torch") of the fused layer ops on tensors of `device`: Triton wherever the
     attention kernels are Triton (CUDA under `auto`, or forced), the torch references otherwise (there is no C
     version). On an H100 they raised the engine's throughput 1.14x to 1.35x eagerly and 1.65x to
     1.71x with CUDA graphs (two runs, benchmarks/RESULTS.md)."""
-    backend = configured()
+    backend = configured() if backend is None else checked(backend)
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"
-    return "triton" if backend == "triton" and resolve(device) == "triton" else "torch"
+    return "triton" if backend == "triton" and resolve(device, backend) == "triton" else "torch"

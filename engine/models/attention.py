@@ -1,4 +1,4 @@
-"""Paged self-attention: project, rotate, write the KV cache and attend, through the `llm_kernels` API."""
+"""Paged self-attention: project, rotate, write the KV cache and attend, with the engine's `llm_kernels.KernelSet`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-import llm_kernels
 from engine.models.norm import RMSNorm
+from llm_kernels import KernelSet
 
 
 @dataclass(slots=True)
@@ -26,14 +26,15 @@ class Attention(torch.nn.Module):
     and q/k norm (Qwen3)."""
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, qkv_bias: bool,
-                 o_bias: bool, qk_norm_eps: float | None) -> None:
+                 o_bias: bool, qk_norm_eps: float | None, kernels: KernelSet) -> None:
         super().__init__()
+        self.kernels = kernels
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.qkv_sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
         self.qkv_proj = torch.nn.Linear(hidden_size, sum(self.qkv_sizes), bias=qkv_bias)
         self.o_proj = torch.nn.Linear(num_heads * head_dim, hidden_size, bias=o_bias)
-        self.q_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
-        self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
+        self.q_norm = RMSNorm(head_dim, qk_norm_eps, kernels) if qk_norm_eps is not None else None
+        self.k_norm = RMSNorm(head_dim, qk_norm_eps, kernels) if qk_norm_eps is not None else None
         self.scale = head_dim ** -0.5
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
@@ -46,9 +47,10 @@ class Attention(torch.nn.Module):
         qk, v = qkv[:, :heads + self.num_kv_heads], qkv[:, heads + self.num_kv_heads:]
         if self.q_norm is not None:
             qk = torch.cat([self.q_norm(qk[:, :heads]), self.k_norm(qk[:, heads:])], dim=1)
-        qk = llm_kernels.rotary(qk, *rope)           # the query and key heads are rotated together
+        kernels = self.kernels
+        qk = kernels.rotary(qk, *rope)               # the query and key heads are rotated together
         q, k = qk[:, :heads], qk[:, heads:]
-        llm_kernels.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        out = llm_kernels.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.seq_lens,
+        kernels.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        out = kernels.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.seq_lens,
                                       meta.cu_seqlens_q, meta.max_seqlen_q, self.scale)
         return self.o_proj(out.flatten(1))

@@ -8,40 +8,41 @@ from __future__ import annotations
 
 import torch
 
-import llm_kernels
 from engine.config import ModelConfig
 from engine.models.attention import Attention, AttentionMetadata
 from engine.models.norm import RMSNorm
 from engine.models.rotary import RotaryEmbedding
+from llm_kernels import KernelSet
 
 
 class MLP(torch.nn.Module):
     """SwiGLU feed-forward with the gate and up projections fused into one matmul."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, kernels: KernelSet) -> None:
         super().__init__()
+        self.kernels = kernels
         self.gate_up_proj = torch.nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
         self.down_proj = torch.nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]."""
-        return self.down_proj(llm_kernels.silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(torch.nn.Module):
     """Pre-norm attention and MLP blocks, each with a residual connection.
 
     The residual stream is passed along unsummed, as (the last block's output, the sum before it): each norm adds
-    the two and normalises in one call (`llm_kernels.rms_norm` with a residual), as a fused kernel can.
+    the two and normalises in one call (the kernels' `rms_norm` with a residual), as a fused kernel can.
     """
 
-    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, kernels: KernelSet) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
         self.self_attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, qkv_bias,
-                                   cfg.attention_bias, cfg.rms_norm_eps if qk_norm else None)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+                                   cfg.attention_bias, cfg.rms_norm_eps if qk_norm else None, kernels)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, kernels)
 
     def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, residual: torch.Tensor | None,
                 meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,12 +59,14 @@ class DecoderLayer(torch.nn.Module):
 class DecoderModel(torch.nn.Module):
     """Embeddings, the decoder layers and the final norm (Hugging Face's `model.` prefix)."""
 
-    def __init__(self, cfg: ModelConfig, max_positions: int, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(self, cfg: ModelConfig, max_positions: int, qkv_bias: bool, qk_norm: bool,
+                 kernels: KernelSet) -> None:
         super().__init__()
         self.rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
         self.embed_tokens = torch.nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = torch.nn.ModuleList(DecoderLayer(cfg, qkv_bias, qk_norm) for _ in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = torch.nn.ModuleList(DecoderLayer(cfg, qkv_bias, qk_norm, kernels)
+                                          for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Token ids [T] -> final hidden states [T, hidden]."""
@@ -84,9 +87,9 @@ class LlamaForCausalLM(torch.nn.Module):
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
+    def __init__(self, cfg: ModelConfig, max_positions: int, kernels: KernelSet) -> None:
         super().__init__()
-        self.model = DecoderModel(cfg, max_positions, self.qkv_bias or cfg.attention_bias, self.qk_norm)
+        self.model = DecoderModel(cfg, max_positions, self.qkv_bias or cfg.attention_bias, self.qk_norm, kernels)
         self.lm_head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -13,6 +13,7 @@ import pytest
 
 import api.cli as cli
 from engine.config import _DTYPES
+from llm_kernels.backend import BACKENDS
 
 # Runs api.cli.main in a fresh interpreter, then says which heavy modules it had imported by the time it exited.
 PROBE = textwrap.dedent("""
@@ -83,8 +84,12 @@ def test_port_0_binds_a_free_port_and_holds_it():
         sock.close()
 
 
-def test_dtype_choices_are_the_engines():
+def test_dtype_and_kernel_choices_are_the_engines():
     assert set(cli.DTYPES) == {"auto", *_DTYPES}
+    assert cli.KERNEL_BACKENDS == BACKENDS
+    args = cli.build_parser("triton-serve").parse_args(["--kernels", "torch"])
+    assert cli.engine_options(args)["kernels"] == "torch"
+    assert cli.engine_options(cli.build_parser("triton-serve").parse_args([]))["kernels"] is None
 
 
 def test_console_script_name_is_the_prog(monkeypatch):

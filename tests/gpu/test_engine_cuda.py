@@ -45,7 +45,7 @@ def hf_greedy(path: str, device: torch.device) -> list[list[int]]:
 def test_greedy_matches_transformers_on_the_gpu(device, checkpoint_factory, monkeypatch, arch, cuda_graphs,
                                                  layer_ops):
     """(None, True) is the engine's default on CUDA: graphs, and the fused Triton RMSNorm, SiLU-and-mul and
-    rotary (captured in them). The others turn graphs off, or the fused ops (resolve_layer_ops patched)."""
+    rotary (captured in them). The others turn graphs off, or the fused ops (`KernelSet.with_torch_layer_ops`)."""
     if cuda_graphs and device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU (the dry run is on the CPU)")
     path = checkpoint_factory(arch, seed=len(arch))
@@ -53,14 +53,13 @@ def test_greedy_matches_transformers_on_the_gpu(device, checkpoint_factory, monk
     calls = []
     layer_names = {"rms_norm", "silu_and_mul", "rotary"}
     llm_kernels.use("auto" if device.type == "cuda" else "triton")   # conftest resets it; the CPU dry run needs Triton
-    if not layer_ops:
-        monkeypatch.setattr(llm_kernels.backend, "resolve_layer_ops", lambda device: "torch")
     for name in {"store_kv", "paged_attention", "sample"} | layer_names:
         kernel = getattr(triton_ops, name)
         monkeypatch.setattr(triton_ops, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    kernels = None if layer_ops else llm_kernels.select(device).with_torch_layer_ops()
     # A 16-token step budget chunks the prompts; 18 blocks of 8 cannot hold all six sequences at once.
     llm = LLM(path, device=device.type, dtype="float32", block_size=8, kv_cache_blocks=18,
-              max_num_batched_tokens=16, max_model_len=128, cuda_graphs=cuda_graphs)
+              max_num_batched_tokens=16, max_model_len=128, cuda_graphs=cuda_graphs, kernels=kernels)
     replays = []                                        # decode steps replay a captured graph
     replay = torch.cuda.CUDAGraph.replay
     monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda graph: replays.append(1) or replay(graph))

@@ -3,7 +3,7 @@
 The model is replaced by a stub that costs nothing (it returns precomputed hidden states and logits), so
 what is timed is everything else a step does: scheduling, block management, input preparation, sampling
 bookkeeping, detokenization and output processing, for 1, 64 and 256 running sequences in steady decode.
-The sampling kernel itself (`llm_kernels.sample`, the torch reference on the CPU; on a GPU it would be device
+The sampling kernel itself (the engine's `sample` kernel, the torch reference on the CPU; on a GPU it would be device
 work) is timed apart and reported beside the overhead, not in it.
 
     python -m benchmarks.overhead [--model PATH] [--seqs 1 64 256] [--steps 200]
@@ -12,15 +12,16 @@ work) is timed apart and reported beside the overhead, not in it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
 
 import torch
 
-import engine.sampler
 from engine import DEFAULT_MODEL, LLMEngine, SamplingParams
 from engine.config import EngineConfig
+from engine.sampler import Sampler
 
 
 class StubModel(torch.nn.Module):
@@ -39,24 +40,28 @@ class StubModel(torch.nn.Module):
 
 
 class KernelClock:
-    """Wraps the sampler's `llm_kernels.sample` to add up the CPU time spent inside it."""
+    """Wraps the sampling kernel of the engine's sampler (its KernelSet's `sample`) to add up the CPU time spent
+    inside it."""
 
-    def __init__(self) -> None:
+    def __init__(self, sampler: Sampler) -> None:
         self.seconds = 0.0
-        self._sample = engine.sampler.llm_kernels.sample
+        self.sampler = sampler
+        self._kernels = sampler.kernels
 
     def __enter__(self) -> KernelClock:
+        sample = self._kernels.sample
+
         def timed(*args):
             start = time.process_time()
             try:
-                return self._sample(*args)
+                return sample(*args)
             finally:
                 self.seconds += time.process_time() - start
-        engine.sampler.llm_kernels.sample = timed
+        self.sampler.kernels = dataclasses.replace(self._kernels, sample=timed)
         return self
 
     def __exit__(self, *exc) -> None:
-        engine.sampler.llm_kernels.sample = self._sample
+        self.sampler.kernels = self._kernels
 
 
 def measure(model: str, num_seqs: int, steps: int, temperature: float) -> dict:
@@ -70,7 +75,7 @@ def measure(model: str, num_seqs: int, steps: int, temperature: float) -> dict:
         llm_engine.add_request(f"r{i}", f"def function_number_{i}(argument):\n    return", params)
     llm_engine.step()                                   # the prefill step, not counted
     overhead, sampling = [], []
-    with KernelClock() as clock:
+    with KernelClock(llm_engine.runner.sampler) as clock:
         for _ in range(steps):
             inside = clock.seconds
             start = time.process_time()

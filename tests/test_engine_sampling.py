@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import transformers
@@ -210,13 +212,13 @@ def test_a_repetition_penalty_near_zero_matches_the_exact_computation(llm, hf, l
 
 
 def test_each_request_parameter_reaches_the_kernel_as_its_own_contiguous_row(llm, monkeypatch):
-    """The engine hands `llm_kernels.sample` one [B] tensor per parameter, each contiguous (no copy in the Triton
+    """The engine hands its `sample` kernel one [B] tensor per parameter, each contiguous (no copy in the Triton
     wrapper), row i holding request i's settings."""
-    import engine.sampler
-
     seen = []
-    sample = engine.sampler.llm_kernels.sample
-    monkeypatch.setattr(engine.sampler.llm_kernels, "sample", lambda *a: seen.append(a) or sample(*a))
+    sampler = llm.engine.runner.sampler
+    kernels = sampler.kernels
+    monkeypatch.setattr(sampler, "kernels",
+                        dataclasses.replace(kernels, sample=lambda *a: seen.append(a) or kernels.sample(*a)))
     params = [SamplingParams(temperature=0.5, top_k=7, top_p=0.8, min_p=0.1, max_tokens=1, seed=3),
               SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, max_tokens=1, seed=-2)]
     llm.generate(PROMPTS[:2], params)

@@ -64,9 +64,25 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     limits.add_argument("--max-queued-seqs", type=int, default=1024,
                         help="sequences that may wait beyond the running batch; more get 429")
     limits.add_argument("--max-request-bytes", type=int, default=8 << 20, help="larger bodies get 413")
+    limits.add_argument("--read-timeout", type=_seconds, default=30.0,
+                        help="seconds for a request (headers and body) to arrive whole; a slower one gets 408 and is "
+                             "disconnected (0: no limit; responses are never timed)")
+    limits.add_argument("--shutdown-timeout", type=_seconds, default=5.0,
+                        help="on SIGTERM, seconds the requests in flight may run before they are cut (0: cut at "
+                             "once); new requests get 503 meanwhile")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds >= 0")
+    return seconds
 
 
 def _device(value: str) -> str:

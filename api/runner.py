@@ -51,7 +51,10 @@ class Job:
 
 
 async def submit(state: ServerState, job: Job) -> None:
-    """Add the job's engine requests (all or none); errors become 400, 429 or 503."""
+    """Add the job's engine requests (all or none); errors become 400, 429 or 503 (also once the server is
+    shutting down)."""
+    if state.stopping:
+        raise APIError(503, "The server is shutting down; retry on another instance.", type="server_error")
     llm = state.llm
     needed = len(job.prompts) * job.params.n
     if llm.max_queued_seqs is not None and needed > llm.config.max_num_seqs + llm.max_queued_seqs:

@@ -44,11 +44,14 @@ async def list_models(request: Request) -> JSONResponse:
 
 
 async def health(request: Request) -> JSONResponse:
-    """200 while the engine thread is alive, 503 once it has stopped."""
-    llm = server_state(request).llm
-    if llm.is_alive:
+    """200 while the engine thread is alive, 503 once it has stopped or the server is shutting down."""
+    state = server_state(request)
+    if state.stopping:
+        return JSONResponse(envelope("The server is shutting down.", "server_error"), status_code=503)
+    if state.llm.is_alive:
         return JSONResponse({"status": "ok"})
-    return JSONResponse(envelope(f"The engine is not running: {llm.error!r}", "server_error"), status_code=503)
+    return JSONResponse(envelope(f"The engine is not running: {state.llm.error!r}", "server_error"),
+                        status_code=503)
 
 
 async def metrics(request: Request) -> Response:

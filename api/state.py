@@ -34,6 +34,7 @@ class ServerState:
     tokens: TokenTable
     metrics: Metrics
     created: int = field(default_factory=lambda: int(time.time()))
+    stopping: bool = False          # set when shutdown begins: new work gets 503, /health turns 503
 
     @classmethod
     def build(cls, llm: AsyncLLM, settings: ServerSettings) -> ServerState:

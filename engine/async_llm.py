@@ -34,6 +34,10 @@ class EngineDeadError(RuntimeError):
     """The engine thread has stopped (it failed or was shut down); no request can be served."""
 
 
+class RequestCutError(EngineDeadError):
+    """The request was ended by `AsyncLLM.abort_all` (a server shutting down) before it finished."""
+
+
 class EngineOverloadedError(RuntimeError):
     """Accepting the request would grow the waiting queue beyond its limit; retry later."""
 
@@ -133,6 +137,22 @@ class AsyncLLM:
     def abort_nowait(self, request_id: str) -> None:
         """`abort` for code that cannot await (e.g. a `finally` during cancellation)."""
         self._abort(request_id, self._streams.get(request_id))
+
+    @property
+    def num_requests(self) -> int:
+        """Requests accepted and not yet ended, as the asyncio side sees them."""
+        return len(self._streams)
+
+    def abort_all(self, reason: str) -> int:
+        """End every request in flight: its consumer gets RequestCutError(reason), and the engine frees its
+        blocks before its next step. Returns how many were ended. Call it from the loop that runs them."""
+        streams = list(self._streams.values())
+        for stream in streams:
+            self._commands.put(("abort", stream.request_id))
+            self._unregister(stream)
+            stream._put(RequestCutError(reason))
+            self._release(stream)
+        return len(streams)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the engine thread after its current step; pending requests get EngineDeadError."""

@@ -4,7 +4,11 @@ with Hugging Face transformers on the same checkpoint."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +16,8 @@ import httpx
 import openai
 import torch
 from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Seconds a request may take before a test gives up: long enough for a correct server on a loaded 2-core machine
 # (a ~1000-token generation took over 60 s there); a hung server still fails, just later.
@@ -50,6 +56,28 @@ class Server:
         text = httpx.get(f"{self.url}/metrics", timeout=TIMEOUT).text
         return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
                 if not s.labels}
+
+
+def start_server(args: list[str], log: Path) -> subprocess.Popen:
+    """`python -m api --port 0 ARGS` from the repository, its output in `log`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("API_KEY", None)
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "api", "--port", "0", *args], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_ready(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
+    """The URL the server logs once it is ready (a RuntimeError if it exits or takes too long)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(r"ready: serving model .* at (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        time.sleep(0.1)
+    raise RuntimeError(f"the server did not get ready in {timeout}s:\n{log.read_text(errors='replace')}")
 
 
 def sse_events(response: httpx.Response) -> list:

@@ -10,41 +10,16 @@ whole session, and independent oracles (the Hugging Face tokenizer and model of 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import openai
 import pytest
-from api_helpers import Server
+from api_helpers import Server, start_server, wait_ready
 
-REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-123"
 SMALL_NAME = "small"
-
-
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("API_KEY", None)
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "api", "--port", "0", *args], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-
-
-def _wait_ready(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(r"ready: serving model .* at (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
-        if match:
-            return match.group(1)
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        time.sleep(0.1)
-    raise RuntimeError(f"the server did not get ready in {timeout}s:\n{log.read_text(errors='replace')}")
 
 
 def _without_chat_template(source: str, target: Path) -> str:
@@ -67,16 +42,16 @@ def servers(checkpoint_factory, main_checkpoint, tmp_path_factory):
     """Start both servers at once (their startups overlap), stop them at the end of the session."""
     logs = tmp_path_factory.mktemp("server-logs")
     small_ckpt = _without_chat_template(checkpoint_factory("llama"), logs / "no-template")
-    main = _start(["--model", main_checkpoint], logs / "main.log")
-    small = _start(["--model", small_ckpt, "--served-model-name", SMALL_NAME, "--max-model-len", "128",
+    main = start_server(["--model", main_checkpoint], logs / "main.log")
+    small = start_server(["--model", small_ckpt, "--served-model-name", SMALL_NAME, "--max-model-len", "128",
                     "--kv-cache-blocks", "20", "--max-num-seqs", "4", "--max-queued-seqs", "4",
                     "--max-request-bytes", "65536", "--api-key", API_KEY], logs / "small.log")
     procs = [main, small]
     try:
         result = {
-            "main": Server(main, _wait_ready(main, logs / "main.log"), Path(main_checkpoint).name, main_checkpoint,
+            "main": Server(main, wait_ready(main, logs / "main.log"), Path(main_checkpoint).name, main_checkpoint,
                            logs / "main.log"),
-            "small": Server(small, _wait_ready(small, logs / "small.log"), SMALL_NAME, small_ckpt,
+            "small": Server(small, wait_ready(small, logs / "small.log"), SMALL_NAME, small_ckpt,
                             logs / "small.log", API_KEY),
         }
         yield result

@@ -210,3 +210,36 @@ def test_ids_the_tokenizer_lacks_keep_distinct_logprob_entries(checkpoint_factor
     for entry in chat.json()["choices"][0]["logprobs"]["content"]:
         tokens = [alt["token"] for alt in entry["top_logprobs"]]
         assert len(tokens) == 20 and len(set(tokens)) == 20
+
+
+def test_a_stopping_server_takes_no_new_work(llama_path):
+    """Once shutdown has begun (api/serve.py sets `stopping`), requests get 503 and /health turns 503; the
+    requests cut by `AsyncLLM.abort_all` end with the shutdown's error, and the engine frees their blocks."""
+    async def main():
+        llm = AsyncLLM(llama_path)
+        try:
+            app = create_app(llm, ServerSettings("tiny"))
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
+                                         timeout=TIMEOUT) as http:
+                stream = await llm.add_request([1, 2, 3], SamplingParams(max_tokens=500, ignore_eos=True))
+                await anext(stream)
+                assert llm.num_requests == 1
+                assert llm.abort_all("going away") == 1 and llm.num_requests == 0
+                with pytest.raises(RuntimeError, match="going away"):
+                    async for _ in stream:
+                        pass
+                app.state.server.stopping = True
+                body = {"model": "tiny", "prompt": "hello", "max_tokens": 2}
+                replies = [await http.post("/v1/completions", json=body), await http.get("/health")]
+                for _ in range(500):
+                    if llm.stats().kv_blocks_used == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                return replies, llm.stats().kv_blocks_used
+        finally:
+            llm.shutdown()
+
+    (completion, health), used = asyncio.run(main())
+    assert completion.status_code == 503 and "shutting down" in completion.json()["error"]["message"]
+    assert health.status_code == 503
+    assert used == 0

@@ -32,7 +32,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     body.check()
     check_model(state, body.model)
     llm = state.llm
-    prompt = await asyncio.to_thread(chat_prompt, body, llm.tokenizer)         # off the loop, as completions
+    prompt = await asyncio.to_thread(chat_prompt, body, llm.tokenizer, llm.max_model_len)   # as completions
     max_tokens = body.max_tokens_requested(None)
     check_context(prompt, max_tokens, llm.max_model_len, body.context_length_exceeded_behavior, "messages")
     top = (body.top_logprobs or 0) if body.logprobs else None

@@ -33,8 +33,8 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     body.check()
     check_model(state, body.model)
     llm = state.llm
-    # Off the event loop: a prompt of megabytes takes seconds to tokenize (the tokenizer releases the GIL).
-    prompts = await asyncio.to_thread(completion_prompts, body, llm.tokenizer, state.vocab_size)
+    # Off the event loop, though the tokenizer's work is bounded by the context length (it releases the GIL).
+    prompts = await asyncio.to_thread(completion_prompts, body, llm.tokenizer, state.vocab_size, llm.max_model_len)
     max_tokens = body.max_tokens_requested(DEFAULT_MAX_TOKENS)
     for prompt in prompts:
         check_context(prompt, max_tokens, llm.max_model_len, body.context_length_exceeded_behavior, "prompt")

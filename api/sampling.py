@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from api.errors import APIError, bad_request
 from api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from engine.sampling_params import SamplingParams
-from engine.tokenizer import Tokenizer
+from engine.tokenizer import PromptTooLongError, Tokenizer
 
 # SamplingParams field names -> the request field a client should fix.
 _PARAM_NAMES = {"prompt_logprobs": "logprobs", "max_tokens": "max_tokens"}
@@ -22,8 +22,10 @@ class Prompt:
     text: str | None = None
 
 
-def completion_prompts(request: CompletionRequest, tokenizer: Tokenizer, vocab_size: int) -> list[Prompt]:
-    """The prompts of a completions request, in order: a string, strings, token ids or token-id lists."""
+def completion_prompts(request: CompletionRequest, tokenizer: Tokenizer, vocab_size: int,
+                       max_model_len: int) -> list[Prompt]:
+    """The prompts of a completions request, in order: a string, strings, token ids or token-id lists. A text
+    prompt that cannot fit the context is refused (400) after tokenizing only a bounded prefix of it."""
     raw = request.prompt
     if isinstance(raw, str):
         items: list[str | list[int]] = [raw]
@@ -34,7 +36,10 @@ def completion_prompts(request: CompletionRequest, tokenizer: Tokenizer, vocab_s
     prompts = []
     for item in items:
         if isinstance(item, str):
-            prompts.append(Prompt(tokenizer.encode(item), item))
+            try:
+                prompts.append(Prompt(tokenizer.encode(item, limit=max_model_len - 1), item))
+            except PromptTooLongError as exc:
+                raise context_exceeded(max_model_len, exc, "prompt") from None
         else:
             if max(item) >= vocab_size:
                 raise bad_request(f"Prompt token ids must be below the vocabulary size {vocab_size}.", "prompt")
@@ -45,8 +50,9 @@ def completion_prompts(request: CompletionRequest, tokenizer: Tokenizer, vocab_s
     return prompts
 
 
-def chat_prompt(request: ChatCompletionRequest, tokenizer: Tokenizer) -> Prompt:
-    """The conversation rendered with the model's chat template (add_generation_prompt) as token ids."""
+def chat_prompt(request: ChatCompletionRequest, tokenizer: Tokenizer, max_model_len: int) -> Prompt:
+    """The conversation rendered with the model's chat template (add_generation_prompt) as token ids; one that
+    cannot fit the context is refused (400) after tokenizing only a bounded prefix of it."""
     if not tokenizer.has_chat_template:
         raise bad_request("This model has no chat template, so it cannot serve chat completions; use "
                           "/v1/completions.", "messages")
@@ -59,7 +65,9 @@ def chat_prompt(request: ChatCompletionRequest, tokenizer: Tokenizer) -> Prompt:
             entry["tool_call_id"] = message.tool_call_id
         messages.append(entry)
     try:
-        token_ids = tokenizer.encode_chat(messages)
+        token_ids = tokenizer.encode_chat(messages, limit=max_model_len - 1)
+    except PromptTooLongError as exc:
+        raise context_exceeded(max_model_len, exc, "messages") from None
     except Exception as exc:           # a template may raise on messages it does not accept
         raise bad_request(f"The chat template could not render the messages: {exc}", "messages") from exc
     if not token_ids:
@@ -74,14 +82,20 @@ def check_context(prompt: Prompt, max_tokens: int | None, max_model_len: int, be
     max_tokens at the room left."""
     size = len(prompt.token_ids)
     if size >= max_model_len:
-        raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, your "
-                       f"{param} has {size} tokens, which leaves no room for the completion. Please reduce the "
-                       f"length of the {param}.", param, "context_length_exceeded")
+        raise context_exceeded(max_model_len, PromptTooLongError(size, max_model_len - 1, exact=True), param)
     if behavior == "error" and max_tokens is not None and size + max_tokens > max_model_len:
         raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, you "
                        f"requested {size + max_tokens} tokens ({size} in the {param}, {max_tokens} in the "
                        f"completion). Please reduce the length of the {param} or completion.", param,
                        "context_length_exceeded")
+
+
+def context_exceeded(max_model_len: int, exc: PromptTooLongError, param: str) -> APIError:
+    """The 400 context_length_exceeded for a prompt that leaves no room for the completion."""
+    size = f"{'' if exc.exact else 'at least '}{exc.num_tokens}"
+    return APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, your {param} "
+                    f"has {size} tokens, which leaves no room for the completion. Please reduce the length of the "
+                    f"{param}.", param, "context_length_exceeded")
 
 
 def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None, logprobs: int | None,

@@ -14,7 +14,7 @@ from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Request, Sequence, derive_seed
-from engine.tokenizer import Tokenizer
+from engine.tokenizer import PromptTooLongError, Tokenizer
 
 
 @dataclass(slots=True)
@@ -54,7 +54,11 @@ class LLMEngine:
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         if isinstance(prompt, str):
-            text, token_ids = prompt, self.tokenizer.encode(prompt)
+            try:
+                text, token_ids = prompt, self.tokenizer.encode(prompt, limit=self.max_model_len - 1)
+            except PromptTooLongError as exc:
+                raise ValueError(f"{exc}: the context length is {self.max_model_len}, so no token could be "
+                                 "generated") from None
         else:
             text, token_ids = None, [int(t) for t in prompt]
         self._validate(token_ids, params)

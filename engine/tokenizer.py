@@ -11,6 +11,20 @@ from transformers import AutoTokenizer
 # Prompt tokens given to a detokenizer as context, so that the first generated token decodes as it would in
 # the middle of the text (SentencePiece tokenizers drop a leading space at the very start).
 _CONTEXT_TOKENS = 4
+# A text longer than this many characters per allowed token is first counted by prefixes (see `_refuse_long`).
+_CHARS_PER_TOKEN = 4
+# Tokens a prefix cut inside a word may count beyond what that stretch of the whole text has.
+_CUT_SLACK = 16
+
+
+class PromptTooLongError(ValueError):
+    """A prompt has more tokens than allowed. `num_tokens` is exact, or (`exact` False) a lower bound: the
+    tokenizer stopped counting once the limit was clearly passed."""
+
+    def __init__(self, num_tokens: int, limit: int, exact: bool) -> None:
+        super().__init__(f"the prompt has {'' if exact else 'at least '}{num_tokens} tokens, more than the "
+                         f"{limit} allowed")
+        self.num_tokens, self.limit, self.exact = num_tokens, limit, exact
 
 
 class Tokenizer:
@@ -23,9 +37,30 @@ class Tokenizer:
         self.special_ids = set(self.hf.all_special_ids)
         self._token_text: dict[int, str] = {}
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of a prompt, with the special tokens (e.g. BOS) the tokenizer adds by default."""
-        return self.hf(text)["input_ids"]
+    def encode(self, text: str, limit: int | None = None, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a prompt, with the special tokens (e.g. BOS) the tokenizer adds by default. With `limit`,
+        a prompt of more tokens raises PromptTooLongError, and the tokenizer's work is bounded by the limit, not
+        by the text: a prompt of megabytes is refused after counting a prefix of a few times `limit` tokens."""
+        if limit is not None and len(text) > _CHARS_PER_TOKEN * (limit + 1):
+            self._refuse_long(text, limit, add_special_tokens)
+        ids = self.hf(text, add_special_tokens=add_special_tokens)["input_ids"]
+        if limit is not None and len(ids) > limit:
+            raise PromptTooLongError(len(ids), limit, exact=True)
+        return ids
+
+    def _refuse_long(self, text: str, limit: int, add_special_tokens: bool) -> None:
+        """Raise PromptTooLongError if a prefix of `text` already has more than `limit` tokens (and `_CUT_SLACK`
+        for the word the cut may split). The prefix, cut at a space where there is one near, starts at
+        `_CHARS_PER_TOKEN` characters per allowed token and grows 4x while it is short of the limit, so the
+        characters tokenized stay within a few times what `limit` tokens cover."""
+        size = _CHARS_PER_TOKEN * (limit + 1)
+        while size < len(text):
+            space = text.rfind(" ", max(0, size - 64), size)
+            count = len(self.hf(text[:space if space > 0 else size], add_special_tokens=add_special_tokens)
+                        ["input_ids"])
+            if count > limit + _CUT_SLACK:
+                raise PromptTooLongError(count - _CUT_SLACK, limit, exact=False)
+            size *= 4
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         """Text of a whole token sequence."""
@@ -42,10 +77,11 @@ class Tokenizer:
             raise ValueError("this model has no chat template, so chat messages cannot be rendered")
         return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of a rendered conversation (the template writes any BOS itself)."""
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    limit: int | None = None) -> list[int]:
+        """Token ids of a rendered conversation (the template writes any BOS itself); `limit` as in `encode`."""
         text = self.render_chat(messages, add_generation_prompt)
-        return self.hf(text, add_special_tokens=False)["input_ids"]
+        return self.encode(text, limit, add_special_tokens=False)
 
     def token_text(self, token_id: int) -> str:
         """The text of a single token (for logprobs), cached."""

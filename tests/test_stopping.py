@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from test_models_vs_hf import PROMPTS, assert_all_blocks_free
 
-from engine import LLM, SamplingParams
-from engine.tokenizer import Tokenizer
+from engine import DEFAULT_MODEL, LLM, SamplingParams
+from engine.tokenizer import PromptTooLongError, Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +192,31 @@ def test_engine_rejects_ids_outside_the_vocabulary(llm):
     with pytest.raises(ValueError, match="sampling_params has 2 entries for 1 prompts"):
         llm.generate(["x"], [SamplingParams(), SamplingParams()])
     assert_all_blocks_free(llm)
+
+
+class _CountingHF:
+    """Stands in for the Hugging Face tokenizer, adding up the characters it is asked to tokenize."""
+
+    def __init__(self, hf) -> None:
+        self.hf, self.chars = hf, 0
+
+    def __call__(self, text: str, **kwargs):
+        self.chars += len(text)
+        return self.hf(text, **kwargs)
+
+
+def test_a_prompt_that_cannot_fit_is_refused_after_a_bounded_prefix():
+    """The tokenizer's work is bounded by the limit, not by the text; what fits is tokenized as without a limit.
+    (The default model's tokenizer: its tokens can be long, a run of 16 spaces is one.)"""
+    tokenizer = Tokenizer(DEFAULT_MODEL, [])
+    counting = tokenizer.hf = _CountingHF(tokenizer.hf)
+    text = "value = compute(x) + 1\n" * 10_000                           # 230,000 characters
+    with pytest.raises(PromptTooLongError) as refused:
+        tokenizer.encode(text, limit=1023)
+    assert counting.chars < 10_000
+    assert not refused.value.exact and 1023 < refused.value.num_tokens <= len(counting.hf(text)["input_ids"])
+    fits = " " * 160                                                      # 11 tokens in 160 characters
+    assert tokenizer.encode(fits, limit=11) == counting.hf(fits)["input_ids"]
+    with pytest.raises(PromptTooLongError) as exact:
+        tokenizer.encode(fits, limit=10)
+    assert exact.value.exact and exact.value.num_tokens == len(counting.hf(fits)["input_ids"]) == 11

@@ -129,3 +129,31 @@ def test_preempted_requests_finish_with_unloaded_output(small_server):
     loaded = asyncio.run(run())      # 8 requests, 4 run at once; 4 x 100 tokens do not fit in 20 blocks of 16
     assert loaded == alone
     assert small_server.metrics()["triton_serve_num_preemptions_total"] > before
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def test_prompts_of_megabytes_are_refused_without_growing_the_server(server):
+    """Eight concurrent 5 MB prompts (about a million tokens each, a 1024-token context) are refused with the
+    context-length 400 and raise the server's RSS by less than 200 MB: the tokenizer counts a bounded prefix
+    (the whole text took 13 s and left the server 1.5 GB larger)."""
+    text = ("value = compute(x) + 1\n" * 220_000)[:5_000_000]
+    before = _rss_mb(server.proc.pid)
+
+    async def one(http: httpx.AsyncClient) -> httpx.Response:
+        return await http.post(f"{server.url}/v1/completions", json={"model": server.model, "prompt": text})
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            return await asyncio.gather(*(one(http) for _ in range(8)))
+
+    replies = asyncio.run(main())
+    grown = _rss_mb(server.proc.pid) - before
+    for reply in replies:
+        assert reply.status_code == 400
+        error = reply.json()["error"]
+        assert error["code"] == "context_length_exceeded" and "has at least" in error["message"]
+    assert grown < 200, f"RSS grew by {grown:.0f} MB"

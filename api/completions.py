@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from api.logprobs import LegacyLogprobs, merge_legacy
+from api.logprobs import LegacyLogprobs, echo_offsets, echo_text, merge_legacy
 from api.protocol import CompletionRequest
 from api.responses import ERROR_RESPONSES, CompletionResponse
 from api.runner import Job, abort, collect, outputs, submit
-from api.sampling import Prompt, check_context, completion_prompts, sampling_params
+from api.sampling import check_context, completion_prompts, sampling_params
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
 from api.streaming import EventStreamResponse, StreamUsage, framed, usage
 from engine.outputs import CompletionOutput, PositionLogprobs, RequestOutput
@@ -70,14 +70,7 @@ class _View:
     def __init__(self, state: ServerState, job: Job, body: CompletionRequest) -> None:
         self.state, self.job, self.body = state, job, body
         self.skip_special = body.skip_special_tokens is not False
-        self.echoes = [self._echo_text(p) for p in job.prompts]
-
-    def _echo_text(self, prompt: Prompt) -> str:
-        if not self.body.echo:
-            return ""
-        if prompt.text is not None:
-            return prompt.text
-        return self.state.llm.tokenizer.decode(prompt.token_ids, self.skip_special)
+        self.echoes = [echo_text(state.llm.tokenizer, p) if body.echo else "" for p in job.prompts]
 
     def _header(self) -> dict:
         job = self.job
@@ -98,8 +91,9 @@ class _View:
             return None
         part = builder.add(choice.token_ids, choice.logprobs or [])
         if first and self.body.echo:
-            detok = self.state.llm.tokenizer.detokenizer([], self.skip_special)
-            part = merge_legacy(builder.prompt(self.job.prompts[p].token_ids, prompt_logprobs, detok), part)
+            prompt = self.job.prompts[p]
+            offsets = echo_offsets(self.state.llm.tokenizer, prompt)
+            part = merge_legacy(builder.prompt(prompt.token_ids, prompt_logprobs, offsets), part)
         return part
 
     def _choice(self, index: int, text: str, logprobs: dict | None, finish_reason: str | None) -> dict:

@@ -16,8 +16,9 @@ import json
 import math
 from functools import lru_cache
 
+from api.sampling import Prompt
 from engine.outputs import PositionLogprobs
-from engine.tokenizer import IncrementalDetokenizer
+from engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
 FLOOR = -9999.0
 
@@ -112,14 +113,12 @@ class LegacyLogprobs:
         self.offset = offset
 
     def prompt(self, token_ids: list[int], logprobs: list[PositionLogprobs | None] | None,
-               detokenizer: IncrementalDetokenizer) -> dict:
-        """The echoed prompt's part (its first token has null logprobs); offsets start at 0."""
+               offsets: list[int]) -> dict:
+        """The echoed prompt's part (its first token has null logprobs), at `offsets` (`echo_offsets`)."""
         rows = logprobs or [None] * len(token_ids)
         out = _empty()
-        position = 0
-        for token, row in zip(token_ids, rows):
-            self._append(out, token, row, position)
-            position += len(detokenizer.step(token))
+        for token, row, offset in zip(token_ids, rows, offsets):
+            self._append(out, token, row, offset)
         return out
 
     def add(self, token_ids: list[int], logprobs: list[PositionLogprobs]) -> dict:
@@ -140,6 +139,34 @@ class LegacyLogprobs:
         out["token_logprobs"].append(finite(row[token].logprob))
         ranked = sorted(row.items(), key=lambda item: (item[1].rank, -item[1].logprob))
         out["top_logprobs"].append({self.tokens.text(t): finite(lp.logprob) for t, lp in ranked})
+
+
+def echo_text(tokenizer: Tokenizer, prompt: Prompt) -> str:
+    """What `echo` puts before the completion: a text prompt as it was sent, a token-id prompt decoded whole,
+    special tokens included (`[0, 0]` echoes `<|endoftext|><|endoftext|>`, not nothing)."""
+    if prompt.text is not None:
+        return prompt.text
+    return tokenizer.decode(prompt.token_ids, skip_special_tokens=False)
+
+
+def echo_offsets(tokenizer: Tokenizer, prompt: Prompt) -> list[int]:
+    """The character offset of each prompt token in `echo_text`. A text prompt's come from the tokenizer's own
+    offset mapping, so special-token text written in the prompt (`Hi<|im_end|> there`) counts its characters,
+    and a token the tokenizer added that the text lacks (a BOS) has no width: it sits where the text is. A
+    token-id prompt's count the characters of its decode, special tokens included."""
+    if prompt.text is not None:
+        spans = tokenizer.hf(prompt.text, return_offsets_mapping=True)["offset_mapping"]
+        offsets, end = [], 0
+        for start, stop in spans:
+            offsets.append(start if stop > start else end)
+            end = max(end, stop)
+        return offsets
+    detokenizer = tokenizer.detokenizer([], skip_special_tokens=False)
+    offsets, position = [], 0
+    for token in prompt.token_ids:
+        offsets.append(position)
+        position += len(detokenizer.step(token))
+    return offsets
 
 
 def merge_legacy(first: dict, second: dict) -> dict:

@@ -107,6 +107,23 @@ def test_text_offsets_index_the_text(server, client, hf_tokenizer):
     assert checked >= len(PROMPT) // 4 and offsets == sorted(offsets)
 
 
+def test_echo_is_the_prompt_with_its_special_tokens_and_offsets_index_it(server, hf_tokenizer):
+    """Special-token text written in a text prompt counts its characters in text_offset (it counted none); a
+    token-id prompt echoes its whole decode, special tokens included (it echoed nothing of them)."""
+    base = {"model": server.model, "max_tokens": 0, "echo": True, "logprobs": 0}
+    text = "Hi<|im_end|> there"
+    ids = hf_tokenizer(text).input_ids
+    end = ids.index(hf_tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    for prompt, echoed in ((text, text), (ids, text), ([0] * 5, "<|endoftext|>" * 5)):
+        choice = strict_json(server.post("/v1/completions", {**base, "prompt": prompt}))["choices"][0]
+        token_ids = prompt if isinstance(prompt, list) else ids
+        assert choice["text"] == echoed
+        offsets = choice["logprobs"]["text_offset"]
+        assert offsets == [len(hf_tokenizer.decode(token_ids[:i])) for i in range(len(token_ids))]
+        if echoed == text:
+            assert offsets[end:end + 2] == [text.index("<"), text.index(" there")]
+
+
 def test_logprob_tokens_are_json_safe_and_distinct(server):
     body = {"model": server.model, "prompt": "日本語のテキスト 😀🎉", "max_tokens": 8, "logprobs": 5, "echo": True,
             "temperature": 0, "ignore_eos": True}

@@ -281,3 +281,21 @@ def test_a_trailing_slash_serves_the_route(server):
     assert r.status_code == 200 and r.json()["object"] == "chat.completion"
     models = httpx.get(f"{server.url}/v1/models/", headers=server.headers(), timeout=TIMEOUT)
     assert models.status_code == 200 and models.json()["data"][0]["id"] == server.model
+
+
+def test_a_bos_the_tokenizer_added_has_no_width_in_the_echo():
+    """The default model's tokenizer adds <|endoftext|> before a text prompt: the echo is the text as sent, so
+    that token sits at offset 0 with no width; a token-id prompt that starts with it echoes it."""
+    from api.logprobs import echo_offsets, echo_text
+    from api.sampling import Prompt
+    from engine import DEFAULT_MODEL
+    from engine.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(DEFAULT_MODEL, [])
+    text = "Hi<|im_end|> there"
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids[:1], skip_special_tokens=False) == "<|endoftext|>"
+    assert echo_text(tokenizer, Prompt(ids, text)) == text
+    assert echo_offsets(tokenizer, Prompt(ids, text)) == [0, 0, 1, 2, 12]
+    assert echo_text(tokenizer, Prompt(ids)) == "<|endoftext|>" + text
+    assert echo_offsets(tokenizer, Prompt(ids)) == [0, 13, 14, 15, 25]

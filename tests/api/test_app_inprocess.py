@@ -76,9 +76,10 @@ def test_prompts_are_tokenized_off_the_event_loop(llama_path, monkeypatch):
         try:
             loop_thread, threads = threading.get_ident(), []
             encode, encode_chat = llm.tokenizer.encode, llm.tokenizer.encode_chat
-            monkeypatch.setattr(llm.tokenizer, "encode", lambda *a: threads.append(threading.get_ident()) or encode(*a))
+            monkeypatch.setattr(llm.tokenizer, "encode",
+                                lambda *a, **k: threads.append(threading.get_ident()) or encode(*a, **k))
             monkeypatch.setattr(llm.tokenizer, "encode_chat",
-                                lambda *a: threads.append(threading.get_ident()) or encode_chat(*a))
+                                lambda *a, **k: threads.append(threading.get_ident()) or encode_chat(*a, **k))
             async with _serve(llm) as http:
                 completion = await http.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 1})
                 chat = await http.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 1,
@@ -89,7 +90,7 @@ def test_prompts_are_tokenized_off_the_event_loop(llama_path, monkeypatch):
 
     loop_thread, threads, completion, chat = asyncio.run(main())
     assert completion.status_code == chat.status_code == 200
-    assert len(threads) == 2 and loop_thread not in threads
+    assert len(threads) >= 2 and loop_thread not in threads          # encode_chat calls encode
 
 
 def test_full_waiting_queue_is_429(llama_path):

@@ -102,8 +102,8 @@ def timed_server(tmp_path_factory):
 def _raw(url: str, data: bytes) -> tuple[bytes, float]:
     """Send `data` and then nothing; what comes back until the server closes, and after how many seconds."""
     host, port = urlsplit(url).hostname, urlsplit(url).port
+    start = time.monotonic()                 # before the connection opens: the server's clock starts there
     with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
-        start = time.monotonic()
         sock.sendall(data)
         received = b""
         while chunk := sock.recv(65536):
@@ -123,7 +123,7 @@ def test_a_request_that_stalls_gets_408_after_the_read_timeout(timed_server, dat
     head, _, body = received.partition(b"\r\n\r\n")
     assert b"connection: close" in head.lower()
     assert httpx.Response(408, content=body).json()["error"]["code"] == "request_timeout"
-    assert seconds >= 1
+    assert seconds >= 0.95                   # asyncio may run a timer up to one clock tick early
 
 
 def test_the_read_timeout_never_cuts_a_response(timed_server):

@@ -1,4 +1,5 @@
-"""The online-softmax loop the attention kernels share: a program's query rows over a range of paged keys.
+"""The online-softmax loop the attention kernels share: a program's query rows over a range of paged keys, with
+the loads of those rows and the loop's starting state.
 
 Decode (`decode_attention`: the query heads of one KV head over a split of a sequence's keys) and prefill
 (`prefill_attention`: a block of new tokens times those heads, in two phases) run the same flash-attention-2
@@ -19,6 +20,22 @@ LOG2E = 1.4426950408889634      # the kernels scale scores by scale * LOG2E and 
 MASK_NONE = tl.constexpr(0)
 MASK_BOUNDS = tl.constexpr(1)
 MASK_CAUSAL = tl.constexpr(2)
+
+
+@triton.jit
+def load_queries(q_ptr, row_offsets, heads, row_ok, dims, dim_ok, stride_qh, k_cache_ptr, UPCAST: tl.constexpr):
+    """The program's query rows [rows, HEAD_PAD]: token offsets `row_offsets` (a scalar or [rows, 1]) plus the
+    rows' heads; zero where masked; float32 with UPCAST, else the cache's dtype (the dots' operand type)."""
+    q = tl.load(q_ptr + row_offsets + heads[:, None] * stride_qh + dims[None, :],
+                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    return q.to(tl.float32) if UPCAST else q.to(k_cache_ptr.dtype.element_ty)
+
+
+@triton.jit
+def initial_state(ROWS: tl.constexpr, HEAD_PAD: tl.constexpr):
+    """(acc, m_i, l_i) before any key: a zero accumulator, running max -inf, normaliser 0."""
+    return (tl.zeros([ROWS, HEAD_PAD], tl.float32), tl.full([ROWS], float("-inf"), tl.float32),
+            tl.zeros([ROWS], tl.float32))
 
 
 @triton.jit

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from llm_kernels.triton_ops import _utils
 from llm_kernels.triton_ops._utils import cdiv, fp32_dot_precision, next_pow2, upcast_to_fp32
-from llm_kernels.triton_ops.attention_tiles import LOG2E, MASK_BOUNDS, attend_tiles
+from llm_kernels.triton_ops.attention_tiles import LOG2E, MASK_BOUNDS, attend_tiles, initial_state, load_queries
 
 SPLIT_WAVES = 4
 MIN_SPLIT_TOKENS = 128
@@ -55,13 +55,10 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_o_ptr, p
     row_ok = rows < GROUP
     dims = tl.arange(0, HEAD_PAD)
     dim_ok = dims < HEAD_DIM
-    q = tl.load(q_ptr + q_start.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + dims[None, :],
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-    q = q.to(tl.float32) if UPCAST else q.to(k_cache_ptr.dtype.element_ty)
+    q = load_queries(q_ptr, q_start.to(tl.int64) * stride_qt, heads, row_ok, dims, dim_ok, stride_qh, k_cache_ptr,
+                     UPCAST)
 
-    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l_i = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32)
+    acc, m_i, l_i = initial_state(GROUP_PAD, HEAD_PAD)
     table = block_tables_ptr + seq.to(tl.int64) * stride_bt
     k_base = k_cache_ptr + kv_head * stride_kh
     v_base = v_cache_ptr + kv_head * stride_vh

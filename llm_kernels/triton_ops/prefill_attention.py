@@ -17,7 +17,14 @@ import triton.language as tl
 
 from llm_kernels.triton_ops import _utils
 from llm_kernels.triton_ops._utils import fp32_dot_precision, next_pow2, upcast_to_fp32
-from llm_kernels.triton_ops.attention_tiles import LOG2E, MASK_CAUSAL, MASK_NONE, attend_tiles
+from llm_kernels.triton_ops.attention_tiles import (
+    LOG2E,
+    MASK_CAUSAL,
+    MASK_NONE,
+    attend_tiles,
+    initial_state,
+    load_queries,
+)
 
 
 @triton.jit
@@ -63,13 +70,9 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, 
     dims = tl.arange(0, HEAD_PAD)
     dim_ok = dims < HEAD_DIM
     q_rows = (q_start + tokens).to(tl.int64)
-    q = tl.load(q_ptr + q_rows[:, None] * stride_qt + heads[:, None] * stride_qh + dims[None, :],
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-    q = q.to(tl.float32) if UPCAST else q.to(k_cache_ptr.dtype.element_ty)
+    q = load_queries(q_ptr, q_rows[:, None] * stride_qt, heads, row_ok, dims, dim_ok, stride_qh, k_cache_ptr, UPCAST)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
+    acc, m_i, l_i = initial_state(BLOCK_M, HEAD_PAD)
     table = block_tables_ptr + seq.to(tl.int64) * stride_bt
     k_base = k_cache_ptr + kv_head * stride_kh
     v_base = v_cache_ptr + kv_head * stride_vh

@@ -100,15 +100,16 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
     its own, so the prefix cache never serves one run from an earlier one. Two ablations, each replacing a
     function for the run (from before the graphs are captured): `layer_ops=False`, the torch layer ops where
     the engine would run the Triton ones (`llm_kernels.backend.resolve_layer_ops`); `split_sampler=False`, the
-    one-program Triton sampler in place of the split one (`llm_kernels.triton_ops.sample`)."""
+    one-program Triton sampler (`benchmarks.one_program_sampler`) in place of the split one
+    (`llm_kernels.triton_ops.sample`)."""
     with contextlib.ExitStack() as patches:
         if not layer_ops:
             patches.enter_context(mock.patch.object(llm_kernels.backend, "resolve_layer_ops", lambda device: "torch"))
         if not split_sampler:            # imported only here: a CPU run may have no Triton
+            from benchmarks import one_program_sampler
             from llm_kernels import triton_ops
-            from llm_kernels.triton_ops import sampling
 
-            patches.enter_context(mock.patch.object(triton_ops, "sample", sampling.sample))
+            patches.enter_context(mock.patch.object(triton_ops, "sample", one_program_sampler.sample))
         llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs)
         rates = []
         for work in workloads:

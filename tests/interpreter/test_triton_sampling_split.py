@@ -8,6 +8,9 @@ argmax, the gathered band and the best draw all cross span boundaries.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import pytest
 import torch
 import triton
@@ -104,6 +107,17 @@ def test_api_dispatches_to_the_split_sampler(monkeypatch):
     llm_kernels.use("triton")
     assert torch.equal(llm_kernels.sample(*args), one_program_sampler.sample(*args))
     assert calls == [1]
+
+
+def test_the_kernel_package_holds_one_sampler_and_no_test_oracle():
+    """Production samples only with the split sampler: the one-program comparison lives in benchmarks/, the test
+    oracle in tests/sampling_oracle.py, and the package's reference keeps only what the CPU path runs."""
+    from llm_kernels import triton_ops
+
+    samplers = [module.name for module in pkgutil.iter_modules(triton_ops.__path__)
+                if hasattr(importlib.import_module(f"llm_kernels.triton_ops.{module.name}"), "sample")]
+    assert samplers == ["sampling_split"]
+    assert not hasattr(ref, "kept_set_problems")
 
 
 def test_philox_known_answers():

@@ -12,10 +12,10 @@ Printed per shape:
   CUDA graph (`do_bench_cudagraph`, L2 not emptied): the GPU time without the host's launch overhead.
 - prefill: causal attention TFLOP/s of our paged kernel and of `scaled_dot_product_attention`'s flash path on
   the same data (the K/V heads repeated for SDPA), and their ratio.
-- sampling: our samplers ("1-prog", one program per row; and "split", several programs per row, the default,
-  with its CUDA-graph time "split graph", as its six launches may be bound by the host) against a `torch.sort`-based
-  top-k/top-p sampler, and the speedups; "kept ok" is `llm_kernels.reference.sampling.kept_set_problems` on the
-  first 4 rows for both samplers (any problem is printed below the row).
+- sampling: our samplers ("1-prog", one program per row, `benchmarks.one_program_sampler`; and "split", several
+  programs per row, the default, with its CUDA-graph time "split graph", as its six launches may be bound by the
+  host) against a `torch.sort`-based top-k/top-p sampler, and the speedups; "kept ok" is the tests' oracle
+  (tests/sampling_oracle.py) on the first 4 rows for both samplers (any problem is printed below the row).
 - layer ops: the fused RMSNorm + residual, SiLU-and-mul and rotary kernels against the torch code they would
   replace (`llm_kernels.reference.layer_ops`, the engine's own), bf16, Llama-3-8B's sizes: time from do_bench and
   from a CUDA graph (without launch overhead) for both, and the fused kernel's bytes moved / time. The engine
@@ -155,10 +155,11 @@ def sort_sampler(logits, temperature, top_k, top_p):
 
 
 def bench_sampling(batches, vocabs, device, timer) -> None:
-    from llm_kernels.reference.sampling import kept_set_problems
-    from llm_kernels.triton_ops import sampling, sampling_split
+    from benchmarks import one_program_sampler
+    from llm_kernels.triton_ops import sampling_split
+    from tests.sampling_oracle import kept_set_problems
 
-    samplers = (sampling.sample_with_thresholds, sampling_split.sample_with_thresholds)
+    samplers = (one_program_sampler.sample_with_thresholds, sampling_split.sample_with_thresholds)
     cuda = device.type == "cuda"
     print("\n== sampling (T 0.8; logits ~ N(0, 2.5^2); 'split': several programs per row) ==")
     print(f"{'batch':>6} {'vocab':>7} {'filters':>18} {'kept ok':>8} {'1-prog us':>9} {'split us':>9} "
@@ -199,13 +200,14 @@ def bench_sampling(batches, vocabs, device, timer) -> None:
 def _sweep_configs() -> list[tuple[str, object, dict]]:
     """(label, sampler, launch options): tile width x warps x lane sums ('L') x compacting search ('C') of the
     one-program sampler, and tile width x warps x programs per multiprocessor of the split one ('S4': 4 per SM)."""
-    from llm_kernels.triton_ops import sampling, sampling_split
+    from benchmarks import one_program_sampler
+    from llm_kernels.triton_ops import sampling_split
 
     # The H100 sweep of 2026-11-26 (benchmarks/RESULTS.md) made the split sampler the default at 1024/4w with
     # 8 programs per SM; the one-program settings kept here are its default and its fastest variants.
     single = [(2048, 8, ""), (2048, 8, "L"), (2048, 8, "LC")]
     split = [(512, 4, 8), (1024, 4, 4), (1024, 4, 8), (1024, 4, 16), (2048, 4, 8), (1024, 8, 8)]
-    return ([(f"{block}/{warps}w{flags}", sampling.sample_with_thresholds,
+    return ([(f"{block}/{warps}w{flags}", one_program_sampler.sample_with_thresholds,
               {"block": block, "num_warps": warps, "lane_sums": "L" in flags, "compact": "C" in flags})
              for block, warps, flags in single]
             + [(f"{block}/{warps}wS{per_sm}", sampling_split.sample_with_thresholds,
@@ -214,8 +216,8 @@ def _sweep_configs() -> list[tuple[str, object, dict]]:
 
 def sampling_sweep(device, timer, batches=(1, 64, 256), vocab: int = 128256) -> None:
     """The samplers' time per launch configuration."""
-    from llm_kernels.reference.sampling import kept_set_problems
     from llm_kernels.triton_ops import _utils
+    from tests.sampling_oracle import kept_set_problems
 
     configs = _sweep_configs()
     print(f"\n== sampling launch configurations (vocab {vocab}, T 0.8; tile/warps, 'L': lane sums, 'C': compacting "

@@ -19,16 +19,14 @@ sampler in place of the split one. Every engine run is printed as it ends.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import random
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from unittest import mock
 
 import torch
 import transformers
@@ -99,24 +97,24 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
     """engine.LLM's output tokens/s on each workload (after a warm-up request). Each workload has prompts of
     its own, so the prefix cache never serves one run from an earlier one. Two ablations: `layer_ops=False`, the
     torch layer ops where the engine would run the Triton ones (`KernelSet.with_torch_layer_ops`);
-    `split_sampler=False`, the one-program Triton sampler in place of the split one (`llm_kernels.triton_ops.sample`
-    replaced while the engine selects its kernels)."""
-    kernels = llm_kernels.select(device).with_torch_layer_ops() if not layer_ops else None
-    with contextlib.ExitStack() as patches:
-        if not split_sampler:            # imported only here: a CPU run may have no Triton
-            from llm_kernels import triton_ops
-            from llm_kernels.triton_ops import sampling
+    `split_sampler=False`, the one-program Triton sampler (`benchmarks.one_program_sampler`) in place of the split
+    one), both through the KernelSet the engine is given (`llm_kernels.select`)."""
+    kernels = llm_kernels.select(device)
+    if not layer_ops:
+        kernels = kernels.with_torch_layer_ops()
+    if not split_sampler:                # imported only here: a CPU run may have no Triton
+        from benchmarks import one_program_sampler
 
-            patches.enter_context(mock.patch.object(triton_ops, "sample", sampling.sample))
-        llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs, kernels)
-        rates = []
-        for work in workloads:
-            params = workload_params(work)
-            start = time.perf_counter()
-            outputs = llm.generate(work.prompts, params)
-            rates.append(work.output_tokens / (time.perf_counter() - start))
-            assert sum(len(o.outputs[0].token_ids) for o in outputs) == work.output_tokens
-        return rates
+        kernels = replace(kernels, sample=one_program_sampler.sample)
+    llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs, kernels)
+    rates = []
+    for work in workloads:
+        params = workload_params(work)
+        start = time.perf_counter()
+        outputs = llm.generate(work.prompts, params)
+        rates.append(work.output_tokens / (time.perf_counter() - start))
+        assert sum(len(o.outputs[0].token_ids) for o in outputs) == work.output_tokens
+    return rates
 
 
 def profile_engine(model: str, work: Workload, max_model_len: int, device: torch.device, dtype: torch.dtype,

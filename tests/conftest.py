@@ -12,7 +12,9 @@ import torch
 # machine's two cores are also busy with a server subprocess (OpenMP threads spin-wait on each other).
 torch.set_num_threads(1)
 
+# The helpers of tests/ import by name; the repository root makes `benchmarks` importable whoever runs pytest.
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parent.parent))
 
 from tiny_models import build_checkpoint  # noqa: E402
 

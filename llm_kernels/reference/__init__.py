@@ -1,1 +1,1 @@
-"""Plain-torch references of every kernel: the exact definitions, the test oracles and the CPU path."""
+"""Plain-torch references of every kernel: the exact definitions the kernels are tested against, and the CPU path."""

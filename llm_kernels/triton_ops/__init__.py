@@ -1,8 +1,9 @@
 """Triton implementations of the kernel API (`llm_kernels.api`): same semantics (the layer ops also take `out=`).
 
 `sample` is the split sampler (`sampling_split`, several programs per row): in the H100 sweep (vocab 128256) it
-beat the one-program-per-row `sampling` in every row but batch 256 with top-k; at small vocabularies its six
-launches make an eager call slower (benchmarks/RESULTS.md). Both stay, tested against the same reference.
+beat the one-program-per-row sampler in every row but batch 256 with top-k; at small vocabularies its six
+launches make an eager call slower (benchmarks/RESULTS.md). The one-program sampler, which production never
+runs, is benchmarks/one_program_sampler.py, tested against the same reference.
 
 Importing this package only defines kernels; nothing touches a GPU driver until a kernel is launched, and on
 CPU tensors that needs TRITON_INTERPRET=1 set before the import.

@@ -1,10 +1,11 @@
 """Flash-decoding over a paged KV cache: the sequences of a batch whose q length is 1.
 
 Stage 1, grid (sequences, kv heads, splits): a program loads all the query heads that share its KV head as one
-[GROUP_PAD >= 16, D] tile (so `tl.dot` gets a tensor-core tile), runs an online softmax over its share of the
-sequence's keys, and writes a normalised partial output and its log-sum-exp (base 2). Stage 2, grid
-(sequences, query heads), merges the splits. With one split stage 1 writes the output directly. The split
-count is a runtime argument, so a serving engine compiles two variants (direct, split), not one per count.
+[GROUP_PAD >= 16, D] tile (so `tl.dot` gets a tensor-core tile), runs the online softmax of `attention_tiles`
+over its share of the sequence's keys, and writes a normalised partial output and its log-sum-exp (base 2).
+Stage 2, grid (sequences, query heads), merges the splits. With one split stage 1 writes the output directly.
+The split count is a runtime argument, so a serving engine compiles two variants (direct, split), not one per
+count.
 
 The split count is a host decision from shapes only (no device sync): enough programs to fill the GPU
 (`SPLIT_WAVES` times its SM count) when the batch alone does not, capped so a split keeps at least
@@ -21,8 +22,8 @@ import triton.language as tl
 
 from llm_kernels.triton_ops import _utils
 from llm_kernels.triton_ops._utils import cdiv, fp32_dot_precision, next_pow2, upcast_to_fp32
+from llm_kernels.triton_ops.attention_tiles import LOG2E, MASK_BOUNDS, attend_tiles, initial_state, load_queries
 
-LOG2E = 1.4426950408889634
 SPLIT_WAVES = 4
 MIN_SPLIT_TOKENS = 128
 MAX_SPLITS = 64
@@ -54,41 +55,16 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_o_ptr, p
     row_ok = rows < GROUP
     dims = tl.arange(0, HEAD_PAD)
     dim_ok = dims < HEAD_DIM
-    q = tl.load(q_ptr + q_start.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + dims[None, :],
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-    q = q.to(tl.float32) if UPCAST else q.to(k_cache_ptr.dtype.element_ty)
+    q = load_queries(q_ptr, q_start.to(tl.int64) * stride_qt, heads, row_ok, dims, dim_ok, stride_qh, k_cache_ptr,
+                     UPCAST)
 
-    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l_i = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32)
+    acc, m_i, l_i = initial_state(GROUP_PAD, HEAD_PAD)
     table = block_tables_ptr + seq.to(tl.int64) * stride_bt
     k_base = k_cache_ptr + kv_head * stride_kh
     v_base = v_cache_ptr + kv_head * stride_vh
-    for start in range(kv_lo, kv_hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < kv_hi
-        blocks = tl.load(table + offs_n // BLOCK_SIZE, mask=n_ok, other=0).to(tl.int64)
-        in_block = offs_n % BLOCK_SIZE
-        k = tl.load(k_base + (blocks * stride_kb + in_block * stride_ks)[None, :] + dims[:, None],
-                    mask=n_ok[None, :] & dim_ok[:, None], other=0.0)
-        v = tl.load(v_base + (blocks * stride_vb + in_block * stride_vs)[:, None] + dims[None, :],
-                    mask=n_ok[:, None] & dim_ok[None, :], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-            s = tl.dot(q, k, input_precision=FP32_DOT)
-        else:
-            s = tl.dot(q, k)
-        s = tl.where(n_ok[None, :], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if UPCAST:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=FP32_DOT)
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    acc, m_i, l_i = attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, kv_lo, kv_hi, kv_hi, kv_hi, qk_scale,
+                                 dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
+                                 BLOCK_SIZE, BLOCK_N, MASK_BOUNDS, UPCAST, FP32_DOT)
 
     has_keys = l_i > 0
     o = acc / tl.where(has_keys, l_i, 1.0)[:, None]

@@ -6,7 +6,7 @@ group. Query blocks are numbered without a host sync the way vLLM's unified kern
 from `cu_seqlens_q[s] // BLOCK_Q + s`, a binary search over cu_seqlens_q finds a program's sequence, and ids
 left over exit. New token i of sequence s sits at `seq_lens[s] - q_len + i`; keys below the block's first
 position are all visible (phase 1, no mask), the keys up to its last position get the causal mask (phase 2),
-and keys beyond it are never loaded.
+and keys beyond it are never loaded. Both phases are the online-softmax loop of `attention_tiles`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,14 @@ import triton.language as tl
 
 from llm_kernels.triton_ops import _utils
 from llm_kernels.triton_ops._utils import fp32_dot_precision, next_pow2, upcast_to_fp32
-
-LOG2E = 1.4426950408889634
+from llm_kernels.triton_ops.attention_tiles import (
+    LOG2E,
+    MASK_CAUSAL,
+    MASK_NONE,
+    attend_tiles,
+    initial_state,
+    load_queries,
+)
 
 
 @triton.jit
@@ -33,41 +39,6 @@ def _find_sequence(cu_q_ptr, block_id, num_seqs, BLOCK_Q: tl.constexpr):
         else:
             hi = mid
     return lo - 1
-
-
-@triton.jit
-def _attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, lo, hi, kv_end, positions, qk_scale,
-                  dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
-                  BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
-                  FP32_DOT: tl.constexpr):
-    """Online-softmax update of (acc, m_i, l_i) with the keys [lo, hi); CAUSAL masks key > position."""
-    for start in range(lo, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < kv_end
-        blocks = tl.load(table + offs_n // BLOCK_SIZE, mask=n_ok, other=0).to(tl.int64)
-        in_block = offs_n % BLOCK_SIZE
-        k = tl.load(k_base + (blocks * stride_kb + in_block * stride_ks)[None, :] + dims[:, None],
-                    mask=n_ok[None, :] & dim_ok[:, None], other=0.0)
-        v = tl.load(v_base + (blocks * stride_vb + in_block * stride_vs)[:, None] + dims[None, :],
-                    mask=n_ok[:, None] & dim_ok[None, :], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-            s = tl.dot(q, k, input_precision=FP32_DOT) * qk_scale
-        else:
-            s = tl.dot(q, k) * qk_scale
-        if CAUSAL:
-            s = tl.where(offs_n[None, :] <= positions[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if UPCAST:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=FP32_DOT)
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    return acc, m_i, l_i
 
 
 @triton.jit
@@ -99,25 +70,21 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, 
     dims = tl.arange(0, HEAD_PAD)
     dim_ok = dims < HEAD_DIM
     q_rows = (q_start + tokens).to(tl.int64)
-    q = tl.load(q_ptr + q_rows[:, None] * stride_qt + heads[:, None] * stride_qh + dims[None, :],
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-    q = q.to(tl.float32) if UPCAST else q.to(k_cache_ptr.dtype.element_ty)
+    q = load_queries(q_ptr, q_rows[:, None] * stride_qt, heads, row_ok, dims, dim_ok, stride_qh, k_cache_ptr, UPCAST)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
+    acc, m_i, l_i = initial_state(BLOCK_M, HEAD_PAD)
     table = block_tables_ptr + seq.to(tl.int64) * stride_bt
     k_base = k_cache_ptr + kv_head * stride_kh
     v_base = v_cache_ptr + kv_head * stride_vh
     # Keys 0..context+q0 are visible to every row of the block; the block's last row sees up to kv_end - 1.
     kv_end = context + tl.minimum(q0 + BLOCK_Q, q_len)
     full_end = (context + q0 + 1) // BLOCK_N * BLOCK_N
-    acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, 0, full_end, kv_end, positions,
-                                  qk_scale, dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
-                                  BLOCK_SIZE, BLOCK_N, False, UPCAST, FP32_DOT)
-    acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, full_end, kv_end, kv_end, positions,
-                                  qk_scale, dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
-                                  BLOCK_SIZE, BLOCK_N, True, UPCAST, FP32_DOT)
+    acc, m_i, l_i = attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, 0, full_end, kv_end, positions,
+                                 qk_scale, dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
+                                 BLOCK_SIZE, BLOCK_N, MASK_NONE, UPCAST, FP32_DOT)
+    acc, m_i, l_i = attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, full_end, kv_end, kv_end, positions,
+                                 qk_scale, dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
+                                 BLOCK_SIZE, BLOCK_N, MASK_CAUSAL, UPCAST, FP32_DOT)
     o = acc / l_i[:, None]
     tl.store(out_ptr + q_rows[:, None] * stride_ot + heads[:, None] * stride_oh + dims[None, :],
              o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])

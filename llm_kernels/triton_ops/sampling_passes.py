@@ -1,10 +1,11 @@
-"""The passes of the Triton samplers over a span [start, end) of one row of logits, shared by the one-program-per-row
-kernel (`sampling`, span = the whole row) and the split kernels (`sampling_split`, one span per program).
+"""The passes of the Triton samplers over a span [start, end) of one row of logits: the split kernels'
+(`sampling_split`, one span per program) and the one-program-per-row comparison's in benchmarks/ (span = the
+whole row).
 
 Every pass computes a token's probability with `topk_topp.probs` from the same softmax statistics, so the
 passes (and the kernels of the split sampler) agree bit for bit on which side of a cut a token falls.
 LANE_SUMS keeps partial results per lane across the tiles and reduces them once at the end instead of once per
-tile (each block-wide reduction synchronises the program's warps).
+tile (each block-wide reduction synchronises the program's warps); only the one-program sampler offers it.
 """
 
 from __future__ import annotations

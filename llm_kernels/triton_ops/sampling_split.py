@@ -1,5 +1,9 @@
-"""Sampling on Triton with several programs per row: the same draws as `sampling` (same filters, same
-Philox-keyed Gumbel-max), for when one program per row leaves the GPU idle or waits on its own latency.
+"""Sampling on Triton with several programs per row: temperature, min-p / top-k / top-p without sorting, seeded
+Gumbel-max draws (contract and exact filter semantics: `llm_kernels.api.sample`, `llm_kernels.reference.sampling`).
+The draw is argmax(logits / T + Gumbel noise) over the kept tokens, which samples exactly from their renormalised
+softmax; the noise is Philox keyed on (seed, position) and the token id, so a seeded row draws the same token
+whatever the batch and whatever the tiling. One program per row (benchmarks/one_program_sampler.py, kept for
+comparison) leaves the GPU idle at small batches and waits on its own latency.
 
 Each row's vocabulary is cut into `splits` spans of whole tiles; kernels over (row, span) do the passes over the
 logits, and per-row kernels merge their small results. Six launches:
@@ -25,11 +29,14 @@ import triton
 import triton.language as tl
 
 from llm_kernels.triton_ops import _utils
-from llm_kernels.triton_ops.sampling import MASS_MARGIN, NUM_PIVOTS, PHILOX_ROUNDS
 from llm_kernels.triton_ops.sampling_passes import gather, gumbel_argmax, level_stats, softmax_stats
 from llm_kernels.triton_ops.topk_topp import filter_threshold
 
 NUM_LEVELS = 32
+NUM_PIVOTS = 16             # pivots per pass of the threshold search (`topk_topp`)
+PHILOX_ROUNDS = 10
+# A top-p cut-off must hold this much more than top_p of the mass, so that summation order cannot matter.
+MASS_MARGIN = 1.0001
 LEVEL_STEP = 0.5            # nats between cut-offs: 0.5 to 16 below the most likely token
 PROGRAMS_PER_SM = 8         # (row, span) programs to aim for per multiprocessor (H100 sweep: 8 beat 4)
 MAX_SPLITS = 128            # spans per row at most: each gather program holds [spans, NUM_LEVELS] counts
@@ -257,10 +264,11 @@ def sample_with_thresholds(logits: torch.Tensor, temperature: torch.Tensor, top_
                            top_p: torch.Tensor, min_p: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor,
                            splits: int | None = None, block: int | None = None,
                            num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`sample`, plus each row's probability threshold and kept count, as `sampling.sample_with_thresholds`.
-    `splits` (spans per row; default: enough for PROGRAMS_PER_SM programs per multiprocessor; at most one per
-    tile and MAX_SPLITS), `block` (tokens per tile, a power of two) and `num_warps` override the launch
-    configuration."""
+    """`sample`, plus each row's probability threshold (a token is kept when its probability is >= it and > 0;
+    0 for unfiltered and greedy rows) and how many tokens it kept (1 for greedy rows), for tests and tuning
+    (tests/sampling_oracle.py checks them). `splits` (spans per row; default: enough for PROGRAMS_PER_SM programs
+    per multiprocessor; at most one per tile and MAX_SPLITS), `block` (tokens per tile, a power of two) and
+    `num_warps` override the launch configuration."""
     batch, vocab = logits.shape
     device = logits.device
     out = torch.empty(batch, dtype=torch.int64, device=device)

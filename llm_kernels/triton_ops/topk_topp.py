@@ -1,4 +1,4 @@
-"""Sort-free top-k / top-p thresholds for the samplers (`llm_kernels.triton_ops.sampling`, `sampling_split`).
+"""Sort-free top-k / top-p thresholds for the samplers (`sampling_split`; benchmarks/one_program_sampler.py).
 
 Every filter keeps an upper set of the probabilities, so each reduces to one threshold value. It is found by a
 multi-pivot bisection over the float bit patterns of the candidate values (non-negative floats order like their

@@ -18,16 +18,18 @@ if not (torch.cuda.is_available() or os.environ.get("GPU_TESTS_DRY_RUN") == "1")
 import triton  # noqa: E402
 from kernel_checks import PHILOX_KAT, chi_square, params, philox_probe, random_rows  # noqa: E402
 from paged_batches import make_batch  # noqa: E402
+from sampling_oracle import kept_set_problems  # noqa: E402
 
+from benchmarks import one_program_sampler  # noqa: E402
+from benchmarks.one_program_sampler import sample_with_thresholds  # noqa: E402
 from llm_kernels.reference import attention as ref  # noqa: E402
 from llm_kernels.reference import layer_ops as ref_layer_ops  # noqa: E402
 from llm_kernels.reference import sampling as ref_sampling  # noqa: E402
-from llm_kernels.triton_ops import apply_penalties, layer_ops, sampling, sampling_split, store_kv  # noqa: E402
+from llm_kernels.triton_ops import apply_penalties, layer_ops, sampling_split, store_kv  # noqa: E402
 from llm_kernels.triton_ops.attention import paged_attention_into  # noqa: E402
-from llm_kernels.triton_ops.sampling import sample_with_thresholds  # noqa: E402
 
-# The samplers under test: one program per row (plain, with lane sums, with a compacting search), and several
-# programs per row ("split", what llm_kernels.sample runs).
+# The samplers under test: one program per row (benchmarks/one_program_sampler.py, a comparison: plain, with lane
+# sums, with a compacting search), and several programs per row ("split", what llm_kernels.sample runs).
 SAMPLERS = {"one_program": sample_with_thresholds,
             "lane_sums": functools.partial(sample_with_thresholds, lane_sums=True),
             "compact": functools.partial(sample_with_thresholds, compact=True),
@@ -107,13 +109,13 @@ def test_store_kv(device, src_dtype, cache_dtype, block_size, head_dim):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize(("vocab", "tied"), [(32000, False), (32000, True), (128256, False), (151936, False)])
 def test_filters_keep_the_reference_tokens_on_full_vocabularies(device, vocab, tied, sampler):
-    """The kernel keeps the reference's tokens up to float rounding (the rule of
-    `llm_kernels.reference.sampling.kept_set_problems`), and draws one of the tokens it keeps."""
+    """The kernel keeps the reference's tokens up to float rounding (the rule of tests/sampling_oracle.py), and
+    draws one of the tokens it keeps."""
     batch = 32
     logits, temperature, top_k, top_p, min_p = random_rows(batch, vocab, seed=vocab % 97 + tied, tied=tied)
     args = [logits, temperature, top_k, top_p, min_p, torch.full((batch,), 5), torch.arange(batch)]
     drawn, thresholds, counts = (t.cpu() for t in SAMPLERS[sampler](*(a.to(device) for a in args)))
-    assert ref_sampling.kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds, counts) == []
+    assert kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds, counts) == []
     probs = torch.softmax(logits.double() / temperature[:, None].double(), dim=-1)
     kept = (probs >= thresholds.double()[:, None] * (1 - 1e-5)) & (probs > 0)
     assert bool(kept.gather(1, drawn[:, None]).all()), "a token below the cut was drawn"
@@ -128,8 +130,8 @@ def test_draws_follow_the_filtered_distribution(device, temperature, top_k, top_
     row = torch.randn(1, vocab, generator=torch.Generator().manual_seed(3)) * 1.5
     row[0, [4, 9]] = float("-inf")
     args = params(draws, temperature, top_k, top_p, min_p, seed=2**40 + 17)
-    drawn = (sampling_split if split else sampling).sample(row.repeat(draws, 1).to(device),
-                                                           *(a.to(device) for a in args)).cpu()
+    sample = (sampling_split if split else one_program_sampler).sample
+    drawn = sample(row.repeat(draws, 1).to(device), *(a.to(device) for a in args)).cpu()
     probs = torch.softmax(row / temperature, dim=-1)
     filtered = ref_sampling.filter_probs(probs, torch.tensor([top_k]), torch.tensor([top_p]),
                                          torch.tensor([min_p]))[0]
@@ -142,7 +144,7 @@ def test_greedy_is_the_first_argmax_on_a_full_vocabulary(device, split):
     logits = torch.randn(64, 151936, generator=torch.Generator().manual_seed(11))
     logits[1, [10, 150000]] = 9.0
     logits[3, :] = 1.0
-    drawn = (sampling_split if split else sampling).sample(
+    drawn = (sampling_split if split else one_program_sampler).sample(
         logits.to(device), *(a.to(device) for a in params(64, temperature=0.0, top_k=3))).cpu()
     assert torch.equal(drawn, logits.argmax(dim=-1))
     assert drawn[1] == 10 and drawn[3] == 0
@@ -153,7 +155,7 @@ def test_draws_depend_only_on_seed_and_position(device, split):
     logits, temperature, top_k, top_p, min_p = random_rows(16, 128256, seed=21, tied=False)
     seeds = torch.randint(0, 2**62, (16,), generator=torch.Generator().manual_seed(4))
     args = [a.to(device) for a in (logits, temperature, top_k, top_p, min_p, seeds, torch.arange(16) * 1000)]
-    draw = (sampling_split if split else sampling).sample
+    draw = (sampling_split if split else one_program_sampler).sample
     together = draw(*args)
     assert torch.equal(draw(*args), together)
     alone = torch.cat([draw(*(a[i:i + 1] for a in args)) for i in range(16)])    # 1 row: many spans per row

@@ -1,8 +1,8 @@
 """Run the Triton kernels on the CPU with Triton's interpreter, without leaking TRITON_INTERPRET elsewhere.
 
-`triton.jit` reads TRITON_INTERPRET when a kernel is defined, so `llm_kernels.triton_ops` (every module of it) is
-(re)imported here with
-the variable set and the variable is then put back; each test of this directory sets it again while it runs
+`triton.jit` reads TRITON_INTERPRET when a kernel is defined, so `llm_kernels.triton_ops` (every module of it) and
+the kernels kept in benchmarks/ for comparison (BENCHMARK_KERNELS) are (re)imported here with the variable set and
+the variable is then put back; each test of this directory sets it again while it runs
 (the kernel API's dispatcher checks it), and the backend is reset to "auto" afterwards.
 """
 
@@ -19,17 +19,21 @@ import pytest
 import llm_kernels
 
 HERE = Path(__file__).parent
+BENCHMARK_KERNELS = ("benchmarks.one_program_sampler",)
 
 
 def _import_interpreted_kernels() -> None:
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        for name in [name for name in sys.modules if name.startswith("llm_kernels.triton_ops")]:
+        for name in [name for name in sys.modules if name.startswith("llm_kernels.triton_ops")
+                     or name in BENCHMARK_KERNELS]:
             del sys.modules[name]
         package = importlib.import_module("llm_kernels.triton_ops")
         for module in pkgutil.iter_modules(package.__path__):       # also those the package does not import
             importlib.import_module(f"llm_kernels.triton_ops.{module.name}")
+        for name in BENCHMARK_KERNELS:
+            importlib.import_module(name)
     finally:
         if previous is None:
             del os.environ["TRITON_INTERPRET"]

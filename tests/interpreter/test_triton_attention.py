@@ -6,12 +6,16 @@ last block, and outputs start as NaN, so a read of an unwritten slot or an unwri
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from paged_batches import make_batch
 
 import llm_kernels
 from llm_kernels.reference import attention as ref
+from llm_kernels.triton_ops import decode_attention as decode_module
+from llm_kernels.triton_ops import prefill_attention as prefill_module
 from llm_kernels.triton_ops.attention import paged_attention_into
 from llm_kernels.triton_ops.decode_attention import decode_attention
 
@@ -94,3 +98,10 @@ def test_extend_with_contexts_around_tile_boundaries():
     phases of the prefill kernel meet."""
     contexts = [30, 31, 32, 33, 62, 63, 64]
     check([c + 5 for c in contexts], [5] * len(contexts), 2, 1, 64, 16, torch.float32, seed=6)
+
+
+def test_decode_and_prefill_share_the_online_softmax_loop():
+    """Both kernels run the online softmax of `attention_tiles.attend_tiles`; neither writes out a loop of its own."""
+    for module in (decode_module, prefill_module):
+        source = inspect.getsource(module)
+        assert "attend_tiles(" in source and "m_new" not in source and "tl.dot(" not in source, module.__name__

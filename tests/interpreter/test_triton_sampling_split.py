@@ -1,5 +1,6 @@
-"""The split sampler (several programs per row) against the exact definitions in `llm_kernels.reference.sampling`,
-and against the one-program-per-row sampler: same kept sets, so the same Gumbel-max draws.
+"""The split sampler (several programs per row, what `llm_kernels.sample` runs on Triton) against the exact
+definitions in `llm_kernels.reference.sampling` and the oracle of tests/sampling_oracle.py, and against the
+one-program-per-row sampler of benchmarks/: same kept sets, so the same Gumbel-max draws.
 
 Rows are cut into spans of a few tiles here (tiles of 128 tokens in the interpreter), so ties, the greedy
 argmax, the gathered band and the best draw all cross span boundaries.
@@ -7,20 +8,27 @@ argmax, the gathered band and the best draw all cross span boundaries.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import pytest
 import torch
-from kernel_checks import chi_square, params, random_rows, seeded_rows
+import triton
+from kernel_checks import PHILOX_KAT, chi_square, params, philox_probe, random_rows, seeded_rows
+from sampling_oracle import kept_set_problems
 
+import llm_kernels
+from benchmarks import one_program_sampler
 from llm_kernels.reference import sampling as ref
-from llm_kernels.triton_ops import sampling, sampling_split
+from llm_kernels.triton_ops import sampling_split
 
 
 def same_draws_where_same_kept_sets(args, splits: int) -> None:
     """Where both samplers keep as many tokens (kept sets are upper sets of the same probabilities, so the same
     set), the draws are equal; the counts may differ only by float summation order at a top-p cut."""
     drawn, thresholds, counts = sampling_split.sample_with_thresholds(*args, splits=splits)
-    assert ref.kept_set_problems(*args[:5], thresholds, counts) == []
-    single_drawn, _, single_counts = sampling.sample_with_thresholds(*args)
+    assert kept_set_problems(*args[:5], thresholds, counts) == []
+    single_drawn, _, single_counts = one_program_sampler.sample_with_thresholds(*args)
     same = counts == single_counts
     assert int(same.sum()) >= 0.9 * len(counts)
     assert torch.equal(drawn[same], single_drawn[same])
@@ -84,3 +92,39 @@ def test_draws_follow_the_filtered_distribution():
                                 torch.tensor([0.02]))[0]
     assert bool((filtered[drawn] > 0).all()), "a filtered-out token was drawn"
     assert chi_square(drawn, filtered / filtered.sum()) > 1e-3
+
+
+def test_api_dispatches_to_the_split_sampler(monkeypatch):
+    """`llm_kernels.sample` under the Triton backend runs the split sampler (the H100 sweep's choice), whose draws
+    are the one-program sampler's."""
+    from llm_kernels import triton_ops
+
+    assert triton_ops.sample is sampling_split.sample
+    logits, temperature, top_k, top_p, min_p = random_rows(4, 100, seed=5, tied=False)
+    args = (logits, temperature, top_k, top_p, min_p, torch.arange(4), torch.arange(4))
+    calls = []
+    monkeypatch.setattr(triton_ops, "sample", lambda *a: calls.append(1) or sampling_split.sample(*a))
+    llm_kernels.use("triton")
+    assert torch.equal(llm_kernels.sample(*args), one_program_sampler.sample(*args))
+    assert calls == [1]
+
+
+def test_the_kernel_package_holds_one_sampler_and_no_test_oracle():
+    """Production samples only with the split sampler: the one-program comparison lives in benchmarks/, the test
+    oracle in tests/sampling_oracle.py, and the package's reference keeps only what the CPU path runs."""
+    from llm_kernels import triton_ops
+
+    samplers = [module.name for module in pkgutil.iter_modules(triton_ops.__path__)
+                if hasattr(importlib.import_module(f"llm_kernels.triton_ops.{module.name}"), "sample")]
+    assert samplers == ["sampling_split"]
+    assert not hasattr(ref, "kept_set_problems")
+
+
+def test_philox_known_answers():
+    """Our Philox4x32-10 against the Random123 known-answer vectors (counter, key -> output)."""
+    probe = triton.jit(philox_probe)                           # defined now, while the interpreter is on
+    words = torch.tensor([w for w, _ in PHILOX_KAT] + [[0] * 6], dtype=torch.int64).to(torch.uint32)
+    out = torch.zeros(4, 4, dtype=torch.uint32)
+    probe[(1,)](words, out)
+    for row, (_, expected) in enumerate(PHILOX_KAT):
+        assert out[row].to(torch.int64).tolist() == expected

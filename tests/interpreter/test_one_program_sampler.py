@@ -1,4 +1,5 @@
-"""The Triton sampler against the exact definitions in `llm_kernels.reference.sampling`.
+"""The one-program-per-row sampler (benchmarks/one_program_sampler.py, a comparison for the split sampler) against
+the exact definitions in `llm_kernels.reference.sampling` and the oracle of tests/sampling_oracle.py.
 
 - Filters: the threshold the kernel used must keep exactly the tokens the reference's `filter_probs` keeps
   (through the candidate buffer and through the direct search of the logits), ties included.
@@ -10,12 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import triton
-from kernel_checks import PHILOX_KAT, chi_square, params, philox_probe, random_rows, seeded_rows
+from kernel_checks import chi_square, params, random_rows, seeded_rows
+from sampling_oracle import kept_set_problems
 
-import llm_kernels
+from benchmarks.one_program_sampler import sample, sample_with_thresholds
 from llm_kernels.reference import sampling as ref
-from llm_kernels.triton_ops.sampling import sample, sample_with_thresholds
 
 # The one-program sampler's variants: default, partial sums per lane, a search that compacts its buffer, both.
 VARIANTS = {"default": {}, "lane_sums": {"lane_sums": True}, "compact": {"compact": True},
@@ -30,7 +30,7 @@ def test_filters_keep_exactly_the_reference_tokens(tied, variant):
     seeds, positions = torch.full((batch,), 5, dtype=torch.int64), torch.arange(batch, dtype=torch.int64)
     args = (logits, temperature, top_k, top_p, min_p, seeds, positions)
     drawn, thresholds, counts = sample_with_thresholds(*args, **VARIANTS[variant])
-    assert ref.kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds, counts) == []
+    assert kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds, counts) == []
     # Without room for the candidates, every filtered row searches the logits: same thresholds, same draws.
     drawn_direct, thresholds_direct, counts_direct = sample_with_thresholds(*args, max_candidates=2,
                                                                             **VARIANTS[variant])
@@ -91,22 +91,6 @@ def test_draws_depend_only_on_seed_and_position():
     assert many.unique().numel() > 1
 
 
-def test_api_dispatches_to_the_split_sampler(monkeypatch):
-    """`llm_kernels.sample` under the Triton backend runs the split sampler (the H100 sweep's choice), whose draws
-    are the one-program sampler's."""
-    from llm_kernels import triton_ops
-    from llm_kernels.triton_ops import sampling_split
-
-    assert triton_ops.sample is sampling_split.sample
-    logits, temperature, top_k, top_p, min_p = random_rows(4, 100, seed=5, tied=False)
-    args = (logits, temperature, top_k, top_p, min_p, torch.arange(4), torch.arange(4))
-    calls = []
-    monkeypatch.setattr(triton_ops, "sample", lambda *a: calls.append(1) or sampling_split.sample(*a))
-    llm_kernels.use("triton")
-    assert torch.equal(llm_kernels.sample(*args), sample(*args))
-    assert calls == [1]
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_filters_on_rows_spanning_many_nats(variant):
     """Rows whose candidates reach past the deepest cut-off, so the search runs over every min-p survivor."""
@@ -120,7 +104,7 @@ def test_filters_on_rows_spanning_many_nats(variant):
     min_p = torch.tensor([0.0, 0.0, 0.0, 1e-30, 1e-20, 0.0])
     args = (logits, temperature, top_k, top_p, min_p, torch.zeros(6, dtype=torch.int64), torch.arange(6))
     _, thresholds, counts = sample_with_thresholds(*args, **VARIANTS[variant])
-    assert ref.kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds, counts) == []
+    assert kept_set_problems(logits, temperature, top_k, top_p, min_p, thresholds, counts) == []
 
 
 def test_strided_parameter_vectors():
@@ -136,17 +120,7 @@ def test_strided_parameter_vectors():
     assert torch.equal(drawn, expected_drawn)
     assert torch.equal(thresholds, expected_thresholds)
     assert torch.equal(counts, expected_counts)
-    assert ref.kept_set_problems(*dense[:5], thresholds, counts) == []
-
-
-def test_philox_known_answers():
-    """Our Philox4x32-10 against the Random123 known-answer vectors (counter, key -> output)."""
-    probe = triton.jit(philox_probe)                           # defined now, while the interpreter is on
-    words = torch.tensor([w for w, _ in PHILOX_KAT] + [[0] * 6], dtype=torch.int64).to(torch.uint32)
-    out = torch.zeros(4, 4, dtype=torch.uint32)
-    probe[(1,)](words, out)
-    for row, (_, expected) in enumerate(PHILOX_KAT):
-        assert out[row].to(torch.int64).tolist() == expected
+    assert kept_set_problems(*dense[:5], thresholds, counts) == []
 
 
 def test_lane_sums_draw_the_same_tokens():

@@ -1,6 +1,9 @@
-"""Sampling on Triton: temperature, min-p / top-k / top-p without sorting, seeded Gumbel-max draws.
+"""The one-program-per-row Triton sampler: a comparison for the split sampler that `llm_kernels.sample` runs.
 
-One program per row (contract and exact filter semantics: `llm_kernels.api.sample`, `llm_kernels.reference.sampling`):
+Kept out of the kernel package because production never runs it: `benchmarks.kernels` times it against the split
+sampler (and its launch variants in `--sampling-sweep`), `benchmarks.throughput --ablations` runs the engine with
+it, and tests/interpreter/test_one_program_sampler.py holds it to the same reference. It draws what the split
+sampler draws (same passes, same Philox-keyed Gumbel-max), from one program per row:
 1. one pass: the greedy argmax, and the max and sum of exp(logits / T) (online softmax);
 2. with top-k or top-p on, one pass counts the candidates and their mass at NUM_LEVELS cut-offs
    p >= p_max * exp(-depth) (restricted to the min-p survivors), picks the shallowest cut-off that surely
@@ -10,7 +13,7 @@ One program per row (contract and exact filter semantics: `llm_kernels.api.sampl
 3. one pass draws argmax(logits / T + Gumbel noise) over the kept tokens, which samples exactly from the kept
    tokens' renormalised softmax. The noise is Philox keyed on (seed, position) and the token id, so a seeded
    row draws the same token whatever the batch and whatever the tiling. Tiles with no kept token skip the noise.
-The passes are the jit functions of `sampling_passes`; `sampling_split` runs them with several programs per row.
+The passes are the jit functions of `llm_kernels.triton_ops.sampling_passes`.
 """
 
 from __future__ import annotations
@@ -21,16 +24,13 @@ import triton.language as tl
 
 from llm_kernels.triton_ops import _utils
 from llm_kernels.triton_ops.sampling_passes import gather, gumbel_argmax, level_stats, softmax_stats
+from llm_kernels.triton_ops.sampling_split import MASS_MARGIN, NUM_PIVOTS, PHILOX_ROUNDS
 from llm_kernels.triton_ops.topk_topp import filter_threshold
 
 NUM_LEVELS = 8
-NUM_PIVOTS = 16
-PHILOX_ROUNDS = 10
 # Cut-off depths (in nats below the largest logit / T): 1.5 * 1.6**j, from 1.5 to about 40.
 LEVEL_BASE = 1.5
 LEVEL_LOG2_GROWTH = 0.6780719051126377
-# A top-p cut-off must hold this much more than top_p of the mass, so that summation order cannot matter.
-MASS_MARGIN = 1.0001
 
 
 @triton.jit
@@ -113,7 +113,7 @@ def sample_with_thresholds(logits: torch.Tensor, temperature: torch.Tensor, top_
                            compact: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`sample`, plus each row's probability threshold (a token is kept when its probability is >= it and > 0;
     0 for unfiltered and greedy rows) and how many tokens it kept (1 for greedy rows), for tests and tuning
-    (`llm_kernels.reference.sampling.kept_set_problems` checks them). `max_candidates` sizes the per-row candidate
+    (tests/sampling_oracle.py checks them). `max_candidates` sizes the per-row candidate
     buffer (default: the vocabulary, so the buffer is as large as the logits and no row goes without it);
     rows with more candidates search the logits directly, several passes over the whole row. `block` (tokens
     per tile of the passes over the vocabulary, a power of two) and `num_warps` override the launch

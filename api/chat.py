@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api.logprobs import chat_logprobs
 from api.protocol import ChatCompletionRequest
-from api.responses import ERROR_RESPONSES, ChatCompletionResponse
+from api.responses import ChatCompletionChunk, ChatCompletionResponse, generation_responses
 from api.runner import Job, abort, collect, outputs, submit
 from api.sampling import chat_prompt, check_context, sampling_params
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
@@ -24,7 +24,7 @@ router = APIRouter()
 
 
 @router.post("/v1/chat/completions", response_model=None,
-             responses={200: {"model": ChatCompletionResponse}, **ERROR_RESPONSES})
+             responses=generation_responses(ChatCompletionResponse, ChatCompletionChunk))
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     """Reply to a conversation (streamed as server-sent events with `stream: true`)."""
     arrival = time.monotonic()                     # TTFT counts rendering and tokenizing too

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api.logprobs import LegacyLogprobs, echo_offsets, echo_text, merge_legacy
 from api.protocol import CompletionRequest
-from api.responses import ERROR_RESPONSES, CompletionResponse
+from api.responses import CompletionResponse, generation_responses
 from api.runner import Job, abort, collect, outputs, submit
 from api.sampling import check_context, completion_prompts, sampling_params
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
@@ -25,7 +25,7 @@ router = APIRouter()
 DEFAULT_MAX_TOKENS = 16
 
 
-@router.post("/v1/completions", response_model=None, responses={200: {"model": CompletionResponse}, **ERROR_RESPONSES})
+@router.post("/v1/completions", response_model=None, responses=generation_responses(CompletionResponse))
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     """Complete one or more prompts (streamed as server-sent events with `stream: true`)."""
     arrival = time.monotonic()                     # TTFT counts parsing and tokenizing too

@@ -107,7 +107,7 @@ def _param_name(loc: list) -> str:
     for part in loc:
         if isinstance(part, int):
             name += f"[{part}]"
-        elif "[" in part or part in ("str", "int", "float", "bool", "list", "dict"):
+        elif "[" in part or part.startswith("constrained-") or part in ("str", "int", "float", "bool", "list", "dict"):
             continue                      # the member of a union pydantic tried, not a field
         else:
             name += f".{part}" if name else part

@@ -1,15 +1,18 @@
 """Request bodies of /v1/completions and /v1/chat/completions (pydantic, strict, unknown fields rejected).
 
-Ranges live in the field definitions; rules that involve several fields live in `check()`. `null` for an
-optional field means "the default", except `max_tokens`/`max_completion_tokens`, where an explicit null
-means "until the context is full" (see `max_tokens_requested`).
+The field types are the schema /openapi.json publishes and the validation in one: ranges, lengths and the
+values of unsupported parameters that are still accepted (null, empty) live in the field definitions; `before`
+validators only word the errors. Rules that involve several fields live in `check()`, and those JSON Schema can
+say are also published as the model's `RULES`. `null` for an optional field means "the default", except
+`max_tokens`/`max_completion_tokens`, where an explicit null means "until the context is full" (see
+`max_tokens_requested`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from api.errors import bad_request
@@ -20,6 +23,19 @@ MAX_STOP = 4
 
 Probability = Annotated[float, Field(ge=0, le=1)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
+Text = Annotated[str, Field(min_length=1)]
+TokenId = Annotated[int, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Texts = Annotated[list[Text], Field(min_length=1)]
+LogitBias = Annotated[dict[Annotated[str, Field(pattern=r"^[0-9]+$")], Annotated[float, Field(ge=-100, le=100)]],
+                      Field(json_schema_extra={"additionalProperties": False})]
+Empty = Field(max_length=0)        # a response-only or unsupported field: accepted empty (or null), never with a value
+TEXT_FORMAT = {"type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"],
+               "additionalProperties": {"type": "null"}}
+
+
+def _present(field: str, type: str) -> dict:
+    return {"required": [field], "properties": {field: {"type": type}}}
 
 
 def _unsupported(what: str) -> PydanticCustomError:
@@ -71,6 +87,12 @@ class SamplingRequest(StrictModel):
     """The fields both endpoints share: sampling, stopping, streaming and the vLLM/Fireworks extensions. The
     whole body, nested messages included, must be valid Unicode text (checked once, here)."""
 
+    RULES: ClassVar[list[dict]] = [
+        {"not": {"required": ["max_tokens", "max_completion_tokens"]}},
+        {"if": _present("stream_options", "object"),
+         "then": {"required": ["stream"], "properties": {"stream": {"const": True}}}}]
+    model_config = ConfigDict(json_schema_extra={"allOf": RULES})
+
     @model_validator(mode="before")
     @classmethod
     def _valid_unicode(cls, data: Any) -> Any:
@@ -88,8 +110,8 @@ class SamplingRequest(StrictModel):
     n: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, float] | None = None
-    stop: str | list[str] | None = None
+    logit_bias: LogitBias | None = None
+    stop: Text | Annotated[list[Text], Field(max_length=MAX_STOP)] | None = None
     seed: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -100,30 +122,30 @@ class SamplingRequest(StrictModel):
     min_p: Probability | None = None
     repetition_penalty: Annotated[float, Field(gt=0, le=2)] | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool | None = None
     include_stop_str_in_output: bool | None = None
     skip_special_tokens: bool | None = None
     context_length_exceeded_behavior: Literal["truncate", "error"] | None = None
     return_token_ids: bool | None = None
 
-    @field_validator("logit_bias")
+    @field_validator("logit_bias", mode="before")
     @classmethod
-    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for key, bias in (value or {}).items():
-            if not (key.isascii() and key.isdigit()):
+    def _logit_bias(cls, value: Any) -> Any:
+        for key, bias in value.items() if isinstance(value, dict) else ():
+            if isinstance(key, str) and not (key.isascii() and key.isdigit()):
                 raise ValueError(f"keys must be token ids (as strings), got {key!r}")
-            if not -100 <= bias <= 100:
+            if isinstance(bias, (int, float)) and not -100 <= bias <= 100:
                 raise ValueError(f"values must be in [-100, 100], got {bias} for token {key}")
         return value
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
-    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else value or []
+    def _stop(cls, value: Any) -> Any:
+        stops = [value] if isinstance(value, str) else value if isinstance(value, list) else []
         if len(stops) > MAX_STOP:
             raise ValueError(f"at most {MAX_STOP} stop sequences are allowed, got {len(stops)}")
-        if any(not s for s in stops):
+        if "" in stops:
             raise ValueError("stop sequences must not be empty")
         return value
 
@@ -147,15 +169,17 @@ class SamplingRequest(StrictModel):
 class CompletionRequest(SamplingRequest):
     """POST /v1/completions."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Text | Texts | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
     best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
     echo: bool | None = False
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-    suffix: str | None = None
+    suffix: None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt(cls, value: Any) -> Any:
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise PydanticCustomError("prompt_shape", "prompts must not be empty")
         if isinstance(value, str):
             return value
         if not isinstance(value, list) or not value:
@@ -170,9 +194,9 @@ class CompletionRequest(SamplingRequest):
         raise PydanticCustomError("prompt_shape", "must be a string, a list of strings, a list of token ids or "
                                   "a list of non-empty token-id lists, not a mixture")
 
-    @field_validator("suffix")
+    @field_validator("suffix", mode="before")
     @classmethod
-    def _suffix(cls, value: str | None) -> str | None:
+    def _suffix(cls, value: Any) -> Any:
         if value is not None:
             raise _unsupported("suffix (insertion)")
         return value
@@ -201,17 +225,24 @@ class TextPart(StrictModel):
 
 class ChatMessage(StrictModel):
     """One message. Assistant messages copied back from a response may carry the response-only fields
-    (refusal, tool_calls, ...) as null or empty; with a value they are rejected, since tools are not supported."""
+    (refusal, tool_calls, ...) as null or empty; with a value they are rejected, since tools are not supported.
+    Only an assistant message may leave out its content; only a tool message may carry a tool_call_id."""
+
+    RULES: ClassVar[list[dict]] = [
+        {"if": {"properties": {"role": {"const": "assistant"}}},
+         "else": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}}},
+        {"if": {"properties": {"role": {"const": "tool"}}}, "else": {"properties": {"tool_call_id": {"type": "null"}}}}]
+    model_config = ConfigDict(json_schema_extra={"allOf": RULES})
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
-    refusal: str | None = None
-    tool_calls: list | None = None
-    function_call: dict | None = None
-    audio: dict | None = None
-    annotations: list | None = None
+    refusal: Annotated[str, Empty] | None = None
+    tool_calls: Annotated[list, Empty] | None = None
+    function_call: Annotated[dict, Empty] | None = None
+    audio: Annotated[dict, Empty] | None = None
+    annotations: Annotated[list, Empty] | None = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -222,7 +253,7 @@ class ChatMessage(StrictModel):
                 raise _unsupported(f"content part type {kind!r}")
         return value
 
-    @field_validator("refusal", "tool_calls", "function_call", "audio", "annotations")
+    @field_validator("refusal", "tool_calls", "function_call", "audio", "annotations", mode="before")
     @classmethod
     def _response_only(cls, value: Any, info: Any) -> Any:
         if value:
@@ -241,23 +272,36 @@ class ChatMessage(StrictModel):
 class ChatCompletionRequest(SamplingRequest):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessage]
+    RULES: ClassVar[list[dict]] = [
+        *SamplingRequest.RULES,
+        {"if": _present("top_logprobs", "integer"),
+         "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}}]
+    model_config = ConfigDict(json_schema_extra={"allOf": RULES})
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
     logprobs: bool | None = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-    tools: list | None = None
-    tool_choice: str | dict | None = None
-    response_format: dict | None = None
+    tools: Annotated[list, Empty] | None = None
+    tool_choice: Literal["none"] | None = None
+    response_format: Annotated[dict, WithJsonSchema(TEXT_FORMAT)] | None = None
 
-    @field_validator("tools")
+    @field_validator("messages", mode="before")
     @classmethod
-    def _tools(cls, value: list | None) -> list | None:
+    def _messages(cls, value: Any) -> Any:
+        if value == []:
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools(cls, value: Any) -> Any:
         if value:
             raise _unsupported("tools")
         return value
 
-    @field_validator("tool_choice")
+    @field_validator("tool_choice", mode="before")
     @classmethod
-    def _tool_choice(cls, value: str | dict | None) -> str | dict | None:
+    def _tool_choice(cls, value: Any) -> Any:
         if value not in (None, "none"):
             raise _unsupported("tool_choice other than 'none'")
         return value
@@ -272,8 +316,6 @@ class ChatCompletionRequest(SamplingRequest):
     def check(self) -> None:
         """Rules across fields; raises a 400 naming the field."""
         super().check()
-        if not self.messages:
-            raise bad_request("messages must not be empty.", "messages")
         for i, message in enumerate(self.messages):
             if message.content is None and message.role != "assistant":
                 raise bad_request(f"messages[{i}].content is required for role {message.role!r}.",

@@ -35,14 +35,19 @@ class CompletionChoice(BaseModel):
     token_ids: list[int] | None = None
 
 
-class CompletionResponse(BaseModel):
-    """The body of /v1/completions (a streamed chunk has the same shape, one choice at a time)."""
+class Generated(BaseModel):
+    """What every generation body and streamed chunk carries."""
 
     id: str
-    object: Literal["text_completion"]
     created: int
     model: str
     system_fingerprint: str | None = None
+
+
+class CompletionResponse(Generated):
+    """The body of /v1/completions (a streamed chunk has the same shape, one choice at a time)."""
+
+    object: Literal["text_completion"]
     choices: list[CompletionChoice]
     usage: Usage | None = None
 
@@ -74,27 +79,53 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
-    """One reply."""
+class ChatChoiceBase(BaseModel):
+    """What a reply and a streamed part of one carry."""
 
     index: int
-    message: ChatMessageOut
     logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
     token_ids: list[int] | None = None
 
 
-class ChatCompletionResponse(BaseModel):
+class ChatChoice(ChatChoiceBase):
+    """One reply."""
+
+    message: ChatMessageOut
+
+
+class ChatCompletionResponse(Generated):
     """The body of /v1/chat/completions (streamed as chat.completion.chunk objects with `delta`s)."""
 
-    id: str
     object: Literal["chat.completion"]
-    created: int
-    model: str
-    system_fingerprint: str | None = None
     choices: list[ChatChoice]
     usage: Usage
     prompt_token_ids: list[int] | None = None
+
+
+class ChatDelta(BaseModel):
+    """What a streamed chunk adds to its choice: each choice's first chunk has the role, the others content."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(ChatChoiceBase):
+    """One choice's part of a streamed chat chunk."""
+
+    delta: ChatDelta
+
+
+class ChatCompletionChunk(Generated):
+    """A chunk of a streamed /v1/chat/completions; a last one with `choices: []` may carry the usage."""
+
+    object: Literal["chat.completion.chunk"]
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    prompt_token_ids: list[int] | None = None
+
+
+STREAMED = (CompletionResponse, ChatCompletionChunk)          # the chunk models; see api/openapi.py
 
 
 class ModelCard(BaseModel):
@@ -129,8 +160,33 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-ERROR_RESPONSES = {status: {"model": ErrorResponse, "description": text} for status, text in (
-    (400, "Invalid request: bad JSON, wrong types, out-of-range or unsupported parameters, context too long"),
-    (401, "Missing or wrong API key"), (404, "Unknown model"), (413, "Request body too large"),
-    (429, "Server overloaded: the waiting queue is full"), (500, "Unexpected server error"),
-    (503, "The engine is not running"))}
+class HealthResponse(BaseModel):
+    """GET /health while the engine runs."""
+
+    status: Literal["ok"]
+
+
+ERRORS = {400: "Invalid request: bad JSON, wrong types, out-of-range or unsupported parameters, a rule across "
+               "fields, token ids outside the vocabulary, context too long",
+          401: "Missing or wrong API key", 404: "Unknown model", 413: "Request body too large",
+          429: "Server overloaded: the waiting queue is full", 500: "Unexpected server error",
+          503: "The engine is not running"}
+
+
+def errors(*statuses: int) -> dict[int | str, dict]:
+    """The documented error responses of a route: the envelope, with what each status means."""
+    return {status: {"model": ErrorResponse, "description": ERRORS[status]} for status in statuses}
+
+
+def generation_responses(body: type[BaseModel], chunk: type[BaseModel] | None = None) -> dict[int | str, dict]:
+    """The responses of a generation route: `body` as JSON, or with `stream: true` server-sent events, each
+    `data: ` and a `chunk` (`body` by default; or the error envelope, when the engine fails mid-stream), the last
+    `data: [DONE]`. The events are described the way FastAPI describes its own (`itemSchema`, one event)."""
+    payload = {"anyOf": [{"$ref": f"#/components/schemas/{(chunk or body).__name__}"},
+                         {"$ref": "#/components/schemas/ErrorResponse"}]}
+    data = {"anyOf": [{"const": "[DONE]"},
+                      {"type": "string", "contentMediaType": "application/json", "contentSchema": payload}]}
+    event = {"type": "object", "required": ["data"], "properties": {"data": data}}
+    return {200: {"model": body, "description": "The result, or with `stream: true` its chunks as server-sent events",
+                  "content": {"text/event-stream": {"itemSchema": event}}},
+            **errors(400, 404, 413, 429, 500, 503)}

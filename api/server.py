@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from api import chat, completions
 from api.errors import envelope, install_handlers
 from api.metrics import CONTENT_TYPE
 from api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, TrailingSlashMiddleware
-from api.responses import ERROR_RESPONSES, ModelList
+from api.openapi import document
+from api.responses import HealthResponse, ModelList, errors
 from api.state import ServerSettings, ServerState, server_state
 from engine.async_llm import AsyncLLM
 
@@ -19,15 +20,20 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="triton-serve", version="0.1.0", docs_url=None, redoc_url=None,
                   description="An OpenAI-compatible completions server (Fireworks usage semantics). Logprobs "
                               "are those of the raw model distribution, before temperature, penalties and "
-                              "top-k/top-p/min-p.")
+                              "top-k/top-p/min-p. Bodies are read strictly: an integer is written without a fraction "
+                              "(2, not 2.0). Beyond the schema, token ids must be below the model's vocabulary size, "
+                              "best_of >= n, min_tokens <= max_tokens, and the prompt must fit the context (400).")
     app.state.server = ServerState.build(llm, settings)
     install_handlers(app)
     app.include_router(completions.router)
     app.include_router(chat.router)
     app.add_api_route("/v1/models", list_models, methods=["GET"], response_model=None,
-                      responses={200: {"model": ModelList}, **ERROR_RESPONSES})
-    app.add_api_route("/health", health, methods=["GET"], response_model=None)
-    app.add_api_route("/metrics", metrics, methods=["GET"], response_model=None)
+                      responses={200: {"model": ModelList}, **errors(500)})
+    app.add_api_route("/health", health, methods=["GET"], response_model=None,
+                      responses={200: {"model": HealthResponse}, **errors(500, 503)})
+    app.add_api_route("/metrics", metrics, methods=["GET"], response_model=None, response_class=PlainTextResponse,
+                      responses={200: {"description": "Prometheus text exposition format"}, **errors(500)})
+    document(app, api_key=bool(settings.api_key))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)    # before reading bodies

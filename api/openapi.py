@@ -1,0 +1,52 @@
+"""/openapi.json as the app answers: FastAPI's description of the routes, less the 422 it documents for every
+route with a body (validation errors are sent as 400, see api/errors.py), with every error as the JSON envelope
+(FastAPI documents a route's errors in the media type of its success, text/plain for /metrics), with the models
+of streamed chunks, plus the 401 and the bearer scheme of the /v1 routes when the server requires an API key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic.json_schema import models_json_schema
+
+from api.responses import ERRORS, STREAMED
+
+_UNUSED = ("HTTPValidationError", "ValidationError")
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+
+
+def document(app: FastAPI, api_key: bool) -> None:
+    """Make `app.openapi()` (what /openapi.json serves) describe what the app sends."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _tidy(generate(), api_key)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def _tidy(schema: dict[str, Any], api_key: bool) -> dict[str, Any]:
+    for path, item in schema["paths"].items():
+        for operation in item.values():
+            responses = operation["responses"]
+            responses.pop("422", None)
+            if api_key and path.startswith("/v1/"):
+                operation["security"] = [{"bearer": []}]
+                responses["401"] = {"description": ERRORS[401]}
+            for status, response in responses.items():
+                if int(status) >= 400:
+                    response["content"] = _ERROR
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for name in _UNUSED:
+        schemas.pop(name, None)
+    _, streamed = models_json_schema([(model, "serialization") for model in STREAMED],
+                                     ref_template="#/components/schemas/{model}")
+    for name, definition in streamed["$defs"].items():
+        schemas.setdefault(name, definition)
+    if api_key:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return schema

@@ -27,6 +27,7 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
 
     read_timeout: float = 0.0
     _read_timer: asyncio.TimerHandle | None = None
+    _in_body = False                # the current request's headers are in: `self.cycle` is its cycle
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the clock: a connection that sends nothing is timed out too."""
@@ -36,7 +37,13 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         """A request starts (on a kept-alive connection the clock starts here)."""
         super().on_message_begin()
+        self._in_body = False
         self._arm()
+
+    def on_headers_complete(self) -> None:
+        """The headers are in; the body (if any) follows."""
+        super().on_headers_complete()
+        self._in_body = True
 
     def on_message_complete(self) -> None:
         """The request has arrived whole: stop the clock."""
@@ -58,13 +65,12 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
             self._read_timer = None
 
     def _timed_out(self) -> None:
-        """Answer 408 unless a response has started, then close; a handler waiting for the body sees the client
-        disconnect and lets go of the request."""
+        """Answer 408 unless this request's response has started (a 413 sent before the body, say), then close; a
+        handler waiting for the body sees the client disconnect and lets go of the request."""
         self._read_timer = None
         if self.transport.is_closing():
             return
-        cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
+        if not (self._in_body and self.cycle is not None and self.cycle.response_started):
             message = f"The request did not arrive whole within {self.read_timeout:g} seconds."
             body = json.dumps(envelope(message, "invalid_request_error", None, "request_timeout")).encode()
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"

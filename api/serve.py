@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 
 import uvicorn
 
@@ -78,19 +79,19 @@ class ReadyServer(uvicorn.Server):
             server.close()                          # no new connections
         for connection in list(self.server_state.connections):
             connection.shutdown()                   # idle ones close; busy ones close after their response
-        await drain(self.state, self.shutdown_timeout)
+        await drain(self.state, self.shutdown_timeout, lambda: self.force_exit)
         await super().shutdown(sockets)
 
 
-async def drain(state: ServerState, timeout: float) -> None:
-    """Let the requests in flight finish for up to `timeout` seconds, cut the rest, and wait (a few seconds at
-    most) until the engine holds no KV block for them."""
+async def drain(state: ServerState, timeout: float, hurry: Callable[[], bool]) -> None:
+    """Let the requests in flight finish for up to `timeout` seconds (less once `hurry()`: a second Ctrl-C), cut
+    the rest, and wait (a few seconds at most) until the engine holds no KV block for them."""
     llm = state.llm
     loop = asyncio.get_running_loop()
     if llm.num_requests:
         logger.info("shutdown: %d request(s) in flight, waiting up to %g s", llm.num_requests, timeout)
     deadline = loop.time() + timeout
-    while llm.num_requests and loop.time() < deadline:
+    while llm.num_requests and loop.time() < deadline and not hurry():
         await asyncio.sleep(0.05)
     cut = llm.abort_all("The server is shutting down.")
     if cut:

@@ -15,7 +15,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import uvicorn
 from api_helpers import TIMEOUT, sse_events, start_server, strict_json, wait_ready
+
+from api.read_timeout import protocol_with_read_timeout
 
 MODEL = "pycoder-tiny"
 LONG = {"model": MODEL, "prompt": "def f(x):", "max_tokens": 1900, "ignore_eos": True}
@@ -140,3 +143,31 @@ def test_the_read_timeout_never_cuts_a_response(timed_server):
         assert client.get(f"{timed_server}/health").status_code == 200
     events = sse_events(httpx.Response(200, content=content))
     assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_request_answered_before_its_body_gets_no_second_response():
+    """An app may answer before the body has arrived; when the read timeout then ends the connection, it adds no
+    408 to the answer already sent (uvicorn in-process, with an app that never reads the body)."""
+    async def early(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(early, http=protocol_with_read_timeout(0.5), log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.started
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        received, _ = _raw(f"http://127.0.0.1:{sock.getsockname()[1]}", head)
+    finally:
+        server.should_exit = True
+        thread.join(TIMEOUT)
+        sock.close()
+    assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b"ok"), received

@@ -234,6 +234,8 @@ class AsyncLLM:
             self._stats = dataclasses.replace(self._stats, num_running=0, num_waiting=0, kv_blocks_used=0)
             self._dispatch_error(list(live.values()), exc)
             self._fail_pending()
+        finally:
+            engine.close()                  # its tensor-parallel workers, if any, go with the thread
 
     def _apply(self, command: tuple, live: dict[str, RequestStream]) -> bool:
         """Apply one command to the engine; False for `stop`."""

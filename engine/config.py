@@ -91,6 +91,7 @@ class EngineConfig:
     cuda_graphs: bool | None = None
     cpu_threads: int | None = None
     kernels: str | KernelSet | None = None
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if not (Path(self.model) / "config.json").is_file():
@@ -119,12 +120,36 @@ class EngineConfig:
                              f"(what llm_kernels.use or LLM_KERNELS_BACKEND says), got {self.kernels!r}")
         if self.cuda_graphs is not None and not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be True, False or None (auto), got {self.cuda_graphs!r}")
+        self._check_tensor_parallel()
 
-    def torch_device(self) -> torch.device:
-        """`auto` is CUDA when available, else the CPU."""
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+    def _check_tensor_parallel(self) -> None:
+        """The ranks must have devices (one GPU each on CUDA) and a collective library, before any is started."""
+        size = self.tensor_parallel_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {size!r}")
+        if size == 1:
+            return
+        if isinstance(self.kernels, KernelSet):
+            raise ValueError("kernels: a KernelSet cannot be handed to tensor-parallel worker processes; name a "
+                             "backend ('auto', 'triton', 'cpu' or 'torch') with tensor_parallel_size > 1")
+        device = self.torch_device()
+        if device.type == "cuda":
+            first = device.index or 0
+            if first + size > torch.cuda.device_count():
+                raise ValueError(f"tensor_parallel_size {size} needs GPUs cuda:{first}..cuda:{first + size - 1}; "
+                                 f"this machine has {torch.cuda.device_count()}")
+        elif not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+            raise ValueError("tensor_parallel_size > 1 on the CPU needs torch.distributed with gloo, which this "
+                             "torch build lacks")
+
+    def torch_device(self, rank: int = 0) -> torch.device:
+        """`auto` is CUDA when available, else the CPU. Tensor-parallel rank r takes the r-th GPU from the one
+        named (cuda:0 by default); on the CPU all ranks share the machine."""
+        name = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        device = torch.device(name)
+        if device.type == "cuda" and (rank or self.tensor_parallel_size > 1):
+            return torch.device("cuda", (device.index or 0) + rank)
+        return device
 
     def torch_dtype(self, model: ModelConfig, device: torch.device) -> torch.dtype:
         """`auto` is the checkpoint's dtype on a GPU and float32 on the CPU (where half precision is slow)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+import weakref
 from dataclasses import dataclass
 
 from engine.block_manager import BlockManager
@@ -15,6 +16,7 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Request, Sequence, derive_seed
 from engine.tokenizer import PromptTooLongError, Tokenizer
+from engine.tp_workers import TPWorkers, serve_if_launched_worker
 
 
 @dataclass(slots=True)
@@ -38,7 +40,15 @@ class LLMEngine:
         self.model_config = ModelConfig.from_dir(config.model)
         self.max_model_len = config.resolved_max_model_len(self.model_config)
         self.tokenizer = Tokenizer(config.model, self.model_config.eos_token_ids)
-        self.runner = ModelRunner(config, self.model_config, self.max_model_len, self.tokenizer.eos_token_ids)
+        eos = self.tokenizer.eos_token_ids
+        serve_if_launched_worker(config)
+        self.workers: TPWorkers | None = None
+        if config.tensor_parallel_size == 1:
+            self.runner = ModelRunner(config, self.model_config, self.max_model_len, eos)
+        else:
+            self.runner, self.workers = TPWorkers.start_engine(config, self.model_config, self.max_model_len, eos)
+        # Stops the workers with the engine: on close(), when it is collected, or at interpreter exit.
+        self._close = weakref.finalize(self, self.workers.shutdown, self.runner.channel) if self.workers else None
         self.blocks = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.processor = OutputProcessor(self.tokenizer)
@@ -90,6 +100,11 @@ class LLMEngine:
             if any(t >= vocab for t in ids):
                 raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab})")
 
+    def close(self) -> None:
+        """Stop the tensor-parallel workers, if any (also done when the engine is collected or at exit)."""
+        if self._close is not None:
+            self._close()
+
     def abort_request(self, request_id: str) -> None:
         """Stop a request now and free its blocks; it produces no further output."""
         request = self.requests.pop(request_id, None)
@@ -116,7 +131,12 @@ class LLMEngine:
             if self.scheduler.has_work:     # cannot happen: an empty cache always fits one sequence's chunk
                 raise RuntimeError("the scheduler made no progress with requests waiting")
             return []
-        result = self.runner.execute(scheduled)   # if it raises, nothing was registered: nothing to undo
+        try:
+            result = self.runner.execute(scheduled)   # if it raises, nothing was registered: nothing to undo
+        except Exception as exc:
+            if self.workers is not None:
+                self.workers.check(cause=exc)             # a worker that died is the error to report
+            raise
         self.scheduler.update(scheduled)
         finished = self.processor.process(result, time.monotonic())
         for seq in finished:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 
 from engine.config import ModelConfig
 from engine.models import model_class
+from engine.models.linear import load_whole
+from engine.parallel_state import SINGLE, TensorParallel
 from llm_kernels import KernelSet
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -28,15 +31,15 @@ def safetensors_files(path: Path) -> list[Path]:
 
 
 def load_model(path: str, cfg: ModelConfig, max_positions: int, dtype: torch.dtype, device: torch.device,
-               kernels: KernelSet) -> torch.nn.Module:
-    """Instantiate the architecture (its layers calling `kernels`) without initialising it, then fill every
-    parameter from the checkpoint."""
+               kernels: KernelSet, tp: TensorParallel = SINGLE) -> torch.nn.Module:
+    """Instantiate the architecture (its layers calling `kernels`, holding rank `tp.rank`'s slices) without
+    initialising it, then fill every parameter from the checkpoint, reading only this rank's slices."""
     cls = model_class(cfg.architecture)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device("meta"):
-            model = cls(cfg, max_positions, kernels)
+            model = cls(cfg, max_positions, kernels, tp)
     finally:
         torch.set_default_dtype(previous)
     model = model.to_empty(device=device)
@@ -51,42 +54,26 @@ def load_model(path: str, cfg: ModelConfig, max_positions: int, dtype: torch.dty
             for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if name.endswith(_IGNORED_SUFFIXES) or (cfg.tie_word_embeddings and name == "lm_head.weight"):
                     continue
-                _load_tensor(model, params, name, f.get_tensor(name))
+                _load_tensor(model, params, name, f.get_slice(name))
     missing = [name for name, param in params.items() if bool(param.isnan().any())]
     if missing:
         raise ValueError(f"checkpoint {path} lacks weights (or has NaNs) for: {', '.join(missing)}")
     return model.eval()
 
 
-def _load_tensor(model: torch.nn.Module, params: dict[str, torch.nn.Parameter], name: str,
-                 tensor: torch.Tensor) -> None:
-    """Copy one checkpoint tensor into its parameter, or into its slice of a fused one."""
-    for part, (fused, shard) in model.stacked_params.items():
+def _load_tensor(model: torch.nn.Module, params: dict[str, torch.nn.Parameter], name: str, source: Any) -> None:
+    """Copy this rank's part of one checkpoint tensor into its parameter, or into its slice of a fused one: the
+    layer that owns the parameter knows which part (its `load`; `load_whole` for the others)."""
+    target, shard = name, None
+    for part, (fused, index) in model.stacked_params.items():
         marker = f".{part}."
-        if marker not in name:
-            continue
-        target_name = name.replace(marker, f".{fused}.")
-        if target_name not in params:
+        if marker in name:
+            target, shard = name.replace(marker, f".{fused}."), index
             break
-        target = params[target_name]
-        sizes = _shard_sizes(target.shape[0], fused, model, name)
-        start = sum(sizes[:shard])
-        _copy(target[start:start + sizes[shard]], tensor, name)
-        return
-    if name not in params:
+    if target not in params:
         raise ValueError(f"unexpected weight {name!r} for {type(model).__name__}")
-    _copy(params[name], tensor, name)
-
-
-def _copy(target: torch.Tensor, tensor: torch.Tensor, name: str) -> None:
-    if target.shape != tensor.shape:
-        raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
-    with torch.no_grad():
-        target.copy_(tensor)
-
-
-def _shard_sizes(total: int, fused: str, model: torch.nn.Module, name: str) -> list[int]:
-    if fused == "gate_up_proj":
-        return [total // 2, total // 2]
-    layer = int(name.split(".layers.")[1].split(".")[0])
-    return model.model.layers[layer].self_attn.qkv_sizes
+    owner = model.get_submodule(target.rpartition(".")[0])
+    try:
+        getattr(owner, "load", load_whole)(params[target], source, shard)
+    except ValueError as exc:
+        raise ValueError(f"weight {name!r}: {exc}") from None

@@ -3,11 +3,16 @@
 One step packs the new tokens of every scheduled sequence into flat tensors (no padding): token ids,
 positions, and the cache slot each token's key and value go to. The attention metadata says, per sequence,
 where its tokens start in the pack, how long its cached context is and which blocks hold it.
+
+Under tensor parallelism every rank has a runner over its slices of the model and its own KV heads; rank 0's
+`execute` builds the step's `StepInputs`, broadcasts them (engine/step_inputs.py), and every rank runs `forward`
+on them; rank 0 alone samples.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -18,9 +23,11 @@ from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graphs import DecodeGraphs
 from engine.loader import load_model
 from engine.models.attention import AttentionMetadata
+from engine.parallel_state import SINGLE, TensorParallel
 from engine.sampler import Sampler, SamplerOutput, TopLogprobs, top_logprobs
 from engine.scheduler import SchedulerOutput
 from engine.sequence import Sequence
+from engine.step_inputs import StepChannel, StepInputs
 from engine.transfer import to_device
 
 logger = logging.getLogger(__name__)
@@ -42,25 +49,31 @@ class ModelRunner:
     """Loads the checkpoint onto the device, allocates the paged KV cache and executes steps."""
 
     def __init__(self, config: EngineConfig, model_config: ModelConfig, max_model_len: int,
-                 eos_token_ids: list[int]) -> None:
+                 eos_token_ids: list[int], tp: TensorParallel = SINGLE) -> None:
         self.config = config
+        self.tp = tp
+        self.channel = StepChannel(config.torch_device(tp.rank))       # how rank 0 hands a step to the others
         self.model_config = model_config
         if config.cpu_threads is not None:
             torch.set_num_threads(config.cpu_threads)      # on the thread that will run the steps
+        elif tp.size > 1 and config.torch_device().type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // tp.size))    # the ranks share the cores
         logger.info("torch runs CPU work on %d threads", torch.get_num_threads())
-        self.device = config.torch_device()
+        self.device = config.torch_device(tp.rank)
         self.dtype = config.torch_dtype(model_config, self.device)
         self.block_size = config.block_size
         self.max_model_len = max_model_len
         self.kernels = self._select_kernels()         # before anything is loaded: a refusal leaves nothing behind
         use_graphs = self._use_cuda_graphs()
-        self.model = load_model(config.model, model_config, max_model_len, self.dtype, self.device, self.kernels)
+        self.model = load_model(config.model, model_config, max_model_len, self.dtype, self.device, self.kernels,
+                                tp)
         self.sampler = Sampler(eos_token_ids, self.kernels)
         cfg = model_config
-        shape = kv_cache.KVCacheShape(cfg.num_layers, self.block_size, cfg.num_kv_heads, cfg.head_dim, self.dtype)
+        kv_heads = self.model.attention_layers()[0].num_kv_heads        # this rank's
+        shape = kv_cache.KVCacheShape(cfg.num_layers, self.block_size, kv_heads, cfg.head_dim, self.dtype)
         budget = self._memory_budget() if config.kv_cache_blocks is None else 0
-        self.num_blocks = kv_cache.choose_num_blocks(shape, max_model_len, config.max_num_seqs, budget,
-                                                     config.kv_cache_blocks)
+        self.num_blocks = self._agreed(kv_cache.choose_num_blocks(shape, max_model_len, config.max_num_seqs, budget,
+                                                                  config.kv_cache_blocks))
         self.kv_cache = kv_cache.allocate(shape, self.num_blocks, self.device)
         for i, attn in enumerate(self.model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
@@ -68,6 +81,14 @@ class ModelRunner:
         if use_graphs:
             self.graphs = DecodeGraphs(self.model, min(config.max_num_seqs, config.max_num_batched_tokens),
                                        -(-max_model_len // self.block_size), self.device)
+
+    def _agreed(self, num_blocks: int) -> int:
+        """The fewest KV blocks any rank can hold: every rank allocates that many (one block table for all)."""
+        if self.tp.size == 1:
+            return num_blocks
+        least = torch.tensor([num_blocks], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(least, op=torch.distributed.ReduceOp.MIN)
+        return int(least.item())
 
     def _select_kernels(self) -> llm_kernels.KernelSet:
         """The engine's kernels, chosen once: `kernels` if it is a KernelSet, else `llm_kernels.select` for the
@@ -105,8 +126,9 @@ class ModelRunner:
         return kv_cache.cpu_budget()
 
     def execute(self, step: SchedulerOutput) -> StepOutput:
-        """Run one scheduled step and sample the sequences that need a next token. On a GPU, with the runner's
-        device current: Triton launches on the current device, which need not be this one (cuda:1)."""
+        """Rank 0: run one scheduled step (on every rank) and sample the sequences that need a next token. On a
+        GPU, with the runner's device current: Triton launches on the current device, which need not be this one
+        (cuda:1)."""
         if self.device.type != "cuda":
             return self._execute(step)
         with torch.cuda.device(self.device):
@@ -114,58 +136,74 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _execute(self, step: SchedulerOutput) -> StepOutput:
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        cu_seqlens = [0]
-        seq_lens: list[int] = []
-        sample_rows: list[int] = []
         out = StepOutput()
-        prompt_rows: list[int] = []
+        inputs = self._inputs(step, out)
+        if self.tp.size > 1:
+            self.channel.send(inputs)
+        sample_logits, prompt_logits = self._forward(inputs)
+        if sample_logits is not None:
+            out.sampled = self.sampler(sample_logits, out.sampled_seqs)
+        if prompt_logits is not None:
+            out.prompt_logprobs = self._prompt_logprobs(prompt_logits, out)
+        return out
+
+    def _inputs(self, step: SchedulerOutput, out: StepOutput) -> StepInputs:
+        """The step's device work as plain lists; `out` learns which sequences are sampled or get prompt logprobs."""
+        x = StepInputs([], [], [], [0], [], [], [], [])
         bs = self.block_size
         for seq, count, wanted in zip(step.seqs, step.num_new_tokens, step.prompt_logprob_positions):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + count
-            input_ids += seq.token_ids[start:end]
-            positions += range(start, end)
+            x.input_ids += seq.token_ids[start:end]
+            x.positions += range(start, end)
             table = seq.block_table
-            slots += [table[t // bs] * bs + t % bs for t in range(start, end)]
+            x.slots += [table[t // bs] * bs + t % bs for t in range(start, end)]
             if wanted:              # row t predicts prompt token t + 1
-                row0 = cu_seqlens[-1] - start - 1
-                prompt_rows += range(row0 + wanted.start, row0 + wanted.stop)
+                row0 = x.cu_seqlens[-1] - start - 1
+                x.prompt_rows += range(row0 + wanted.start, row0 + wanted.stop)
                 out.prompt_seqs.append(seq)
                 out.prompt_positions.append(wanted)
-            cu_seqlens.append(cu_seqlens[-1] + count)
-            seq_lens.append(end)
+            x.cu_seqlens.append(x.cu_seqlens[-1] + count)
+            x.seq_lens.append(end)
             if end == seq.num_tokens:
-                sample_rows.append(cu_seqlens[-1] - 1)
+                x.sample_rows.append(x.cu_seqlens[-1] - 1)
                 out.sampled_seqs.append(seq)
         max_blocks = max(len(seq.block_table) for seq in step.seqs)
-        tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in step.seqs]
-        if self.graphs is not None and max(step.num_new_tokens) == 1 and len(step.seqs) <= self.graphs.max_batch:
-            hidden = self.graphs.run(input_ids, positions, slots, tables, seq_lens)     # a decode step
+        x.block_tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in step.seqs]
+        return x
+
+    def forward(self, x: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Ranks > 0 (rank 0 comes through `execute`): the forward of one step, then the logits of its sampled
+        rows and of its prompt-logprob rows (float32 on rank 0; None elsewhere, and where there are no such
+        rows)."""
+        if self.device.type != "cuda":
+            return self._forward(x)
+        with torch.cuda.device(self.device):
+            return self._forward(x)
+
+    @torch.inference_mode()
+    def _forward(self, x: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.graphs is not None and x.max_seqlen_q == 1 and len(x.seq_lens) <= self.graphs.max_batch:
+            hidden = self.graphs.run(x.input_ids, x.positions, x.slots, x.block_tables, x.seq_lens)   # a decode
         else:
             dev = self.device
             meta = AttentionMetadata(
-                slot_mapping=to_device(slots, torch.int64, dev),
-                block_tables=to_device(tables, torch.int32, dev),
-                seq_lens=to_device(seq_lens, torch.int32, dev),
-                cu_seqlens_q=to_device(cu_seqlens, torch.int32, dev),
-                max_seqlen_q=max(step.num_new_tokens),
+                slot_mapping=to_device(x.slots, torch.int64, dev),
+                block_tables=to_device(x.block_tables, torch.int32, dev),
+                seq_lens=to_device(x.seq_lens, torch.int32, dev),
+                cu_seqlens_q=to_device(x.cu_seqlens, torch.int32, dev),
+                max_seqlen_q=x.max_seqlen_q,
             )
-            hidden = self.model(to_device(input_ids, torch.int64, dev), to_device(positions, torch.int64, dev), meta)
-        if sample_rows:
-            logits = self.model.compute_logits(hidden[to_device(sample_rows, torch.int64, hidden.device)])
-            out.sampled = self.sampler(logits, out.sampled_seqs)
-        if prompt_rows:
-            out.prompt_logprobs = self._prompt_logprobs(hidden, prompt_rows, out)
-        return out
+            hidden = self.model(to_device(x.input_ids, torch.int64, dev), to_device(x.positions, torch.int64, dev),
+                                meta)
+        logits = [self.model.compute_logits(hidden[to_device(rows, torch.int64, hidden.device)]) if rows else None
+                  for rows in (x.sample_rows, x.prompt_rows)]
+        return logits[0], logits[1]
 
-    def _prompt_logprobs(self, hidden: torch.Tensor, rows: list[int], out: StepOutput) -> TopLogprobs:
+    def _prompt_logprobs(self, logits: torch.Tensor, out: StepOutput) -> TopLogprobs:
         targets: list[int] = []
         ks: list[int] = []
         for seq, span in zip(out.prompt_seqs, out.prompt_positions):
             targets += seq.request.prompt_token_ids[span.start:span.stop]
             ks += [seq.params.prompt_logprobs] * len(span)
-        logprobs = torch.log_softmax(self.model.compute_logits(hidden[to_device(rows, torch.int64, hidden.device)]),
-                                     dim=-1)
+        logprobs = torch.log_softmax(logits, dim=-1)
         return top_logprobs(logprobs, to_device(targets, torch.int64, self.device), ks)

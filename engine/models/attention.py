@@ -1,4 +1,8 @@
-"""Paged self-attention: project, rotate, write the KV cache and attend, with the engine's `llm_kernels.KernelSet`."""
+"""Paged self-attention: project, rotate, write the KV cache and attend, with the engine's `llm_kernels.KernelSet`.
+
+Under tensor parallelism each rank holds `num_heads / size` query heads and their KV heads: `num_kv_heads / size`
+of them, or, when there are fewer KV heads than ranks, the one its query heads read (replicated, as vLLM does).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.models.linear import ColumnParallelLinear, RowParallelLinear, Shard
 from engine.models.norm import RMSNorm
+from engine.parallel_state import TensorParallel
 from llm_kernels import KernelSet
 
 
@@ -22,17 +28,27 @@ class AttentionMetadata:
 
 
 class Attention(torch.nn.Module):
-    """Grouped-query attention with a fused q/k/v projection; optional biases (Qwen2, Llama's attention_bias)
-    and q/k norm (Qwen3)."""
+    """Grouped-query attention with a fused q/k/v projection (column-parallel) and o_proj (row-parallel);
+    optional biases (Qwen2, Llama's attention_bias) and q/k norm (Qwen3, per head: every rank holds it whole)."""
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, qkv_bias: bool,
-                 o_bias: bool, qk_norm_eps: float | None, kernels: KernelSet) -> None:
+                 o_bias: bool, qk_norm_eps: float | None, kernels: KernelSet, tp: TensorParallel) -> None:
         super().__init__()
         self.kernels = kernels
-        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.qkv_sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
-        self.qkv_proj = torch.nn.Linear(hidden_size, sum(self.qkv_sizes), bias=qkv_bias)
-        self.o_proj = torch.nn.Linear(num_heads * head_dim, hidden_size, bias=o_bias)
+        self.num_heads = tp.split(num_heads, "num_attention_heads")
+        if num_kv_heads >= tp.size:
+            self.num_kv_heads = tp.split(num_kv_heads, "num_key_value_heads")
+            kv_start = tp.rank * self.num_kv_heads
+        elif tp.size % num_kv_heads:
+            raise ValueError(f"tensor_parallel_size ({tp.size}) must be a multiple of num_key_value_heads "
+                             f"({num_kv_heads}) when it is larger")
+        else:
+            self.num_kv_heads, kv_start = 1, tp.rank * num_kv_heads // tp.size
+        self.head_dim = head_dim
+        q = Shard(self.num_heads * head_dim, tp.rank * self.num_heads * head_dim)
+        kv = Shard(self.num_kv_heads * head_dim, kv_start * head_dim)
+        self.qkv_proj = ColumnParallelLinear(hidden_size, [q, kv, kv], qkv_bias)
+        self.o_proj = RowParallelLinear(num_heads * head_dim, hidden_size, o_bias, tp)
         self.q_norm = RMSNorm(head_dim, qk_norm_eps, kernels) if qk_norm_eps is not None else None
         self.k_norm = RMSNorm(head_dim, qk_norm_eps, kernels) if qk_norm_eps is not None else None
         self.scale = head_dim ** -0.5

@@ -1,7 +1,8 @@
 """The Llama decoder, which Mistral, Qwen2 and Qwen3 specialise with a class attribute or two.
 
 Weights load from Hugging Face names: q/k/v and gate/up projections are stored fused here, and
-`stacked_params` says which slice of the fused weight each checkpoint tensor fills.
+`stacked_params` says which slice of the fused weight each checkpoint tensor fills. Under tensor parallelism
+(`tp`) the layers hold this rank's slices (engine/models/linear.py).
 """
 
 from __future__ import annotations
@@ -10,19 +11,24 @@ import torch
 
 from engine.config import ModelConfig
 from engine.models.attention import Attention, AttentionMetadata
+from engine.models.linear import ColumnParallelLinear, ParallelLMHead, RowParallelLinear, Shard, VocabParallelEmbedding
 from engine.models.norm import RMSNorm
 from engine.models.rotary import RotaryEmbedding
+from engine.parallel_state import TensorParallel
 from llm_kernels import KernelSet
 
 
 class MLP(torch.nn.Module):
-    """SwiGLU feed-forward with the gate and up projections fused into one matmul."""
+    """SwiGLU feed-forward with the gate and up projections fused into one matmul (column-parallel) and
+    down_proj row-parallel."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, kernels: KernelSet) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, kernels: KernelSet, tp: TensorParallel) -> None:
         super().__init__()
         self.kernels = kernels
-        self.gate_up_proj = torch.nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
-        self.down_proj = torch.nn.Linear(intermediate_size, hidden_size, bias=False)
+        local = tp.split(intermediate_size, "intermediate_size")
+        half = Shard(local, tp.rank * local)
+        self.gate_up_proj = ColumnParallelLinear(hidden_size, [half, half], bias=False)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, False, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, hidden] -> [T, hidden]."""
@@ -36,13 +42,14 @@ class DecoderLayer(torch.nn.Module):
     the two and normalises in one call (the kernels' `rms_norm` with a residual), as a fused kernel can.
     """
 
-    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, kernels: KernelSet) -> None:
+    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, kernels: KernelSet,
+                 tp: TensorParallel) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
         self.self_attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, qkv_bias,
-                                   cfg.attention_bias, cfg.rms_norm_eps if qk_norm else None, kernels)
+                                   cfg.attention_bias, cfg.rms_norm_eps if qk_norm else None, kernels, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
-        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, kernels)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, kernels, tp)
 
     def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, residual: torch.Tensor | None,
                 meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,11 +67,11 @@ class DecoderModel(torch.nn.Module):
     """Embeddings, the decoder layers and the final norm (Hugging Face's `model.` prefix)."""
 
     def __init__(self, cfg: ModelConfig, max_positions: int, qkv_bias: bool, qk_norm: bool,
-                 kernels: KernelSet) -> None:
+                 kernels: KernelSet, tp: TensorParallel) -> None:
         super().__init__()
         self.rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
-        self.embed_tokens = torch.nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = torch.nn.ModuleList(DecoderLayer(cfg, qkv_bias, qk_norm, kernels)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
+        self.layers = torch.nn.ModuleList(DecoderLayer(cfg, qkv_bias, qk_norm, kernels, tp)
                                           for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
 
@@ -87,10 +94,11 @@ class LlamaForCausalLM(torch.nn.Module):
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, cfg: ModelConfig, max_positions: int, kernels: KernelSet) -> None:
+    def __init__(self, cfg: ModelConfig, max_positions: int, kernels: KernelSet, tp: TensorParallel) -> None:
         super().__init__()
-        self.model = DecoderModel(cfg, max_positions, self.qkv_bias or cfg.attention_bias, self.qk_norm, kernels)
-        self.lm_head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.model = DecoderModel(cfg, max_positions, self.qkv_bias or cfg.attention_bias, self.qk_norm, kernels,
+                                  tp)
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, tp)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -98,9 +106,10 @@ class LlamaForCausalLM(torch.nn.Module):
         """Token ids [T] at positions [T] -> hidden states [T, hidden]."""
         return self.model(input_ids, positions, meta)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Hidden states [N, hidden] -> float32 logits [N, vocab]."""
-        return self.lm_head(hidden).float()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Hidden states [N, hidden] -> float32 logits [N, vocab] (on rank 0; None on the other ranks, which
+        must call it too: the logits are gathered)."""
+        return self.lm_head.logits(hidden)
 
     def attention_layers(self) -> list[Attention]:
         """The attention modules, in layer order, so the runner can hand each its KV cache."""

@@ -1,0 +1,77 @@
+"""The device work of one step as plain data (`StepInputs`), and how rank 0 hands it to tensor-parallel workers.
+
+Rank 0's runner turns a SchedulerOutput into StepInputs; every rank then runs the same forward on them
+(`ModelRunner.forward`). With more than one rank, `StepChannel` broadcasts them from rank 0 as one packed int64
+tensor after a fixed-size header (two broadcasts a step): the workers need nothing else of the scheduler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+_HEADER = 6          # kind (1 step, 0 stop), tokens, sequences, block-table width, sample rows, prompt rows
+
+
+@dataclass(slots=True)
+class StepInputs:
+    """Token ids, positions and cache slots of the step's new tokens, packed; per sequence its cumulative query
+    offsets, its tokens in the cache after the step and its block table (padded to one width); the rows whose
+    logits are sampled and those whose logits give prompt logprobs."""
+
+    input_ids: list[int]
+    positions: list[int]
+    slots: list[int]
+    cu_seqlens: list[int]
+    seq_lens: list[int]
+    block_tables: list[list[int]]
+    sample_rows: list[int]
+    prompt_rows: list[int]
+
+    @property
+    def max_seqlen_q(self) -> int:
+        """The most new tokens of one sequence (1: a decode step)."""
+        return max(b - a for a, b in zip(self.cu_seqlens, self.cu_seqlens[1:]))
+
+
+class StepChannel:
+    """Rank 0 sends each step's StepInputs (or a stop) to the other ranks, which receive them, over the process
+    group's broadcast, on `device` (NCCL needs CUDA tensors; gloo takes CPU ones)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def send(self, x: StepInputs) -> None:
+        """Rank 0: broadcast one step."""
+        width = len(x.block_tables[0])
+        header = [1, len(x.input_ids), len(x.seq_lens), width, len(x.sample_rows), len(x.prompt_rows)]
+        payload = (x.input_ids + x.positions + x.slots + x.cu_seqlens + x.seq_lens
+                   + [b for row in x.block_tables for b in row] + x.sample_rows + x.prompt_rows)
+        dist.broadcast(torch.tensor(header, dtype=torch.int64, device=self.device), src=0)
+        dist.broadcast(torch.tensor(payload, dtype=torch.int64, device=self.device), src=0)
+
+    def send_stop(self) -> None:
+        """Rank 0: tell the other ranks to leave their loop."""
+        dist.broadcast(torch.zeros(_HEADER, dtype=torch.int64, device=self.device), src=0)
+
+    def receive(self) -> StepInputs | None:
+        """Ranks > 0: the next step, or None for a stop."""
+        header = torch.empty(_HEADER, dtype=torch.int64, device=self.device)
+        dist.broadcast(header, src=0)
+        kind, tokens, seqs, width, samples, prompts = header.tolist()
+        if kind == 0:
+            return None
+        payload = torch.empty(3 * tokens + 2 * seqs + 1 + seqs * width + samples + prompts, dtype=torch.int64,
+                              device=self.device)
+        dist.broadcast(payload, src=0)
+        values = payload.tolist()
+        cut = iter([tokens, tokens, tokens, seqs + 1, seqs, seqs * width, samples, prompts])
+        parts, at = [], 0
+        for size in cut:
+            parts.append(values[at:at + size])
+            at += size
+        flat_tables = parts[5]
+        tables = [flat_tables[i * width:(i + 1) * width] for i in range(seqs)]
+        return StepInputs(parts[0], parts[1], parts[2], parts[3], parts[4], tables, parts[6], parts[7])

@@ -1,0 +1,187 @@
+"""Tensor-parallel worker processes: ranks 1..N-1 of an engine whose rank 0 runs in the user's process.
+
+On one machine the engine starts them itself: fresh interpreters (`engine.tp_workers.main`, so the user's
+script is not re-imported as multiprocessing's spawn would), told their rank and the engine's settings on stdin.
+Each joins the process group, loads its slices of the model, and then runs every step rank 0 broadcasts until
+rank 0 says stop. They never outlive rank 0: the kernel kills them when it dies (PR_SET_PDEATHSIG), `stop` kills
+what does not exit in time, and a finalizer stops them at interpreter exit.
+
+On several machines an external launcher (`torchrun`, which sets MASTER_ADDR, MASTER_PORT, WORLD_SIZE and RANK)
+starts every rank; `launched_rank()` tells a process which it is, and ranks > 0 call `serve_steps` instead of
+building an engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import llm_kernels
+from engine.config import EngineConfig, ModelConfig
+from engine.parallel_state import TensorParallel, destroy_group, init_group
+from engine.step_inputs import StepChannel
+
+if TYPE_CHECKING:
+    from engine.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+GROUP_TIMEOUT_S = 600.0     # a collective that waits this long fails (a worker that died fails it at once)
+
+
+def check_shardable(cfg: ModelConfig, size: int) -> None:
+    """A ValueError naming what cannot be split over `size` ranks (before any process is started)."""
+    for what, total in (("num_attention_heads", cfg.num_heads), ("intermediate_size", cfg.intermediate_size)):
+        if total % size:
+            raise ValueError(f"{what} ({total}) must be divisible by tensor_parallel_size ({size})")
+    kv = cfg.num_kv_heads
+    if (kv >= size and kv % size) or (kv < size and size % kv):
+        raise ValueError(f"num_key_value_heads ({kv}) must be divisible by tensor_parallel_size ({size}), or "
+                         "divide it (then each rank holds one KV head, replicated)")
+
+
+def launched_rank() -> int | None:
+    """This process's rank when an external launcher started the ranks (WORLD_SIZE > 1 and RANK set)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    return None
+
+
+class TPWorkers:
+    """The worker processes of one engine (none when an external launcher started them)."""
+
+    def __init__(self, procs: list[subprocess.Popen], init_method: str) -> None:
+        self.procs = procs
+        self.init_method = init_method
+
+    @classmethod
+    def start(cls, config: EngineConfig) -> TPWorkers:
+        """Start ranks 1..N-1 on this machine (or, under a launcher, none: they were started with rank 0)."""
+        if launched_rank() is not None:
+            return cls([], "env://")
+        with socket.socket() as probe:              # a free port for the group's rendezvous
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        init_method = f"tcp://127.0.0.1:{port}"
+        settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        settings["kernels"] = config.kernels or llm_kernels.configured_backend()     # rank 0's, not the env's
+        package_root = str(Path(__file__).resolve().parents[1])      # where this `engine` was imported from
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
+                                                                        os.environ.get("PYTHONPATH")]))}
+        procs = []
+        for rank in range(1, config.tensor_parallel_size):
+            proc = subprocess.Popen([sys.executable, "-c", "from engine.tp_workers import main; main()"],
+                                    stdin=subprocess.PIPE, env=env)
+            proc.stdin.write(json.dumps({"rank": rank, "init_method": init_method, "parent": os.getpid(),
+                                         "config": settings}).encode())
+            proc.stdin.close()
+            procs.append(proc)
+        return cls(procs, init_method)
+
+    @classmethod
+    def start_engine(cls, config: EngineConfig, model_config: ModelConfig, max_model_len: int,
+                     eos_token_ids: list[int]) -> tuple[ModelRunner, TPWorkers]:
+        """Rank 0 of a tensor-parallel engine: start the workers, join the group with them, load this rank's
+        slices. On failure nothing is left running."""
+        from engine.model_runner import ModelRunner
+
+        check_shardable(model_config, config.tensor_parallel_size)
+        workers = cls.start(config)
+        try:
+            tp = TensorParallel(0, config.tensor_parallel_size)
+            init_group(tp, config.torch_device(0), workers.init_method, GROUP_TIMEOUT_S)
+            return ModelRunner(config, model_config, max_model_len, eos_token_ids, tp), workers
+        except BaseException:
+            workers.stop(timeout=0)
+            destroy_group()
+            raise
+
+    def shutdown(self, channel: StepChannel) -> None:
+        """Rank 0: tell the workers to stop, wait for them (killing what hangs), leave the group."""
+        with contextlib.suppress(Exception):       # a broken group (a worker died) cannot carry the stop
+            if all(proc.poll() is None for proc in self.procs):
+                channel.send_stop()
+        self.stop()
+        destroy_group()
+
+    def check(self, cause: BaseException | None = None, wait_s: float = 2.0) -> None:
+        """A RuntimeError naming the first worker that has exited, if one has. After a failed collective (`cause`),
+        wait a little for a dying worker to be seen exiting."""
+        deadline = time.monotonic() + (wait_s if cause is not None else 0)
+        while True:
+            for rank, proc in enumerate(self.procs, start=1):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"tensor-parallel worker (rank {rank}, pid {proc.pid}) exited with status "
+                                       f"{proc.returncode}") from cause
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Wait up to `timeout` seconds for the workers to exit (after rank 0's stop), then kill the rest."""
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def serve_if_launched_worker(config: EngineConfig) -> None:
+    """Under an external launcher, a rank > 0 serves rank 0's steps here and then exits the process (SystemExit
+    0) when rank 0's engine closes: its `LLM(...)` never returns. Rank 0, and engines started without a
+    launcher, go on."""
+    rank = launched_rank()
+    if rank is None or config.tensor_parallel_size == 1:
+        return
+    world = int(os.environ["WORLD_SIZE"])
+    if world != config.tensor_parallel_size:
+        raise ValueError(f"WORLD_SIZE is {world} but tensor_parallel_size is {config.tensor_parallel_size}")
+    if rank > 0:
+        serve_steps(config, TensorParallel(rank, world), "env://")
+        raise SystemExit(0)
+
+
+def serve_steps(config: EngineConfig, tp: TensorParallel, init_method: str) -> None:
+    """A worker's life: join the group, load this rank's slices, run each step rank 0 broadcasts until stop."""
+    from engine.model_runner import ModelRunner
+
+    model_config = ModelConfig.from_dir(config.model)
+    init_group(tp, config.torch_device(tp.rank), init_method, GROUP_TIMEOUT_S)
+    try:
+        runner = ModelRunner(config, model_config, config.resolved_max_model_len(model_config),
+                             model_config.eos_token_ids, tp)
+        while (step := runner.channel.receive()) is not None:
+            runner.forward(step)
+    finally:
+        destroy_group()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux); exit now if it already has."""
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)      # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def main() -> None:
+    """A worker process's entry: its orders (rank, rendezvous, the engine's settings) come as JSON on stdin."""
+    order = json.loads(sys.stdin.read())
+    _die_with_parent(order["parent"])
+    logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s tp-rank-{order['rank']} %(name)s: %(message)s")
+    config = EngineConfig(**order["config"])
+    serve_steps(config, TensorParallel(order["rank"], config.tensor_parallel_size), order["init_method"])
+

@@ -57,6 +57,9 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
                              "Triton kernels)")
     engine.add_argument("--cpu-threads", type=int, default=None,
                         help="torch's threads for CPU work (default: torch's choice, one per physical core)")
+    engine.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                        help="run the model over this many processes, one device each (GPUs cuda:0..N-1, or ranks "
+                             "sharing the CPU); under torchrun, ranks > 0 serve rank 0's steps and bind no port")
     engine.add_argument("--kernels", default=None, choices=KERNEL_BACKENDS,
                         help="the kernels backend, chosen once for the engine (default: LLM_KERNELS_BACKEND, else "
                              "auto: Triton on CUDA, the C and torch kernels on the CPU)")
@@ -123,7 +126,8 @@ def engine_options(args: argparse.Namespace) -> dict:
                 kv_cache_blocks=args.kv_cache_blocks, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=not args.no_prefix_caching,
                 seed=args.seed, cuda_graphs=False if args.enforce_eager else None, cpu_threads=args.cpu_threads,
-                kernels=args.kernels, max_queued_seqs=args.max_queued_seqs)
+                kernels=args.kernels, tensor_parallel_size=args.tensor_parallel_size,
+                max_queued_seqs=args.max_queued_seqs)
 
 
 def server_settings(args: argparse.Namespace, model: str):
@@ -151,6 +155,18 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _serve_as_launched_worker(args: argparse.Namespace) -> None:
+    """A rank > 0 under an external launcher: serve rank 0's steps until its engine stops."""
+    from engine.config import EngineConfig
+    from engine.tp_workers import serve_if_launched_worker
+
+    options = {k: v for k, v in engine_options(args).items() if k != "max_queued_seqs"}
+    try:
+        serve_if_launched_worker(EngineConfig(model=resolve_model(args.model), **options))
+    except SystemExit:
+        return
+
+
 def _prog() -> str:
     return "triton-serve" if Path(sys.argv[0]).name == "triton-serve" else "python -m api"
 
@@ -163,7 +179,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--model {args.model!r} is not a checkpoint directory (no config.json)")
     if args.cpu_threads is not None and args.cpu_threads < 1:
         parser.error(f"--cpu-threads must be >= 1, got {args.cpu_threads}")
+    if args.tensor_parallel_size < 1:
+        parser.error(f"--tensor-parallel-size must be >= 1, got {args.tensor_parallel_size}")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
+    if args.tensor_parallel_size > 1 and launched:
+        _serve_as_launched_worker(args)                     # torchrun's ranks > 0: no port, no server
+        return
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:

@@ -77,10 +77,11 @@ def qwen3_random(shape: str, tokenizer_dir: str, out_dir: Path) -> str:
 
 
 def warm_engine(model: str, max_model_len: int, device: torch.device, dtype: torch.dtype,
-                cuda_graphs: bool | None = None, kernels: llm_kernels.KernelSet | None = None) -> LLM:
+                cuda_graphs: bool | None = None, kernels: llm_kernels.KernelSet | None = None,
+                tensor_parallel_size: int = 1) -> LLM:
     """engine.LLM on the checkpoint, after a warm-up request."""
     llm = LLM(model, max_model_len=max_model_len, device=device.type, dtype=str(dtype).removeprefix("torch."),
-              cuda_graphs=cuda_graphs, kernels=kernels)
+              cuda_graphs=cuda_graphs, kernels=kernels, tensor_parallel_size=tensor_parallel_size)
     llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
     return llm
 
@@ -93,20 +94,21 @@ def workload_params(work: Workload) -> list[SamplingParams]:
 
 def run_engine(model: str, workloads: list[Workload], max_model_len: int, device: torch.device,
                dtype: torch.dtype, cuda_graphs: bool | None = None, layer_ops: bool = True,
-               split_sampler: bool = True) -> list[float]:
+               split_sampler: bool = True, tensor_parallel_size: int = 1) -> list[float]:
     """engine.LLM's output tokens/s on each workload (after a warm-up request). Each workload has prompts of
     its own, so the prefix cache never serves one run from an earlier one. Two ablations: `layer_ops=False`, the
     torch layer ops where the engine would run the Triton ones (`KernelSet.with_torch_layer_ops`);
     `split_sampler=False`, the one-program Triton sampler (`benchmarks.one_program_sampler`) in place of the split
-    one), both through the KernelSet the engine is given (`llm_kernels.select`)."""
-    kernels = llm_kernels.select(device)
+    one), both through the KernelSet the engine is given (`llm_kernels.select`). `tensor_parallel_size`: over that
+    many processes (no ablation then: a KernelSet does not cross to the workers)."""
+    kernels = None
     if not layer_ops:
-        kernels = kernels.with_torch_layer_ops()
+        kernels = llm_kernels.select(device).with_torch_layer_ops()
     if not split_sampler:                # imported only here: a CPU run may have no Triton
         from benchmarks import one_program_sampler
 
-        kernels = replace(kernels, sample=one_program_sampler.sample)
-    llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs, kernels)
+        kernels = replace(kernels or llm_kernels.select(device), sample=one_program_sampler.sample)
+    llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs, kernels, tensor_parallel_size)
     rates = []
     for work in workloads:
         params = workload_params(work)
@@ -114,6 +116,7 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
         outputs = llm.generate(work.prompts, params)
         rates.append(work.output_tokens / (time.perf_counter() - start))
         assert sum(len(o.outputs[0].token_ids) for o in outputs) == work.output_tokens
+    llm.close()
     return rates
 
 
@@ -203,6 +206,8 @@ def main() -> None:
     parser.add_argument("--ablations", action="store_true",
                         help="also run the engine without CUDA graphs, without the Triton layer ops, without both, "
                              "and with the one-program sampler (CUDA only: its defaults there)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1,
+                        help="also run the engine over this many processes (the ranks share the CPU, or one GPU each)")
     parser.add_argument("--profile", action="store_true",
                         help="then profile the engine on one more workload: step times and the costliest operators")
     args = parser.parse_args()
@@ -240,6 +245,10 @@ def main() -> None:
         for key, (label, graphs, layer_ops, split) in ENGINE_VARIANTS.items():
             if key == "engine" or args.ablations:
                 report(key, label, run_engine(model, workloads, max_len, device, dtype, graphs, layer_ops, split))
+        if args.tensor_parallel_size > 1:
+            n = args.tensor_parallel_size
+            report("engine_tp", f"engine.LLM, {n} ranks", run_engine(model, workloads, max_len, device, dtype,
+                                                                     tensor_parallel_size=n))
         report("transformers", "transformers.generate",
                run_transformers(model, workloads, args.hf_batch_size, device, dtype))
         result["ratio"] = result["engine_tok_s"] / result["transformers_tok_s"]

@@ -52,7 +52,7 @@ class ModelRunner:
                  eos_token_ids: list[int], tp: TensorParallel = SINGLE) -> None:
         self.config = config
         self.tp = tp
-        self.channel = StepChannel(config.torch_device(tp.rank))       # how rank 0 hands a step to the others
+        self.channel: StepChannel | None = None     # rank 0 of several: how it hands each step to the others
         self.model_config = model_config
         if config.cpu_threads is not None:
             torch.set_num_threads(config.cpu_threads)      # on the thread that will run the steps
@@ -138,7 +138,7 @@ class ModelRunner:
     def _execute(self, step: SchedulerOutput) -> StepOutput:
         out = StepOutput()
         inputs = self._inputs(step, out)
-        if self.tp.size > 1:
+        if self.channel is not None:
             self.channel.send(inputs)
         sample_logits, prompt_logits = self._forward(inputs)
         if sample_logits is not None:

@@ -1,12 +1,23 @@
 """The device work of one step as plain data (`StepInputs`), and how rank 0 hands it to tensor-parallel workers.
 
 Rank 0's runner turns a SchedulerOutput into StepInputs; every rank then runs the same forward on them
-(`ModelRunner.forward`). With more than one rank, `StepChannel` broadcasts them from rank 0 as one packed int64
-tensor after a fixed-size header (two broadcasts a step): the workers need nothing else of the scheduler.
+(`ModelRunner.forward`): the workers need nothing else of the scheduler. Two channels carry them:
+
+- `PipeChannel`, for workers the engine started on its own machine: the pickled StepInputs through one pipe per
+  worker. Rank 0 does not wait for the workers to read (a pipe buffers the step) and a worker that died is a
+  BrokenPipeError at once.
+- `BroadcastChannel`, for ranks an external launcher started, maybe on other machines: the process group's
+  broadcast of one packed int64 tensor after a fixed-size header (two broadcasts a step).
+
+Measured on this 2-core machine (benchmarks/tp_channel.py, benchmarks/RESULTS.md), handing over a decode step of
+1 to 256 sequences took 17-138 us through shared memory with a semaphore (about what a pipe costs) against
+370-470 us by broadcast, hence pipes wherever they reach.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +47,49 @@ class StepInputs:
         return max(b - a for a, b in zip(self.cu_seqlens, self.cu_seqlens[1:]))
 
 
-class StepChannel:
+class PipeChannel:
+    """Rank 0 writes each step (or a stop, None) to every worker's pipe; a worker reads its own (`fd`)."""
+
+    def __init__(self, fds: list[int]) -> None:
+        self.fds = fds
+
+    def send(self, x: StepInputs | None) -> None:
+        """Rank 0: one step to every worker (None: stop). BrokenPipeError if a worker has gone."""
+        data = pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL)
+        message = len(data).to_bytes(8, "little") + data
+        for fd in self.fds:
+            view = memoryview(message)
+            while view:
+                view = view[os.write(fd, view):]
+
+    def send_stop(self) -> None:
+        """Rank 0: tell the workers to leave their loop."""
+        self.send(None)
+
+    def receive(self) -> StepInputs | None:
+        """A worker: the next step, or None for a stop (or when rank 0 has gone: end of file)."""
+        head = self._read(8)
+        body = None if head is None else self._read(int.from_bytes(head, "little"))
+        return None if body is None else pickle.loads(body)
+
+    def close(self) -> None:
+        """Close this side's ends."""
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+    def _read(self, size: int) -> bytes | None:
+        chunks, left = [], size
+        while left:
+            chunk = os.read(self.fds[0], left)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+
+class BroadcastChannel:
     """Rank 0 sends each step's StepInputs (or a stop) to the other ranks, which receive them, over the process
     group's broadcast, on `device` (NCCL needs CUDA tensors; gloo takes CPU ones)."""
 
@@ -75,3 +128,9 @@ class StepChannel:
         flat_tables = parts[5]
         tables = [flat_tables[i * width:(i + 1) * width] for i in range(seqs)]
         return StepInputs(parts[0], parts[1], parts[2], parts[3], parts[4], tables, parts[6], parts[7])
+
+    def close(self) -> None:
+        """Nothing to close: the process group goes with the engine."""
+
+
+StepChannel = PipeChannel | BroadcastChannel

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import llm_kernels
 from engine.config import EngineConfig, ModelConfig
 from engine.parallel_state import TensorParallel, destroy_group, init_group
-from engine.step_inputs import StepChannel
+from engine.step_inputs import BroadcastChannel, PipeChannel, StepChannel
 
 if TYPE_CHECKING:
     from engine.model_runner import ModelRunner
@@ -61,15 +61,16 @@ def launched_rank() -> int | None:
 class TPWorkers:
     """The worker processes of one engine (none when an external launcher started them)."""
 
-    def __init__(self, procs: list[subprocess.Popen], init_method: str) -> None:
+    def __init__(self, procs: list[subprocess.Popen], init_method: str, pipes: list[int]) -> None:
         self.procs = procs
         self.init_method = init_method
+        self.pipes = pipes                  # the write ends of the workers' step pipes (none under a launcher)
 
     @classmethod
     def start(cls, config: EngineConfig) -> TPWorkers:
         """Start ranks 1..N-1 on this machine (or, under a launcher, none: they were started with rank 0)."""
         if launched_rank() is not None:
-            return cls([], "env://")
+            return cls([], "env://", [])
         with socket.socket() as probe:              # a free port for the group's rendezvous
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -79,15 +80,18 @@ class TPWorkers:
         package_root = str(Path(__file__).resolve().parents[1])      # where this `engine` was imported from
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
                                                                         os.environ.get("PYTHONPATH")]))}
-        procs = []
+        procs, pipes = [], []
         for rank in range(1, config.tensor_parallel_size):
+            read_end, write_end = os.pipe()
             proc = subprocess.Popen([sys.executable, "-c", "from engine.tp_workers import main; main()"],
-                                    stdin=subprocess.PIPE, env=env)
+                                    stdin=subprocess.PIPE, env=env, pass_fds=(read_end,))
+            os.close(read_end)
             proc.stdin.write(json.dumps({"rank": rank, "init_method": init_method, "parent": os.getpid(),
-                                         "config": settings}).encode())
+                                         "pipe": read_end, "config": settings}).encode())
             proc.stdin.close()
             procs.append(proc)
-        return cls(procs, init_method)
+            pipes.append(write_end)
+        return cls(procs, init_method, pipes)
 
     @classmethod
     def start_engine(cls, config: EngineConfig, model_config: ModelConfig, max_model_len: int,
@@ -101,18 +105,25 @@ class TPWorkers:
         try:
             tp = TensorParallel(0, config.tensor_parallel_size)
             init_group(tp, config.torch_device(0), workers.init_method, GROUP_TIMEOUT_S)
-            return ModelRunner(config, model_config, max_model_len, eos_token_ids, tp), workers
+            runner = ModelRunner(config, model_config, max_model_len, eos_token_ids, tp)
         except BaseException:
-            workers.stop(timeout=0)
-            destroy_group()
+            workers.shutdown(None)
             raise
+        runner.channel = (PipeChannel(workers.pipes) if workers.pipes
+                          else BroadcastChannel(config.torch_device(0)))
+        return runner, workers
 
-    def shutdown(self, channel: StepChannel) -> None:
-        """Rank 0: tell the workers to stop, wait for them (killing what hangs), leave the group."""
-        with contextlib.suppress(Exception):       # a broken group (a worker died) cannot carry the stop
-            if all(proc.poll() is None for proc in self.procs):
+    def shutdown(self, channel: StepChannel | None) -> None:
+        """Rank 0: tell the workers to stop, wait for them (killing what hangs), leave the group. Without a
+        channel (the engine failed to start) they are killed."""
+        with contextlib.suppress(Exception):       # a worker that died cannot take the stop
+            if channel is not None and all(proc.poll() is None for proc in self.procs):
                 channel.send_stop()
-        self.stop()
+        for fd in self.pipes:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pipes = []
+        self.stop(timeout=10.0 if channel is not None else 0.0)
         destroy_group()
 
     def check(self, cause: BaseException | None = None, wait_s: float = 2.0) -> None:
@@ -154,8 +165,9 @@ def serve_if_launched_worker(config: EngineConfig) -> None:
         raise SystemExit(0)
 
 
-def serve_steps(config: EngineConfig, tp: TensorParallel, init_method: str) -> None:
-    """A worker's life: join the group, load this rank's slices, run each step rank 0 broadcasts until stop."""
+def serve_steps(config: EngineConfig, tp: TensorParallel, init_method: str, pipe: int | None = None) -> None:
+    """A worker's life: join the group, load this rank's slices, run each step rank 0 hands over (through
+    `pipe`, or by broadcast under a launcher) until it says stop."""
     from engine.model_runner import ModelRunner
 
     model_config = ModelConfig.from_dir(config.model)
@@ -163,7 +175,8 @@ def serve_steps(config: EngineConfig, tp: TensorParallel, init_method: str) -> N
     try:
         runner = ModelRunner(config, model_config, config.resolved_max_model_len(model_config),
                              model_config.eos_token_ids, tp)
-        while (step := runner.channel.receive()) is not None:
+        channel = PipeChannel([pipe]) if pipe is not None else BroadcastChannel(config.torch_device(tp.rank))
+        while (step := channel.receive()) is not None:
             runner.forward(step)
     finally:
         destroy_group()
@@ -183,5 +196,6 @@ def main() -> None:
     _die_with_parent(order["parent"])
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s tp-rank-{order['rank']} %(name)s: %(message)s")
     config = EngineConfig(**order["config"])
-    serve_steps(config, TensorParallel(order["rank"], config.tensor_parallel_size), order["init_method"])
+    serve_steps(config, TensorParallel(order["rank"], config.tensor_parallel_size), order["init_method"],
+                order["pipe"])
 

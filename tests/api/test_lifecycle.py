@@ -4,6 +4,7 @@ requests that do not arrive whole are answered 408 after the read timeout. Each 
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -171,3 +172,45 @@ def test_a_request_answered_before_its_body_gets_no_second_response():
         thread.join(TIMEOUT)
         sock.close()
     assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b"ok"), received
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found |= {int(child) for child in task.read_text().split()}
+    return {child for child in found if Path(f"/proc/{child}").exists()}
+
+
+def _gone(pids: set[int]) -> bool:
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def test_a_tensor_parallel_server_streams_and_shuts_down_cleanly(tmp_path):
+    proc, url, log = _serve(tmp_path, "--tensor-parallel-size", "2")
+    workers = _children(proc.pid)
+    assert len(workers) == 1
+    events = _stream_then_term(proc, url, {**LONG, "max_tokens": 30})
+    text = _ended(proc, log)
+    assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
+    assert _blocks_in_use(text) == 0
+    assert _gone(workers)
+
+
+def test_a_killed_worker_fails_requests_clearly_and_health_reports_it(tmp_path):
+    proc, url, log = _serve(tmp_path, "-tp", "2")
+    try:
+        (worker,) = _children(proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        reply = httpx.post(f"{url}/v1/completions", json={**LONG, "max_tokens": 5}, timeout=TIMEOUT)
+        assert reply.status_code == 503
+        assert "tensor-parallel worker (rank 1" in reply.json()["error"]["message"]
+        health = httpx.get(f"{url}/health", timeout=TIMEOUT)
+        assert health.status_code == 503 and "tensor-parallel worker" in health.json()["error"]["message"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) in (0, -signal.SIGTERM)
+        assert _gone({worker})
+    finally:
+        proc.kill()

@@ -1,16 +1,19 @@
 """What a tensor-parallel step costs in communication, on 2 CPU processes (gloo): rank 0 handing a step's inputs to
-rank 1 (the engine's broadcast channel, engine/step_inputs.py, against shared memory signalled with semaphores,
-as nano-vllm does), and the all-reduce a row-parallel layer makes, per decode step of B sequences.
+rank 1, and the all-reduce a row-parallel layer makes, per decode step of B sequences. Three channels:
+
+- broadcast: `BroadcastChannel` (engine/step_inputs.py), the process group's broadcast, in lockstep by nature;
+- pipe: `PipeChannel`, what the engine uses for the workers it starts; rank 0 does not wait for the reader, so
+  this is the cost per step of a stream of steps;
+- shm: shared memory signalled with two semaphores (as nano-vllm does), in lockstep.
 
     python -m benchmarks.tp_channel [--batches 1 64 256] [--hidden 256 4096] [--steps 300]
-
-Both channels run in lockstep (rank 0 does not write step k+1 before rank 1 has read step k), as in the engine.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import pickle
 import socket
 import time
@@ -19,7 +22,7 @@ from multiprocessing import shared_memory
 import torch
 import torch.distributed as dist
 
-from engine.step_inputs import StepChannel, StepInputs
+from engine.step_inputs import BroadcastChannel, PipeChannel, StepInputs
 
 WIDTH = 16          # block-table entries per sequence (256 tokens of context in blocks of 16)
 
@@ -31,7 +34,20 @@ def decode_step(batch: int) -> StepInputs:
 
 
 def _broadcast_us(rank: int, step: StepInputs, steps: int) -> float:
-    channel = StepChannel(torch.device("cpu"))
+    channel = BroadcastChannel(torch.device("cpu"))
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(steps):
+        if rank == 0:
+            channel.send(step)
+        else:
+            channel.receive()
+    dist.barrier()
+    return (time.perf_counter() - start) / steps * 1e6
+
+
+def _pipe_us(rank: int, step: StepInputs, steps: int, fds: tuple[int, int]) -> float:
+    channel = PipeChannel([fds[1] if rank == 0 else fds[0]])
     dist.barrier()
     start = time.perf_counter()
     for _ in range(steps):
@@ -72,7 +88,7 @@ def _all_reduce_us(batch: int, hidden: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e6
 
 
-def _rank(rank: int, port: int, args: argparse.Namespace, shm_name: str, ready, done, results) -> None:
+def _rank(rank: int, port: int, args: argparse.Namespace, shm_name: str, ready, done, fds, results) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     shm = shared_memory.SharedMemory(name=shm_name)
@@ -80,6 +96,7 @@ def _rank(rank: int, port: int, args: argparse.Namespace, shm_name: str, ready, 
         for batch in args.batches:
             step = decode_step(batch)
             row = {"batch": batch, "broadcast_us": _broadcast_us(rank, step, args.steps),
+                   "pipe_us": _pipe_us(rank, step, args.steps, fds),
                    "shm_us": _shm_us(rank, step, args.steps, shm, ready, done)}
             for hidden in args.hidden:
                 row[f"all_reduce_{hidden}_us"] = _all_reduce_us(batch, hidden, args.steps)
@@ -99,11 +116,13 @@ def main() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")            # the ranks inherit the pipe's ends
+    fds = os.pipe()
     shm = shared_memory.SharedMemory(create=True, size=1 << 22)
     ready, done, results = ctx.Semaphore(0), ctx.Semaphore(0), ctx.Manager().list()
     try:
-        procs = [ctx.Process(target=_rank, args=(r, port, args, shm.name, ready, done, results)) for r in (0, 1)]
+        procs = [ctx.Process(target=_rank, args=(r, port, args, shm.name, ready, done, fds, results))
+                 for r in (0, 1)]
         for proc in procs:
             proc.start()
         for proc in procs:
@@ -111,8 +130,8 @@ def main() -> None:
     finally:
         shm.close()
         shm.unlink()
-    print("per decode step, 2 CPU processes, gloo; microseconds (lockstep)")
-    columns = ["batch", "broadcast_us", "shm_us"] + [f"all_reduce_{h}_us" for h in args.hidden]
+    print("microseconds per decode step, 2 CPU processes, gloo (pipe: a stream of steps; the others in lockstep)")
+    columns = ["batch", "broadcast_us", "pipe_us", "shm_us"] + [f"all_reduce_{h}_us" for h in args.hidden]
     print("".join(f"{c:>20}" for c in columns))
     for row in results:
         print("".join(f"{row[c]:>20.1f}" if isinstance(row[c], float) else f"{row[c]:>20}" for c in columns))

@@ -133,7 +133,7 @@ class EngineConfig:
             raise ValueError("kernels: a KernelSet cannot be handed to tensor-parallel worker processes; name a "
                              "backend ('auto', 'triton', 'cpu' or 'torch') with tensor_parallel_size > 1")
         device = self.torch_device()
-        if device.type == "cuda":
+        if device.type == "cuda" and not launched_by_torchrun():
             first = device.index or 0
             if first + size > torch.cuda.device_count():
                 raise ValueError(f"tensor_parallel_size {size} needs GPUs cuda:{first}..cuda:{first + size - 1}; "
@@ -144,10 +144,13 @@ class EngineConfig:
 
     def torch_device(self, rank: int = 0) -> torch.device:
         """`auto` is CUDA when available, else the CPU. Tensor-parallel rank r takes the r-th GPU from the one
-        named (cuda:0 by default); on the CPU all ranks share the machine."""
+        named (cuda:0 by default), or under a launcher (torchrun) the GPU of its LOCAL_RANK; on the CPU all ranks
+        share the machine."""
         name = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
         device = torch.device(name)
         if device.type == "cuda" and (rank or self.tensor_parallel_size > 1):
+            if launched_by_torchrun():
+                return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             return torch.device("cuda", (device.index or 0) + rank)
         return device
 
@@ -167,6 +170,11 @@ class EngineConfig:
         if self.max_model_len > limit:
             raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's limit of {limit} tokens")
         return self.max_model_len
+
+
+def launched_by_torchrun() -> bool:
+    """Whether an external launcher (torchrun) started the tensor-parallel ranks (WORLD_SIZE > 1, RANK set)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
 def _device_type(device: str | torch.device) -> str | None:

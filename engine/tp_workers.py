@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import llm_kernels
-from engine.config import EngineConfig, ModelConfig
+from engine.config import EngineConfig, ModelConfig, launched_by_torchrun
 from engine.parallel_state import TensorParallel, destroy_group, init_group
 from engine.step_inputs import BroadcastChannel, PipeChannel, StepChannel
 
@@ -53,9 +53,7 @@ def check_shardable(cfg: ModelConfig, size: int) -> None:
 
 def launched_rank() -> int | None:
     """This process's rank when an external launcher started the ranks (WORLD_SIZE > 1 and RANK set)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
-        return int(os.environ["RANK"])
-    return None
+    return int(os.environ["RANK"]) if launched_by_torchrun() else None
 
 
 class TPWorkers:

@@ -86,7 +86,7 @@ class ModelRunner:
         """The fewest KV blocks any rank can hold: every rank allocates that many (one block table for all)."""
         if self.tp.size == 1:
             return num_blocks
-        least = torch.tensor([num_blocks], dtype=torch.int64, device=self.device)
+        least = to_device([num_blocks], torch.int64, self.device)
         torch.distributed.all_reduce(least, op=torch.distributed.ReduceOp.MIN)
         return int(least.item())
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from engine.transfer import to_device
+
 _HEADER = 6          # kind (1 step, 0 stop), tokens, sequences, block-table width, sample rows, prompt rows
 
 
@@ -102,8 +104,8 @@ class BroadcastChannel:
         header = [1, len(x.input_ids), len(x.seq_lens), width, len(x.sample_rows), len(x.prompt_rows)]
         payload = (x.input_ids + x.positions + x.slots + x.cu_seqlens + x.seq_lens
                    + [b for row in x.block_tables for b in row] + x.sample_rows + x.prompt_rows)
-        dist.broadcast(torch.tensor(header, dtype=torch.int64, device=self.device), src=0)
-        dist.broadcast(torch.tensor(payload, dtype=torch.int64, device=self.device), src=0)
+        dist.broadcast(to_device(header, torch.int64, self.device), src=0)
+        dist.broadcast(to_device(payload, torch.int64, self.device), src=0)
 
     def send_stop(self) -> None:
         """Rank 0: tell the other ranks to leave their loop."""

@@ -169,3 +169,14 @@ def test_ranks_started_by_an_external_launcher(checkpoint_factory, tmp_path):
     finally:
         for proc in procs:
             proc.kill()
+
+
+def test_an_engine_that_fails_to_start_leaves_no_worker(checkpoint_factory, monkeypatch):
+    """The workers were started and joined the group, then every rank refuses the kernels backend: rank 0's
+    ValueError comes out, and no worker is left behind."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    before = _children(os.getpid())
+    with pytest.raises(ValueError, match="needs TRITON_INTERPRET=1"):
+        LLM(checkpoint_factory("llama"), device="cpu", kernels="triton", tensor_parallel_size=2)
+    assert _gone(_children(os.getpid()) - before, timeout=30)
+    assert _children(os.getpid()) == before

@@ -103,3 +103,23 @@ def test_decode_graphs_replay_the_eager_forward(device, checkpoint_factory):
         replayed = runner.graphs.run(ids, positions, slots, tables.tolist(), seq_lens)
     assert replayed.shape == eager.shape
     torch.testing.assert_close(replayed.float(), eager.float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("cuda_graphs", [None, False])
+def test_two_gpus_generate_what_one_does(device, checkpoint_factory, cuda_graphs):
+    """Tensor parallelism over cuda:0 and cuda:1 (NCCL), with and without CUDA graphs (captured per rank): the
+    tokens of one GPU, with preemption and chunked prefill happening."""
+    if device.type != "cuda" or torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    path = checkpoint_factory("qwen3", seed=3)
+    params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    options = dict(device="cuda", dtype="float32", block_size=8, kv_cache_blocks=18, max_num_batched_tokens=16,
+                   max_model_len=128, cuda_graphs=cuda_graphs, kernels="auto")
+    expected = [o.outputs[0].token_ids for o in LLM(path, **options).generate(PROMPTS, params)]
+    llm = LLM(path, tensor_parallel_size=2, **options)
+    try:
+        assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)] == expected
+        assert llm.engine.stats().num_preemptions > 0
+        assert (llm.engine.runner.graphs is not None) == (cuda_graphs is None)
+    finally:
+        llm.close()

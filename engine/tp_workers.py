@@ -23,9 +23,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import torch
 
 import llm_kernels
 from engine.config import EngineConfig, ModelConfig, launched_by_torchrun
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GROUP_TIMEOUT_S = 600.0     # a collective that waits this long fails (a worker that died fails it at once)
+WORKER_CODE = "from engine.tp_workers import main; main()"      # what a worker process runs
 
 
 def check_shardable(cfg: ModelConfig, size: int) -> None:
@@ -81,8 +85,8 @@ class TPWorkers:
         procs, pipes = [], []
         for rank in range(1, config.tensor_parallel_size):
             read_end, write_end = os.pipe()
-            proc = subprocess.Popen([sys.executable, "-c", "from engine.tp_workers import main; main()"],
-                                    stdin=subprocess.PIPE, env=env, pass_fds=(read_end,))
+            proc = subprocess.Popen([sys.executable, "-c", WORKER_CODE], stdin=subprocess.PIPE, env=env,
+                                    pass_fds=(read_end,))
             os.close(read_end)
             proc.stdin.write(json.dumps({"rank": rank, "init_method": init_method, "parent": os.getpid(),
                                          "pipe": read_end, "config": settings}).encode())
@@ -102,7 +106,7 @@ class TPWorkers:
         workers = cls.start(config)
         try:
             tp = TensorParallel(0, config.tensor_parallel_size)
-            init_group(tp, config.torch_device(0), workers.init_method, GROUP_TIMEOUT_S)
+            workers.join_group(tp, config.torch_device(0))
             runner = ModelRunner(config, model_config, max_model_len, eos_token_ids, tp)
         except BaseException:
             workers.shutdown(None)
@@ -110,6 +114,27 @@ class TPWorkers:
         runner.channel = (PipeChannel(workers.pipes) if workers.pipes
                           else BroadcastChannel(config.torch_device(0)))
         return runner, workers
+
+    def join_group(self, tp: TensorParallel, device: torch.device) -> None:
+        """Rank 0 joins the process group, watching the workers meanwhile: one that exits before it has joined
+        (a broken environment, a bad device) is a RuntimeError within a fraction of a second, not a wait for the
+        group's timeout. (The abandoned rendezvous thread ends at that timeout.)"""
+        failed: list[BaseException] = []
+        done = threading.Event()
+
+        def rendezvous() -> None:
+            try:
+                init_group(tp, device, self.init_method, GROUP_TIMEOUT_S)
+            except BaseException as exc:
+                failed.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=rendezvous, name="tp-rendezvous", daemon=True).start()
+        while not done.wait(0.1):
+            self.check()
+        if failed:
+            raise failed[0]
 
     def shutdown(self, channel: StepChannel | None) -> None:
         """Rank 0: tell the workers to stop, wait for them (killing what hangs), leave the group. Without a

@@ -180,3 +180,14 @@ def test_an_engine_that_fails_to_start_leaves_no_worker(checkpoint_factory, monk
         LLM(checkpoint_factory("llama"), device="cpu", kernels="triton", tensor_parallel_size=2)
     assert _gone(_children(os.getpid()) - before, timeout=30)
     assert _children(os.getpid()) == before
+
+
+def test_a_worker_that_dies_before_joining_is_reported_at_once(checkpoint_factory, monkeypatch):
+    """Not a wait for the process group's 10-minute timeout: rank 0 watches the workers while it joins."""
+    import engine.tp_workers
+
+    monkeypatch.setattr(engine.tp_workers, "WORKER_CODE", "import sys; sys.exit(3)")
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="tensor-parallel worker \\(rank 1, pid \\d+\\) exited with status 3"):
+        LLM(checkpoint_factory("llama"), device="cpu", tensor_parallel_size=2)
+    assert time.monotonic() - start < 60

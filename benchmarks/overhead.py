@@ -3,10 +3,15 @@
 The model is replaced by a stub that costs nothing (it returns precomputed hidden states and logits), so
 what is timed is everything else a step does: scheduling, block management, input preparation, sampling
 bookkeeping, detokenization and output processing, for 1, 64 and 256 running sequences in steady decode.
+
+With `--tensor-parallel-size N` the model cannot be stubbed (the workers run theirs): the real model runs over N
+ranks, its forward (collectives included) is timed apart as `forward_ms`, and the overhead is what rank 0 does
+outside it (handing the step to the workers included). Compare with `--tensor-parallel-size 1`, which then also
+runs the real model.
 The sampling kernel itself (the engine's `sample` kernel, the torch reference on the CPU; on a GPU it would be device
 work) is timed apart and reported beside the overhead, not in it.
 
-    python -m benchmarks.overhead [--model PATH] [--seqs 1 64 256] [--steps 200]
+    python -m benchmarks.overhead [--model PATH] [--seqs 1 64 256] [--steps 200] [--tensor-parallel-size N]
 """
 
 from __future__ import annotations
@@ -64,28 +69,52 @@ class KernelClock:
         self.sampler.kernels = self._kernels
 
 
-def measure(model: str, num_seqs: int, steps: int, temperature: float) -> dict:
+class ForwardClock:
+    """Wraps rank 0's forward (`ModelRunner._forward`) to add up the CPU time spent inside it."""
+
+    def __init__(self, runner) -> None:
+        self.seconds = 0.0
+        forward = runner._forward
+
+        def timed(inputs):
+            start = time.process_time()
+            try:
+                return forward(inputs)
+            finally:
+                self.seconds += time.process_time() - start
+        runner._forward = timed
+
+
+def measure(model: str, num_seqs: int, steps: int, temperature: float, tensor_parallel_size: int | None) -> dict:
     """CPU milliseconds per decode step with `num_seqs` sequences running: outside the model and the sampling
-    kernel (mean, p50, p90), and inside the sampling kernel (mean)."""
-    llm_engine = LLMEngine(EngineConfig(model=model, max_num_seqs=max(num_seqs, 1), max_num_batched_tokens=8192))
+    kernel (mean, p50, p90), and inside the sampling kernel (mean). With `tensor_parallel_size`, the real model
+    over that many ranks, and its forward's mean too."""
+    llm_engine = LLMEngine(EngineConfig(model=model, max_num_seqs=max(num_seqs, 1), max_num_batched_tokens=8192,
+                                        device="cpu", tensor_parallel_size=tensor_parallel_size or 1))
     cfg = llm_engine.model_config
-    llm_engine.runner.model = StubModel(cfg.hidden_size, cfg.vocab_size, 8192)
+    forward = ForwardClock(llm_engine.runner) if tensor_parallel_size else None
+    if forward is None:
+        llm_engine.runner.model = StubModel(cfg.hidden_size, cfg.vocab_size, 8192)
     params = SamplingParams(temperature=temperature, max_tokens=steps + 8, ignore_eos=True, seed=1)
     for i in range(num_seqs):
         llm_engine.add_request(f"r{i}", f"def function_number_{i}(argument):\n    return", params)
     llm_engine.step()                                   # the prefill step, not counted
-    overhead, sampling = [], []
+    overhead, sampling, forwards, wall = [], [], [], 0.0
     with KernelClock(llm_engine.runner.sampler) as clock:
         for _ in range(steps):
-            inside = clock.seconds
-            start = time.process_time()
+            inside, forward_before = clock.seconds, forward.seconds if forward else 0.0
+            start, wall_start = time.process_time(), time.perf_counter()
             llm_engine.step()
+            wall += time.perf_counter() - wall_start
             sampling.append(clock.seconds - inside)
-            overhead.append(time.process_time() - start - sampling[-1])
+            forwards.append((forward.seconds if forward else 0.0) - forward_before)
+            overhead.append(time.process_time() - start - sampling[-1] - forwards[-1])
     assert len(llm_engine.scheduler.running) == num_seqs, "sequences finished early"
+    llm_engine.close()
     overhead.sort()
     return {"num_seqs": num_seqs, "mean_ms": 1e3 * sum(overhead) / steps, "p50_ms": 1e3 * overhead[steps // 2],
-            "p90_ms": 1e3 * overhead[int(steps * 0.9)], "sample_kernel_ms": 1e3 * sum(sampling) / steps}
+            "p90_ms": 1e3 * overhead[int(steps * 0.9)], "sample_kernel_ms": 1e3 * sum(sampling) / steps,
+            "forward_ms": 1e3 * sum(forwards) / steps, "step_wall_ms": 1e3 * wall / steps}
 
 
 def main() -> None:
@@ -94,16 +123,21 @@ def main() -> None:
     parser.add_argument("--seqs", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--tensor-parallel-size", type=int, default=None,
+                        help="run the real model over this many ranks and time its forward apart (1: one process)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = [measure(args.model, n, args.steps, args.temperature) for n in args.seqs]
-    print(f"engine step overhead (model stubbed, sampling kernel apart), {platform.machine()}, "
-          f"temperature {args.temperature}, CPU time")
-    print(f"{'seqs':>6} {'mean ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'sample kernel ms':>17}")
+    results = [measure(args.model, n, args.steps, args.temperature, args.tensor_parallel_size) for n in args.seqs]
+    model = (f"the real model over {args.tensor_parallel_size} rank(s), forward apart" if args.tensor_parallel_size
+             else "model stubbed")
+    print(f"engine step overhead ({model}, sampling kernel apart), {platform.machine()}, "
+          f"temperature {args.temperature}, rank 0's CPU time")
+    print(f"{'seqs':>6} {'mean ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'sample kernel ms':>17} {'forward ms':>11} "
+          f"{'step wall ms':>13}")
     for r in results:
         print(f"{r['num_seqs']:>6} {r['mean_ms']:>9.3f} {r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} "
-              f"{r['sample_kernel_ms']:>17.3f}")
+              f"{r['sample_kernel_ms']:>17.3f} {r['forward_ms']:>11.3f} {r['step_wall_ms']:>13.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -191,3 +191,18 @@ def test_a_worker_that_dies_before_joining_is_reported_at_once(checkpoint_factor
     with pytest.raises(RuntimeError, match="tensor-parallel worker \\(rank 1, pid \\d+\\) exited with status 3"):
         LLM(checkpoint_factory("llama"), device="cpu", tensor_parallel_size=2)
     assert time.monotonic() - start < 60
+
+
+def test_more_ranks_than_gpus_or_no_gloo_are_refused(checkpoint_factory, monkeypatch):
+    import torch
+
+    from engine.config import EngineConfig
+
+    path = checkpoint_factory("llama")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="needs GPUs cuda:0..cuda:1; this machine has 1"):
+        EngineConfig(model=path, device="cuda", tensor_parallel_size=2)
+    monkeypatch.setattr(torch.distributed, "is_gloo_available", lambda: False)
+    with pytest.raises(ValueError, match="needs torch.distributed with gloo"):
+        EngineConfig(model=path, device="cpu", tensor_parallel_size=2)

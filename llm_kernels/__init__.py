@@ -14,10 +14,19 @@ holds. The functions here choose per call; `llm_kernels.use("triton" | "cpu" | "
 LLM_KERNELS_BACKEND environment variable sets their backend (and that of engines built without one).
 """
 
-from llm_kernels.api import apply_penalties, paged_attention, rms_norm, rotary, sample, silu_and_mul, store_kv
+from llm_kernels.api import (
+                             apply_penalties,
+                             apply_token_bitmask,
+                             paged_attention,
+                             rms_norm,
+                             rotary,
+                             sample,
+                             silu_and_mul,
+                             store_kv,
+)
 from llm_kernels.backend import configured as configured_backend
 from llm_kernels.backend import use
 from llm_kernels.kernel_set import KernelSet, select
 
-__all__ = ["KernelSet", "apply_penalties", "configured_backend", "paged_attention", "rms_norm", "rotary", "sample",
-           "select", "silu_and_mul", "store_kv", "use"]
+__all__ = ["KernelSet", "apply_penalties", "apply_token_bitmask", "configured_backend", "paged_attention",
+           "rms_norm", "rotary", "sample", "select", "silu_and_mul", "store_kv", "use"]

@@ -66,6 +66,14 @@ def apply_penalties(logits: torch.Tensor, prompt_tokens: torch.Tensor, output_to
                                                   repetition)
 
 
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Structured outputs: in place, row rows[i] of `logits` [B, V] keeps the tokens whose bit is set in
+    bitmask[i] and gets -inf for the others. bitmask: [N, W] int32, packed as xgrammar fills it (bit j of word w is
+    token 32 * w + j; tokens past 32 * W are masked). rows: [N] int64. Exact semantics:
+    `llm_kernels.reference.token_bitmask`."""
+    return select(logits.device).apply_token_bitmask(logits, bitmask, rows)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
              residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm of x [..., n] over its last dimension: weight * x / sqrt(mean(x^2) + eps), the statistics in

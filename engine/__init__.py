@@ -12,6 +12,7 @@ from engine.llm import DEFAULT_MODEL, LLM
 from engine.llm_engine import LLMEngine
 from engine.outputs import CompletionOutput, Logprob, RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.structured_output import StructuredOutputsParams
 
 __all__ = ["DEFAULT_MODEL", "LLM", "AsyncLLM", "CompletionOutput", "LLMEngine", "Logprob", "RequestOutput",
-           "SamplingParams"]
+           "SamplingParams", "StructuredOutputsParams"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 import random
 import time
 import weakref
 from dataclasses import dataclass
 
+from engine import structured_output
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig
 from engine.model_runner import ModelRunner
@@ -14,9 +17,12 @@ from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
-from engine.sequence import Request, Sequence, derive_seed
+from engine.sequence import Request, Sequence, SequenceStatus, derive_seed
+from engine.structured_output import GrammarCompiler
 from engine.tokenizer import PromptTooLongError, Tokenizer
 from engine.tp_workers import TPWorkers, serve_if_launched_worker
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -43,10 +49,12 @@ class LLMEngine:
         eos = self.tokenizer.eos_token_ids
         serve_if_launched_worker(config)
         self.workers: TPWorkers | None = None
+        special = sorted(self.tokenizer.special_ids)
         if config.tensor_parallel_size == 1:
-            self.runner = ModelRunner(config, self.model_config, self.max_model_len, eos)
+            self.runner = ModelRunner(config, self.model_config, self.max_model_len, eos, special_token_ids=special)
         else:
-            self.runner, self.workers = TPWorkers.start_engine(config, self.model_config, self.max_model_len, eos)
+            self.runner, self.workers = TPWorkers.start_engine(config, self.model_config, self.max_model_len, eos,
+                                                               special)
         # Stops the workers with the engine: on close(), when it is collected, or at interpreter exit.
         self._close = weakref.finalize(self, self.workers.shutdown, self.runner.channel) if self.workers else None
         self.blocks = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
@@ -57,6 +65,8 @@ class LLMEngine:
         self._next_seq_id = 0
         self._prefix_queries = 0       # summed over the scheduler's outputs
         self._prefix_hits = 0
+        self.grammars = GrammarCompiler(self.tokenizer.hf, self.model_config.vocab_size, eos)
+        self._compiling: list[Request] = []      # structured-output requests whose grammar is being compiled
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     stream: bool = False) -> None:
@@ -73,6 +83,8 @@ class LLMEngine:
             text, token_ids = None, [int(t) for t in prompt]
         self._validate(token_ids, params)
         request = Request(request_id, text, token_ids, params, stream)
+        if params.structured_outputs is not None:
+            request.grammar = self.grammars.submit(params.structured_outputs)      # a ValueError if invalid
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None]        # the first prompt token has no logprob
         room = self.max_model_len - len(token_ids)
@@ -84,8 +96,33 @@ class LLMEngine:
                            max_tokens, detok)
             self._next_seq_id += 1
             request.seqs.append(seq)
-            self.scheduler.add(seq)
         self.requests[request_id] = request
+        if request.grammar is None:
+            for seq in request.seqs:
+                self.scheduler.add(seq)
+        else:
+            self._compiling.append(request)       # scheduled once its grammar is compiled (`_admit_compiled`)
+
+    def _admit_compiled(self, wait_s: float) -> list[Request]:
+        """Schedule the structured-output requests whose grammar has compiled (waiting up to `wait_s` for the
+        first when nothing else can run); a grammar that failed to compile ends its request ("abort"): those are
+        returned."""
+        failed = []
+        if self._compiling and wait_s:
+            concurrent.futures.wait([r.grammar for r in self._compiling], wait_s, concurrent.futures.FIRST_COMPLETED)
+        for request in [r for r in self._compiling if r.grammar.done()]:
+            self._compiling.remove(request)
+            error = request.grammar.exception()
+            for seq in request.seqs:
+                if error is not None:
+                    seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+                else:
+                    seq.matcher = structured_output.GrammarState(request.grammar.result())
+                    self.scheduler.add(seq)
+            if error is not None:
+                logger.error("request %s: its grammar failed to compile: %s", request.request_id, error)
+                failed.append(request)
+        return failed
 
     def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
         vocab = self.model_config.vocab_size
@@ -110,6 +147,11 @@ class LLMEngine:
         request = self.requests.pop(request_id, None)
         if request is None:
             return
+        if request in self._compiling:                # never scheduled
+            self._compiling.remove(request)
+            for seq in request.seqs:
+                seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+            return
         for seq in request.seqs:
             if not seq.finished:
                 seq.finish_reason = "abort"
@@ -124,13 +166,17 @@ class LLMEngine:
         raises, the exception propagates and the step's results are not applied: nothing entered the prefix
         cache; its scheduling, admissions and preemptions stand, so the caller may step again (the same tokens
         are computed) or abort the requests (`LLM.generate` aborts them)."""
+        outputs = []
+        for request in self._admit_compiled(0 if self.scheduler.has_work else 0.05):
+            outputs.append(self.processor.make_output(request))
+            del self.requests[request.request_id]
         scheduled = self.scheduler.schedule()
         self._prefix_queries += scheduled.prefix_queries
         self._prefix_hits += scheduled.prefix_hits
         if not scheduled.seqs:
             if self.scheduler.has_work:     # cannot happen: an empty cache always fits one sequence's chunk
                 raise RuntimeError("the scheduler made no progress with requests waiting")
-            return []
+            return [o for o in outputs if o is not None]
         try:
             result = self.runner.execute(scheduled)   # if it raises, nothing was registered: nothing to undo
         except Exception as exc:
@@ -144,7 +190,7 @@ class LLMEngine:
         # Only streamed requests and those with a finished choice have anything to report.
         reporting = {seq.request.request_id: seq.request for seq in scheduled.seqs
                      if seq.request.stream or seq.finished}
-        outputs = []
+        outputs = [o for o in outputs if o is not None]
         for request_id, request in reporting.items():
             output = self.processor.make_output(request)
             if output is not None:

@@ -1,5 +1,8 @@
 """After each step: append the drawn tokens, detokenize, decide which sequences stop, and build outputs.
 
+A structured-output sequence first feeds the token to its grammar's matcher: the grammar's end (its stop token,
+EOS, drawn once the text is complete) ends the sequence with "stop", whatever ignore_eos says.
+
 Stop rules, in order, once `min_tokens` tokens exist: EOS (unless ignore_eos) and `stop_token_ids` end a
 sequence without adding their text; a stop string anywhere in the new text (also across token boundaries)
 cuts the text before it (or after it with include_stop_str_in_output). Then `max_tokens`, which already
@@ -52,7 +55,7 @@ class OutputProcessor:
                 i = logprob_row[row]
                 seq.logprobs.append(self._position_logprobs(sampled.logprobs, i, token))
                 seq.cumulative_logprob += sampled.logprobs.chosen_logprob[i]
-            if self._check_stop(seq, token):
+            if (seq.matcher is not None and _grammar_ended(seq, token)) or self._check_stop(seq, token):
                 finished.append(seq)
         return finished
 
@@ -96,6 +99,16 @@ class OutputProcessor:
             request.prompt_logprobs_sent = True
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, choices,
                              request.finished, prompt_logprobs, request.num_cached_tokens)
+
+
+def _grammar_ended(seq: Sequence, token: int) -> bool:
+    """Feed `token` to the sequence's matcher; True (finish reason "stop", the token's text not added) once the
+    grammar has ended, or if the token was not one the mask allowed (which only a bug can draw)."""
+    if seq.matcher.accept_token(token) and not seq.matcher.is_terminated():
+        return False
+    seq.finish_reason = "stop"
+    seq.text += seq.detokenizer.flush()
+    return True
 
 
 def _choice(seq: Sequence, delta: bool) -> CompletionOutput | None:

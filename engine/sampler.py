@@ -1,4 +1,5 @@
-"""From logits to tokens: min_tokens, logit_bias and penalties, then the engine's `sample` kernel, plus logprobs.
+"""From logits to tokens: min_tokens, logit_bias, penalties and structured outputs' token masks, then the engine's
+`sample` kernel, plus logprobs. The masks are filled on a thread while the forward runs (`start_masks`).
 
 Logprobs are the log-softmax of the raw logits, before any of the processing (vLLM's default), so they
 describe the model rather than the sampling settings.
@@ -6,12 +7,14 @@ describe the model rather than the sampling settings.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
+from engine import structured_output
 from engine.sequence import Sequence
-from engine.transfer import to_device
+from engine.transfer import tensor_to_device, to_device
 from llm_kernels import KernelSet
 
 
@@ -46,18 +49,34 @@ class SamplerOutput:
     logprob_rows: list[int]        # which rows `logprobs` describes, in order
 
 
+Masks = tuple[list[int], Future]     # the masked rows, and their bitmask being filled
+
 _MAX_PENALISED = 1e30     # the largest logit a repetition penalty may make: / 1e-5 (greedy below) stays finite
 
 
 class Sampler:
     """Turns the logits of the sequences that reached their next token into that token."""
 
-    def __init__(self, eos_token_ids: list[int], kernels: KernelSet) -> None:
+    def __init__(self, eos_token_ids: list[int], kernels: KernelSet, vocab_size: int,
+                 special_token_ids: list[int]) -> None:
         self.eos_token_ids = eos_token_ids
         self.kernels = kernels
+        self.vocab_size = vocab_size
+        # Structured outputs never draw a special token but the end (EOS): its text is not in the output.
+        self._keep = structured_output.keep_mask(sorted(set(special_token_ids) - set(eos_token_ids)), vocab_size)
+        self._masks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-masks")
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
-        """logits [B, V] float32, one row per sequence in `seqs`."""
+    def start_masks(self, seqs: list[Sequence]) -> Masks | None:
+        """Start filling the token masks of the structured-output sequences among `seqs` (the rows of the coming
+        logits) on a thread, so that it overlaps the forward; None when there are none."""
+        rows = [i for i, seq in enumerate(seqs) if seq.matcher is not None]
+        if not rows:
+            return None
+        matchers = [seqs[i].matcher for i in rows]
+        return rows, self._masks.submit(structured_output.fill_bitmask, matchers, self.vocab_size, self._keep)
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], masks: Masks | None = None) -> SamplerOutput:
+        """logits [B, V] float32, one row per sequence in `seqs`; `masks` from `start_masks(seqs)`."""
         device = logits.device
         logprob_rows = [i for i, seq in enumerate(seqs) if seq.params.logprobs is not None]
         rows = to_device(logprob_rows, torch.int64, device) if logprob_rows else None
@@ -65,6 +84,10 @@ class Sampler:
         self._suppress_stops(logits, seqs)
         self._add_bias(logits, seqs)
         self._penalise(logits, seqs)
+        if masks is not None:
+            mask_rows, bitmask = masks
+            self.kernels.apply_token_bitmask(logits, tensor_to_device(bitmask.result(), device),
+                                             to_device(mask_rows, torch.int64, device))
         vocab = logits.shape[-1]
         params = [seq.params for seq in seqs]
         # Parameter-major: each parameter is a contiguous row, which the kernels read without a copy.

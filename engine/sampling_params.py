@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from engine.structured_output import StructuredOutputsParams
 from llm_kernels.reference.sampling import is_greedy
 
 MAX_LOGPROBS = 20
@@ -23,6 +24,9 @@ class SamplingParams:
     were generated. logprobs k returns, per generated token, the k most likely tokens plus the sampled one;
     prompt_logprobs does the same for the prompt tokens. Logprobs are from the raw model distribution
     (before temperature, penalties and filters). logit_bias maps token id to a value added to its logit.
+    structured_outputs constrains the text (a JSON schema, regex, choice or grammar; a dict of
+    StructuredOutputsParams' fields is taken too): every sequence then matches it, and ends ("stop") when it is
+    complete.
     """
 
     n: int = 1
@@ -44,8 +48,11 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
@@ -80,6 +87,12 @@ class SamplingParams:
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and 0 <= value <= MAX_LOGPROBS), name,
                    f"must be None or an integer in [0, {MAX_LOGPROBS}]", value)
+        _check(self.structured_outputs is None or isinstance(self.structured_outputs, StructuredOutputsParams),
+               "structured_outputs", "must be a StructuredOutputsParams, a dict of its fields or None",
+               self.structured_outputs)
+        _check(self.structured_outputs is None or self.min_tokens == 0, "min_tokens",
+               "cannot be combined with structured_outputs (the grammar decides when the output may end)",
+               self.min_tokens)
         for token, bias in (self.logit_bias or {}).items():
             _check(token >= 0, "logit_bias", "keys must be token ids >= 0", token)
             _check(-100 <= bias <= 100, "logit_bias", "values must be in [-100, 100]", bias)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -46,6 +47,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)   # chained hashes of the full blocks computed
     num_preemptions: int = 0
+    matcher: object | None = None                 # its structured output's GrammarState (engine/structured_output)
     next_prompt_logprob: int = 1                  # the scheduler's: first prompt position whose logprob is due
     text: str = ""
     logprobs: list[PositionLogprobs] = field(default_factory=list)
@@ -100,6 +102,7 @@ class Request:
     prompt_logprobs_sent: bool = False
     num_cached_tokens: int = 0
     first_token_time: float | None = None
+    grammar: Future | None = None                 # the compiled structured-output grammar, while it compiles
 
     @property
     def finished(self) -> bool:

@@ -1,0 +1,165 @@
+"""Structured outputs: a request's constraint (JSON schema, regex, choice, grammar) as a token mask per step.
+
+xgrammar does the grammar work: a constraint is parsed when the request arrives (an invalid one is a ValueError
+then), compiled against the tokenizer's vocabulary on a thread of its own (so a slow compile never stalls other
+requests' steps; compiled grammars are cached by constraint), and each sequence gets a matcher that fills the
+next token's bitmask and accepts the drawn token. The mask is applied to the logits by our own kernel
+(`apply_token_bitmask` of the engine's KernelSet). JSON is compact: no optional whitespace, so a finite schema
+ends within its compact rendering; and no token with a control character is drawn for JSON, which never holds one
+raw (xgrammar 0.2.9's rule for strings with a maxLength lets them through).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    import xgrammar as xgr
+
+CACHE_SIZE = 256             # compiled grammars kept, most recently used first
+
+
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """One constraint on the generated text (vLLM's names): `json` (a JSON schema, dict or string), `regex`,
+    `choice` (one of these strings), `grammar` (EBNF/GBNF), or `json_object` (any JSON object)."""
+
+    json: dict | str | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool = False
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("json", "regex", "choice", "grammar") if getattr(self, name) is not None]
+        given += ["json_object"] if self.json_object else []
+        if len(given) != 1:
+            raise ValueError("structured_outputs must set exactly one of json, regex, choice, grammar and "
+                             f"json_object; got {', '.join(given) or 'none'}")
+        if self.choice is not None and (not self.choice or not all(isinstance(c, str) and c for c in self.choice)):
+            raise ValueError("structured_outputs.choice must be a non-empty list of non-empty strings")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(kind, canonical text): what the compiled grammar is cached under."""
+        if self.json is not None:
+            spec = self.json if isinstance(self.json, str) else json.dumps(self.json, sort_keys=True)
+            return "json", spec
+        if self.json_object:
+            return "json_object", ""
+        if self.choice is not None:
+            return "choice", json.dumps(self.choice)
+        return ("regex", self.regex) if self.regex is not None else ("grammar", self.grammar)
+
+    def parse(self) -> xgr.Grammar:
+        """The constraint as an xgrammar Grammar; a ValueError naming the problem if it is not a valid one."""
+        import xgrammar as xgr  # here, not at import: it takes half a second
+
+        kind, spec = self.key
+        try:
+            if kind == "json":            # the schema as given: its property order is the output's
+                schema = self.json if isinstance(self.json, str) else json.dumps(self.json)
+                return xgr.Grammar.from_json_schema(schema, any_whitespace=False)
+            if kind == "json_object":
+                return xgr.Grammar.from_json_schema('{"type": "object"}', any_whitespace=False)
+            if kind == "choice":
+                return xgr.Grammar.from_ebnf("root ::= " + " | ".join(json.dumps(c) for c in self.choice))
+            if kind == "regex":
+                return xgr.Grammar.from_regex(spec)
+            return xgr.Grammar.from_ebnf(spec)
+        except Exception as exc:              # xgrammar raises RuntimeError and its own errors
+            raise ValueError(f"structured_outputs.{kind}: not a valid {kind.replace('_', ' ')}: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                             ) from None
+
+
+class GrammarCompiler:
+    """Compiles constraints against one tokenizer, on a background thread, caching the results."""
+
+    def __init__(self, hf_tokenizer, vocab_size: int, stop_token_ids: list[int]) -> None:
+        self._tokenizer = (hf_tokenizer, vocab_size, stop_token_ids)
+        self._compiler: xgr.GrammarCompiler | None = None       # built on the thread: it reads the vocabulary
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar")
+        self._cache: OrderedDict[tuple[str, str], Future] = OrderedDict()
+        self.vocab_size = vocab_size
+
+    def submit(self, params: StructuredOutputsParams) -> Future:
+        """The compiled grammar of `params`, as a future (done at once when cached). Parses first: an invalid
+        constraint is a ValueError here."""
+        key = params.key
+        future = self._cache.get(key)
+        if future is None or (future.done() and future.exception() is not None):
+            future = self._pool.submit(self._compile, params.parse(), key[0] in ("json", "json_object"))
+            self._cache[key] = future
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return future
+
+    def _compile(self, grammar: xgr.Grammar, is_json: bool) -> Compiled:
+        import xgrammar as xgr
+
+        if self._compiler is None:
+            tokenizer, vocab_size, stops = self._tokenizer
+            info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stops)
+            self._compiler = xgr.GrammarCompiler(info)
+            control = [i for i, text in enumerate(info.decoded_vocab) if any(byte < 0x20 for byte in text)]
+            self._json_keep = keep_mask(control, vocab_size)
+        return Compiled(self._compiler.compile_grammar(grammar), self._json_keep if is_json else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A compiled grammar, and the tokens it must never draw whatever it says (`keep`'s cleared bits)."""
+
+    grammar: xgr.CompiledGrammar
+    keep: torch.Tensor | None
+
+
+class GrammarState:
+    """One sequence's place in its grammar: the xgrammar matcher, and the tokens it must never draw."""
+
+    __slots__ = ("matcher", "keep")
+
+    def __init__(self, compiled: Compiled) -> None:
+        import xgrammar as xgr
+
+        self.matcher = xgr.GrammarMatcher(compiled.grammar)
+        self.keep = compiled.keep
+
+    def accept_token(self, token: int) -> bool:
+        """Advance past `token`; False if the grammar does not allow it."""
+        return self.matcher.accept_token(token)
+
+    def is_terminated(self) -> bool:
+        """Whether the grammar has ended (its stop token was accepted)."""
+        return self.matcher.is_terminated()
+
+
+def keep_mask(banned: list[int], vocab_size: int) -> torch.Tensor:
+    """A packed row [ceil(vocab / 32)] int32 with every bit set but those of `banned`."""
+    words = torch.full(((vocab_size + 31) // 32,), -1, dtype=torch.int64)
+    for token in banned:
+        words[token // 32] &= ~(1 << (token % 32))
+    return ((words + 2 ** 31) % 2 ** 32 - 2 ** 31).to(torch.int32)      # two's complement into int32
+
+
+def fill_bitmask(states: list[GrammarState], vocab_size: int, keep: torch.Tensor) -> torch.Tensor:
+    """The packed int32 bitmask [len(states), ceil(vocab / 32)] of the tokens each grammar allows next, less those
+    `keep` clears (xgrammar takes a special token, <|im_start|>, for its text, which the output would not contain)
+    and those its own `keep` clears."""
+    import xgrammar as xgr
+
+    bitmask = xgr.allocate_token_bitmask(len(states), vocab_size)
+    for i, state in enumerate(states):
+        state.matcher.fill_next_token_bitmask(bitmask, i)
+        if state.keep is not None:
+            bitmask[i] &= state.keep
+    bitmask &= keep
+    return bitmask

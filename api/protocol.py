@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from api.errors import bad_request
+from api.structured import ResponseFormat, StructuredOutputs
 
 MAX_N = 128
 MAX_LOGPROBS = 20
@@ -30,8 +31,6 @@ Texts = Annotated[list[Text], Field(min_length=1)]
 LogitBias = Annotated[dict[Annotated[str, Field(pattern=r"^[0-9]+$")], Annotated[float, Field(ge=-100, le=100)]],
                       Field(json_schema_extra={"additionalProperties": False})]
 Empty = Field(max_length=0)        # a response-only or unsupported field: accepted empty (or null), never with a value
-TEXT_FORMAT = {"type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"],
-               "additionalProperties": {"type": "null"}}
 
 
 def _present(field: str, type: str) -> dict:
@@ -89,6 +88,7 @@ class SamplingRequest(StrictModel):
 
     RULES: ClassVar[list[dict]] = [
         {"not": {"required": ["max_tokens", "max_completion_tokens"]}},
+        {"not": {"required": ["response_format", "structured_outputs"]}},
         {"if": _present("stream_options", "object"),
          "then": {"required": ["stream"], "properties": {"stream": {"const": True}}}}]
     model_config = ConfigDict(json_schema_extra={"allOf": RULES})
@@ -128,6 +128,8 @@ class SamplingRequest(StrictModel):
     skip_special_tokens: bool | None = None
     context_length_exceeded_behavior: Literal["truncate", "error"] | None = None
     return_token_ids: bool | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     @field_validator("logit_bias", mode="before")
     @classmethod
@@ -283,7 +285,6 @@ class ChatCompletionRequest(SamplingRequest):
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     tools: Annotated[list, Empty] | None = None
     tool_choice: Literal["none"] | None = None
-    response_format: Annotated[dict, WithJsonSchema(TEXT_FORMAT)] | None = None
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -304,13 +305,6 @@ class ChatCompletionRequest(SamplingRequest):
     def _tool_choice(cls, value: Any) -> Any:
         if value not in (None, "none"):
             raise _unsupported("tool_choice other than 'none'")
-        return value
-
-    @field_validator("response_format")
-    @classmethod
-    def _response_format(cls, value: dict | None) -> dict | None:
-        if value is not None and {k: v for k, v in value.items() if v is not None} != {"type": "text"}:
-            raise _unsupported("response_format other than {'type': 'text'}")
         return value
 
     def check(self) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from api.errors import APIError, bad_request
 from api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from api.structured import constraint
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import PromptTooLongError, Tokenizer
 
@@ -114,7 +115,8 @@ def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None,
             stop_token_ids=request.stop_token_ids, include_stop_str_in_output=bool(request.include_stop_str_in_output),
             ignore_eos=bool(request.ignore_eos), min_tokens=_or(request.min_tokens, 0), logprobs=logprobs,
             prompt_logprobs=prompt_logprobs, logit_bias=logit_bias or None,
-            skip_special_tokens=_or(request.skip_special_tokens, True))
+            skip_special_tokens=_or(request.skip_special_tokens, True),
+            structured_outputs=constraint(request.response_format, request.structured_outputs))
     except ValueError as exc:
         field = str(exc).split(" ", 1)[0]
         raise bad_request(str(exc), _PARAM_NAMES.get(field, field)) from exc

@@ -106,8 +106,7 @@ def test_n_choices_and_roles(server, client):
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"tool_choice": "auto"}, "tool_choice"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"response_format": {"type": "text", "json_schema": {"name": "x"}}}, "response_format"),     # not ignored
+    ({"response_format": {"type": "text", "json_schema": {"name": "x"}}}, "response_format.text.json_schema"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content"),

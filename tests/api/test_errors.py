@@ -75,7 +75,7 @@ def test_cross_field_rules(server):
 
 
 @pytest.mark.parametrize("field, value", [("suffix", "tail"), ("functions", []), ("prompt_logprobs", 1),
-                                          ("response_format", {"type": "text"}), ("service_tier", "auto")])
+                                          ("service_tier", "auto")])
 def test_unsupported_parameters_are_never_ignored(server, field, value):
     error = _error(server.post("/v1/completions", {"model": server.model, "prompt": "hi", field: value}), 400)
     assert error["param"] == field and "not supported" in error["message"]

@@ -49,8 +49,9 @@ def _integral(value: Any) -> Any:
 
 def _prepare(body: Any, vocab_size: int) -> Any:
     """A generated body made cheap and answerable by this server, valid if it was: the served model's name, a few
-    tokens and choices at most, token ids inside its vocabulary, and the two rules across fields that JSON Schema
-    cannot state (best_of >= n, min_tokens <= max_tokens)."""
+    tokens and choices at most, token ids inside its vocabulary, the two rules across fields that JSON Schema
+    cannot state (best_of >= n, min_tokens <= max_tokens), and structured outputs that are valid constraints (a
+    regex, grammar or JSON schema's validity is not a JSON Schema property)."""
     if not isinstance(body, dict):
         return body
     body = _integral(body)
@@ -68,6 +69,17 @@ def _prepare(body: Any, vocab_size: int) -> Any:
         body["prompt"] = _in_vocabulary(prompt, vocab_size)
     if isinstance(body.get("stop_token_ids"), list):
         body["stop_token_ids"] = _in_vocabulary(body["stop_token_ids"], vocab_size)
+    if isinstance(body.get("structured_outputs"), dict):            # valid constraints, cheap to compile
+        body["structured_outputs"] = {"choice": ["a", "b"]}
+    if body.get("structured_outputs") or (isinstance(body.get("response_format"), dict)
+                                          and body["response_format"].get("type") != "text"):
+        body.pop("min_tokens", None)             # the engine refuses min_tokens with a constraint
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "grammar":
+        response_format["grammar"] = 'root ::= "a" | "b"'
+    if isinstance(response_format, dict) and isinstance(response_format.get("json_schema"), dict):
+        response_format["json_schema"]["schema"] = {"type": "object", "properties": {"a": {"type": "boolean"}},
+                                                    "required": ["a"], "additionalProperties": False}
     if isinstance(body.get("logit_bias"), dict):
         body["logit_bias"] = {str(int(k) % vocab_size) if k.isdigit() else k: v for k, v in body["logit_bias"].items()}
     return body

@@ -1,0 +1,97 @@
+"""Structured outputs in a request body: OpenAI's `response_format` (text, json_object, json_schema), Fireworks'
+grammar format, and vLLM's `structured_outputs` object, turned into the engine's StructuredOutputsParams.
+
+The constraint's own validity (a schema xgrammar can compile, a regex, a grammar) is checked by the engine when
+the request is added; its ValueError is the 400.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.errors import bad_request
+from engine.structured_output import StructuredOutputsParams
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class TextFormat(_Strict):
+    """Plain text: no constraint. (`json_schema: null` from clients that send unset fields as null.)"""
+
+    type: Literal["text"]
+    json_schema: None = None
+
+
+class JsonObjectFormat(_Strict):
+    """Any JSON object."""
+
+    type: Literal["json_object"]
+    json_schema: None = None
+
+
+class JsonSchemaSpec(_Strict):
+    """OpenAI's json_schema: a name, the schema, and strict (the output always matches it here)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: str | None = None
+    schema_: Annotated[dict, Field(alias="schema")] = Field(default_factory=lambda: {"type": "object"})
+    strict: bool | None = None
+
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+
+
+class JsonSchemaFormat(_Strict):
+    """Output matching a JSON schema."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+class GrammarFormat(_Strict):
+    """Fireworks' grammar mode: output matching a GBNF/EBNF grammar."""
+
+    type: Literal["grammar"]
+    grammar: Annotated[str, Field(min_length=1)]
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat | GrammarFormat,
+                           Field(discriminator="type")]
+
+
+class StructuredOutputs(_Strict):
+    """vLLM's `structured_outputs`: exactly one of json (a schema), regex, choice, grammar, json_object."""
+
+    json_: Annotated[dict | str | None, Field(alias="json")] = None
+    regex: Annotated[str, Field(min_length=1)] | None = None
+    choice: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
+    grammar: Annotated[str, Field(min_length=1)] | None = None
+    json_object: Literal[True] | None = None
+
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True,
+                              json_schema_extra={"minProperties": 1, "maxProperties": 1})
+
+
+def constraint(response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat | GrammarFormat | None,
+               structured_outputs: StructuredOutputs | None) -> StructuredOutputsParams | None:
+    """The engine's constraint of a request, or None; a 400 naming the field for a request that sets both or a
+    `structured_outputs` that sets none (or several) of its kinds."""
+    if response_format is not None and structured_outputs is not None:
+        raise bad_request("Send response_format or structured_outputs, not both.", "structured_outputs")
+    if structured_outputs is not None:
+        so = structured_outputs
+        try:
+            return StructuredOutputsParams(json=so.json_, regex=so.regex, choice=so.choice, grammar=so.grammar,
+                                           json_object=bool(so.json_object))
+        except ValueError as exc:
+            raise bad_request(str(exc), "structured_outputs") from None
+    if isinstance(response_format, JsonObjectFormat):
+        return StructuredOutputsParams(json_object=True)
+    if isinstance(response_format, JsonSchemaFormat):
+        return StructuredOutputsParams(json=response_format.json_schema.schema_)
+    if isinstance(response_format, GrammarFormat):
+        return StructuredOutputsParams(grammar=response_format.grammar)
+    return None

@@ -1,0 +1,85 @@
+"""Structured outputs through the official openai client: response_format (json_schema, json_object, Fireworks'
+grammar) and vLLM's structured_outputs, on chat and completions, streamed too; every output checked with
+jsonschema or re, oracles nobody here wrote. Invalid constraints are 400s."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import openai
+import pytest
+
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+          "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0}}}
+MESSAGES = [{"role": "user", "content": "Who are you?"}]
+
+
+def test_chat_json_schema_validates(server, client):
+    response = client.chat.completions.create(
+        model=server.model, messages=MESSAGES, n=3, seed=1, max_tokens=100,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}})
+    for choice in response.choices:
+        assert choice.finish_reason == "stop"
+        jsonschema.validate(json.loads(choice.message.content), PERSON)
+
+
+def test_streamed_json_schema_reassembles_to_valid_json(server, client):
+    stream = client.chat.completions.create(
+        model=server.model, messages=MESSAGES, seed=2, max_tokens=100, stream=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
+    parts, finish = [], None
+    for chunk in stream:
+        for choice in chunk.choices:
+            parts.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert finish == "stop"
+    jsonschema.validate(json.loads("".join(parts)), PERSON)
+
+
+def test_json_object_and_grammar_formats(server, client):
+    response = client.chat.completions.create(model=server.model, messages=MESSAGES, seed=3, max_tokens=200,
+                                              response_format={"type": "json_object"})
+    if response.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(response.choices[0].message.content), dict)
+    completion = client.completions.create(model=server.model, prompt="x", max_tokens=50, seed=4,
+                                           extra_body={"response_format": {"type": "grammar",
+                                                                           "grammar": 'root ::= "a" [0-9]+ "b"'}})
+    assert re.fullmatch("a[0-9]+b", completion.choices[0].text)
+
+
+@pytest.mark.parametrize(("structured", "check"), [
+    ({"regex": r"\d{3}-[a-z]{2}"}, lambda t: re.fullmatch(r"\d{3}-[a-z]{2}", t)),
+    ({"choice": ["red", "green", "dark blue"]}, lambda t: t in ("red", "green", "dark blue")),
+    ({"json": PERSON}, lambda t: jsonschema.validate(json.loads(t), PERSON) is None),
+])
+def test_vllm_structured_outputs_on_completions_and_chat(server, client, structured, check):
+    completion = client.completions.create(model=server.model, prompt=["a", "b"], max_tokens=60, seed=5,
+                                           extra_body={"structured_outputs": structured})
+    chat = client.chat.completions.create(model=server.model, messages=MESSAGES, max_tokens=60, seed=5,
+                                          extra_body={"structured_outputs": structured})
+    texts = [c.text for c in completion.choices] + [chat.choices[0].message.content]
+    assert all(check(t) for t in texts), texts
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"structured_outputs": {"regex": "([a-z]"}}, None),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}}, None),
+    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
+    ({"structured_outputs": {"choice": ["a"]}, "response_format": {"type": "json_object"}}, "structured_outputs"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"structured_outputs": {"choice": ["a"]}, "min_tokens": 2}, "min_tokens"),
+])
+def test_invalid_constraints_are_400(server, body, param):
+    r = server.post("/v1/chat/completions", {"model": server.model, "messages": MESSAGES, **body})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param
+
+
+def test_the_client_raises_bad_request(server, client):
+    with pytest.raises(openai.BadRequestError, match="structured_outputs.regex"):
+        client.completions.create(model=server.model, prompt="x", extra_body={"structured_outputs": {"regex": "("}})

@@ -13,8 +13,8 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch
         return logits
     vocab = logits.shape[1]
     shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
-    allowed = ((bitmask.to(torch.int32).unsqueeze(-1) >> shifts) & 1).bool().flatten(1)
+    allowed = ((bitmask.to(torch.int32).unsqueeze(-1) >> shifts) & 1).view(bitmask.shape[0], -1)[:, :vocab]
     if allowed.shape[1] < vocab:
-        allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]), value=False)
-    logits[rows] = logits[rows].masked_fill(~allowed[:, :vocab], float("-inf"))
-    return logits
+        allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]), value=0)
+    masked = logits.index_select(0, rows).masked_fill_(allowed == 0, float("-inf"))
+    return logits.index_copy_(0, rows, masked)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from api import tools
 from api.logprobs import chat_logprobs
 from api.protocol import ChatCompletionRequest
 from api.responses import ChatCompletionChunk, ChatCompletionResponse, generation_responses
@@ -19,6 +20,7 @@ from api.sampling import chat_prompt, check_context, sampling_params
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
 from api.streaming import EventStreamResponse, StreamUsage, framed, usage
 from engine.outputs import CompletionOutput, RequestOutput
+from engine.request_stream import OutputAccumulator
 
 router = APIRouter()
 
@@ -36,8 +38,10 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     max_tokens = body.max_tokens_requested(None)
     check_context(prompt, max_tokens, llm.max_model_len, body.context_length_exceeded_behavior, "messages")
     top = (body.top_logprobs or 0) if body.logprobs else None
+    parser = state.settings.tool_call_parser
+    tool_constraint = tools.constraint(body.tools, body.effective_tool_choice, body.parallel_tool_calls, parser)
     params = sampling_params(body, n=body.n or 1, max_tokens=max_tokens, logprobs=top, prompt_logprobs=None,
-                             vocab_size=state.vocab_size)
+                             vocab_size=state.vocab_size, tool_constraint=tool_constraint)
     job = Job("chatcmpl", body.model, [prompt], params, params.n, arrival=arrival)
     view = _View(state, job, body)
     await submit(state, job)
@@ -66,12 +70,28 @@ class _View:
         k = self.body.top_logprobs or 0
         return {"content": chat_logprobs(self.state.tokens, choice.token_ids, choice.logprobs or [], k)}
 
+    @property
+    def _calls_tools(self) -> bool:
+        """Whether replies are read for tool calls (tools given and a choice other than none)."""
+        return bool(self.body.tools) and self.body.effective_tool_choice not in (None, "none")
+
+    def _message(self, choice: CompletionOutput) -> tuple[dict, str | None]:
+        """The reply's message, and its finish reason ("tool_calls" when it calls tools)."""
+        if not self._calls_tools:
+            return {"role": "assistant", "content": choice.text}, choice.finish_reason
+        content, calls = tools.read_calls(choice.text, self.body.effective_tool_choice,
+                                          self.state.settings.tool_call_parser)
+        if not calls:
+            return {"role": "assistant", "content": content}, choice.finish_reason
+        return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+
     def response(self, final: RequestOutput) -> dict:
         """The whole (non-streamed) response."""
         choices = []
         for choice in sorted(final.outputs, key=lambda c: c.index):
-            entry = {"index": choice.index, "message": {"role": "assistant", "content": choice.text},
-                     "logprobs": self._logprobs(choice), "finish_reason": choice.finish_reason}
+            message, finish_reason = self._message(choice)
+            entry = {"index": choice.index, "message": message, "logprobs": self._logprobs(choice),
+                     "finish_reason": finish_reason}
             if self.body.return_token_ids:
                 entry["token_ids"] = choice.token_ids
             choices.append(entry)
@@ -97,6 +117,10 @@ class _View:
             if self.body.return_token_ids and index == 0:
                 chunk["prompt_token_ids"] = job.prompts[0].token_ids
             yield chunk
+        if self._calls_tools:
+            async for chunk in self._tool_events(tracker):
+                yield chunk
+            return
         async for _, output in outputs(self.state, job):
             for k, choice in enumerate(output.outputs):
                 tracker.add(len(choice.token_ids))
@@ -111,6 +135,36 @@ class _View:
                 if self.body.return_token_ids:
                     chunk["choices"][0]["token_ids"] = choice.token_ids
                 yield chunk
+        closing = tracker.closing()
+        if closing is not None:
+            yield {**self._header("chat.completion.chunk"), "choices": [], "usage": closing}
+
+    async def _tool_events(self, tracker: StreamUsage) -> AsyncIterator[dict]:
+        """Streamed replies that may call tools: each choice is read whole once it ends (a call is not known to be
+        one before), then sent as OpenAI sends calls: its content, then per call a delta with the id and name and
+        one with the arguments, then the finish reason."""
+        job = self.job
+        accumulators: dict[int, OutputAccumulator] = {}
+        async for _, output in outputs(self.state, job):
+            accumulator = accumulators.setdefault(0, OutputAccumulator())
+            whole = accumulator.add(output)
+            for k, delta in enumerate(output.outputs):
+                tracker.add(len(delta.token_ids))
+                if delta.finish_reason is None:
+                    continue
+                choice = next(c for c in whole.outputs if c.index == delta.index)
+                message, finish_reason = self._message(choice)
+                if message["content"]:
+                    yield self._chunk(choice.index, {"content": message["content"]}, None, None,
+                                      tracker.for_chunk(False))
+                for i, call in enumerate(message.get("tool_calls", [])):
+                    name = {"index": i, "id": call["id"], "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""}}
+                    yield self._chunk(choice.index, {"tool_calls": [name]}, None, None, tracker.for_chunk(False))
+                    arguments = {"index": i, "function": {"arguments": call["function"]["arguments"]}}
+                    yield self._chunk(choice.index, {"tool_calls": [arguments]}, None, None, tracker.for_chunk(False))
+                yield self._chunk(choice.index, {}, None, finish_reason,
+                                  tracker.for_chunk(output.finished and k == len(output.outputs) - 1))
         closing = tracker.closing()
         if closing is not None:
             yield {**self._header("chat.completion.chunk"), "choices": [], "usage": closing}

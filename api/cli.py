@@ -22,6 +22,7 @@ from typing import NoReturn
 # here; a test keeps the lists equal).
 DTYPES = ("auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16", "half", "float")
 KERNEL_BACKENDS = ("auto", "triton", "cpu", "torch")
+TOOL_CALL_PARSERS = ("hermes",)          # api.tools.PARSERS
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -73,6 +74,9 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     limits.add_argument("--shutdown-timeout", type=_seconds, default=5.0,
                         help="on SIGTERM, seconds the requests in flight may run before they are cut (0: cut at "
                              "once); new requests get 503 meanwhile")
+    p.add_argument("--tool-call-parser", default=None, choices=TOOL_CALL_PARSERS,
+                   help="how tool calls are read from the model's text for tool_choice 'auto' (hermes: "
+                        "<tool_call>{json}</tool_call>, Qwen2.5/Qwen3 and Hermes models); without it, 'auto' is a 400")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
@@ -136,7 +140,8 @@ def server_settings(args: argparse.Namespace, model: str):
     from api.state import ServerSettings
 
     name = args.served_model_name or Path(model).resolve().name
-    return ServerSettings(name, args.api_key or os.environ.get("API_KEY") or None, args.max_request_bytes)
+    return ServerSettings(name, args.api_key or os.environ.get("API_KEY") or None, args.max_request_bytes,
+                          args.tool_call_parser)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from api.errors import bad_request
 from api.structured import ResponseFormat, StructuredOutputs
+from api.tools import Tool, ToolCall, ToolChoice
 
 MAX_N = 128
 MAX_LOGPROBS = 20
@@ -227,13 +228,15 @@ class TextPart(StrictModel):
 
 class ChatMessage(StrictModel):
     """One message. Assistant messages copied back from a response may carry the response-only fields
-    (refusal, tool_calls, ...) as null or empty; with a value they are rejected, since tools are not supported.
-    Only an assistant message may leave out its content; only a tool message may carry a tool_call_id."""
+    (refusal, function_call, ...) as null or empty; with a value they are rejected. An assistant message may carry
+    the tool calls it made (and then leave out its content); a tool message answers one by its tool_call_id."""
 
     RULES: ClassVar[list[dict]] = [
         {"if": {"properties": {"role": {"const": "assistant"}}},
          "else": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}}},
-        {"if": {"properties": {"role": {"const": "tool"}}}, "else": {"properties": {"tool_call_id": {"type": "null"}}}}]
+        {"if": {"properties": {"role": {"const": "tool"}}}, "else": {"properties": {"tool_call_id": {"type": "null"}}}},
+        {"if": {"properties": {"role": {"const": "assistant"}}},
+         "else": {"properties": {"tool_calls": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}}}]
     model_config = ConfigDict(json_schema_extra={"allOf": RULES})
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -241,7 +244,7 @@ class ChatMessage(StrictModel):
     name: str | None = None
     tool_call_id: str | None = None
     refusal: Annotated[str, Empty] | None = None
-    tool_calls: Annotated[list, Empty] | None = None
+    tool_calls: list[ToolCall] | None = None
     function_call: Annotated[dict, Empty] | None = None
     audio: Annotated[dict, Empty] | None = None
     annotations: Annotated[list, Empty] | None = None
@@ -255,7 +258,7 @@ class ChatMessage(StrictModel):
                 raise _unsupported(f"content part type {kind!r}")
         return value
 
-    @field_validator("refusal", "tool_calls", "function_call", "audio", "annotations", mode="before")
+    @field_validator("refusal", "function_call", "audio", "annotations", mode="before")
     @classmethod
     def _response_only(cls, value: Any, info: Any) -> Any:
         if value:
@@ -283,8 +286,9 @@ class ChatCompletionRequest(SamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     logprobs: bool | None = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-    tools: Annotated[list, Empty] | None = None
-    tool_choice: Literal["none"] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -293,19 +297,10 @@ class ChatCompletionRequest(SamplingRequest):
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("tools", mode="before")
-    @classmethod
-    def _tools(cls, value: Any) -> Any:
-        if value:
-            raise _unsupported("tools")
-        return value
-
-    @field_validator("tool_choice", mode="before")
-    @classmethod
-    def _tool_choice(cls, value: Any) -> Any:
-        if value not in (None, "none"):
-            raise _unsupported("tool_choice other than 'none'")
-        return value
+    @property
+    def effective_tool_choice(self) -> ToolChoice | None:
+        """tool_choice, which defaults to "auto" when tools are given (as OpenAI's does)."""
+        return self.tool_choice or ("auto" if self.tools else None)
 
     def check(self) -> None:
         """Rules across fields; raises a 400 naming the field."""
@@ -314,6 +309,8 @@ class ChatCompletionRequest(SamplingRequest):
             if message.content is None and message.role != "assistant":
                 raise bad_request(f"messages[{i}].content is required for role {message.role!r}.",
                                   f"messages[{i}].content")
+            if message.tool_calls and message.role != "assistant":
+                raise bad_request("tool_calls are only allowed on assistant messages.", f"messages[{i}].tool_calls")
             if message.tool_call_id is not None and message.role != "tool":
                 raise bad_request("tool_call_id is only allowed on tool messages.", f"messages[{i}].tool_call_id")
         if self.top_logprobs is not None and not self.logprobs:

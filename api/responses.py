@@ -30,7 +30,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: LegacyLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
     prompt_token_ids: list[int] | None = None
     token_ids: list[int] | None = None
 
@@ -72,11 +72,27 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprob]
 
 
+class CalledFunctionOut(BaseModel):
+    """A called function: its name and its arguments as a JSON string."""
+
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    """One tool call of a reply."""
+
+    id: str
+    type: Literal["function"]
+    function: CalledFunctionOut
+
+
 class ChatMessageOut(BaseModel):
-    """The assistant's reply."""
+    """The assistant's reply: its text, or (with tools) the calls it makes and any text beside them."""
 
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoiceBase(BaseModel):
@@ -84,7 +100,7 @@ class ChatChoiceBase(BaseModel):
 
     index: int
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
     token_ids: list[int] | None = None
 
 
@@ -103,11 +119,29 @@ class ChatCompletionResponse(Generated):
     prompt_token_ids: list[int] | None = None
 
 
+class CalledFunctionDelta(BaseModel):
+    """A part of a streamed call: the name comes first (arguments ""), then the arguments."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    """A part of a streamed tool call; `index` says which call of the choice."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: CalledFunctionDelta
+
+
 class ChatDelta(BaseModel):
-    """What a streamed chunk adds to its choice: each choice's first chunk has the role, the others content."""
+    """What a streamed chunk adds to its choice: each choice's first chunk has the role, the others content or
+    parts of tool calls."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(ChatChoiceBase):

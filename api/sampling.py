@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from api.errors import APIError, bad_request
 from api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from api.structured import constraint
+from api.tools import for_template
 from engine.sampling_params import SamplingParams
+from engine.structured_output import StructuredOutputsParams
 from engine.tokenizer import PromptTooLongError, Tokenizer
 
 # SamplingParams field names -> the request field a client should fix.
@@ -64,9 +66,12 @@ def chat_prompt(request: ChatCompletionRequest, tokenizer: Tokenizer, max_model_
             entry["name"] = message.name
         if message.tool_call_id is not None:
             entry["tool_call_id"] = message.tool_call_id
+        if message.tool_calls:
+            entry["tool_calls"] = for_template(message.tool_calls)
         messages.append(entry)
+    tools = [tool.model_dump(exclude_none=True) for tool in request.tools] if request.tools else None
     try:
-        token_ids = tokenizer.encode_chat(messages, limit=max_model_len - 1)
+        token_ids = tokenizer.encode_chat(messages, limit=max_model_len - 1, tools=tools)
     except PromptTooLongError as exc:
         raise context_exceeded(max_model_len, exc, "messages") from None
     except Exception as exc:           # a template may raise on messages it does not accept
@@ -100,9 +105,15 @@ def context_exceeded(max_model_len: int, exc: PromptTooLongError, param: str) ->
 
 
 def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None, logprobs: int | None,
-                    prompt_logprobs: int | None, vocab_size: int) -> SamplingParams:
-    """The engine's SamplingParams for a request (its ValueError becomes a 400 naming the field)."""
+                    prompt_logprobs: int | None, vocab_size: int,
+                    tool_constraint: StructuredOutputsParams | None = None) -> SamplingParams:
+    """The engine's SamplingParams for a request (its ValueError becomes a 400 naming the field);
+    `tool_constraint` enforces a required or named tool call (api/tools.py)."""
     logit_bias = {int(k): v for k, v in (request.logit_bias or {}).items()}
+    structured = constraint(request.response_format, request.structured_outputs)
+    if structured is not None and tool_constraint is not None:
+        raise bad_request("A required or named tool_choice cannot be combined with response_format or "
+                          "structured_outputs.", "tool_choice")
     for name, ids in (("logit_bias", list(logit_bias)), ("stop_token_ids", request.stop_token_ids or [])):
         if any(t >= vocab_size for t in ids):
             raise bad_request(f"{name} has token ids outside the vocabulary [0, {vocab_size}).", name)
@@ -116,7 +127,7 @@ def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None,
             ignore_eos=bool(request.ignore_eos), min_tokens=_or(request.min_tokens, 0), logprobs=logprobs,
             prompt_logprobs=prompt_logprobs, logit_bias=logit_bias or None,
             skip_special_tokens=_or(request.skip_special_tokens, True),
-            structured_outputs=constraint(request.response_format, request.structured_outputs))
+            structured_outputs=structured or tool_constraint)
     except ValueError as exc:
         field = str(exc).split(" ", 1)[0]
         raise bad_request(str(exc), _PARAM_NAMES.get(field, field)) from exc

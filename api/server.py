@@ -22,7 +22,10 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
                               "are those of the raw model distribution, before temperature, penalties and "
                               "top-k/top-p/min-p. Bodies are read strictly: an integer is written without a fraction "
                               "(2, not 2.0). Beyond the schema, token ids must be below the model's vocabulary size, "
-                              "best_of >= n, min_tokens <= max_tokens, and the prompt must fit the context (400).")
+                              "best_of >= n, min_tokens <= max_tokens (0 with a constraint), the prompt must fit the "
+                              "context, a constraint (schema, regex, grammar) must be valid, a named tool_choice must "
+                              "name one of the tools, and tool_choice 'auto' (the default with tools) needs a server "
+                              "started with --tool-call-parser (400).")
     app.state.server = ServerState.build(llm, settings)
     install_handlers(app)
     app.include_router(completions.router)

@@ -18,11 +18,13 @@ DEFAULT_MAX_REQUEST_BYTES = 8 << 20
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """served_model_name: the name clients send as `model`. api_key: required as a Bearer token on /v1 when
-    set. max_request_bytes: larger bodies get 413."""
+    set. max_request_bytes: larger bodies get 413. tool_call_parser: how tool calls are read for tool_choice
+    "auto" (None: auto is refused)."""
 
     served_model_name: str
     api_key: str | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    tool_call_parser: str | None = None      # reads the calls of tool_choice "auto" (api/tools.py)
 
 
 @dataclass(slots=True)

@@ -71,16 +71,19 @@ class Tokenizer:
         """Whether the checkpoint ships a chat template."""
         return bool(getattr(self.hf, "chat_template", None))
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The prompt text of a conversation, rendered with the checkpoint's chat template."""
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools: list[dict] | None = None) -> str:
+        """The prompt text of a conversation (and the tools the model may call), rendered with the checkpoint's
+        chat template."""
         if not self.has_chat_template:
             raise ValueError("this model has no chat template, so chat messages cannot be rendered")
-        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.hf.apply_chat_template(messages, tools=tools, tokenize=False,
+                                           add_generation_prompt=add_generation_prompt)
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
-                    limit: int | None = None) -> list[int]:
+                    limit: int | None = None, tools: list[dict] | None = None) -> list[int]:
         """Token ids of a rendered conversation (the template writes any BOS itself); `limit` as in `encode`."""
-        text = self.render_chat(messages, add_generation_prompt)
+        text = self.render_chat(messages, add_generation_prompt, tools)
         return self.encode(text, limit, add_special_tokens=False)
 
     def token_text(self, token_id: int) -> str:

@@ -80,6 +80,8 @@ def _prepare(body: Any, vocab_size: int) -> Any:
     if isinstance(response_format, dict) and isinstance(response_format.get("json_schema"), dict):
         response_format["json_schema"]["schema"] = {"type": "object", "properties": {"a": {"type": "boolean"}},
                                                     "required": ["a"], "additionalProperties": False}
+    if body.get("tools") or body.get("tool_choice"):                # tool schemas are arbitrary: plain chat
+        body["tool_choice"] = "none"
     if isinstance(body.get("logit_bias"), dict):
         body["logit_bias"] = {str(int(k) % vocab_size) if k.isdigit() else k: v for k, v in body["logit_bias"].items()}
     return body

@@ -1,0 +1,146 @@
+"""Tool calling on chat: the request's tools and tool_choice, the constraint that enforces a required or named call,
+and the tool calls read back from the generated text.
+
+- `"required"` and a named function are enforced by a JSON-schema constraint built from the tools' parameter
+  schemas, so the call is always valid: a named function's output is its arguments object; `required` outputs an
+  array of `{"name", "parameters"}` calls (one at most unless parallel_tool_calls).
+- `"auto"` lets the model choose, and a tool-call parser reads its calls: `hermes`, the
+  `<tool_call>{"name": ..., "arguments": ...}</tool_call>` blocks of Qwen2.5/Qwen3 and Hermes models.
+- `"none"` is plain chat (the tools are still rendered, as vLLM does: the model knows them but does not call).
+  Without tool_choice, tools mean `"auto"`, as OpenAI's default.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.errors import bad_request
+from engine.structured_output import StructuredOutputsParams
+
+PARSERS = ("hermes",)
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class FunctionSpec(_Strict):
+    """A function the model may call: its name, what it does, and its parameters' JSON schema."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    """One tool (only functions exist)."""
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class FunctionName(_Strict):
+    """A function, by name."""
+
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    """tool_choice naming the function to call."""
+
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class CalledFunction(_Strict):
+    """The function called and its arguments, a JSON string."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(_Strict):
+    """A call in an assistant message (sent back by the client with the conversation)."""
+
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
+def constraint(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bool | None,
+               parser: str | None) -> StructuredOutputsParams | None:
+    """The constraint that enforces the tool choice (None for auto and none); a 400 for a choice that cannot be
+    honoured: a function not among the tools, a choice without tools, auto without a tool-call parser."""
+    if choice in (None, "none"):
+        return None
+    if not tools:
+        raise bad_request("tool_choice requires tools.", "tool_choice")
+    if choice == "auto":
+        if parser is None:
+            raise bad_request("tool_choice 'auto' needs a tool-call parser: start the server with "
+                              f"--tool-call-parser ({', '.join(PARSERS)}).", "tool_choice")
+        return None
+    schemas = {tool.function.name: tool.function.parameters or {"type": "object"} for tool in tools}
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in schemas:
+            raise bad_request(f"tool_choice names {choice.function.name!r}, which is not among the tools.",
+                              "tool_choice")
+        return StructuredOutputsParams(json=schemas[choice.function.name])
+    call = [{"type": "object", "additionalProperties": False, "required": ["name", "parameters"],
+             "properties": {"name": {"const": name}, "parameters": schema}} for name, schema in schemas.items()]
+    array = {"type": "array", "minItems": 1, "items": {"anyOf": call}}
+    if parallel is False:
+        array["maxItems"] = 1
+    return StructuredOutputsParams(json=array)
+
+
+def read_calls(text: str, choice: ToolChoice | None, parser: str | None) -> tuple[str | None, list[dict]]:
+    """(content, tool calls in OpenAI's response shape) read from one choice's text."""
+    if isinstance(choice, NamedToolChoice):
+        return None, [_call(choice.function.name, text)]
+    if choice == "required":
+        try:
+            calls = json.loads(text)
+        except ValueError:
+            return text, []                  # cut short (max_tokens): no complete call
+        return None, [_call(c["name"], json.dumps(c["parameters"], ensure_ascii=False)) for c in calls]
+    if choice == "auto" and parser == "hermes":
+        calls = []
+        for block in _HERMES.findall(text):
+            try:
+                call = json.loads(block)
+                calls.append(_call(call["name"], json.dumps(call.get("arguments", {}), ensure_ascii=False)))
+            except (ValueError, KeyError, TypeError):
+                continue                     # not a call: it stays in the content
+        content = _HERMES.sub("", text).strip() if calls else text
+        return content or None, calls
+    return text, []
+
+
+def _call(name: str, arguments: str) -> dict:
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": name, "arguments": arguments}}
+
+
+def for_template(calls: list[ToolCall]) -> list[dict]:
+    """An assistant message's tool calls as chat templates expect them (arguments as an object where they are
+    JSON, as Hugging Face's templates read `tool_call.function.arguments`)."""
+    rendered = []
+    for call in calls:
+        try:
+            arguments = json.loads(call.function.arguments)
+        except ValueError:
+            arguments = call.function.arguments
+        rendered.append({"id": call.id, "type": "function",
+                         "function": {"name": call.function.name, "arguments": arguments}})
+    return rendered

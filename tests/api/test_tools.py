@@ -1,0 +1,129 @@
+"""Tool calling through the official openai client (and LangChain): required and named calls are enforced by a
+grammar built from the tools' parameter schemas, so they always parse and validate (jsonschema); streamed calls
+reassemble to the non-streamed ones; tool calls and tool results in the conversation render through the template."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from api.tools import NamedToolChoice, Tool, constraint, read_calls
+
+WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "days"],
+           "properties": {"city": {"type": "string", "maxLength": 10}, "days": {"type": "integer", "minimum": 1,
+                                                                                "maximum": 7}}}
+ADD = {"type": "object", "additionalProperties": False, "required": ["a", "b"],
+       "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather.", "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "add", "parameters": ADD}}]
+SCHEMAS = {"get_weather": WEATHER, "add": ADD}
+MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _valid(calls) -> None:
+    for call in calls:
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def test_a_named_function_is_always_called_validly(server, client):
+    r = client.chat.completions.create(model=server.model, messages=MESSAGES, tools=TOOLS, seed=1, n=2,
+                                       max_tokens=80, tool_choice={"type": "function",
+                                                                   "function": {"name": "get_weather"}})
+    for choice in r.choices:
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        (call,) = choice.message.tool_calls
+        assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
+        _valid([call])
+
+
+def test_required_calls_are_valid_calls_of_the_tools(server, client):
+    r = client.chat.completions.create(model=server.model, messages=MESSAGES, tools=TOOLS, tool_choice="required",
+                                       seed=2, n=3, max_tokens=150, parallel_tool_calls=False)
+    for choice in r.choices:
+        assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+        _valid(choice.message.tool_calls)
+
+
+def test_parallel_calls_are_allowed_unless_switched_off():
+    tools = [Tool.model_validate(t) for t in TOOLS]
+    assert "maxItems" not in json.loads(constraint(tools, "required", None, None).key[1])
+    assert json.loads(constraint(tools, "required", False, None).key[1])["maxItems"] == 1
+
+
+def test_streamed_calls_reassemble_to_the_non_streamed_ones(server, client):
+    common = dict(model=server.model, messages=MESSAGES, tools=TOOLS, tool_choice="required", seed=3, max_tokens=150,
+                  parallel_tool_calls=False)
+    whole = client.chat.completions.create(**common).choices[0].message.tool_calls
+    calls: dict[int, dict] = {}
+    finish = None
+    for chunk in client.chat.completions.create(stream=True, **common):
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for part in choice.delta.tool_calls or []:
+                call = calls.setdefault(part.index, {"id": None, "name": "", "arguments": ""})
+                call["id"] = part.id or call["id"]
+                call["name"] += part.function.name or ""
+                call["arguments"] += part.function.arguments or ""
+    assert finish == "tool_calls"
+    assert [(c["name"], c["arguments"]) for c in calls.values()] == [(c.function.name, c.function.arguments)
+                                                                     for c in whole]
+    assert all(c["id"] for c in calls.values())
+
+
+def test_a_conversation_with_calls_and_results_renders_through_the_template(server, client, hf_tokenizer):
+    first = client.chat.completions.create(model=server.model, messages=MESSAGES, tools=TOOLS, seed=4, max_tokens=80,
+                                           tool_choice={"type": "function", "function": {"name": "add"}})
+    call = first.choices[0].message.tool_calls[0]
+    conversation = MESSAGES + [first.choices[0].message.model_dump(exclude_none=True),
+                               {"role": "tool", "tool_call_id": call.id, "content": "42"}]
+    r = client.chat.completions.create(model=server.model, messages=conversation, tools=TOOLS, max_tokens=2,
+                                       tool_choice="none")
+    rendered = [dict(m) for m in conversation]
+    rendered[1]["tool_calls"] = [{"id": call.id, "type": "function",
+                                  "function": {"name": "add", "arguments": json.loads(call.function.arguments)}}]
+    text = hf_tokenizer.apply_chat_template(rendered, tools=TOOLS, add_generation_prompt=True, tokenize=False)
+    assert "<|im_start|>tool\n42" in text and '<tool_call>{"name": "add"' in text
+    assert r.usage.prompt_tokens == len(hf_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"tools": TOOLS, "tool_choice": "auto"}, "needs a tool-call parser"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "not among the tools"),
+    ({"tool_choice": "required"}, "requires tools"),
+    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "cannot be combined"),
+])
+def test_tool_choices_that_cannot_be_honoured_are_400(server, extra, message):
+    r = server.post("/v1/chat/completions", {"model": server.model, "messages": MESSAGES, **extra})
+    assert r.status_code == 400 and message in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "tool_choice"
+
+
+def test_tool_choice_none_is_plain_chat(server, client):
+    r = client.chat.completions.create(model=server.model, messages=MESSAGES, tools=TOOLS, tool_choice="none",
+                                       max_tokens=5)
+    assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_the_hermes_parser_reads_calls_and_keeps_the_rest():
+    text = 'Let me check.\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>\n' \
+           '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}</tool_call>'
+    content, calls = read_calls(text, "auto", "hermes")
+    assert content == "Let me check."
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("add", {"a": 1, "b": 2}), ("get_weather", {"city": "Oslo", "days": 2})]
+    assert read_calls("no calls <tool_call>not json</tool_call>", "auto", "hermes") == (
+        "no calls <tool_call>not json</tool_call>", [])
+    named = NamedToolChoice.model_validate({"type": "function", "function": {"name": "add"}})
+    assert read_calls('{"a": 1, "b": 2}', named, None)[1][0]["function"]["arguments"] == '{"a": 1, "b": 2}'
+
+
+def test_langchain_bind_tools_with_a_forced_tool(server):
+    langchain_openai = pytest.importorskip("langchain_openai")
+    chat = langchain_openai.ChatOpenAI(model=server.model, base_url=f"{server.url}/v1", api_key=server.api_key,
+                                       max_tokens=80, seed=5, max_retries=0)
+    message = chat.bind_tools(TOOLS, tool_choice="get_weather").invoke("Weather in Rome?")
+    (call,) = message.tool_calls
+    assert call["name"] == "get_weather"
+    jsonschema.validate(call["args"], WEATHER)

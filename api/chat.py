@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from api import tools
+from api import reasoning, tools
 from api.logprobs import chat_logprobs
 from api.protocol import ChatCompletionRequest
 from api.responses import ChatCompletionChunk, ChatCompletionResponse, generation_responses
@@ -76,14 +76,27 @@ class _View:
         return bool(self.body.tools) and self.body.effective_tool_choice not in (None, "none")
 
     def _message(self, choice: CompletionOutput) -> tuple[dict, str | None]:
-        """The reply's message, and its finish reason ("tool_calls" when it calls tools)."""
+        """The reply's message (its thinking apart with a reasoning parser), and its finish reason ("tool_calls"
+        when it calls tools)."""
+        thinking, text = reasoning.split(choice.text) if self.state.settings.reasoning_parser else (None, choice.text)
+        message = {"role": "assistant", "content": text}
+        if thinking is not None:
+            message["reasoning_content"] = thinking
         if not self._calls_tools:
-            return {"role": "assistant", "content": choice.text}, choice.finish_reason
-        content, calls = tools.read_calls(choice.text, self.body.effective_tool_choice,
-                                          self.state.settings.tool_call_parser)
+            return message, choice.finish_reason
+        message["content"], calls = tools.read_calls(text, self.body.effective_tool_choice,
+                                                     self.state.settings.tool_call_parser)
         if not calls:
-            return {"role": "assistant", "content": content}, choice.finish_reason
-        return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+            return message, choice.finish_reason
+        return {**message, "tool_calls": calls}, "tool_calls"
+
+    def _usage(self, choices: list[CompletionOutput]) -> dict:
+        """usage, with the thinking's tokens in completion_tokens_details when a reasoning parser is set."""
+        counts = usage(self.job.prompt_tokens, sum(len(c.token_ids) for c in choices))
+        if self.state.settings.reasoning_parser:
+            thinking = sum(reasoning.reasoning_tokens(self.state.llm.tokenizer, c.token_ids) for c in choices)
+            counts["completion_tokens_details"] = {"reasoning_tokens": thinking}
+        return counts
 
     def response(self, final: RequestOutput) -> dict:
         """The whole (non-streamed) response."""
@@ -95,9 +108,7 @@ class _View:
             if self.body.return_token_ids:
                 entry["token_ids"] = choice.token_ids
             choices.append(entry)
-        generated = sum(len(c.token_ids) for c in final.outputs)
-        body = {**self._header("chat.completion"), "choices": choices,
-                "usage": usage(self.job.prompt_tokens, generated)}
+        body = {**self._header("chat.completion"), "choices": choices, "usage": self._usage(final.outputs)}
         if self.body.return_token_ids:
             body["prompt_token_ids"] = self.job.prompts[0].token_ids
         return body
@@ -121,15 +132,20 @@ class _View:
             async for chunk in self._tool_events(tracker):
                 yield chunk
             return
+        splits = [reasoning.StreamSplit() for _ in range(job.n)] if self.state.settings.reasoning_parser else None
         async for _, output in outputs(self.state, job):
             for k, choice in enumerate(output.outputs):
                 tracker.add(len(choice.token_ids))
                 logprobs = self._logprobs(choice)
                 has_logprobs = logprobs is not None and bool(logprobs["content"])
                 ids = self.body.return_token_ids and bool(choice.token_ids)
-                if not (choice.text or choice.finish_reason or has_logprobs or ids):
-                    continue
                 delta = {"content": choice.text} if choice.text or not choice.finish_reason else {}
+                if splits is not None:
+                    thinking, text = splits[choice.index].add(choice.text, choice.finish_reason is not None)
+                    delta = {key: value for key, value in (("reasoning_content", thinking), ("content", text))
+                             if value}
+                if not (delta or choice.finish_reason or has_logprobs or ids):
+                    continue
                 chunk = self._chunk(choice.index, delta, logprobs, choice.finish_reason,
                                     tracker.for_chunk(output.finished and k == len(output.outputs) - 1))
                 if self.body.return_token_ids:

@@ -23,6 +23,7 @@ from typing import NoReturn
 DTYPES = ("auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16", "half", "float")
 KERNEL_BACKENDS = ("auto", "triton", "cpu", "torch")
 TOOL_CALL_PARSERS = ("hermes",)          # api.tools.PARSERS
+REASONING_PARSERS = ("qwen3",)           # api.reasoning.PARSERS
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -77,6 +78,8 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     p.add_argument("--tool-call-parser", default=None, choices=TOOL_CALL_PARSERS,
                    help="how tool calls are read from the model's text for tool_choice 'auto' (hermes: "
                         "<tool_call>{json}</tool_call>, Qwen2.5/Qwen3 and Hermes models); without it, 'auto' is a 400")
+    p.add_argument("--reasoning-parser", default=None, choices=REASONING_PARSERS,
+                   help="put a chat reply's thinking in reasoning_content (qwen3: <think>...</think>)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
@@ -141,7 +144,7 @@ def server_settings(args: argparse.Namespace, model: str):
 
     name = args.served_model_name or Path(model).resolve().name
     return ServerSettings(name, args.api_key or os.environ.get("API_KEY") or None, args.max_request_bytes,
-                          args.tool_call_parser)
+                          args.tool_call_parser, args.reasoning_parser)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -289,6 +289,15 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, value: dict | None) -> dict | None:
+        reserved = {"messages", "tools", "tokenize", "add_generation_prompt", "conversation", "documents"}
+        if value and reserved & set(value):
+            raise ValueError(f"must not set {', '.join(sorted(reserved & set(value)))}, which the server sets")
+        return value
 
     @field_validator("messages", mode="before")
     @classmethod

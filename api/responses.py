@@ -7,12 +7,19 @@ from typing import Literal
 from pydantic import BaseModel
 
 
+class CompletionTokensDetails(BaseModel):
+    """What the completion tokens were spent on: thinking (with a reasoning parser)."""
+
+    reasoning_tokens: int
+
+
 class Usage(BaseModel):
     """Token counts: prompts once each, completions summed over all generated choices."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class LegacyLogprobs(BaseModel):
@@ -92,6 +99,7 @@ class ChatMessageOut(BaseModel):
 
     role: Literal["assistant"]
     content: str | None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCallOut] | None = None
 
 
@@ -141,6 +149,7 @@ class ChatDelta(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 

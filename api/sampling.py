@@ -71,7 +71,8 @@ def chat_prompt(request: ChatCompletionRequest, tokenizer: Tokenizer, max_model_
         messages.append(entry)
     tools = [tool.model_dump(exclude_none=True) for tool in request.tools] if request.tools else None
     try:
-        token_ids = tokenizer.encode_chat(messages, limit=max_model_len - 1, tools=tools)
+        token_ids = tokenizer.encode_chat(messages, limit=max_model_len - 1, tools=tools,
+                                          template_kwargs=request.chat_template_kwargs)
     except PromptTooLongError as exc:
         raise context_exceeded(max_model_len, exc, "messages") from None
     except Exception as exc:           # a template may raise on messages it does not accept

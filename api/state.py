@@ -25,6 +25,7 @@ class ServerSettings:
     api_key: str | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     tool_call_parser: str | None = None      # reads the calls of tool_choice "auto" (api/tools.py)
+    reasoning_parser: str | None = None      # splits replies into reasoning_content and content (api/reasoning.py)
 
 
 @dataclass(slots=True)

@@ -72,18 +72,18 @@ class Tokenizer:
         return bool(getattr(self.hf, "chat_template", None))
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
-                    tools: list[dict] | None = None) -> str:
+                    tools: list[dict] | None = None, template_kwargs: dict | None = None) -> str:
         """The prompt text of a conversation (and the tools the model may call), rendered with the checkpoint's
-        chat template."""
+        chat template, which also sees `template_kwargs` (e.g. Qwen3's enable_thinking)."""
         if not self.has_chat_template:
             raise ValueError("this model has no chat template, so chat messages cannot be rendered")
         return self.hf.apply_chat_template(messages, tools=tools, tokenize=False,
-                                           add_generation_prompt=add_generation_prompt)
+                                           add_generation_prompt=add_generation_prompt, **(template_kwargs or {}))
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
-                    limit: int | None = None, tools: list[dict] | None = None) -> list[int]:
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, limit: int | None = None,
+                    tools: list[dict] | None = None, template_kwargs: dict | None = None) -> list[int]:
         """Token ids of a rendered conversation (the template writes any BOS itself); `limit` as in `encode`."""
-        text = self.render_chat(messages, add_generation_prompt, tools)
+        text = self.render_chat(messages, add_generation_prompt, tools, template_kwargs)
         return self.encode(text, limit, add_special_tokens=False)
 
     def token_text(self, token_id: int) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import api.cli as cli
+from api import reasoning, tools
 from engine.config import _DTYPES
 from llm_kernels.backend import BACKENDS
 
@@ -87,6 +88,7 @@ def test_port_0_binds_a_free_port_and_holds_it():
 def test_dtype_and_kernel_choices_are_the_engines():
     assert set(cli.DTYPES) == {"auto", *_DTYPES}
     assert cli.KERNEL_BACKENDS == BACKENDS
+    assert cli.TOOL_CALL_PARSERS == tools.PARSERS and cli.REASONING_PARSERS == reasoning.PARSERS
     args = cli.build_parser("triton-serve").parse_args(["--kernels", "torch"])
     assert cli.engine_options(args)["kernels"] == "torch"
     assert cli.engine_options(cli.build_parser("triton-serve").parse_args([]))["kernels"] is None

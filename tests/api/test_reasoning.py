@@ -1,0 +1,83 @@
+"""A server with --reasoning-parser qwen3: the thinking goes to reasoning_content (and delta.reasoning_content when
+streamed), the rest to content, and usage counts the thinking's tokens. The random model is made to think with a
+structured-output regex; chat_template_kwargs reach the template."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from api_helpers import TIMEOUT, start_server, wait_ready
+
+from api.reasoning import StreamSplit, split
+
+FORMAT = {"regex": r"<think>[a-z]{2,6} [a-z]{2,6}</think>\n\n[a-z]{3,8}"}
+
+
+@pytest.fixture(scope="module")
+def thinker(main_checkpoint, tmp_path_factory):
+    import openai
+
+    log = tmp_path_factory.mktemp("reasoning") / "server.log"
+    proc = start_server(["--model", main_checkpoint, "--reasoning-parser", "qwen3"], log)
+    try:
+        url = wait_ready(proc, log)
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
+
+
+def _model(client) -> str:
+    return client.models.list().data[0].id
+
+
+def test_reasoning_content_and_usage(thinker, hf_tokenizer):
+    r = thinker.chat.completions.create(model=_model(thinker), messages=[{"role": "user", "content": "Hi"}],
+                                        seed=1, max_tokens=60,
+                                        extra_body={"structured_outputs": FORMAT, "return_token_ids": True})
+    message = r.choices[0].message
+    thinking, answer = message.model_extra["reasoning_content"], message.content
+    assert re.fullmatch("[a-z]{2,6} [a-z]{2,6}", thinking) and re.fullmatch("[a-z]{3,8}", answer)
+    ids = r.choices[0].model_extra["token_ids"]
+    through_tag = next(i for i in range(1, len(ids) + 1) if "</think>" in hf_tokenizer.decode(ids[:i]))
+    assert r.usage.completion_tokens_details.reasoning_tokens == through_tag < r.usage.completion_tokens
+
+
+def test_streamed_reasoning_reassembles(thinker):
+    common = dict(model=_model(thinker), messages=[{"role": "user", "content": "Hi"}], seed=2, max_tokens=60,
+                  extra_body={"structured_outputs": FORMAT})
+    whole = thinker.chat.completions.create(**common).choices[0].message
+    thinking, content = "", ""
+    for chunk in thinker.chat.completions.create(stream=True, **common):
+        for choice in chunk.choices:
+            thinking += (choice.delta.model_extra or {}).get("reasoning_content") or ""
+            content += choice.delta.content or ""
+    assert (thinking, content) == (whole.model_extra["reasoning_content"], whole.content)
+
+
+def test_a_reply_that_does_not_think_is_all_content(thinker):
+    r = thinker.chat.completions.create(model=_model(thinker), messages=[{"role": "user", "content": "Hi"}],
+                                        max_tokens=20, extra_body={"structured_outputs": {"regex": "[a-z]{3,8}"},
+                                                                   "chat_template_kwargs": {"enable_thinking": False}})
+    assert r.choices[0].message.model_extra.get("reasoning_content") is None
+    assert re.fullmatch("[a-z]{3,8}", r.choices[0].message.content)
+    assert r.usage.completion_tokens_details.reasoning_tokens == 0
+
+
+def test_the_split_holds_back_what_may_be_a_tag():
+    assert split("<think>a b</think>\n\nhello") == ("a b", "hello")
+    assert split("<think>cut short") == ("cut short", "")
+    assert split("no thinking") == (None, "no thinking")
+    stream, parts = StreamSplit(), []
+    for delta in ["<th", "ink>ab", "c</th", "ink>", "\n\nans", "wer"]:
+        parts.append(stream.add(delta, False))
+    parts.append(stream.add("", True))
+    assert "".join(p[0] for p in parts) == "abc" and "".join(p[1] for p in parts) == "answer"
+    assert parts[0] == ("", "") and parts[2] == ("c", "")                 # "<th" and "</th" held back
+
+
+def test_reserved_template_kwargs_are_400(server):
+    r = server.post("/v1/chat/completions", {"model": server.model, "messages": [{"role": "user", "content": "x"}],
+                                             "chat_template_kwargs": {"tools": []}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs"

@@ -223,3 +223,24 @@ def test_layer_ops_at_llama_8b_sizes(device, dtype):
     cos, sin = torch.cat([angles.cos(), angles.sin()], dim=-1).chunk(2, dim=-1)    # strided rows, as the model's
     got = layer_ops.rotary(on(qkv)[:, :40], on(cos), on(sin))
     torch.testing.assert_close(got.cpu().float(), ref_layer_ops.rotary(qk.float(), cos, sin), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("vocab", [32000, 151936])
+def test_token_bitmask_on_full_vocabularies(device, vocab):
+    """Our mask kernel against the torch reference and xgrammar's own kernel, on a GPU's vocabulary sizes."""
+    import xgrammar
+
+    from llm_kernels.reference.token_bitmask import apply_token_bitmask as reference
+    from llm_kernels.triton_ops import apply_token_bitmask
+
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(8, vocab, generator=g)
+    bitmask = torch.randint(-(2 ** 31), 2 ** 31 - 1, (8, (vocab + 31) // 32), generator=g,
+                            dtype=torch.int64).to(torch.int32)
+    rows = torch.arange(8)
+    expected = reference(logits.clone(), bitmask, rows)
+    got = apply_token_bitmask(logits.to(device), bitmask.to(device), rows.to(device)).cpu()
+    assert torch.equal(got, expected)
+    theirs = logits.clone().to(device)
+    xgrammar.apply_token_bitmask_inplace(theirs, bitmask.to(device))
+    assert torch.equal(theirs.cpu(), expected)

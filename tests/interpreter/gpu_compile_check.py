@@ -26,7 +26,7 @@ EXACT_DIVISION_MODULES = (".sampling_split", ".one_program_sampler")   # the sam
 KERNEL_MODULES = ("llm_kernels.triton_ops.kv_store", "llm_kernels.triton_ops.decode_attention",
                   "llm_kernels.triton_ops.prefill_attention", "llm_kernels.triton_ops.sampling_split",
                   "llm_kernels.triton_ops.penalties", "llm_kernels.triton_ops.layer_ops",
-                  "benchmarks.one_program_sampler")
+                  "llm_kernels.triton_ops.token_bitmask", "benchmarks.one_program_sampler")
 
 
 def _signature(fn, bound: dict) -> tuple[dict, dict, dict]:
@@ -118,6 +118,9 @@ def main(capability: int) -> None:
         layer_ops.rotary(x.view(4, 32, 128), torch.zeros(4, 64), torch.zeros(4, 64))
     tokens = torch.zeros(3, 4, dtype=torch.int64)
     modules["penalties"].apply_penalties(logits, tokens, tokens, torch.zeros(3), torch.zeros(3), torch.ones(3))
+    for dtype in (torch.float32, torch.float16):
+        modules["token_bitmask"].apply_token_bitmask(torch.zeros(3, 151936, dtype=dtype),
+                                                     torch.zeros(2, 4748, dtype=torch.int32), torch.tensor([0, 2]))
     names = sorted({name for name, *_ in compiled})
     print(f"compiled {len(compiled)} launches for sm_{capability}: {', '.join(names)}")
     print(f"no approximate division in: {', '.join(sorted(exact))}")

@@ -92,10 +92,15 @@ class _View:
 
     def _usage(self, choices: list[CompletionOutput]) -> dict:
         """usage, with the thinking's tokens in completion_tokens_details when a reasoning parser is set."""
-        counts = usage(self.job.prompt_tokens, sum(len(c.token_ids) for c in choices))
-        if self.state.settings.reasoning_parser:
-            thinking = sum(reasoning.reasoning_tokens(self.state.llm.tokenizer, c.token_ids) for c in choices)
-            counts["completion_tokens_details"] = {"reasoning_tokens": thinking}
+        return self._details(usage(self.job.prompt_tokens, sum(len(c.token_ids) for c in choices)),
+                             [c.token_ids for c in choices])
+
+    def _details(self, counts: dict | None, token_ids: list[list[int]]) -> dict | None:
+        """`counts` with the thinking's tokens of the replies' `token_ids` (with a reasoning parser)."""
+        if counts is not None and self.state.settings.reasoning_parser:
+            tokenizer = self.state.llm.tokenizer
+            counts["completion_tokens_details"] = {
+                "reasoning_tokens": sum(reasoning.reasoning_tokens(tokenizer, ids) for ids in token_ids)}
         return counts
 
     def response(self, final: RequestOutput) -> dict:
@@ -120,7 +125,9 @@ class _View:
                 "usage": usage_now}
 
     async def events(self) -> AsyncIterator[dict]:
-        """The chunks of the streamed response: every choice's role chunk first, then content deltas."""
+        """The chunks of the streamed response: every choice's role chunk first, then content deltas (reasoning
+        deltas apart with a reasoning parser; with a named tool_choice, the call's id and name, then its argument
+        fragments as they are generated)."""
         job = self.job
         tracker = StreamUsage(self.body.stream_options, job.prompt_tokens)
         for index in range(job.n):
@@ -128,14 +135,17 @@ class _View:
             if self.body.return_token_ids and index == 0:
                 chunk["prompt_token_ids"] = job.prompts[0].token_ids
             yield chunk
-        if self._calls_tools:
+        named = self.body.effective_tool_choice
+        if not isinstance(named, tools.NamedToolChoice) and self._calls_tools:
             async for chunk in self._tool_events(tracker):
                 yield chunk
             return
         splits = [reasoning.StreamSplit() for _ in range(job.n)] if self.state.settings.reasoning_parser else None
+        generated: list[list[int]] = [[] for _ in range(job.n)]
         async for _, output in outputs(self.state, job):
             for k, choice in enumerate(output.outputs):
                 tracker.add(len(choice.token_ids))
+                generated[choice.index] += choice.token_ids
                 logprobs = self._logprobs(choice)
                 has_logprobs = logprobs is not None and bool(logprobs["content"])
                 ids = self.body.return_token_ids and bool(choice.token_ids)
@@ -144,14 +154,24 @@ class _View:
                     thinking, text = splits[choice.index].add(choice.text, choice.finish_reason is not None)
                     delta = {key: value for key, value in (("reasoning_content", thinking), ("content", text))
                              if value}
-                if not (delta or choice.finish_reason or has_logprobs or ids):
+                finish_reason = choice.finish_reason
+                if isinstance(named, tools.NamedToolChoice):       # the text is the call's arguments, as it comes
+                    if len(generated[choice.index]) == len(choice.token_ids):     # the choice's first output
+                        start = {"tool_calls": [tools.call_start(named.function.name)]}
+                        yield self._chunk(choice.index, start, None, None, tracker.for_chunk(False))
+                    fragment = {"index": 0, "function": {"arguments": choice.text}}
+                    delta = {"tool_calls": [fragment]} if choice.text else {}
+                    finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+                if not (delta or finish_reason or has_logprobs or ids):
                     continue
-                chunk = self._chunk(choice.index, delta, logprobs, choice.finish_reason,
-                                    tracker.for_chunk(output.finished and k == len(output.outputs) - 1))
+                last = output.finished and k == len(output.outputs) - 1
+                chunk = self._chunk(choice.index, delta, logprobs, finish_reason,
+                                    self._details(tracker.for_chunk(last), generated) if last
+                                    else tracker.for_chunk(False))
                 if self.body.return_token_ids:
                     chunk["choices"][0]["token_ids"] = choice.token_ids
                 yield chunk
-        closing = tracker.closing()
+        closing = self._details(tracker.closing(), generated)
         if closing is not None:
             yield {**self._header("chat.completion.chunk"), "choices": [], "usage": closing}
 

@@ -127,6 +127,11 @@ def read_calls(text: str, choice: ToolChoice | None, parser: str | None) -> tupl
     return text, []
 
 
+def call_start(name: str) -> dict:
+    """The first delta of a streamed call, as OpenAI sends it: its id, type and name, arguments to follow."""
+    return {"index": 0, **_call(name, "")}
+
+
 def _call(name: str, arguments: str) -> dict:
     return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
             "function": {"name": name, "arguments": arguments}}

@@ -81,3 +81,12 @@ def test_reserved_template_kwargs_are_400(server):
     r = server.post("/v1/chat/completions", {"model": server.model, "messages": [{"role": "user", "content": "x"}],
                                              "chat_template_kwargs": {"tools": []}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs"
+
+
+def test_streamed_usage_counts_the_thinking(thinker):
+    common = dict(model=_model(thinker), messages=[{"role": "user", "content": "Hi"}], seed=3, max_tokens=60,
+                  extra_body={"structured_outputs": FORMAT})
+    whole = thinker.chat.completions.create(**common).usage
+    chunks = list(thinker.chat.completions.create(stream=True, stream_options={"include_usage": True}, **common))
+    streamed = chunks[-1].usage
+    assert streamed.completion_tokens_details.reasoning_tokens == whole.completion_tokens_details.reasoning_tokens > 0

@@ -127,3 +127,14 @@ def test_langchain_bind_tools_with_a_forced_tool(server):
     (call,) = message.tool_calls
     assert call["name"] == "get_weather"
     jsonschema.validate(call["args"], WEATHER)
+
+
+def test_a_streamed_named_call_sends_its_name_then_argument_fragments(server, client):
+    common = dict(model=server.model, messages=MESSAGES, tools=TOOLS, seed=6, max_tokens=80,
+                  tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    whole = client.chat.completions.create(**common).choices[0].message.tool_calls[0]
+    parts = [part for chunk in client.chat.completions.create(stream=True, **common) for choice in chunk.choices
+             for part in choice.delta.tool_calls or []]
+    assert parts[0].id and parts[0].function.name == "get_weather" and parts[0].function.arguments == ""
+    assert len(parts) > 2 and all(p.id is None and p.function.name is None for p in parts[1:])   # fragments
+    assert "".join(p.function.arguments for p in parts) == whole.function.arguments

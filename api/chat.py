@@ -88,7 +88,7 @@ class _View:
                                                      self.state.settings.tool_call_parser)
         if not calls:
             return message, choice.finish_reason
-        return {**message, "tool_calls": calls}, "tool_calls"
+        return {**message, "tool_calls": calls}, "tool_calls" if choice.finish_reason == "stop" else "length"
 
     def _usage(self, choices: list[CompletionOutput]) -> dict:
         """usage, with the thinking's tokens in completion_tokens_details when a reasoning parser is set."""

@@ -138,3 +138,9 @@ def test_a_streamed_named_call_sends_its_name_then_argument_fragments(server, cl
     assert parts[0].id and parts[0].function.name == "get_weather" and parts[0].function.arguments == ""
     assert len(parts) > 2 and all(p.id is None and p.function.name is None for p in parts[1:])   # fragments
     assert "".join(p.function.arguments for p in parts) == whole.function.arguments
+
+
+def test_a_call_cut_short_says_length(server, client):
+    r = client.chat.completions.create(model=server.model, messages=MESSAGES, tools=TOOLS, seed=1, max_tokens=3,
+                                       tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert r.choices[0].finish_reason == "length"

@@ -180,9 +180,8 @@ class _View:
         one before), then sent as OpenAI sends calls: its content, then per call a delta with the id and name and
         one with the arguments, then the finish reason."""
         job = self.job
-        accumulators: dict[int, OutputAccumulator] = {}
+        accumulator = OutputAccumulator()            # a chat job has one prompt
         async for _, output in outputs(self.state, job):
-            accumulator = accumulators.setdefault(0, OutputAccumulator())
             whole = accumulator.add(output)
             for k, delta in enumerate(output.outputs):
                 tracker.add(len(delta.token_ids))

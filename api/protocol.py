@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from api.errors import bad_request
+from api.strict import StrictModel
 from api.structured import ResponseFormat, StructuredOutputs
 from api.tools import Tool, ToolCall, ToolChoice
 
@@ -67,12 +68,6 @@ def _lone_surrogate_at(value: Any, path: str = "") -> str | None:
             if found is not None:
                 return found
     return None
-
-
-class StrictModel(BaseModel):
-    """No type coercion ("2" is not 2) and no unknown fields."""
-
-    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class StreamOptions(StrictModel):

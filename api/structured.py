@@ -9,31 +9,28 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from api.errors import bad_request
+from api.strict import StrictModel
 from engine.structured_output import StructuredOutputsParams
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class TextFormat(_Strict):
+class TextFormat(StrictModel):
     """Plain text: no constraint. (`json_schema: null` from clients that send unset fields as null.)"""
 
     type: Literal["text"]
     json_schema: None = None
 
 
-class JsonObjectFormat(_Strict):
+class JsonObjectFormat(StrictModel):
     """Any JSON object."""
 
     type: Literal["json_object"]
     json_schema: None = None
 
 
-class JsonSchemaSpec(_Strict):
+class JsonSchemaSpec(StrictModel):
     """OpenAI's json_schema: a name, the schema, and strict (the output always matches it here)."""
 
     name: Annotated[str, Field(min_length=1, max_length=64)]
@@ -41,17 +38,17 @@ class JsonSchemaSpec(_Strict):
     schema_: Annotated[dict, Field(alias="schema")] = Field(default_factory=lambda: {"type": "object"})
     strict: bool | None = None
 
-    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)
 
 
-class JsonSchemaFormat(_Strict):
+class JsonSchemaFormat(StrictModel):
     """Output matching a JSON schema."""
 
     type: Literal["json_schema"]
     json_schema: JsonSchemaSpec
 
 
-class GrammarFormat(_Strict):
+class GrammarFormat(StrictModel):
     """Fireworks' grammar mode: output matching a GBNF/EBNF grammar."""
 
     type: Literal["grammar"]
@@ -62,7 +59,7 @@ ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat | Gr
                            Field(discriminator="type")]
 
 
-class StructuredOutputs(_Strict):
+class StructuredOutputs(StrictModel):
     """vLLM's `structured_outputs`: exactly one of json (a schema), regex, choice, grammar, json_object."""
 
     json_: Annotated[dict | str | None, Field(alias="json")] = None
@@ -71,8 +68,7 @@ class StructuredOutputs(_Strict):
     grammar: Annotated[str, Field(min_length=1)] | None = None
     json_object: Literal[True] | None = None
 
-    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True,
-                              json_schema_extra={"minProperties": 1, "maxProperties": 1})
+    model_config = ConfigDict(populate_by_name=True, json_schema_extra={"minProperties": 1, "maxProperties": 1})
 
 
 def constraint(response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat | GrammarFormat | None,

@@ -17,20 +17,17 @@ import re
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from api.errors import bad_request
+from api.strict import StrictModel
 from engine.structured_output import StructuredOutputsParams
 
 PARSERS = ("hermes",)
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class FunctionSpec(_Strict):
+class FunctionSpec(StrictModel):
     """A function the model may call: its name, what it does, and its parameters' JSON schema."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -39,20 +36,20 @@ class FunctionSpec(_Strict):
     strict: bool | None = None
 
 
-class Tool(_Strict):
+class Tool(StrictModel):
     """One tool (only functions exist)."""
 
     type: Literal["function"]
     function: FunctionSpec
 
 
-class FunctionName(_Strict):
+class FunctionName(StrictModel):
     """A function, by name."""
 
     name: str
 
 
-class NamedToolChoice(_Strict):
+class NamedToolChoice(StrictModel):
     """tool_choice naming the function to call."""
 
     type: Literal["function"]
@@ -62,14 +59,14 @@ class NamedToolChoice(_Strict):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
-class CalledFunction(_Strict):
+class CalledFunction(StrictModel):
     """The function called and its arguments, a JSON string."""
 
     name: str
     arguments: str
 
 
-class ToolCall(_Strict):
+class ToolCall(StrictModel):
     """A call in an assistant message (sent back by the client with the conversation)."""
 
     id: str

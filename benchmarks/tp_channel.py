@@ -33,21 +33,7 @@ def decode_step(batch: int) -> StepInputs:
                       [list(range(WIDTH)) for _ in range(batch)], list(range(batch)), [])
 
 
-def _broadcast_us(rank: int, step: StepInputs, steps: int) -> float:
-    channel = BroadcastChannel(torch.device("cpu"))
-    dist.barrier()
-    start = time.perf_counter()
-    for _ in range(steps):
-        if rank == 0:
-            channel.send(step)
-        else:
-            channel.receive()
-    dist.barrier()
-    return (time.perf_counter() - start) / steps * 1e6
-
-
-def _pipe_us(rank: int, step: StepInputs, steps: int, fds: tuple[int, int]) -> float:
-    channel = PipeChannel([fds[1] if rank == 0 else fds[0]])
+def _channel_us(rank: int, step: StepInputs, steps: int, channel: BroadcastChannel | PipeChannel) -> float:
     dist.barrier()
     start = time.perf_counter()
     for _ in range(steps):
@@ -92,11 +78,13 @@ def _rank(rank: int, port: int, args: argparse.Namespace, shm_name: str, ready, 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     shm = shared_memory.SharedMemory(name=shm_name)
+    cpu = torch.device("cpu")
     try:
         for batch in args.batches:
             step = decode_step(batch)
-            row = {"batch": batch, "broadcast_us": _broadcast_us(rank, step, args.steps),
-                   "pipe_us": _pipe_us(rank, step, args.steps, fds),
+            pipe = PipeChannel([fds[1] if rank == 0 else fds[0]])
+            row = {"batch": batch, "broadcast_us": _channel_us(rank, step, args.steps, BroadcastChannel(cpu)),
+                   "pipe_us": _channel_us(rank, step, args.steps, pipe),
                    "shm_us": _shm_us(rank, step, args.steps, shm, ready, done)}
             for hidden in args.hidden:
                 row[f"all_reduce_{hidden}_us"] = _all_reduce_us(batch, hidden, args.steps)

@@ -27,6 +27,17 @@ class TensorParallel:
             raise ValueError(f"{what} ({total}) must be divisible by tensor_parallel_size ({self.size})")
         return total // self.size
 
+    def kv_heads(self, total: int) -> tuple[int, int]:
+        """(KV heads this rank holds, the first one's index): `total / size` of them, or, when there are fewer KV
+        heads than ranks, the one its query heads read, replicated (as vLLM does)."""
+        if total >= self.size:
+            local = self.split(total, "num_key_value_heads")
+            return local, self.rank * local
+        if self.size % total:
+            raise ValueError(f"tensor_parallel_size ({self.size}) must be a multiple of num_key_value_heads "
+                             f"({total}) when it is larger")
+        return 1, self.rank * total // self.size
+
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """The sum of `x` over the ranks, in place (row-parallel layers, the vocabulary-parallel embedding)."""
         if self.size > 1:

@@ -122,9 +122,8 @@ class BroadcastChannel:
                               device=self.device)
         dist.broadcast(payload, src=0)
         values = payload.tolist()
-        cut = iter([tokens, tokens, tokens, seqs + 1, seqs, seqs * width, samples, prompts])
         parts, at = [], 0
-        for size in cut:
+        for size in (tokens, tokens, tokens, seqs + 1, seqs, seqs * width, samples, prompts):
             parts.append(values[at:at + size])
             at += size
         flat_tables = parts[5]

@@ -45,14 +45,12 @@ WORKER_CODE = "from engine.tp_workers import main; main()"      # what a worker 
 
 
 def check_shardable(cfg: ModelConfig, size: int) -> None:
-    """A ValueError naming what cannot be split over `size` ranks (before any process is started)."""
-    for what, total in (("num_attention_heads", cfg.num_heads), ("intermediate_size", cfg.intermediate_size)):
-        if total % size:
-            raise ValueError(f"{what} ({total}) must be divisible by tensor_parallel_size ({size})")
-    kv = cfg.num_kv_heads
-    if (kv >= size and kv % size) or (kv < size and size % kv):
-        raise ValueError(f"num_key_value_heads ({kv}) must be divisible by tensor_parallel_size ({size}), or "
-                         "divide it (then each rank holds one KV head, replicated)")
+    """A ValueError naming what cannot be split over `size` ranks (before any process is started): the layers'
+    own rules, asked of rank 0."""
+    tp = TensorParallel(0, size)
+    tp.split(cfg.num_heads, "num_attention_heads")
+    tp.split(cfg.intermediate_size, "intermediate_size")
+    tp.kv_heads(cfg.num_kv_heads)
 
 
 def launched_rank() -> int | None:

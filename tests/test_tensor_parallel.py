@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import children, gone
 from test_models_vs_hf import PROMPTS, assert_all_blocks_free, greedy, hf_greedy
 
 from engine import LLM, SamplingParams
@@ -23,30 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(device="cpu", block_size=8, kv_cache_blocks=20, max_num_batched_tokens=16, max_model_len=128)
 
 
-def _children(pid: int) -> set[int]:
-    """The live child processes of `pid` (Linux /proc)."""
-    found = set()
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        found |= {int(child) for child in task.read_text().split()}
-    return {child for child in found if Path(f"/proc/{child}").exists()
-            and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]}
-
-
-def _gone(pids: set[int], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
 def test_two_ranks_generate_what_one_does_and_transformers_does(checkpoint_factory, arch):
     path = checkpoint_factory(arch)
     llm = LLM(path, tensor_parallel_size=2, **SMALL)
     try:
-        assert len(_children(os.getpid())) >= 1
+        assert len(children(os.getpid())) >= 1
         outputs = llm.generate(PROMPTS[:6], greedy())
         for prompt, output in zip(PROMPTS[:6], outputs):
             assert output.outputs[0].token_ids == hf_greedy(path, prompt), prompt
@@ -80,19 +63,19 @@ def test_seeded_sampling_and_logprobs_equal_one_rank(checkpoint_factory):
 @pytest.mark.parametrize("size, reason", [(3, "num_attention_heads \\(4\\) must be divisible"),
                                           (0, "tensor_parallel_size must be an integer >= 1")])
 def test_sizes_that_cannot_split_are_refused_before_any_process_starts(checkpoint_factory, size, reason):
-    before = _children(os.getpid())
+    before = children(os.getpid())
     with pytest.raises(ValueError, match=reason):
         LLM(checkpoint_factory("llama"), device="cpu", tensor_parallel_size=size)
-    assert _children(os.getpid()) == before
+    assert children(os.getpid()) == before
 
 
 def test_close_stops_the_workers(checkpoint_factory):
-    before = _children(os.getpid())
+    before = children(os.getpid())
     llm = LLM(checkpoint_factory("llama"), device="cpu", kv_cache_blocks=32, tensor_parallel_size=2)
-    workers = _children(os.getpid()) - before
+    workers = children(os.getpid()) - before
     assert len(workers) == 1
     llm.close()
-    assert _gone(workers)
+    assert gone(workers)
 
 
 def test_a_dead_worker_is_reported_not_waited_for(checkpoint_factory):
@@ -127,11 +110,11 @@ def test_workers_never_outlive_the_engine_process(checkpoint_factory, tmp_path, 
                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert proc.stdout.readline().strip() == b"ready"
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         assert len(workers) == 1
         proc.send_signal(how)
         proc.wait(60)
-        assert _gone(workers)
+        assert gone(workers)
     finally:
         proc.kill()
         proc.wait()
@@ -175,11 +158,11 @@ def test_an_engine_that_fails_to_start_leaves_no_worker(checkpoint_factory, monk
     """The workers were started and joined the group, then every rank refuses the kernels backend: rank 0's
     ValueError comes out, and no worker is left behind."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    before = _children(os.getpid())
+    before = children(os.getpid())
     with pytest.raises(ValueError, match="needs TRITON_INTERPRET=1"):
         LLM(checkpoint_factory("llama"), device="cpu", kernels="triton", tensor_parallel_size=2)
-    assert _gone(_children(os.getpid()) - before, timeout=30)
-    assert _children(os.getpid()) == before
+    assert gone(children(os.getpid()) - before, timeout=30)
+    assert children(os.getpid()) == before
 
 
 def test_a_worker_that_dies_before_joining_is_reported_at_once(checkpoint_factory, monkeypatch):

@@ -36,14 +36,7 @@ class Attention(torch.nn.Module):
         super().__init__()
         self.kernels = kernels
         self.num_heads = tp.split(num_heads, "num_attention_heads")
-        if num_kv_heads >= tp.size:
-            self.num_kv_heads = tp.split(num_kv_heads, "num_key_value_heads")
-            kv_start = tp.rank * self.num_kv_heads
-        elif tp.size % num_kv_heads:
-            raise ValueError(f"tensor_parallel_size ({tp.size}) must be a multiple of num_key_value_heads "
-                             f"({num_kv_heads}) when it is larger")
-        else:
-            self.num_kv_heads, kv_start = 1, tp.rank * num_kv_heads // tp.size
+        self.num_kv_heads, kv_start = tp.kv_heads(num_kv_heads)
         self.head_dim = head_dim
         q = Shard(self.num_heads * head_dim, tp.rank * self.num_heads * head_dim)
         kv = Shard(self.num_kv_heads * head_dim, kv_start * head_dim)

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import uvicorn
 from api_helpers import TIMEOUT, sse_events, start_server, strict_json, wait_ready
+from processes import children, gone
 
 from api.read_timeout import protocol_with_read_timeout
 
@@ -174,35 +175,21 @@ def test_a_request_answered_before_its_body_gets_no_second_response():
     assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b"ok"), received
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        found |= {int(child) for child in task.read_text().split()}
-    return {child for child in found if Path(f"/proc/{child}").exists()}
-
-
-def _gone(pids: set[int]) -> bool:
-    deadline = time.monotonic() + 60
-    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
-
-
 def test_a_tensor_parallel_server_streams_and_shuts_down_cleanly(tmp_path):
     proc, url, log = _serve(tmp_path, "--tensor-parallel-size", "2")
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     assert len(workers) == 1
     events = _stream_then_term(proc, url, {**LONG, "max_tokens": 30})
     text = _ended(proc, log)
     assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
     assert _blocks_in_use(text) == 0
-    assert _gone(workers)
+    assert gone(workers, timeout=60)
 
 
 def test_a_killed_worker_fails_requests_clearly_and_health_reports_it(tmp_path):
     proc, url, log = _serve(tmp_path, "-tp", "2")
     try:
-        (worker,) = _children(proc.pid)
+        (worker,) = children(proc.pid)
         os.kill(worker, signal.SIGKILL)
         reply = httpx.post(f"{url}/v1/completions", json={**LONG, "max_tokens": 5}, timeout=TIMEOUT)
         assert reply.status_code == 503
@@ -211,6 +198,6 @@ def test_a_killed_worker_fails_requests_clearly_and_health_reports_it(tmp_path):
         assert health.status_code == 503 and "tensor-parallel worker" in health.json()["error"]["message"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(TIMEOUT) in (0, -signal.SIGTERM)
-        assert _gone({worker})
+        assert gone({worker}, timeout=60)
     finally:
         proc.kill()

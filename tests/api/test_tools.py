@@ -144,3 +144,10 @@ def test_a_call_cut_short_says_length(server, client):
     r = client.chat.completions.create(model=server.model, messages=MESSAGES, tools=TOOLS, seed=1, max_tokens=3,
                                        tool_choice={"type": "function", "function": {"name": "get_weather"}})
     assert r.choices[0].finish_reason == "length"
+
+
+def test_the_client_raises_bad_request_for_auto_without_a_parser(server, client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="needs a tool-call parser"):
+        client.chat.completions.create(model=server.model, messages=MESSAGES, tools=TOOLS)     # auto by default

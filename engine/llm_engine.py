@@ -49,12 +49,10 @@ class LLMEngine:
         eos = self.tokenizer.eos_token_ids
         serve_if_launched_worker(config)
         self.workers: TPWorkers | None = None
-        special = sorted(self.tokenizer.special_ids)
         if config.tensor_parallel_size == 1:
-            self.runner = ModelRunner(config, self.model_config, self.max_model_len, eos, special_token_ids=special)
+            self.runner = ModelRunner(config, self.model_config, self.max_model_len, eos)
         else:
-            self.runner, self.workers = TPWorkers.start_engine(config, self.model_config, self.max_model_len, eos,
-                                                               special)
+            self.runner, self.workers = TPWorkers.start_engine(config, self.model_config, self.max_model_len, eos)
         # Stops the workers with the engine: on close(), when it is collected, or at interpreter exit.
         self._close = weakref.finalize(self, self.workers.shutdown, self.runner.channel) if self.workers else None
         self.blocks = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
@@ -65,7 +63,8 @@ class LLMEngine:
         self._next_seq_id = 0
         self._prefix_queries = 0       # summed over the scheduler's outputs
         self._prefix_hits = 0
-        self.grammars = GrammarCompiler(self.tokenizer.hf, self.model_config.vocab_size, eos)
+        self.grammars = GrammarCompiler(self.tokenizer.hf, self.model_config.vocab_size, eos,
+                                        sorted(self.tokenizer.special_ids))
         self._compiling: list[Request] = []      # structured-output requests whose grammar is being compiled
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,

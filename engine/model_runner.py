@@ -49,8 +49,7 @@ class ModelRunner:
     """Loads the checkpoint onto the device, allocates the paged KV cache and executes steps."""
 
     def __init__(self, config: EngineConfig, model_config: ModelConfig, max_model_len: int,
-                 eos_token_ids: list[int], tp: TensorParallel = SINGLE,
-                 special_token_ids: list[int] | None = None) -> None:
+                 eos_token_ids: list[int], tp: TensorParallel = SINGLE) -> None:
         self.config = config
         self.tp = tp
         self.channel: StepChannel | None = None     # rank 0 of several: how it hands each step to the others
@@ -68,7 +67,7 @@ class ModelRunner:
         use_graphs = self._use_cuda_graphs()
         self.model = load_model(config.model, model_config, max_model_len, self.dtype, self.device, self.kernels,
                                 tp)
-        self.sampler = Sampler(eos_token_ids, self.kernels, model_config.vocab_size, special_token_ids or [])
+        self.sampler = Sampler(eos_token_ids, self.kernels, model_config.vocab_size, self.device)
         cfg = model_config
         kv_heads = self.model.attention_layers()[0].num_kv_heads        # this rank's
         shape = kv_cache.KVCacheShape(cfg.num_layers, self.block_size, kv_heads, cfg.head_dim, self.dtype)
@@ -141,10 +140,9 @@ class ModelRunner:
         inputs = self._inputs(step, out)
         if self.channel is not None:
             self.channel.send(inputs)
-        masks = self.sampler.start_masks(out.sampled_seqs)          # filled while the forward runs
         sample_logits, prompt_logits = self._forward(inputs)
-        if sample_logits is not None:
-            out.sampled = self.sampler(sample_logits, out.sampled_seqs, masks)
+        if sample_logits is not None:       # on a GPU, the forward may still be running: the sampler's host work
+            out.sampled = self.sampler(sample_logits, out.sampled_seqs)      # (token masks) overlaps it
         if prompt_logits is not None:
             out.prompt_logprobs = self._prompt_logprobs(prompt_logits, out)
         return out

@@ -1,5 +1,7 @@
 """From logits to tokens: min_tokens, logit_bias, penalties and structured outputs' token masks, then the engine's
-`sample` kernel, plus logprobs. The masks are filled on a thread while the forward runs (`start_masks`).
+`sample` kernel, plus logprobs. Structured outputs' masks are filled on the host first, before anything waits for
+the logits: on a GPU the forward is still running then. (Not on a thread beside it: on the CPU, a second thread
+running torch ops kept its own OpenMP workers spinning, and every later step of the engine took 30% longer.)
 
 Logprobs are the log-softmax of the raw logits, before any of the processing (vLLM's default), so they
 describe the model rather than the sampling settings.
@@ -7,7 +9,6 @@ describe the model rather than the sampling settings.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -49,8 +50,6 @@ class SamplerOutput:
     logprob_rows: list[int]        # which rows `logprobs` describes, in order
 
 
-Masks = tuple[list[int], Future]     # the masked rows, and their bitmask being filled
-
 _MAX_PENALISED = 1e30     # the largest logit a repetition penalty may make: / 1e-5 (greedy below) stays finite
 
 
@@ -58,35 +57,26 @@ class Sampler:
     """Turns the logits of the sequences that reached their next token into that token."""
 
     def __init__(self, eos_token_ids: list[int], kernels: KernelSet, vocab_size: int,
-                 special_token_ids: list[int]) -> None:
+                 device: torch.device) -> None:
         self.eos_token_ids = eos_token_ids
         self.kernels = kernels
         self.vocab_size = vocab_size
-        # Structured outputs never draw a special token but the end (EOS): its text is not in the output.
-        self._keep = structured_output.keep_mask(sorted(set(special_token_ids) - set(eos_token_ids)), vocab_size)
-        self._masks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-masks")
+        self._device = device
+        self._batch = None       # xgrammar's batched filler, made with the first structured output's masks
 
-    def start_masks(self, seqs: list[Sequence]) -> Masks | None:
-        """Start filling the token masks of the structured-output sequences among `seqs` (the rows of the coming
-        logits) on a thread, so that it overlaps the forward; None when there are none."""
-        rows = [i for i, seq in enumerate(seqs) if seq.matcher is not None]
-        if not rows:
-            return None
-        matchers = [seqs[i].matcher for i in rows]
-        return rows, self._masks.submit(structured_output.fill_bitmask, matchers, self.vocab_size, self._keep)
-
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], masks: Masks | None = None) -> SamplerOutput:
-        """logits [B, V] float32, one row per sequence in `seqs`; `masks` from `start_masks(seqs)`."""
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
+        """logits [B, V] float32, one row per sequence in `seqs`."""
         device = logits.device
+        mask_rows = [i for i, seq in enumerate(seqs) if seq.matcher is not None]
+        bitmask = self._fill_masks([seqs[i].matcher for i in mask_rows]) if mask_rows else None
         logprob_rows = [i for i, seq in enumerate(seqs) if seq.params.logprobs is not None]
         rows = to_device(logprob_rows, torch.int64, device) if logprob_rows else None
         raw = torch.log_softmax(logits[rows], dim=-1) if rows is not None else None
         self._suppress_stops(logits, seqs)
         self._add_bias(logits, seqs)
         self._penalise(logits, seqs)
-        if masks is not None:
-            mask_rows, bitmask = masks
-            self.kernels.apply_token_bitmask(logits, tensor_to_device(bitmask.result(), device),
+        if bitmask is not None:
+            self.kernels.apply_token_bitmask(logits, tensor_to_device(bitmask, device),
                                              to_device(mask_rows, torch.int64, device))
         vocab = logits.shape[-1]
         params = [seq.params for seq in seqs]
@@ -104,6 +94,12 @@ class Sampler:
             ks = [seqs[i].params.logprobs for i in logprob_rows]
             top = top_logprobs(raw, drawn[rows], ks)
         return SamplerOutput(drawn.tolist(), top, logprob_rows)
+
+    def _fill_masks(self, states: list[structured_output.GrammarState]) -> torch.Tensor:
+        """The packed bitmask of the tokens each grammar allows next, on the host."""
+        if self._batch is None:
+            self._batch = structured_output.batch_matcher(self._device)
+        return structured_output.fill_bitmask(states, self.vocab_size, self._batch)
 
     def _suppress_stops(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         """Before min_tokens are out, EOS (unless ignored) and the stop token ids cannot be drawn."""

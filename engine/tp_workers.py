@@ -95,7 +95,7 @@ class TPWorkers:
 
     @classmethod
     def start_engine(cls, config: EngineConfig, model_config: ModelConfig, max_model_len: int,
-                     eos_token_ids: list[int], special_token_ids: list[int]) -> tuple[ModelRunner, TPWorkers]:
+                     eos_token_ids: list[int]) -> tuple[ModelRunner, TPWorkers]:
         """Rank 0 of a tensor-parallel engine: start the workers, join the group with them, load this rank's
         slices. On failure nothing is left running."""
         from engine.model_runner import ModelRunner
@@ -105,7 +105,7 @@ class TPWorkers:
         try:
             tp = TensorParallel(0, config.tensor_parallel_size)
             workers.join_group(tp, config.torch_device(0))
-            runner = ModelRunner(config, model_config, max_model_len, eos_token_ids, tp, special_token_ids)
+            runner = ModelRunner(config, model_config, max_model_len, eos_token_ids, tp)
         except BaseException:
             workers.shutdown(None)
             raise

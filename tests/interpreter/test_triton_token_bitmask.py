@@ -34,9 +34,16 @@ def test_triton_matches_the_reference(vocab, words):
                                                      logits[2, :min(vocab, 32 * words)])
 
 
-def test_the_reference_matches_xgrammar():
+@pytest.mark.parametrize("every_row", [False, True])       # a subset of rows (gather, scatter), or all in order
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_the_reference_matches_xgrammar(every_row, dtype):
     logits, bitmask, rows = _case(1500, 47, seed=1)
+    logits = logits.to(dtype)
+    if every_row:
+        rows = torch.arange(logits.shape[0])
+        bitmask = torch.cat([bitmask, bitmask])
     ours = reference(logits.clone(), bitmask, rows)
+    assert ours.dtype == dtype
     theirs = logits.clone()
     full = torch.full((logits.shape[0], bitmask.shape[1]), -1, dtype=torch.int32)    # xgrammar's: one row per logit row
     full[rows] = bitmask

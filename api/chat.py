@@ -19,8 +19,8 @@ from api.runner import Job, abort, collect, outputs, submit
 from api.sampling import chat_prompt, check_context, sampling_params
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
 from api.streaming import EventStreamResponse, StreamUsage, framed, usage
+from api.tool_parser import merge
 from engine.outputs import CompletionOutput, RequestOutput
-from engine.request_stream import OutputAccumulator
 
 router = APIRouter()
 
@@ -84,11 +84,11 @@ class _View:
             message["reasoning_content"] = thinking
         if not self._calls_tools:
             return message, choice.finish_reason
-        message["content"], calls = tools.read_calls(text, self.body.effective_tool_choice,
-                                                     self.state.settings.tool_call_parser)
+        reader = tools.reader(self.body.effective_tool_choice, self.state.settings.tool_call_parser)
+        message["content"], calls = merge(reader.feed(text, final=True))
         if not calls:
             return message, choice.finish_reason
-        return {**message, "tool_calls": calls}, "tool_calls" if choice.finish_reason == "stop" else "length"
+        return {**message, "tool_calls": calls}, _finish(choice.finish_reason, True)
 
     def _usage(self, choices: list[CompletionOutput]) -> dict:
         """usage, with the thinking's tokens in completion_tokens_details when a reasoning parser is set."""
@@ -126,8 +126,8 @@ class _View:
 
     async def events(self) -> AsyncIterator[dict]:
         """The chunks of the streamed response: every choice's role chunk first, then content deltas (reasoning
-        deltas apart with a reasoning parser; with a named tool_choice, the call's id and name, then its argument
-        fragments as they are generated)."""
+        deltas apart with a reasoning parser; with tools, OpenAI's call deltas: a call's id and name once its name
+        is generated, then its argument fragments as they are)."""
         job = self.job
         tracker = StreamUsage(self.body.stream_options, job.prompt_tokens)
         for index in range(job.n):
@@ -135,12 +135,10 @@ class _View:
             if self.body.return_token_ids and index == 0:
                 chunk["prompt_token_ids"] = job.prompts[0].token_ids
             yield chunk
-        named = self.body.effective_tool_choice
-        if not isinstance(named, tools.NamedToolChoice) and self._calls_tools:
-            async for chunk in self._tool_events(tracker):
-                yield chunk
-            return
         splits = [reasoning.StreamSplit() for _ in range(job.n)] if self.state.settings.reasoning_parser else None
+        choice_tools = self.body.effective_tool_choice
+        readers = ([tools.reader(choice_tools, self.state.settings.tool_call_parser) for _ in range(job.n)]
+                   if self._calls_tools else None)
         generated: list[list[int]] = [[] for _ in range(job.n)]
         async for _, output in outputs(self.state, job):
             for k, choice in enumerate(output.outputs):
@@ -149,57 +147,37 @@ class _View:
                 logprobs = self._logprobs(choice)
                 has_logprobs = logprobs is not None and bool(logprobs["content"])
                 ids = self.body.return_token_ids and bool(choice.token_ids)
-                delta = {"content": choice.text} if choice.text or not choice.finish_reason else {}
+                ended = choice.finish_reason is not None
+                delta = {"content": choice.text} if choice.text or not ended else {}
                 if splits is not None:
-                    thinking, text = splits[choice.index].add(choice.text, choice.finish_reason is not None)
+                    thinking, text = splits[choice.index].add(choice.text, ended)
                     delta = {key: value for key, value in (("reasoning_content", thinking), ("content", text))
                              if value}
                 finish_reason = choice.finish_reason
-                if isinstance(named, tools.NamedToolChoice):       # the text is the call's arguments, as it comes
-                    if len(generated[choice.index]) == len(choice.token_ids):     # the choice's first output
-                        start = {"tool_calls": [tools.call_start(named.function.name)]}
-                        yield self._chunk(choice.index, start, None, None, tracker.for_chunk(False))
-                    fragment = {"index": 0, "function": {"arguments": choice.text}}
-                    delta = {"tool_calls": [fragment]} if choice.text else {}
-                    finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
-                if not (delta or finish_reason or has_logprobs or ids):
+                deltas = [delta] if delta else []
+                if readers is not None:
+                    reader = readers[choice.index]
+                    thinking = {"reasoning_content": delta["reasoning_content"]} if "reasoning_content" in delta else {}
+                    deltas = ([thinking] if thinking else []) + reader.feed(delta.get("content", ""), ended)
+                    finish_reason = _finish(finish_reason, any(call.name for call in reader.calls))
+                if not (deltas or finish_reason or has_logprobs or ids):
                     continue
                 last = output.finished and k == len(output.outputs) - 1
-                chunk = self._chunk(choice.index, delta, logprobs, finish_reason,
-                                    self._details(tracker.for_chunk(last), generated) if last
-                                    else tracker.for_chunk(False))
-                if self.body.return_token_ids:
-                    chunk["choices"][0]["token_ids"] = choice.token_ids
-                yield chunk
+                deltas = deltas or [{}]
+                for i, part in enumerate(deltas):
+                    final = i == len(deltas) - 1
+                    chunk = self._chunk(choice.index, part, logprobs if i == 0 else None,
+                                        finish_reason if final else None,
+                                        self._details(tracker.for_chunk(True), generated) if last and final
+                                        else tracker.for_chunk(False))
+                    if self.body.return_token_ids and i == 0:
+                        chunk["choices"][0]["token_ids"] = choice.token_ids
+                    yield chunk
         closing = self._details(tracker.closing(), generated)
         if closing is not None:
             yield {**self._header("chat.completion.chunk"), "choices": [], "usage": closing}
 
-    async def _tool_events(self, tracker: StreamUsage) -> AsyncIterator[dict]:
-        """Streamed replies that may call tools: each choice is read whole once it ends (a call is not known to be
-        one before), then sent as OpenAI sends calls: its content, then per call a delta with the id and name and
-        one with the arguments, then the finish reason."""
-        job = self.job
-        accumulator = OutputAccumulator()            # a chat job has one prompt
-        async for _, output in outputs(self.state, job):
-            whole = accumulator.add(output)
-            for k, delta in enumerate(output.outputs):
-                tracker.add(len(delta.token_ids))
-                if delta.finish_reason is None:
-                    continue
-                choice = next(c for c in whole.outputs if c.index == delta.index)
-                message, finish_reason = self._message(choice)
-                if message["content"]:
-                    yield self._chunk(choice.index, {"content": message["content"]}, None, None,
-                                      tracker.for_chunk(False))
-                for i, call in enumerate(message.get("tool_calls", [])):
-                    name = {"index": i, "id": call["id"], "type": "function",
-                            "function": {"name": call["function"]["name"], "arguments": ""}}
-                    yield self._chunk(choice.index, {"tool_calls": [name]}, None, None, tracker.for_chunk(False))
-                    arguments = {"index": i, "function": {"arguments": call["function"]["arguments"]}}
-                    yield self._chunk(choice.index, {"tool_calls": [arguments]}, None, None, tracker.for_chunk(False))
-                yield self._chunk(choice.index, {}, None, finish_reason,
-                                  tracker.for_chunk(output.finished and k == len(output.outputs) - 1))
-        closing = tracker.closing()
-        if closing is not None:
-            yield {**self._header("chat.completion.chunk"), "choices": [], "usage": closing}
+
+def _finish(reason: str | None, calls: bool) -> str | None:
+    """A choice's finish reason: "tool_calls" when it ended naturally having called tools."""
+    return "tool_calls" if calls and reason == "stop" else reason

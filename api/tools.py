@@ -6,6 +6,7 @@ and the tool calls read back from the generated text.
   array of `{"name", "parameters"}` calls (one at most unless parallel_tool_calls).
 - `"auto"` lets the model choose, and a tool-call parser reads its calls: `hermes`, the
   `<tool_call>{"name": ..., "arguments": ...}</tool_call>` blocks of Qwen2.5/Qwen3 and Hermes models.
+- `api/tool_parser.py` reads the calls from the text, as it is generated when streaming.
 - `"none"` is plain chat (the tools are still rendered, as vLLM does: the model knows them but does not call).
   Without tool_choice, tools mean `"auto"`, as OpenAI's default.
 """
@@ -13,18 +14,16 @@ and the tool calls read back from the generated text.
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from typing import Annotated, Literal
 
 from pydantic import Field
 
 from api.errors import bad_request
 from api.strict import StrictModel
+from api.tool_parser import CallReader
 from engine.structured_output import StructuredOutputsParams
 
 PARSERS = ("hermes",)
-_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 
 class FunctionSpec(StrictModel):
@@ -101,37 +100,11 @@ def constraint(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bo
     return StructuredOutputsParams(json=array)
 
 
-def read_calls(text: str, choice: ToolChoice | None, parser: str | None) -> tuple[str | None, list[dict]]:
-    """(content, tool calls in OpenAI's response shape) read from one choice's text."""
+def reader(choice: ToolChoice | None, parser: str | None) -> CallReader:
+    """A reader of one choice's calls under `choice` (a named function, required, or auto with `parser`)."""
     if isinstance(choice, NamedToolChoice):
-        return None, [_call(choice.function.name, text)]
-    if choice == "required":
-        try:
-            calls = json.loads(text)
-        except ValueError:
-            return text, []                  # cut short (max_tokens): no complete call
-        return None, [_call(c["name"], json.dumps(c["parameters"], ensure_ascii=False)) for c in calls]
-    if choice == "auto" and parser == "hermes":
-        calls = []
-        for block in _HERMES.findall(text):
-            try:
-                call = json.loads(block)
-                calls.append(_call(call["name"], json.dumps(call.get("arguments", {}), ensure_ascii=False)))
-            except (ValueError, KeyError, TypeError):
-                continue                     # not a call: it stays in the content
-        content = _HERMES.sub("", text).strip() if calls else text
-        return content or None, calls
-    return text, []
-
-
-def call_start(name: str) -> dict:
-    """The first delta of a streamed call, as OpenAI sends it: its id, type and name, arguments to follow."""
-    return {"index": 0, **_call(name, "")}
-
-
-def _call(name: str, arguments: str) -> dict:
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-            "function": {"name": name, "arguments": arguments}}
+        return CallReader("named", choice.function.name)
+    return CallReader("required" if choice == "required" else parser)
 
 
 def for_template(calls: list[ToolCall]) -> list[dict]:

@@ -1,6 +1,7 @@
-"""A server with --reasoning-parser qwen3: the thinking goes to reasoning_content (and delta.reasoning_content when
-streamed), the rest to content, and usage counts the thinking's tokens. The random model is made to think with a
-structured-output regex; chat_template_kwargs reach the template."""
+"""A server with --reasoning-parser qwen3 and --tool-call-parser hermes: the thinking goes to reasoning_content
+(and delta.reasoning_content when streamed), the rest to content, and usage counts the thinking's tokens; calls
+the model makes with tool_choice auto are read from the rest, and stream as they are generated. The random model
+is made to think and call with a structured-output regex; chat_template_kwargs reach the template."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def thinker(main_checkpoint, tmp_path_factory):
     import openai
 
     log = tmp_path_factory.mktemp("reasoning") / "server.log"
-    proc = start_server(["--model", main_checkpoint, "--reasoning-parser", "qwen3"], log)
+    proc = start_server(["--model", main_checkpoint, "--reasoning-parser", "qwen3", "--tool-call-parser", "hermes"],
+                        log)
     try:
         url = wait_ready(proc, log)
         yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
@@ -90,3 +92,31 @@ def test_streamed_usage_counts_the_thinking(thinker):
     chunks = list(thinker.chat.completions.create(stream=True, stream_options={"include_usage": True}, **common))
     streamed = chunks[-1].usage
     assert streamed.completion_tokens_details.reasoning_tokens == whole.completion_tokens_details.reasoning_tokens > 0
+
+
+CALLING = {"regex": r'<think>[a-z]{2,6}</think>\n\nOk[a-z]{0,3}\.\n<tool_call>\n\{"name": "add", "arguments": '
+                    r'\{"a": [1-9]{1,3}, "b": [1-9]{1,3}\}\}\n</tool_call>'}
+TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}]
+
+
+def test_auto_calls_after_the_thinking_stream_as_they_are_generated(thinker):
+    common = dict(model=_model(thinker), messages=[{"role": "user", "content": "Add 1 and 2"}], seed=3,
+                  max_tokens=200, tools=TOOLS, tool_choice="auto", extra_body={"structured_outputs": CALLING})
+    whole = thinker.chat.completions.create(**common).choices[0]
+    assert whole.finish_reason == "tool_calls" and re.fullmatch("Ok[a-z]{0,3}\\.", whole.message.content)
+    assert re.fullmatch("[a-z]{2,6}", whole.message.model_extra["reasoning_content"])
+    (call,) = whole.message.tool_calls
+    assert call.function.name == "add" and re.fullmatch(r'\{"a": \d+, "b": \d+\}', call.function.arguments)
+    thinking, content, parts, finish = "", "", [], None
+    for chunk in thinker.chat.completions.create(stream=True, **common):
+        for choice in chunk.choices:
+            thinking += (choice.delta.model_extra or {}).get("reasoning_content") or ""
+            content += choice.delta.content or ""
+            parts += choice.delta.tool_calls or []
+            finish = choice.finish_reason or finish
+    assert (thinking, content, finish) == (whole.message.model_extra["reasoning_content"], whole.message.content,
+                                           "tool_calls")
+    assert parts[0].id and parts[0].function.name == "add" and parts[0].function.arguments == ""
+    assert len(parts) > 2                   # the arguments came in fragments, as they were generated
+    assert "".join(p.function.arguments for p in parts) == call.function.arguments

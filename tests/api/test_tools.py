@@ -9,7 +9,7 @@ import json
 import jsonschema
 import pytest
 
-from api.tools import NamedToolChoice, Tool, constraint, read_calls
+from api.tools import Tool, constraint
 
 WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "days"],
            "properties": {"city": {"type": "string", "maxLength": 10}, "days": {"type": "integer", "minimum": 1,
@@ -104,19 +104,6 @@ def test_tool_choice_none_is_plain_chat(server, client):
     r = client.chat.completions.create(model=server.model, messages=MESSAGES, tools=TOOLS, tool_choice="none",
                                        max_tokens=5)
     assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason in ("stop", "length")
-
-
-def test_the_hermes_parser_reads_calls_and_keeps_the_rest():
-    text = 'Let me check.\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>\n' \
-           '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}</tool_call>'
-    content, calls = read_calls(text, "auto", "hermes")
-    assert content == "Let me check."
-    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
-        ("add", {"a": 1, "b": 2}), ("get_weather", {"city": "Oslo", "days": 2})]
-    assert read_calls("no calls <tool_call>not json</tool_call>", "auto", "hermes") == (
-        "no calls <tool_call>not json</tool_call>", [])
-    named = NamedToolChoice.model_validate({"type": "function", "function": {"name": "add"}})
-    assert read_calls('{"a": 1, "b": 2}', named, None)[1][0]["function"]["arguments"] == '{"a": 1, "b": 2}'
 
 
 def test_langchain_bind_tools_with_a_forced_tool(server):

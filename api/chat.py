@@ -12,12 +12,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from api import reasoning, tools
-from api.logprobs import chat_logprobs
+from api.errors import bad_request
+from api.logprobs import chat_logprobs, prompt_logprobs, token_table
+from api.perf_metrics import perf_metrics
 from api.protocol import ChatCompletionRequest
 from api.responses import ChatCompletionChunk, ChatCompletionResponse, generation_responses
 from api.runner import Job, abort, collect, outputs, submit
 from api.sampling import chat_prompt, check_context, sampling_params
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
+from api.stops import stop_fields
 from api.streaming import EventStreamResponse, StreamUsage, framed, usage
 from api.tool_parser import merge
 from engine.outputs import CompletionOutput, RequestOutput
@@ -33,6 +36,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     state = server_state(request)
     body.check()
     check_model(state, body.model)
+    if body.chat_template is not None and not state.settings.trust_request_chat_template:
+        raise bad_request("This server does not render a request's own chat_template; start it with "
+                          "--trust-request-chat-template to allow it.", "chat_template")
     llm = state.llm
     prompt = await asyncio.to_thread(chat_prompt, body, llm.tokenizer, llm.max_model_len)   # as completions
     max_tokens = body.max_tokens_requested(None)
@@ -40,7 +46,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     top = (body.top_logprobs or 0) if body.logprobs else None
     parser = state.settings.tool_call_parser
     tool_constraint = tools.constraint(body.tools, body.effective_tool_choice, body.parallel_tool_calls, parser)
-    params = sampling_params(body, n=body.n or 1, max_tokens=max_tokens, logprobs=top, prompt_logprobs=None,
+    params = sampling_params(body, n=body.n or 1, max_tokens=max_tokens, logprobs=top,
+                             prompt_logprobs=body.prompt_logprobs,
                              vocab_size=state.vocab_size, tool_constraint=tool_constraint)
     job = Job("chatcmpl", body.model, [prompt], params, params.n, arrival=arrival)
     view = _View(state, job, body)
@@ -58,6 +65,10 @@ class _View:
 
     def __init__(self, state: ServerState, job: Job, body: ChatCompletionRequest) -> None:
         self.state, self.job, self.body = state, job, body
+        self.tokens = token_table(state.tokens, body.return_tokens_as_token_ids,
+                                  state.settings.return_tokens_as_token_ids)
+        last = body.messages[-1]            # vLLM's echo: the last message, when it is of the reply's role
+        self.echo = last.text() if body.echo and (not body.generation_prompt or last.role == "assistant") else ""
 
     def _header(self, obj: str) -> dict:
         job = self.job
@@ -68,7 +79,7 @@ class _View:
         if not self.body.logprobs:
             return None
         k = self.body.top_logprobs or 0
-        return {"content": chat_logprobs(self.state.tokens, choice.token_ids, choice.logprobs or [], k)}
+        return {"content": chat_logprobs(self.tokens, choice.token_ids, choice.logprobs or [], k)}
 
     @property
     def _calls_tools(self) -> bool:
@@ -92,7 +103,8 @@ class _View:
 
     def _usage(self, choices: list[CompletionOutput]) -> dict:
         """usage, with the thinking's tokens in completion_tokens_details when a reasoning parser is set."""
-        return self._details(usage(self.job.prompt_tokens, sum(len(c.token_ids) for c in choices)),
+        return self._details(usage(self.job.prompt_tokens, sum(len(c.token_ids) for c in choices),
+                                   self.job.cached_tokens()),
                              [c.token_ids for c in choices])
 
     def _details(self, counts: dict | None, token_ids: list[list[int]]) -> dict | None:
@@ -108,20 +120,29 @@ class _View:
         choices = []
         for choice in sorted(final.outputs, key=lambda c: c.index):
             message, finish_reason = self._message(choice)
+            if self.echo:
+                message["content"] = self.echo + (message["content"] or "")
             entry = {"index": choice.index, "message": message, "logprobs": self._logprobs(choice),
-                     "finish_reason": finish_reason}
+                     "finish_reason": finish_reason,
+                     **stop_fields(choice.finish_reason, choice.stop_reason,
+                                   choice.token_ids[-1] if choice.token_ids else None)}
             if self.body.return_token_ids:
                 entry["token_ids"] = choice.token_ids
             choices.append(entry)
         body = {**self._header("chat.completion"), "choices": choices, "usage": self._usage(final.outputs)}
+        if self.body.perf_metrics_in_response:
+            body["perf_metrics"] = perf_metrics(self.job)
+        body["prompt_logprobs"] = None if self.body.prompt_logprobs is None else prompt_logprobs(
+            self.tokens, self.job.prompts[0].token_ids, final.prompt_logprobs, self.body.prompt_logprobs)
         if self.body.return_token_ids:
             body["prompt_token_ids"] = self.job.prompts[0].token_ids
         return body
 
     def _chunk(self, index: int, delta: dict, logprobs: dict | None, finish_reason: str | None,
-               usage_now: dict | None) -> dict:
+               usage_now: dict | None, stop: dict | None = None) -> dict:
         return {**self._header("chat.completion.chunk"),
-                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason,
+                             **(stop or _NO_STOP)}],
                 "usage": usage_now}
 
     async def events(self) -> AsyncIterator[dict]:
@@ -129,21 +150,26 @@ class _View:
         deltas apart with a reasoning parser; with tools, OpenAI's call deltas: a call's id and name once its name
         is generated, then its argument fragments as they are)."""
         job = self.job
-        tracker = StreamUsage(self.body.stream_options, job.prompt_tokens)
+        tracker = StreamUsage(self.body.stream_options, job.prompt_tokens, job.cached_tokens)
         for index in range(job.n):
             chunk = self._chunk(index, {"role": "assistant", "content": ""}, None, None, tracker.for_chunk(False))
             if self.body.return_token_ids and index == 0:
                 chunk["prompt_token_ids"] = job.prompts[0].token_ids
             yield chunk
+            if self.echo:
+                yield self._chunk(index, {"content": self.echo}, None, None, tracker.for_chunk(False))
         splits = [reasoning.StreamSplit() for _ in range(job.n)] if self.state.settings.reasoning_parser else None
         choice_tools = self.body.effective_tool_choice
         readers = ([tools.reader(choice_tools, self.state.settings.tool_call_parser) for _ in range(job.n)]
                    if self._calls_tools else None)
         generated: list[list[int]] = [[] for _ in range(job.n)]
+        last_token: dict[int, int] = {}
         async for _, output in outputs(self.state, job):
             for k, choice in enumerate(output.outputs):
                 tracker.add(len(choice.token_ids))
                 generated[choice.index] += choice.token_ids
+                if choice.token_ids:
+                    last_token[choice.index] = choice.token_ids[-1]
                 logprobs = self._logprobs(choice)
                 has_logprobs = logprobs is not None and bool(logprobs["content"])
                 ids = self.body.return_token_ids and bool(choice.token_ids)
@@ -169,13 +195,20 @@ class _View:
                     chunk = self._chunk(choice.index, part, logprobs if i == 0 else None,
                                         finish_reason if final else None,
                                         self._details(tracker.for_chunk(True), generated) if last and final
-                                        else tracker.for_chunk(False))
+                                        else tracker.for_chunk(False),
+                                        stop_fields(choice.finish_reason, choice.stop_reason,
+                                                    last_token.get(choice.index)) if final else None)
                     if self.body.return_token_ids and i == 0:
                         chunk["choices"][0]["token_ids"] = choice.token_ids
+                    if last and final and self.body.perf_metrics_in_response:
+                        chunk["perf_metrics"] = perf_metrics(job)
                     yield chunk
         closing = self._details(tracker.closing(), generated)
         if closing is not None:
             yield {**self._header("chat.completion.chunk"), "choices": [], "usage": closing}
+
+
+_NO_STOP = {"stop_reason": None, "matched_stop": None}
 
 
 def _finish(reason: str | None, calls: bool) -> str | None:

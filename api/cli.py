@@ -80,6 +80,11 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
                         "<tool_call>{json}</tool_call>, Qwen2.5/Qwen3 and Hermes models); without it, 'auto' is a 400")
     p.add_argument("--reasoning-parser", default=None, choices=REASONING_PARSERS,
                    help="put a chat reply's thinking in reasoning_content (qwen3: <think>...</think>)")
+    p.add_argument("--return-tokens-as-token-ids", action="store_true",
+                   help="write every logprob token as token_id:N (a request can ask with return_tokens_as_token_ids)")
+    p.add_argument("--trust-request-chat-template", action="store_true",
+                   help="render a chat request's own chat_template (without it, such a request is a 400)")
+    p.add_argument("--root-path", default="", help="the path prefix a proxy serves this server under")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
@@ -144,7 +149,10 @@ def server_settings(args: argparse.Namespace, model: str):
 
     name = args.served_model_name or Path(model).resolve().name
     return ServerSettings(name, args.api_key or os.environ.get("API_KEY") or None, args.max_request_bytes,
-                          args.tool_call_parser, args.reasoning_parser)
+                          args.tool_call_parser, args.reasoning_parser,
+                          return_tokens_as_token_ids=args.return_tokens_as_token_ids,
+                          trust_request_chat_template=args.trust_request_chat_template,
+                          root_path=args.root_path.rstrip("/"))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

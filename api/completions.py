@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from api.logprobs import LegacyLogprobs, echo_offsets, echo_text, merge_legacy
+from api.logprobs import LegacyLogprobs, echo_offsets, echo_text, merge_legacy, prompt_logprobs, token_table
+from api.perf_metrics import perf_metrics
 from api.protocol import CompletionRequest
 from api.responses import CompletionResponse, generation_responses
 from api.runner import Job, abort, collect, outputs, submit
 from api.sampling import check_context, completion_prompts, sampling_params
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
+from api.stops import stop_fields
 from api.streaming import EventStreamResponse, StreamUsage, framed, usage
 from engine.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 
@@ -42,8 +44,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     best_of = body.best_of or n
     # best_of ranks the candidates by cumulative logprob, which the engine tracks when logprobs are on.
     logprobs = body.logprobs if body.logprobs is not None else (0 if best_of > n else None)
+    wanted = [k for k in (body.logprobs if body.echo else None, body.prompt_logprobs) if k is not None]
     params = sampling_params(body, n=best_of, max_tokens=max_tokens, logprobs=logprobs,
-                             prompt_logprobs=body.logprobs if body.echo else None, vocab_size=state.vocab_size)
+                             prompt_logprobs=max(wanted) if wanted else None, vocab_size=state.vocab_size)
     job = Job("cmpl", body.model, prompts, params, n, arrival=arrival)
     view = _View(state, job, body)
     await submit(state, job)
@@ -71,6 +74,8 @@ class _View:
         self.state, self.job, self.body = state, job, body
         self.skip_special = body.skip_special_tokens is not False
         self.echoes = [echo_text(state.llm.tokenizer, p) if body.echo else "" for p in job.prompts]
+        self.tokens = token_table(state.tokens, body.return_tokens_as_token_ids,
+                                  state.settings.return_tokens_as_token_ids)
 
     def _header(self) -> dict:
         job = self.job
@@ -82,7 +87,7 @@ class _View:
             return None
         tokenizer = self.state.llm.tokenizer
         prompt_ids = self.job.prompts[p].token_ids
-        return LegacyLogprobs(self.state.tokens, tokenizer.detokenizer(prompt_ids, self.skip_special),
+        return LegacyLogprobs(self.tokens, tokenizer.detokenizer(prompt_ids, self.skip_special),
                               len(self.echoes[p]))
 
     def _logprobs(self, p: int, builder: LegacyLogprobs | None, first: bool,
@@ -96,8 +101,10 @@ class _View:
             part = merge_legacy(builder.prompt(prompt.token_ids, prompt_logprobs, offsets), part)
         return part
 
-    def _choice(self, index: int, text: str, logprobs: dict | None, finish_reason: str | None) -> dict:
-        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+    def _choice(self, index: int, text: str, logprobs: dict | None, choice: CompletionOutput,
+                last_token: int | None) -> dict:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": choice.finish_reason,
+                **stop_fields(choice.finish_reason, choice.stop_reason, last_token)}
 
     def response(self, finals: list[RequestOutput]) -> dict:
         """The whole (non-streamed) response."""
@@ -109,20 +116,27 @@ class _View:
                 candidates = sorted(candidates, key=lambda c: c.cumulative_logprob, reverse=True)[:n]
             for j, choice in enumerate(candidates):
                 logprobs = self._logprobs(p, self._builder(p), True, output.prompt_logprobs, choice)
-                entry = self._choice(p * n + j, self.echoes[p] + choice.text, logprobs, choice.finish_reason)
+                entry = self._choice(p * n + j, self.echoes[p] + choice.text, logprobs, choice,
+                                     choice.token_ids[-1] if choice.token_ids else None)
+                entry["prompt_logprobs"] = None if self.body.prompt_logprobs is None else prompt_logprobs(
+                    self.tokens, job.prompts[p].token_ids, output.prompt_logprobs, self.body.prompt_logprobs)
                 if self.body.return_token_ids:
                     entry.update(prompt_token_ids=job.prompts[p].token_ids, token_ids=choice.token_ids)
                 choices.append(entry)
         generated = sum(len(c.token_ids) for output in finals for c in output.outputs)
-        return {**self._header(), "choices": choices, "usage": usage(job.prompt_tokens, generated)}
+        body = {**self._header(), "choices": choices, "usage": usage(job.prompt_tokens, generated, job.cached_tokens())}
+        if self.body.perf_metrics_in_response:
+            body["perf_metrics"] = perf_metrics(job)
+        return body
 
     async def events(self) -> AsyncIterator[dict]:
         """The chunks of the streamed response."""
         job, n = self.job, self.job.n
-        tracker = StreamUsage(self.body.stream_options, job.prompt_tokens)
+        tracker = StreamUsage(self.body.stream_options, job.prompt_tokens, job.cached_tokens)
         states: dict[int, _ChoiceState] = {}
         prompt_logprobs: dict[int, list] = {}
         finished = 0
+        last_token: dict[int, int] = {}
         async for p, output in outputs(self.state, job):
             if output.prompt_logprobs is not None:
                 prompt_logprobs.setdefault(p, output.prompt_logprobs)
@@ -132,19 +146,24 @@ class _View:
                 st = states.get(index) or states.setdefault(index, _ChoiceState(True, self.echoes[p], self._builder(p)))
                 logprobs = self._logprobs(p, st.logprobs, st.first, prompt_logprobs.get(p), choice)
                 tracker.add(len(choice.token_ids))
+                if choice.token_ids:
+                    last_token[index] = choice.token_ids[-1]
                 text = (st.echo if st.first else "") + choice.text
                 last = finished == len(job.prompts) and output.finished and k == len(output.outputs) - 1
                 ids = self.body.return_token_ids
                 has_logprobs = logprobs is not None and bool(logprobs["tokens"])
                 if not (text or choice.finish_reason or has_logprobs or (ids and (st.first or choice.token_ids))):
                     continue
-                entry = self._choice(index, text, logprobs, choice.finish_reason)
+                entry = self._choice(index, text, logprobs, choice, last_token.get(index))
                 if ids:
                     if st.first:
                         entry["prompt_token_ids"] = job.prompts[p].token_ids
                     entry["token_ids"] = choice.token_ids
                 st.first = False
-                yield {**self._header(), "choices": [entry], "usage": tracker.for_chunk(last)}
+                chunk = {**self._header(), "choices": [entry], "usage": tracker.for_chunk(last)}
+                if last and self.body.perf_metrics_in_response:
+                    chunk["perf_metrics"] = perf_metrics(job)
+                yield chunk
         closing = tracker.closing()
         if closing is not None:
             yield {**self._header(), "choices": [], "usage": closing}

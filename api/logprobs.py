@@ -103,11 +103,45 @@ class TokenTable:
         return self._entry(token_id)[1]
 
 
+class TokenIds:
+    """The token table of return_tokens_as_token_ids: every token written `token_id:N` (vLLM's), its bytes those
+    of that string."""
+
+    def text(self, token_id: int) -> str:
+        """`token_id:N`."""
+        return f"token_id:{token_id}"
+
+    def bytes(self, token_id: int) -> bytes:
+        """The bytes of `token_id:N`."""
+        return self.text(token_id).encode()
+
+
+def token_table(state_tokens: TokenTable, request_asks: bool | None, server_asks: bool) -> TokenTable | TokenIds:
+    """How a request's logprob tokens are written: as text, or as token ids when the request or the server asks."""
+    return TokenIds() if request_asks or server_asks else state_tokens
+
+
+def prompt_logprobs(tokens: TokenTable | TokenIds, token_ids: list[int], rows: list[PositionLogprobs | None] | None,
+                    k: int) -> list[dict | None]:
+    """vLLM's `prompt_logprobs`: per prompt token (the first has none: null) a dict of token id to its logprob,
+    rank and decoded_token, for the prompt's token and the k most likely ones."""
+    out: list[dict | None] = []
+    for token, row in zip(token_ids, rows or [None] * len(token_ids)):
+        if row is None:
+            out.append(None)
+            continue
+        ranked = sorted(row.items(), key=lambda item: (item[1].rank, -item[1].logprob))[:k]
+        kept = {token: row[token], **dict(ranked)}
+        out.append({str(t): {"logprob": finite(lp.logprob), "rank": lp.rank, "decoded_token": tokens.text(t)}
+                    for t, lp in kept.items()})
+    return out
+
+
 class LegacyLogprobs:
     """Completions logprobs for one choice, built chunk by chunk: tokens, token_logprobs, top_logprobs and
     text_offset, the character offset of each token in the choice's text (echoed prompt included)."""
 
-    def __init__(self, tokens: TokenTable, detokenizer: IncrementalDetokenizer, offset: int = 0) -> None:
+    def __init__(self, tokens: TokenTable | TokenIds, detokenizer: IncrementalDetokenizer, offset: int = 0) -> None:
         self.tokens = tokens
         self.detokenizer = detokenizer
         self.offset = offset
@@ -178,7 +212,8 @@ def _empty() -> dict:
     return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
 
 
-def chat_logprobs(tokens: TokenTable, token_ids: list[int], logprobs: list[PositionLogprobs], k: int) -> list[dict]:
+def chat_logprobs(tokens: TokenTable | TokenIds, token_ids: list[int], logprobs: list[PositionLogprobs],
+                  k: int) -> list[dict]:
     """Chat `logprobs.content`: per token its string, logprob, bytes, and its k most likely alternatives."""
     content = []
     for token, row in zip(token_ids, logprobs):
@@ -188,5 +223,5 @@ def chat_logprobs(tokens: TokenTable, token_ids: list[int], logprobs: list[Posit
     return content
 
 
-def _chat_token(tokens: TokenTable, token: int, logprob: float) -> dict:
+def _chat_token(tokens: TokenTable | TokenIds, token: int, logprob: float) -> dict:
     return {"token": tokens.text(token), "logprob": finite(logprob), "bytes": list(tokens.bytes(token))}

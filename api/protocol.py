@@ -3,7 +3,8 @@
 The field types are the schema /openapi.json publishes and the validation in one: ranges, lengths and the
 values of unsupported parameters that are still accepted (null, empty) live in the field definitions; `before`
 validators only word the errors. Rules that involve several fields live in `check()`, and those JSON Schema can
-say are also published as the model's `RULES`. `null` for an optional field means "the default", except
+say (and schemathesis can generate from: not those of prompt_logprobs and continue_final_message) are also
+published as the model's `RULES`. `null` for an optional field means "the default", except
 `max_tokens`/`max_completion_tokens`, where an explicit null means "until the context is full" (see
 `max_tokens_requested`).
 """
@@ -124,6 +125,10 @@ class SamplingRequest(StrictModel):
     skip_special_tokens: bool | None = None
     context_length_exceeded_behavior: Literal["truncate", "error"] | None = None
     return_token_ids: bool | None = None
+    return_tokens_as_token_ids: bool | None = None
+    prompt_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    truncate_prompt_tokens: Annotated[int, Field(ge=1)] | None = None
+    perf_metrics_in_response: bool | None = None
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
 
@@ -162,6 +167,8 @@ class SamplingRequest(StrictModel):
             raise bad_request("Send max_tokens or max_completion_tokens, not both.", "max_completion_tokens")
         if self.stream_options is not None and not self.stream:
             raise bad_request("stream_options is only allowed with stream: true.", "stream_options")
+        if self.prompt_logprobs is not None and self.stream:
+            raise bad_request("prompt_logprobs are not available when stream is true.", "prompt_logprobs")
 
 
 class CompletionRequest(SamplingRequest):
@@ -285,6 +292,10 @@ class ChatCompletionRequest(SamplingRequest):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    chat_template: Text | None = None
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+    echo: bool | None = None
 
     @field_validator("chat_template_kwargs")
     @classmethod
@@ -319,3 +330,16 @@ class ChatCompletionRequest(SamplingRequest):
                 raise bad_request("tool_call_id is only allowed on tool messages.", f"messages[{i}].tool_call_id")
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("top_logprobs requires logprobs: true.", "top_logprobs")
+        if self.continue_final_message and self.add_generation_prompt:
+            raise bad_request("continue_final_message and add_generation_prompt cannot both be true.",
+                              "continue_final_message")
+        if self.continue_final_message and self.messages[-1].role != "assistant":
+            raise bad_request("continue_final_message needs the last message to be the assistant's.",
+                              "continue_final_message")
+
+    @property
+    def generation_prompt(self) -> bool:
+        """Whether the template adds the assistant's turn opening: yes unless told, or continuing the last
+        message."""
+        return self.add_generation_prompt if self.add_generation_prompt is not None else \
+            not self.continue_final_message

@@ -13,13 +13,40 @@ class CompletionTokensDetails(BaseModel):
     reasoning_tokens: int
 
 
+class PromptTokensDetails(BaseModel):
+    """Where the prompt tokens came from: cached_tokens were served from the prefix cache."""
+
+    cached_tokens: int
+
+
 class Usage(BaseModel):
     """Token counts: prompts once each, completions summed over all generated choices."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
     completion_tokens_details: CompletionTokensDetails | None = None
+
+
+class PromptLogprob(BaseModel):
+    """vLLM's: a prompt position's token (or an alternative), its logprob, rank and text."""
+
+    logprob: float
+    rank: int
+    decoded_token: str
+
+
+# Per prompt token (the first null), token id -> its entry: the prompt's token and the k most likely.
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
+class StopFields(BaseModel):
+    """Why a choice stopped: vLLM's stop_reason (the stop string or token id; null for EOS and length) and
+    SGLang's matched_stop (the same, or the EOS token id)."""
+
+    stop_reason: str | int | None = None
+    matched_stop: str | int | None = None
 
 
 class LegacyLogprobs(BaseModel):
@@ -31,24 +58,28 @@ class LegacyLogprobs(BaseModel):
     text_offset: list[int]
 
 
-class CompletionChoice(BaseModel):
+class CompletionChoice(StopFields):
     """One completion."""
 
     index: int
     text: str
     logprobs: LegacyLogprobs | None = None
     finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+    prompt_logprobs: PromptLogprobs | None = None
     prompt_token_ids: list[int] | None = None
     token_ids: list[int] | None = None
 
 
 class Generated(BaseModel):
-    """What every generation body and streamed chunk carries."""
+    """What every generation body and streamed chunk carries; with perf_metrics_in_response, the body (or the
+    stream's last chunk) carries Fireworks' perf_metrics: prompt-tokens, cached-prompt-tokens,
+    server-time-to-first-token, server-processing-time, prefill-queue-duration, prefill-duration (seconds)."""
 
     id: str
     created: int
     model: str
     system_fingerprint: str | None = None
+    perf_metrics: dict[str, float] | None = None
 
 
 class CompletionResponse(Generated):
@@ -103,7 +134,7 @@ class ChatMessageOut(BaseModel):
     tool_calls: list[ToolCallOut] | None = None
 
 
-class ChatChoiceBase(BaseModel):
+class ChatChoiceBase(StopFields):
     """What a reply and a streamed part of one carry."""
 
     index: int
@@ -124,6 +155,7 @@ class ChatCompletionResponse(Generated):
     object: Literal["chat.completion"]
     choices: list[ChatChoice]
     usage: Usage
+    prompt_logprobs: PromptLogprobs | None = None
     prompt_token_ids: list[int] | None = None
 
 

@@ -40,6 +40,8 @@ class Job:
     created: int = field(default_factory=lambda: int(time.time()))
     arrival: float = field(default_factory=time.monotonic)
     streams: list[RequestStream] = field(default_factory=list)
+    cached: dict[int, int] = field(default_factory=dict)     # prompt index -> its tokens the prefix cache served
+    timings: dict[int, dict[str, float]] = field(default_factory=dict)   # prompt index -> its engine timestamps
 
     def __post_init__(self) -> None:
         self.request_id = f"{self.prefix}-{uuid.uuid4().hex}"
@@ -48,6 +50,10 @@ class Job:
     def prompt_tokens(self) -> int:
         """usage.prompt_tokens: each prompt counted once, whatever n is."""
         return sum(len(p.token_ids) for p in self.prompts)
+
+    def cached_tokens(self) -> int:
+        """usage.prompt_tokens_details.cached_tokens: the prompt tokens served from the prefix cache so far."""
+        return sum(self.cached.values())
 
 
 async def submit(state: ServerState, job: Job) -> None:
@@ -95,6 +101,9 @@ async def outputs(state: ServerState, job: Job) -> AsyncIterator[tuple[int, Requ
     timers = [state.metrics.timer(job.arrival) for _ in job.streams]
     try:
         async for p, output in _merged(job.streams):
+            job.cached[p] = max(job.cached.get(p, 0), output.num_cached_tokens)
+            if output.metrics:
+                job.timings[p] = output.metrics
             timers[p].observe(output)
             yield p, output
     except EngineDeadError as exc:

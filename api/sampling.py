@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from api.errors import APIError, bad_request
-from api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from api.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingRequest
 from api.structured import constraint
-from api.tools import for_template
+from api.tools import Tool, for_template
 from engine.sampling_params import SamplingParams
 from engine.structured_output import StructuredOutputsParams
 from engine.tokenizer import PromptTooLongError, Tokenizer
@@ -36,31 +36,63 @@ def completion_prompts(request: CompletionRequest, tokenizer: Tokenizer, vocab_s
         items = [list(raw)]
     else:
         items = list(raw)
+    keep = _kept_tokens(request, max_model_len)
     prompts = []
     for item in items:
         if isinstance(item, str):
-            try:
-                prompts.append(Prompt(tokenizer.encode(item, limit=max_model_len - 1), item))
+            try:        # truncating reads the whole text (bounded by the body size) to keep its end
+                prompt = Prompt(tokenizer.encode(item, limit=None if keep else max_model_len - 1), item)
             except PromptTooLongError as exc:
                 raise context_exceeded(max_model_len, exc, "prompt") from None
         else:
             if max(item) >= vocab_size:
                 raise bad_request(f"Prompt token ids must be below the vocabulary size {vocab_size}.", "prompt")
-            prompts.append(Prompt(item))
+            prompt = Prompt(item)
+        if keep and len(prompt.token_ids) > keep:
+            prompt = Prompt(prompt.token_ids[-keep:])       # echoed as its tokens, not as the text sent
+        prompts.append(prompt)
     for prompt in prompts:
         if not prompt.token_ids:
             raise bad_request("The prompt is empty after tokenization; send at least one token.", "prompt")
     return prompts
 
 
+def _kept_tokens(request: SamplingRequest, max_model_len: int) -> int | None:
+    """truncate_prompt_tokens (vLLM's): keep the prompt's last k tokens; None to keep them all."""
+    keep = request.truncate_prompt_tokens
+    if keep is not None and keep >= max_model_len:
+        raise bad_request(f"truncate_prompt_tokens must be below the context length {max_model_len}, got {keep}.",
+                          "truncate_prompt_tokens")
+    return keep
+
+
 def chat_prompt(request: ChatCompletionRequest, tokenizer: Tokenizer, max_model_len: int) -> Prompt:
-    """The conversation rendered with the model's chat template (add_generation_prompt) as token ids; one that
-    cannot fit the context is refused (400) after tokenizing only a bounded prefix of it."""
-    if not tokenizer.has_chat_template:
+    """The conversation rendered with the model's chat template (or the request's `chat_template`) as token ids,
+    with or without the assistant's turn opening, or continuing the last message; one that cannot fit the
+    context is refused (400) after tokenizing only a bounded prefix of it (unless truncate_prompt_tokens)."""
+    if request.chat_template is None and not tokenizer.has_chat_template:
         raise bad_request("This model has no chat template, so it cannot serve chat completions; use "
                           "/v1/completions.", "messages")
-    messages = []
-    for message in request.messages:
+    messages, tools = template_inputs(request.messages, request.tools)
+    keep = _kept_tokens(request, max_model_len)
+    try:
+        token_ids = tokenizer.encode_chat(messages, request.generation_prompt, None if keep else max_model_len - 1,
+                                          tools, request.chat_template_kwargs,
+                                          continue_final_message=bool(request.continue_final_message),
+                                          chat_template=request.chat_template)
+    except PromptTooLongError as exc:
+        raise context_exceeded(max_model_len, exc, "messages") from None
+    except Exception as exc:           # a template may raise on messages it does not accept
+        raise bad_request(f"The chat template could not render the messages: {exc}", "messages") from exc
+    if not token_ids:
+        raise bad_request("The rendered conversation is empty.", "messages")
+    return Prompt(token_ids[-keep:] if keep else token_ids)
+
+
+def template_inputs(messages: list[ChatMessage], tools: list[Tool] | None) -> tuple[list[dict], list[dict] | None]:
+    """A request's messages and tools as chat templates read them."""
+    rendered = []
+    for message in messages:
         entry = {"role": message.role, "content": message.text()}
         if message.name is not None:
             entry["name"] = message.name
@@ -68,18 +100,8 @@ def chat_prompt(request: ChatCompletionRequest, tokenizer: Tokenizer, max_model_
             entry["tool_call_id"] = message.tool_call_id
         if message.tool_calls:
             entry["tool_calls"] = for_template(message.tool_calls)
-        messages.append(entry)
-    tools = [tool.model_dump(exclude_none=True) for tool in request.tools] if request.tools else None
-    try:
-        token_ids = tokenizer.encode_chat(messages, limit=max_model_len - 1, tools=tools,
-                                          template_kwargs=request.chat_template_kwargs)
-    except PromptTooLongError as exc:
-        raise context_exceeded(max_model_len, exc, "messages") from None
-    except Exception as exc:           # a template may raise on messages it does not accept
-        raise bad_request(f"The chat template could not render the messages: {exc}", "messages") from exc
-    if not token_ids:
-        raise bad_request("The rendered conversation is empty.", "messages")
-    return Prompt(token_ids)
+        rendered.append(entry)
+    return rendered, [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
 
 
 def check_context(prompt: Prompt, max_tokens: int | None, max_model_len: int, behavior: str | None,

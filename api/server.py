@@ -5,31 +5,36 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from api import chat, completions
+from api import chat, completions, utility
 from api.errors import envelope, install_handlers
 from api.metrics import CONTENT_TYPE
 from api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, TrailingSlashMiddleware
 from api.openapi import document
 from api.responses import HealthResponse, ModelList, errors
-from api.state import ServerSettings, ServerState, server_state
+from api.state import ServerSettings, ServerState, model_card, server_state
 from engine.async_llm import AsyncLLM
 
 
 def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
     """An app serving `llm` under `settings.served_model_name`. The caller owns `llm` (and shuts it down)."""
-    app = FastAPI(title="triton-serve", version="0.1.0", docs_url=None, redoc_url=None,
+    app = FastAPI(title="triton-serve", version=utility.VERSION, docs_url=None, redoc_url=None,
+                  root_path=settings.root_path,
                   description="An OpenAI-compatible completions server (Fireworks usage semantics). Logprobs "
                               "are those of the raw model distribution, before temperature, penalties and "
                               "top-k/top-p/min-p. Bodies are read strictly: an integer is written without a fraction "
                               "(2, not 2.0). Beyond the schema, token ids must be below the model's vocabulary size, "
                               "best_of >= n, min_tokens <= max_tokens (0 with a constraint), the prompt must fit the "
                               "context, a constraint (schema, regex, grammar) must be valid, a named tool_choice must "
-                              "name one of the tools, and tool_choice 'auto' (the default with tools) needs a server "
-                              "started with --tool-call-parser (400).")
+                              "name one of the tools, tool_choice 'auto' (the default with tools) needs a server "
+                              "started with --tool-call-parser, prompt_logprobs cannot be streamed, "
+                              "continue_final_message excludes add_generation_prompt and needs a last assistant "
+                              "message, and a request's chat_template needs a server started with "
+                              "--trust-request-chat-template (400).")
     app.state.server = ServerState.build(llm, settings)
     install_handlers(app)
     app.include_router(completions.router)
     app.include_router(chat.router)
+    app.include_router(utility.router)
     app.add_api_route("/v1/models", list_models, methods=["GET"], response_model=None,
                       responses={200: {"model": ModelList}, **errors(500)})
     app.add_api_route("/health", health, methods=["GET"], response_model=None,
@@ -46,10 +51,7 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
 
 async def list_models(request: Request) -> JSONResponse:
     """The served model."""
-    state = server_state(request)
-    card = {"id": state.settings.served_model_name, "object": "model", "created": state.created,
-            "owned_by": "triton-serve", "max_model_len": state.llm.max_model_len}
-    return JSONResponse({"object": "list", "data": [card]})
+    return JSONResponse({"object": "list", "data": [model_card(server_state(request))]})
 
 
 async def health(request: Request) -> JSONResponse:

@@ -26,6 +26,9 @@ class ServerSettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     tool_call_parser: str | None = None      # reads the calls of tool_choice "auto" (api/tools.py)
     reasoning_parser: str | None = None      # splits replies into reasoning_content and content (api/reasoning.py)
+    return_tokens_as_token_ids: bool = False  # logprob tokens written token_id:N for every request
+    trust_request_chat_template: bool = False  # a request's chat_template is rendered (else it is a 400)
+    root_path: str = ""                      # the prefix a proxy serves this server under
 
 
 @dataclass(slots=True)
@@ -51,6 +54,12 @@ class ServerState:
 
 
 SYSTEM_FINGERPRINT = "triton-serve-0.1.0"
+
+
+def model_card(state: ServerState) -> dict:
+    """The served model as /v1/models lists it."""
+    return {"id": state.settings.served_model_name, "object": "model", "created": state.created,
+            "owned_by": "triton-serve", "max_model_len": state.llm.max_model_len}
 
 
 def server_state(request: Request) -> ServerState:

@@ -36,21 +36,24 @@ def sse(payload: dict) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    """The usage object."""
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """The usage object; prompt_tokens_details.cached_tokens counts the prompt tokens the prefix cache served."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 class StreamUsage:
     """Which chunks of a stream carry usage, and what it says. Count tokens with `add` as chunks are built."""
 
-    def __init__(self, options: StreamOptions | None, prompt_tokens: int) -> None:
+    def __init__(self, options: StreamOptions | None, prompt_tokens: int,
+                 cached_tokens: Callable[[], int] = lambda: 0) -> None:
         self.in_last_chunk = options is None
         self.final_chunk = bool(options and options.include_usage)
         self.continuous = bool(options and options.include_usage and options.continuous_usage_stats)
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
+        self.cached_tokens = cached_tokens      # read when a usage is built: known once the prompt is scheduled
 
     def add(self, tokens: int) -> None:
         """Count tokens generated (call before building the chunk that carries them)."""
@@ -59,12 +62,12 @@ class StreamUsage:
     def for_chunk(self, last: bool) -> dict | None:
         """The `usage` of a choice chunk; `last` marks the chunk with the stream's final finish_reason."""
         if self.continuous or (self.in_last_chunk and last):
-            return usage(self.prompt_tokens, self.completion_tokens)
+            return usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens())
         return None
 
     def closing(self) -> dict | None:
         """The usage of the extra `choices: []` chunk, or None when there is none."""
-        return usage(self.prompt_tokens, self.completion_tokens) if self.final_chunk else None
+        return usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens()) if self.final_chunk else None
 
 
 async def framed(events: AsyncIterator[dict]) -> AsyncIterator[bytes]:

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,7 @@ async def run_load(base_url: str, model: str, work: Workload, concurrency: int |
                                        connector=aiohttp.TCPConnector(limit=0))
     order = list(zip(work.prompts, work.output_lens))
     timings: list[RequestTiming] = []
+    server_before = scrape(base_url)
     cpu_start, start = os.times(), time.perf_counter()
     if concurrency is not None:
         pending = iter(order)
@@ -126,9 +128,40 @@ async def run_load(base_url: str, model: str, work: Workload, concurrency: int |
     ttft = [t.chunks[0] - t.start for t in timings if t.chunks]
     tpot = [(t.chunks[-1] - t.chunks[0]) / (t.tokens - 1) for t in timings if t.tokens > 1 and t.chunks]
     itl = [b - a for t in timings for a, b in zip(t.chunks, t.chunks[1:])]
+    server = server_figures(server_before, scrape(base_url))
+    # The server's own metrics must count what the clients saw; its latencies start later (at arrival, after the
+    # request crossed the socket) and end earlier (before the last event crossed back), so never exceed them.
+    assert server["requests"] == len(timings), f"/metrics counted {server['requests']} requests of {len(timings)}"
+    assert server["generation_tokens"] == tokens, f"/metrics counted {server['generation_tokens']} of {tokens} tokens"
+    client_e2e = sum(t.chunks[-1] - t.start for t in timings if t.chunks) / len(timings)
+    server["client_mean_ttft_ms"] = sum(ttft) / len(ttft) * 1e3
+    server["client_mean_e2e_ms"] = client_e2e * 1e3
     return {"concurrency": concurrency, "rate": rate, "duration_s": elapsed, "requests_per_s": len(timings) / elapsed,
             "output_tokens_per_s": tokens / elapsed, "ttft_ms": percentiles(ttft), "tpot_ms": percentiles(tpot),
-            "itl_ms": percentiles(itl), "client_cpu_cores": client_cores}
+            "itl_ms": percentiles(itl), "client_cpu_cores": client_cores, "server": server}
+
+
+def scrape(base_url: str) -> dict[str, float]:
+    """The server's /metrics samples without labels, by name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=60) as response:
+        text = response.read().decode()
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
+            if not s.labels}
+
+
+def server_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What the server's request metrics say of one load: requests, tokens, mean TTFT, queue and e2e latency."""
+    def grew(name: str) -> float:
+        return after.get(f"triton_serve_{name}", 0.0) - before.get(f"triton_serve_{name}", 0.0)
+
+    requests = grew("e2e_request_latency_seconds_count")
+    mean = {key: grew(f"{name}_sum") / max(grew(f"{name}_count"), 1) * 1e3
+            for key, name in (("mean_ttft_ms", "time_to_first_token_seconds"),
+                              ("mean_queue_ms", "request_queue_time_seconds"),
+                              ("mean_e2e_ms", "e2e_request_latency_seconds"))}
+    return {"requests": int(requests), "generation_tokens": int(grew("request_generation_tokens_sum")), **mean}
 
 
 def start_server(model: str, max_num_seqs: int, max_model_len: int, log: Path) -> tuple[subprocess.Popen, str]:
@@ -236,6 +269,12 @@ def main() -> None:
         print(f"{load:>10} {r['requests_per_s']:>7.2f} {r['output_tokens_per_s']:>8.1f} {r['offline_tok_s']:>8.1f} "
               f"{r['fraction_of_offline']:>6.2f} {fmt(r['ttft_ms']):>24} {fmt(r['tpot_ms']):>22} "
               f"{fmt(r['itl_ms']):>22} {r['client_cpu_cores']:>12.2f}")
+    print("server /metrics against the clients (means, ms): TTFT server/client, e2e server/client, queue")
+    for r in results:
+        s = r["server"]
+        print(f"{s['requests']:>4} requests {s['generation_tokens']:>7} tokens: TTFT {s['mean_ttft_ms']:.1f}/"
+              f"{s['client_mean_ttft_ms']:.1f}, e2e {s['mean_e2e_ms']:.1f}/{s['client_mean_e2e_ms']:.1f}, "
+              f"queue {s['mean_queue_ms']:.1f}")
     print(f"wrote {out / 'serving.json'} and {out / 'serving.png'}")
 
 

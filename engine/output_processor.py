@@ -14,6 +14,8 @@ string: that tail is held back until it is not.
 
 from __future__ import annotations
 
+import time
+
 from engine.model_runner import StepOutput
 from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from engine.sampler import TopLogprobs
@@ -98,7 +100,15 @@ class OutputProcessor:
         if request.stream and prompt_logprobs is not None:
             request.prompt_logprobs_sent = True
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, choices,
-                             request.finished, prompt_logprobs, request.num_cached_tokens)
+                             request.finished, prompt_logprobs, request.num_cached_tokens,
+                             _timings(request) if request.finished else {})
+
+
+def _timings(request: Request) -> dict[str, float]:
+    """A finished request's moments (time.monotonic()): arrival, first scheduled, first token, finished."""
+    times = {"arrival_time": request.arrival_time, "first_scheduled_time": request.first_scheduled_time,
+             "first_token_time": request.first_token_time, "finished_time": time.monotonic()}
+    return {name: value for name, value in times.items() if value is not None}
 
 
 def _grammar_ended(seq: Sequence, token: int) -> bool:

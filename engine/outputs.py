@@ -47,4 +47,5 @@ class RequestOutput:
     finished: bool
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     num_cached_tokens: int = 0                # prompt tokens served from the prefix cache
+    # Once finished: arrival_time, first_scheduled_time, first_token_time, finished_time (time.monotonic()).
     metrics: dict[str, float] = field(default_factory=dict)

@@ -25,6 +25,8 @@ class OutputAccumulator:
         out = self.output
         out.finished = delta.finished
         out.num_cached_tokens = delta.num_cached_tokens
+        if delta.metrics:
+            out.metrics = delta.metrics           # the finished output's timestamps
         if out.prompt_logprobs is None:
             out.prompt_logprobs = delta.prompt_logprobs
         for choice in delta.outputs:

@@ -18,6 +18,7 @@ is when the computed blocks enter the prefix cache.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -104,6 +105,8 @@ class Scheduler:
                 break
             self.waiting.popleft()
             self.blocks.allocate(seq, start + count, cached)
+            if seq.request.first_scheduled_time is None:
+                seq.request.first_scheduled_time = time.monotonic()
             if seq.num_preemptions == 0:
                 seq.request.num_cached_tokens = max(seq.request.num_cached_tokens, start)
                 out.prefix_queries += seq.num_tokens

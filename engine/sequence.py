@@ -101,6 +101,7 @@ class Request:
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     prompt_logprobs_sent: bool = False
     num_cached_tokens: int = 0
+    first_scheduled_time: float | None = None     # time.monotonic(), as arrival_time and first_token_time
     first_token_time: float | None = None
     grammar: Future | None = None                 # the compiled structured-output grammar, while it compiles
 

@@ -72,18 +72,23 @@ class Tokenizer:
         return bool(getattr(self.hf, "chat_template", None))
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
-                    tools: list[dict] | None = None, template_kwargs: dict | None = None) -> str:
+                    tools: list[dict] | None = None, template_kwargs: dict | None = None, *,
+                    continue_final_message: bool = False, chat_template: str | None = None) -> str:
         """The prompt text of a conversation (and the tools the model may call), rendered with the checkpoint's
-        chat template, which also sees `template_kwargs` (e.g. Qwen3's enable_thinking)."""
-        if not self.has_chat_template:
+        chat template or `chat_template`, which also sees `template_kwargs` (e.g. Qwen3's enable_thinking).
+        continue_final_message leaves the last (assistant) message open, for the model to go on with."""
+        if chat_template is None and not self.has_chat_template:
             raise ValueError("this model has no chat template, so chat messages cannot be rendered")
-        return self.hf.apply_chat_template(messages, tools=tools, tokenize=False,
-                                           add_generation_prompt=add_generation_prompt, **(template_kwargs or {}))
+        return self.hf.apply_chat_template(messages, tools=tools, tokenize=False, chat_template=chat_template,
+                                           add_generation_prompt=add_generation_prompt,
+                                           continue_final_message=continue_final_message, **(template_kwargs or {}))
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, limit: int | None = None,
-                    tools: list[dict] | None = None, template_kwargs: dict | None = None) -> list[int]:
+                    tools: list[dict] | None = None, template_kwargs: dict | None = None, *,
+                    continue_final_message: bool = False, chat_template: str | None = None) -> list[int]:
         """Token ids of a rendered conversation (the template writes any BOS itself); `limit` as in `encode`."""
-        text = self.render_chat(messages, add_generation_prompt, tools, template_kwargs)
+        text = self.render_chat(messages, add_generation_prompt, tools, template_kwargs,
+                                continue_final_message=continue_final_message, chat_template=chat_template)
         return self.encode(text, limit, add_special_tokens=False)
 
     def token_text(self, token_id: int) -> str:

@@ -115,7 +115,12 @@ def test_n_choices_and_roles(server, client):
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user"}]}, "messages[0].content"),
     ({"best_of": 2}, "best_of"),
-    ({"echo": True}, "echo"),
+    ({"echo": "yes"}, "echo"),
+    ({"add_generation_prompt": True, "continue_final_message": True}, "continue_final_message"),
+    ({"continue_final_message": True}, "continue_final_message"),           # the last message is the user's
+    ({"chat_template": "{{ messages }}"}, "chat_template"),                  # not trusted by this server
+    ({"prompt_logprobs": 1, "stream": True}, "prompt_logprobs"),
+    ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
 ])
 def test_unsupported_or_invalid_chat_parameters(server, extra, param):
     r = server.post("/v1/chat/completions", {"model": server.model, "messages": MESSAGES, **extra})

@@ -228,7 +228,8 @@ def test_context_length_behaviour(server, client):
     prompt = [5] * 1000
     base = {"model": server.model, "prompt": prompt, "max_tokens": 100, "ignore_eos": True, "temperature": 0}
     r = server.post("/v1/completions", base).json()            # truncate is the default
-    assert r["usage"] == {"prompt_tokens": 1000, "completion_tokens": 24, "total_tokens": 1024}
+    assert r["usage"] == {"prompt_tokens": 1000, "completion_tokens": 24, "total_tokens": 1024,
+                          "prompt_tokens_details": {"cached_tokens": 0}}
     assert r["choices"][0]["finish_reason"] == "length"
     r = server.post("/v1/completions", {**base, "context_length_exceeded_behavior": "error"})
     assert r.status_code == 400

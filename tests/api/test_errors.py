@@ -74,8 +74,7 @@ def test_cross_field_rules(server):
         "param"] == "prompt"
 
 
-@pytest.mark.parametrize("field, value", [("suffix", "tail"), ("functions", []), ("prompt_logprobs", 1),
-                                          ("service_tier", "auto")])
+@pytest.mark.parametrize("field, value", [("suffix", "tail"), ("functions", []), ("service_tier", "auto")])
 def test_unsupported_parameters_are_never_ignored(server, field, value):
     error = _error(server.post("/v1/completions", {"model": server.model, "prompt": "hi", field: value}), 400)
     assert error["param"] == field and "not supported" in error["message"]

@@ -23,6 +23,7 @@ MAX_CHOICES = 2
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
           checks.response_schema_conformance, checks.positive_data_acceptance]
 OPERATIONS = [("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
+              ("GET", "/v1/models/{model}"), ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/version"),
               ("GET", "/health"), ("GET", "/metrics")]
 
 
@@ -49,9 +50,11 @@ def _integral(value: Any) -> Any:
 
 def _prepare(body: Any, vocab_size: int) -> Any:
     """A generated body made cheap and answerable by this server, valid if it was: the served model's name, a few
-    tokens and choices at most, token ids inside its vocabulary, the two rules across fields that JSON Schema
-    cannot state (best_of >= n, min_tokens <= max_tokens), and structured outputs that are valid constraints (a
-    regex, grammar or JSON schema's validity is not a JSON Schema property)."""
+    tokens and choices at most, token ids inside its vocabulary, the rules across fields that the schema does not
+    state (best_of >= n, min_tokens <= max_tokens, prompt_logprobs not streamed, continue_final_message with a
+    last assistant message and without add_generation_prompt, chat_template only on a server that trusts it,
+    truncate_prompt_tokens below the context), and structured outputs that are valid constraints (a regex,
+    grammar or JSON schema's validity is not a JSON Schema property)."""
     if not isinstance(body, dict):
         return body
     body = _integral(body)
@@ -64,6 +67,10 @@ def _prepare(body: Any, vocab_size: int) -> Any:
             body[key] = min(body[key], MAX_CHOICES if key != "min_tokens" else body[limit])
     if isinstance(body.get("best_of"), int) and (body.get("stream") or body["best_of"] < (body.get("n") or 1)):
         body["best_of"] = body.get("n") or 1
+    if body.get("stream"):
+        body.pop("prompt_logprobs", None)
+    for key in ("continue_final_message", "chat_template", "truncate_prompt_tokens"):
+        body.pop(key, None)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt and not isinstance(prompt[0], str):
         body["prompt"] = _in_vocabulary(prompt, vocab_size)

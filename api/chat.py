@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from api import reasoning, tools
 from api.errors import bad_request
@@ -17,11 +17,11 @@ from api.logprobs import chat_logprobs, prompt_logprobs, token_table
 from api.perf_metrics import perf_metrics
 from api.protocol import ChatCompletionRequest
 from api.responses import ChatCompletionChunk, ChatCompletionResponse, generation_responses
-from api.runner import Job, abort, collect, outputs, submit
+from api.runner import Job, answer, outputs
 from api.sampling import chat_prompt, check_context, sampling_params
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
 from api.stops import stop_fields
-from api.streaming import EventStreamResponse, StreamUsage, framed, usage
+from api.streaming import StreamUsage, framed, usage
 from api.tool_parser import merge
 from engine.outputs import CompletionOutput, RequestOutput
 
@@ -51,13 +51,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
                              vocab_size=state.vocab_size, tool_constraint=tool_constraint)
     job = Job("chatcmpl", body.model, [prompt], params, params.n, arrival=arrival)
     view = _View(state, job, body)
-    await submit(state, job)
-    if body.stream:
-        return EventStreamResponse(framed(view.events()), on_close=lambda: abort(state, job))
-    finals = await collect(state, job, request)
-    if finals is None:
-        return Response(status_code=499)           # the client is gone; nobody reads this
-    return JSONResponse(view.response(finals[0]))
+    return await answer(state, job, request, framed(view.events()) if body.stream else None,
+                        lambda finals: view.response(finals[0]))
 
 
 class _View:

@@ -9,17 +9,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from api.logprobs import LegacyLogprobs, echo_offsets, echo_text, merge_legacy, prompt_logprobs, token_table
 from api.perf_metrics import perf_metrics
 from api.protocol import CompletionRequest
 from api.responses import CompletionResponse, generation_responses
-from api.runner import Job, abort, collect, outputs, submit
+from api.runner import Job, answer, outputs
 from api.sampling import check_context, completion_prompts, sampling_params
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
 from api.stops import stop_fields
-from api.streaming import EventStreamResponse, StreamUsage, framed, usage
+from api.streaming import StreamUsage, framed, usage
 from engine.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 
 router = APIRouter()
@@ -49,13 +49,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
                              prompt_logprobs=max(wanted) if wanted else None, vocab_size=state.vocab_size)
     job = Job("cmpl", body.model, prompts, params, n, arrival=arrival)
     view = _View(state, job, body)
-    await submit(state, job)
-    if body.stream:
-        return EventStreamResponse(framed(view.events()), on_close=lambda: abort(state, job))
-    finals = await collect(state, job, request)
-    if finals is None:
-        return Response(status_code=499)           # the client is gone; nobody reads this
-    return JSONResponse(view.response(finals))
+    return await answer(state, job, request, framed(view.events()) if body.stream else None, view.response)
 
 
 @dataclass

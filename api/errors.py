@@ -1,7 +1,8 @@
 """The error envelope `{"error": {"message", "type", "param", "code"}}` and the handlers that produce it.
 
 Every failure leaves the server in this shape, never as a stack trace: validation problems (which FastAPI
-would answer with 422) become 400, unknown routes 404, anything unexpected 500.
+would answer with 422) become 400, unknown routes 404, anything unexpected 500. The Anthropic Messages API
+(`/v1/messages`) answers in Anthropic's shape instead, `{"type": "error", "error": {"type", "message"}}`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,24 @@ class _ErrorResponse(JSONResponse):
 
     def render(self, content: object) -> bytes:
         return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 408: "invalid_request_error", 413: "request_too_large",
+                    429: "rate_limit_error", 503: "overloaded_error"}
+
+
+def is_anthropic(path: str) -> bool:
+    """Whether `path` is one of the Anthropic Messages API's (its errors take Anthropic's shape)."""
+    return "/v1/messages" in path
+
+
+def shaped(path: str, status: int, body: dict) -> dict:
+    """An error envelope in the shape of the API that `path` belongs to."""
+    if not is_anthropic(path):
+        return body
+    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"),
+                                       "message": body["error"]["message"]}}
 
 
 def envelope(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
@@ -119,22 +138,24 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+        return _ErrorResponse(shaped(request.url.path, exc.status, exc.body()), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error(list(exc.errors())).response()
+        error = validation_error(list(exc.errors()))
+        return _ErrorResponse(shaped(request.url.path, 400, error.body()), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
         if exc.status_code == 404:
             message = f"Not found: {request.method} {request.url.path}"
-        return JSONResponse(envelope(message, _TYPES.get(exc.status_code, "server_error")),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        body = envelope(message, _TYPES.get(exc.status_code, "server_error"))
+        return JSONResponse(shaped(request.url.path, exc.status_code, body), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(envelope("The server had an error while processing your request.", "server_error"),
-                            status_code=500)
+        body = envelope("The server had an error while processing your request.", "server_error")
+        return JSONResponse(shaped(request.url.path, 500, body), status_code=500)

@@ -8,13 +8,13 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import envelope
+from api.errors import envelope, is_anthropic, shaped
 
 
 async def send_error(send: Send, status: int, message: str, type: str, code: str | None = None,
-                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """Answer with the error envelope straight from the middleware."""
-    body = json.dumps(envelope(message, type, None, code)).encode()
+                     headers: list[tuple[bytes, bytes]] | None = None, path: str = "") -> None:
+    """Answer with the error envelope (in the shape of the API of `path`) straight from the middleware."""
+    body = json.dumps(shaped(path, status, envelope(message, type, None, code))).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(headers or [])]})
@@ -22,20 +22,29 @@ async def send_error(send: Send, status: int, message: str, type: str, code: str
 
 
 class ApiKeyMiddleware:
-    """Every /v1 route requires `Authorization: Bearer <api_key>` (compared in constant time)."""
+    """Every /v1 route requires `Authorization: Bearer <api_key>` (compared in constant time); the Anthropic
+    Messages API also takes it as `x-api-key: <api_key>`, as Anthropic's clients send it."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode()
+        self.key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/v1" or path.startswith("/v1/")):
+            headers = dict(scope["headers"])
+            given = headers.get(b"authorization", b"")
+            ok = hmac.compare_digest(given, self.expected)
+            if is_anthropic(path) and not ok:
+                given = headers.get(b"x-api-key", given)
+                ok = hmac.compare_digest(given, self.key)
+            if not ok:
+                how = "'x-api-key: <key>' or " if is_anthropic(path) else ""
                 message = "Incorrect API key provided." if given else \
-                    "Missing API key: send it as 'Authorization: Bearer <key>'."
+                    f"Missing API key: send it as {how}'Authorization: Bearer <key>'."
                 await send_error(send, 401, message, "authentication_error", "invalid_api_key",
-                                 [(b"www-authenticate", b"Bearer")])
+                                 [(b"www-authenticate", b"Bearer")], path)
                 return
         await self.app(scope, receive, send)
 
@@ -58,7 +67,7 @@ class BodyLimitMiddleware:
         length = dict(scope["headers"]).get(b"content-length")
         declared = int(length) if length is not None and length.isdigit() else 0
         if declared > self.DRAIN_LIMIT:
-            await self._too_large(send)
+            await self._too_large(send, scope.get("path", ""))
             return
         chunks: list[bytes] = []
         size = 0
@@ -72,7 +81,7 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False) or size > self.DRAIN_LIMIT:
                 break
         if size > self.max_bytes or declared > self.max_bytes:
-            await self._too_large(send)
+            await self._too_large(send, scope.get("path", ""))
             return
         replayed = False
 
@@ -85,9 +94,9 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, path: str) -> None:
         await send_error(send, 413, f"The request body is larger than the limit of {self.max_bytes} bytes.",
-                         "invalid_request_error", "request_too_large", [(b"connection", b"close")])
+                         "invalid_request_error", "request_too_large", [(b"connection", b"close")], path)
 
 
 class TrailingSlashMiddleware:

@@ -10,10 +10,13 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic.json_schema import models_json_schema
 
+from api.errors import is_anthropic
+from api.messages_protocol import MessageStreamEvent
 from api.responses import ERRORS, STREAMED
 
 _UNUSED = ("HTTPValidationError", "ValidationError")
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+_ANTHROPIC_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/AnthropicError"}}}
 
 
 def document(app: FastAPI, api_key: bool) -> None:
@@ -38,12 +41,12 @@ def _tidy(schema: dict[str, Any], api_key: bool) -> dict[str, Any]:
                 responses["401"] = {"description": ERRORS[401]}
             for status, response in responses.items():
                 if int(status) >= 400:
-                    response["content"] = _ERROR
+                    response["content"] = _ANTHROPIC_ERROR if is_anthropic(path) else _ERROR
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for name in _UNUSED:
         schemas.pop(name, None)
-    _, streamed = models_json_schema([(model, "serialization") for model in STREAMED],
+    _, streamed = models_json_schema([(model, "serialization") for model in (*STREAMED, MessageStreamEvent)],
                                      ref_template="#/components/schemas/{model}")
     for name, definition in streamed["$defs"].items():
         schemas.setdefault(name, definition)

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 
 from api.errors import APIError, bad_request
 from api.sampling import Prompt
 from api.state import ServerState
+from api.streaming import EventStreamResponse
 from engine.async_llm import EngineDeadError, EngineOverloadedError
 from engine.outputs import RequestOutput
 from engine.request_stream import OutputAccumulator, RequestStream
@@ -141,6 +143,19 @@ async def _merged(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Requ
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def answer(state: ServerState, job: Job, request: Request, events: AsyncIterator[bytes] | None,
+                 build: Callable[[list[RequestOutput]], dict]) -> Response:
+    """Submit the job, then stream `events` (framed server-sent events, when streaming) or answer with the body
+    `build` makes of its final outputs, one per prompt."""
+    await submit(state, job)
+    if events is not None:
+        return EventStreamResponse(events, on_close=lambda: abort(state, job))
+    finals = await collect(state, job, request)
+    if finals is None:
+        return Response(status_code=499)           # the client is gone; nobody reads this
+    return JSONResponse(build(finals))
 
 
 async def collect(state: ServerState, job: Job, request: Request) -> list[RequestOutput] | None:

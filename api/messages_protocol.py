@@ -1,0 +1,166 @@
+"""Request body of the Anthropic Messages API, POST /v1/messages (strict: unknown fields are 400s), and its
+response shapes for /openapi.json.
+
+Content is text, and tool_use / tool_result blocks; images, documents and extended thinking are refused by
+name. `system` may be a string or text blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from api.protocol import Empty
+from api.strict import StrictModel
+
+MAX_STOP_SEQUENCES = 16
+
+
+class TextBlock(StrictModel):
+    """A text content block. The fields a response's block carries back (citations) are accepted empty."""
+
+    type: Literal["text"]
+    text: str
+    cache_control: dict | None = None      # accepted: this server's prefix cache needs no hint
+    citations: Annotated[list, Empty] | None = None
+
+
+class ToolUseBlock(StrictModel):
+    """A tool call the assistant made."""
+
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+    cache_control: dict | None = None
+    caller: Annotated[dict, Empty] | None = None
+    toolset_name: Annotated[str, Empty] | None = None
+
+
+class ToolResultBlock(StrictModel):
+    """The result of a tool call, sent back in a user message."""
+
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[TextBlock] | None = None
+    is_error: bool | None = None
+    cache_control: dict | None = None
+    toolset_name: Annotated[str, Empty] | None = None
+
+    def text(self) -> str:
+        """The result as one string."""
+        if self.content is None:
+            return ""
+        return self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
+
+
+Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")]
+
+
+class Message(StrictModel):
+    """One turn: text, or blocks."""
+
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _supported_blocks(cls, value: Any) -> Any:
+        for block in value if isinstance(value, list) else ():
+            kind = block.get("type") if isinstance(block, dict) else None
+            if isinstance(kind, str) and kind not in ("text", "tool_use", "tool_result"):
+                raise ValueError(f"content blocks of type {kind!r} are not supported by this server")
+        return value
+
+
+class AnthropicTool(StrictModel):
+    """A tool the model may call: its name, description and input JSON schema."""
+
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    input_schema: dict[str, Any]
+    type: Literal["custom"] | None = None
+    cache_control: dict | None = None
+
+
+class AnthropicToolChoice(StrictModel):
+    """auto (the model chooses), any (it must call one), tool (that one), none."""
+
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class Metadata(StrictModel):
+    """Informational."""
+
+    user_id: str | None = None
+
+
+class MessagesRequest(StrictModel):
+    """POST /v1/messages."""
+
+    model: str
+    max_tokens: Annotated[int, Field(ge=1)]
+    messages: Annotated[list[Message], Field(min_length=1)]
+    system: str | list[TextBlock] | None = None
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    stop_sequences: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_SEQUENCES)] | None \
+        = None
+    stream: bool | None = False
+    metadata: Metadata | None = None
+    tools: list[AnthropicTool] | None = None
+    tool_choice: AnthropicToolChoice | None = None
+
+    def system_text(self) -> str | None:
+        """The system prompt as one string (None when there is none)."""
+        if self.system is None:
+            return None
+        return self.system if isinstance(self.system, str) else "".join(b.text for b in self.system)
+
+
+class AnthropicUsage(BaseModel):
+    """Tokens: input_tokens (not served by the prefix cache), cache_read_input_tokens (served by it), output."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+
+class MessageResponse(BaseModel):
+    """A reply: content blocks (thinking, text, tool_use), why it stopped, and usage."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[dict[str, Any]]
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"] | None
+    stop_sequence: str | None
+    usage: AnthropicUsage
+
+
+class AnthropicErrorBody(BaseModel):
+    """The error's type (invalid_request_error, authentication_error, not_found_error, ...) and message."""
+
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """Anthropic's error shape."""
+
+    type: Literal["error"]
+    error: AnthropicErrorBody
+
+
+class MessageStreamEvent(BaseModel):
+    """One event of a stream (sent as `event: <type>` and `data: <json>`): message_start, content_block_start,
+    content_block_delta, content_block_stop, message_delta, message_stop, or error."""
+
+    type: Literal["message_start", "content_block_start", "content_block_delta", "content_block_stop",
+                  "message_delta", "message_stop", "error"]

@@ -1,0 +1,132 @@
+"""The Anthropic Messages API through the official `anthropic` SDK: messages, system prompts, stop sequences, usage
+(against the template rendered by transformers), Anthropic's event stream, tools (tool_use / tool_result), its
+error shape and x-api-key auth."""
+
+from __future__ import annotations
+
+import jsonschema
+import pytest
+from api_helpers import TIMEOUT
+
+anthropic = pytest.importorskip("anthropic")
+
+USER = [{"role": "user", "content": "Hello there"}]
+WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "days"],
+           "properties": {"city": {"type": "string", "maxLength": 8}, "days": {"type": "integer", "minimum": 1,
+                                                                               "maximum": 7}}}
+TOOLS = [{"name": "get_weather", "description": "Weather.", "input_schema": WEATHER}]
+GREEDY = {"temperature": 0}           # the SDK no longer has sampling parameters; the API still takes them
+
+
+def _client(server, api_key: str | None = None):
+    return anthropic.Anthropic(base_url=server.url, api_key=api_key or server.api_key, timeout=TIMEOUT,
+                               max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def claude(server):
+    return _client(server)
+
+
+def test_a_message_and_its_usage(server, claude, client, hf_tokenizer):
+    r = claude.messages.create(model=server.model, max_tokens=12, system="Be brief.", messages=USER,
+                               extra_body=GREEDY)
+    assert (r.type, r.role, r.model) == ("message", "assistant", server.model) and r.id.startswith("msg_")
+    assert r.stop_reason in ("end_turn", "max_tokens") and [b.type for b in r.content] == ["text"]
+    rendered = hf_tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."}, *USER],
+                                                add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert r.usage.input_tokens + r.usage.cache_read_input_tokens == len(rendered)
+    same = client.chat.completions.create(model=server.model, max_tokens=12, temperature=0,
+                                          messages=[{"role": "system", "content": "Be brief."}, *USER])
+    assert r.content[0].text == same.choices[0].message.content
+    assert r.usage.output_tokens == same.usage.completion_tokens
+
+
+def test_stop_sequences(server, claude):
+    text = claude.messages.create(model=server.model, max_tokens=12, messages=USER, extra_body=GREEDY).content[0].text
+    stop = text[4:6]
+    r = claude.messages.create(model=server.model, max_tokens=12, messages=USER, extra_body=GREEDY,
+                               stop_sequences=[stop])
+    assert (r.stop_reason, r.stop_sequence) == ("stop_sequence", stop)
+    assert r.content[0].text == text[:text.index(stop)]
+
+
+def test_the_event_stream(server, claude):
+    whole = claude.messages.create(model=server.model, max_tokens=10, messages=USER, extra_body=GREEDY)
+    events = list(claude.messages.create(model=server.model, max_tokens=10, messages=USER, extra_body=GREEDY,
+                                         stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["message_start", "content_block_start"] and kinds[-2:] == ["message_delta", "message_stop"]
+    assert kinds[-3] == "content_block_stop" and set(kinds[2:-3]) == {"content_block_delta"}
+    assert "".join(e.delta.text for e in events if e.type == "content_block_delta") == whole.content[0].text
+    assert events[-2].delta.stop_reason == whole.stop_reason and events[-2].usage.output_tokens == \
+        whole.usage.output_tokens
+    with claude.messages.stream(model=server.model, max_tokens=10, messages=USER, extra_body=GREEDY) as stream:
+        assert "".join(stream.text_stream) == whole.content[0].text
+        final = stream.get_final_message()
+    assert final.content[0].text == whole.content[0].text and final.usage.output_tokens == whole.usage.output_tokens
+
+
+def test_a_forced_tool_is_a_valid_tool_use_and_its_result_renders(server, claude):
+    common = dict(model=server.model, max_tokens=120, messages=USER, tools=TOOLS, extra_body=GREEDY,
+                  tool_choice={"type": "tool", "name": "get_weather"})
+    r = claude.messages.create(**common)
+    (call,) = [b for b in r.content if b.type == "tool_use"]
+    assert r.stop_reason == "tool_use" and call.name == "get_weather" and call.id.startswith("toolu_")
+    jsonschema.validate(call.input, WEATHER)
+    with claude.messages.stream(**common) as stream:
+        final = stream.get_final_message()
+    (streamed,) = [b for b in final.content if b.type == "tool_use"]
+    assert (streamed.name, streamed.input, final.stop_reason) == (call.name, call.input, "tool_use")
+    follow = claude.messages.create(model=server.model, max_tokens=4, tools=TOOLS, tool_choice={"type": "none"},
+                                    messages=[*USER, {"role": "assistant", "content": [call.model_dump()]},
+                                              {"role": "user", "content": [{"type": "tool_result",
+                                                                            "tool_use_id": call.id,
+                                                                            "content": "Sunny"}]}])
+    assert follow.stop_reason in ("end_turn", "max_tokens")
+    required = claude.messages.create(**{**common, "tool_choice": {"type": "any", "disable_parallel_tool_use": True}})
+    assert required.stop_reason == "tool_use" and any(b.type == "tool_use" for b in required.content)
+
+
+def test_errors_in_anthropics_shape(server, claude):
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude.messages.create(model=server.model, max_tokens=4,
+                               messages=[{"role": "user", "content": [{"type": "image", "source": {}}]}])
+    assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "invalid_request_error"
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        claude.messages.create(model="not-this-one", max_tokens=4, messages=USER)
+    assert caught.value.body["error"]["type"] == "not_found_error"
+    r = server.post("/v1/messages", {"model": server.model, "messages": USER})          # max_tokens is required
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert "max_tokens" in r.json()["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError, match="tool_choice"):
+        claude.messages.create(model=server.model, max_tokens=4, messages=USER, tools=TOOLS)   # auto needs a parser
+
+
+def test_x_api_key_auth(small_server):
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        _client(small_server, "wrong").messages.create(model=small_server.model, max_tokens=4, messages=USER)
+    assert caught.value.body["error"]["type"] == "authentication_error"
+    with pytest.raises(anthropic.BadRequestError, match="chat template"):     # past the key: this model has none
+        _client(small_server).messages.create(model=small_server.model, max_tokens=4, messages=USER)
+    big = small_server.post("/v1/messages", {"model": small_server.model, "max_tokens": 4,
+                                             "messages": [{"role": "user", "content": "x" * 70000}]},
+                            headers={"x-api-key": small_server.api_key})
+    assert big.status_code == 413 and big.json()["error"]["type"] == "request_too_large"
+
+
+def test_thinking_is_a_thinking_block():
+    from types import SimpleNamespace
+
+    from api import messages
+    from engine.outputs import CompletionOutput, RequestOutput
+
+    settings = SimpleNamespace(reasoning_parser="qwen3", tool_call_parser=None)
+    job = SimpleNamespace(model="m", prompt_tokens=5, cached_tokens=lambda: 0)
+    view = messages._View(SimpleNamespace(settings=settings), job, None)
+    final = RequestOutput("r", None, [1] * 5, [CompletionOutput(0, "<think>hmm</think>\n\nHi", [7, 8, 9], None,
+                                                                None, "stop")], True)
+    message = anthropic.types.Message.model_validate(view.message(final))        # the SDK's own type
+    assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in message.content] == [
+        ("thinking", "hmm"), ("text", "Hi")]
+    assert (message.stop_reason, message.usage.output_tokens, message.usage.input_tokens) == ("end_turn", 3, 5)

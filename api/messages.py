@@ -20,12 +20,11 @@ from api.errors import APIError, bad_request, shaped
 from api.messages_protocol import AnthropicError, MessageResponse, MessagesRequest, ToolResultBlock, ToolUseBlock
 from api.responses import ERRORS
 from api.runner import Job, answer, outputs
-from api.sampling import Prompt, check_context, context_exceeded
+from api.sampling import Prompt, check_context, conversation_prompt
 from api.state import ServerState, check_model, server_state
 from api.streaming import logger
 from api.tool_parser import merge
 from engine.sampling_params import SamplingParams
-from engine.tokenizer import PromptTooLongError
 
 router = APIRouter()
 
@@ -100,13 +99,7 @@ def _prompt(body: MessagesRequest, tokenizer, openai_tools: list, max_model_len:
         if text or calls or not only_results:
             messages.append({"role": message.role, "content": text, **({"tool_calls": calls} if calls else {})})
     rendered_tools = [t.model_dump(exclude_none=True) for t in openai_tools] or None
-    try:
-        ids = tokenizer.encode_chat(messages, limit=max_model_len - 1, tools=rendered_tools)
-    except PromptTooLongError as exc:
-        raise context_exceeded(max_model_len, exc, "messages") from None
-    except Exception as exc:
-        raise bad_request(f"The chat template could not render the messages: {exc}", "messages") from exc
-    return Prompt(ids)
+    return conversation_prompt(tokenizer, messages, rendered_tools, max_model_len, "messages")
 
 
 def _stop(finish_reason: str | None, stop_reason: str | int | None, calls: bool) -> tuple[str, str | None]:

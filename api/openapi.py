@@ -12,6 +12,7 @@ from pydantic.json_schema import models_json_schema
 
 from api.errors import is_anthropic
 from api.messages_protocol import MessageStreamEvent
+from api.openai_responses_protocol import ResponseStreamEvent
 from api.responses import ERRORS, STREAMED
 
 _UNUSED = ("HTTPValidationError", "ValidationError")
@@ -46,7 +47,8 @@ def _tidy(schema: dict[str, Any], api_key: bool) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     for name in _UNUSED:
         schemas.pop(name, None)
-    _, streamed = models_json_schema([(model, "serialization") for model in (*STREAMED, MessageStreamEvent)],
+    _, streamed = models_json_schema([(model, "serialization") for model in (*STREAMED, MessageStreamEvent,
+                                                                                    ResponseStreamEvent)],
                                      ref_template="#/components/schemas/{model}")
     for name, definition in streamed["$defs"].items():
         schemas.setdefault(name, definition)

@@ -74,18 +74,29 @@ def chat_prompt(request: ChatCompletionRequest, tokenizer: Tokenizer, max_model_
         raise bad_request("This model has no chat template, so it cannot serve chat completions; use "
                           "/v1/completions.", "messages")
     messages, tools = template_inputs(request.messages, request.tools)
-    keep = _kept_tokens(request, max_model_len)
+    return conversation_prompt(tokenizer, messages, tools, max_model_len, "messages",
+                               _kept_tokens(request, max_model_len), request.generation_prompt,
+                               request.chat_template_kwargs, bool(request.continue_final_message),
+                               request.chat_template)
+
+
+def conversation_prompt(tokenizer: Tokenizer, messages: list[dict], tools: list[dict] | None, max_model_len: int,
+                        param: str, keep: int | None = None, add_generation_prompt: bool = True,
+                        template_kwargs: dict | None = None, continue_final_message: bool = False,
+                        chat_template: str | None = None) -> Prompt:
+    """Chat-template messages (of any API) rendered and tokenized: one that cannot fit the context is refused
+    (400 naming `param`) after tokenizing only a bounded prefix (unless `keep`, truncate_prompt_tokens, keeps
+    its last tokens); a template that refuses the messages is a 400 too."""
     try:
-        token_ids = tokenizer.encode_chat(messages, request.generation_prompt, None if keep else max_model_len - 1,
-                                          tools, request.chat_template_kwargs,
-                                          continue_final_message=bool(request.continue_final_message),
-                                          chat_template=request.chat_template)
+        token_ids = tokenizer.encode_chat(messages, add_generation_prompt, None if keep else max_model_len - 1,
+                                          tools, template_kwargs, continue_final_message=continue_final_message,
+                                          chat_template=chat_template)
     except PromptTooLongError as exc:
-        raise context_exceeded(max_model_len, exc, "messages") from None
+        raise context_exceeded(max_model_len, exc, param) from None
     except Exception as exc:           # a template may raise on messages it does not accept
-        raise bad_request(f"The chat template could not render the messages: {exc}", "messages") from exc
+        raise bad_request(f"The chat template could not render the {param}: {exc}", param) from exc
     if not token_ids:
-        raise bad_request("The rendered conversation is empty.", "messages")
+        raise bad_request("The rendered conversation is empty.", param)
     return Prompt(token_ids[-keep:] if keep else token_ids)
 
 

@@ -10,6 +10,7 @@ from fastapi import Request
 from api.errors import APIError
 from api.logprobs import TokenTable
 from api.metrics import Metrics
+from api.response_store import ResponseStore
 from engine.async_llm import AsyncLLM
 
 DEFAULT_MAX_REQUEST_BYTES = 8 << 20
@@ -41,6 +42,7 @@ class ServerState:
     metrics: Metrics
     created: int = field(default_factory=lambda: int(time.time()))
     stopping: bool = False          # set when shutdown begins: new work gets 503, /health turns 503
+    responses: ResponseStore = field(default_factory=ResponseStore)     # the Responses API's stored responses
 
     @classmethod
     def build(cls, llm: AsyncLLM, settings: ServerSettings) -> ServerState:

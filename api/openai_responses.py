@@ -1,0 +1,256 @@
+"""POST /v1/responses (OpenAI's Responses API, for text and function tools) and GET /v1/responses/{id}, over the
+same engine, chat template, structured outputs and tool machinery as chat completions. `instructions` become the
+system message; `previous_response_id` continues a stored response's conversation (`api/response_store.py`);
+`text.format` is a JSON schema or JSON object constraint. Streams are the Responses event sequence
+(response.created, response.in_progress, the output items' events from `api/response_items.py`, then
+response.completed, or response.incomplete when max_output_tokens cut the reply)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from api import reasoning, tools
+from api.errors import APIError, bad_request
+from api.openai_responses_protocol import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionChoice,
+    MessageItem,
+    ResponseObject,
+    ResponsesRequest,
+)
+from api.response_items import Items
+from api.response_store import Stored
+from api.responses import errors
+from api.runner import Job, answer, outputs
+from api.sampling import Prompt, check_context, conversation_prompt
+from api.state import ServerState, check_model, server_state
+from api.streaming import logger
+from engine.sampling_params import SamplingParams
+from engine.structured_output import StructuredOutputsParams
+
+router = APIRouter()
+
+
+_EVENT = {"type": "object", "required": ["event", "data"],
+          "properties": {"event": {"type": "string"},
+                         "data": {"type": "string", "contentMediaType": "application/json",
+                                  "contentSchema": {"$ref": "#/components/schemas/ResponseStreamEvent"}}}}
+
+
+@router.post("/v1/responses", response_model=None,
+             responses={200: {"model": ResponseObject, "description": "The response, or with `stream: true` its events",
+                              "content": {"text/event-stream": {"itemSchema": _EVENT}}},
+                        **errors(400, 404, 413, 429, 500, 503)})
+async def create_response(body: ResponsesRequest, request: Request) -> Response:
+    """A reply to `input` (streamed as the Responses API's events with `stream: true`)."""
+    arrival = time.monotonic()
+    state = server_state(request)
+    check_model(state, body.model)
+    llm = state.llm
+    history = _history(state, body.previous_response_id)
+    conversation = history + _messages(body.input)
+    chat_tools = [tools.Tool.model_validate({"type": "function", "function": {
+        "name": t.name, "description": t.description, "parameters": t.parameters}}) for t in body.tools or []]
+    choice = _tool_choice(body) if chat_tools else None
+    system = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
+    prompt = await asyncio.to_thread(_encode, llm.tokenizer, system + conversation, chat_tools, llm.max_model_len)
+    check_context(prompt, body.max_output_tokens, llm.max_model_len, None, "input")
+    constraint = tools.constraint(chat_tools or None, choice, body.parallel_tool_calls,
+                                  state.settings.tool_call_parser)
+    form = _format(body)
+    if form is not None and constraint is not None:
+        raise bad_request("A required or named tool_choice cannot be combined with text.format.", "tool_choice")
+    try:
+        params = SamplingParams(max_tokens=body.max_output_tokens, structured_outputs=form or constraint,
+                                temperature=1.0 if body.temperature is None else body.temperature,
+                                top_p=1.0 if body.top_p is None else body.top_p)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from exc
+    job = Job("resp", body.model, [prompt], params, 1, arrival=arrival)
+    view = _View(state, job, body, choice, conversation)
+    return await answer(state, job, request, _framed(view.events()) if body.stream else None,
+                        lambda finals: view.whole(finals[0]))
+
+
+@router.get("/v1/responses/{response_id}", response_model=None,
+            responses={200: {"model": ResponseObject}, **errors(404, 500)})
+async def retrieve_response(response_id: str, request: Request) -> JSONResponse:
+    """A stored response."""
+    stored = server_state(request).responses.get(response_id)
+    if stored is None:
+        raise APIError(404, f"No response with id '{response_id}' is stored here.", "response_id")
+    return JSONResponse(stored.body)
+
+
+def _history(state: ServerState, previous: str | None) -> list[dict]:
+    if previous is None:
+        return []
+    stored = state.responses.get(previous)
+    if stored is None:
+        raise bad_request(f"Previous response with id '{previous}' not found (not stored, or no longer kept).",
+                          "previous_response_id")
+    return list(stored.messages)
+
+
+def _messages(given: str | list) -> list[dict]:
+    """`input` as chat-template messages: developer messages as system ones, function calls on the assistant's
+    message, their outputs as tool messages; reasoning items are not rendered."""
+    if isinstance(given, str):
+        return [{"role": "user", "content": given}]
+    out: list[dict] = []
+    for item in given:
+        if isinstance(item, MessageItem):
+            out.append({"role": "system" if item.role == "developer" else item.role, "content": item.text()})
+        elif isinstance(item, FunctionCallItem):
+            call = {"id": item.call_id, "type": "function",
+                    "function": {"name": item.name, "arguments": _arguments(item.arguments)}}
+            if not out or out[-1]["role"] != "assistant":
+                out.append({"role": "assistant", "content": ""})
+            out[-1].setdefault("tool_calls", []).append(call)
+        elif isinstance(item, FunctionCallOutputItem):
+            out.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
+    return out
+
+
+def _arguments(text: str) -> dict | str:
+    """Arguments as templates read them: the object where they are JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _tool_choice(body: ResponsesRequest) -> tools.ToolChoice:
+    given = body.tool_choice
+    if isinstance(given, FunctionChoice):
+        return tools.NamedToolChoice.model_validate({"type": "function", "function": {"name": given.name}})
+    return given or "auto"
+
+
+def _format(body: ResponsesRequest) -> StructuredOutputsParams | None:
+    form = body.text.format if body.text is not None else None
+    if form is None or form.type == "text":
+        return None
+    if form.type == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if form.schema_ is None:
+        raise bad_request("text.format of type json_schema needs its schema.", "text.format.schema")
+    return StructuredOutputsParams(json=form.schema_)
+
+
+def _encode(tokenizer, messages: list[dict], chat_tools: list, max_model_len: int) -> Prompt:
+    rendered = [t.model_dump(exclude_none=True) for t in chat_tools] or None
+    return conversation_prompt(tokenizer, messages, rendered, max_model_len, "input")
+
+
+class _View:
+    """Renders a responses job as the Response object, or as its event stream; stores it when asked."""
+
+    def __init__(self, state: ServerState, job: Job, body: ResponsesRequest, choice: tools.ToolChoice | None,
+                 conversation: list[dict]) -> None:
+        self.state, self.job, self.body, self.conversation = state, job, body, conversation
+        self.choice = choice if choice not in (None, "none") else None
+        self.id = f"resp_{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.split = reasoning.StreamSplit() if state.settings.reasoning_parser else None
+        self.reader = tools.reader(self.choice, state.settings.tool_call_parser) if self.choice else None
+        self.items = Items()
+        self.token_ids: list[int] = []
+
+    def _feed(self, text: str, ended: bool) -> list[dict]:
+        """The events of the reply's next piece of text."""
+        thinking, text = self.split.add(text, ended) if self.split else ("", text)
+        events = self.items.reasoning(thinking) if thinking else []
+        for delta in self.reader.feed(text, ended) if self.reader else ([{"content": text}] if text else []):
+            if "content" in delta:
+                events += self.items.text(delta["content"])
+            for part in delta.get("tool_calls", []):
+                events += self.items.call(part)
+        return events
+
+    def _body(self, status: str, finish: str | None) -> dict:
+        b = self.body
+        cached = self.job.cached_tokens()
+        generated = len(self.token_ids)
+        thought = reasoning.reasoning_tokens(self.state.llm.tokenizer, self.token_ids) if self.split else 0
+        usage = {"input_tokens": self.job.prompt_tokens, "input_tokens_details": {"cached_tokens": cached},
+                 "output_tokens": generated, "output_tokens_details": {"reasoning_tokens": thought},
+                 "total_tokens": self.job.prompt_tokens + generated}
+        choice = b.tool_choice.model_dump() if isinstance(b.tool_choice, FunctionChoice) else \
+            b.tool_choice or "auto"
+        text = b.text.model_dump(by_alias=True, exclude_none=True) if b.text is not None else \
+            {"format": {"type": "text"}}
+        return {"id": self.id, "object": "response", "created_at": self.created, "status": status, "error": None,
+                "incomplete_details": {"reason": "max_output_tokens"} if finish == "length" else None,
+                "instructions": b.instructions, "max_output_tokens": b.max_output_tokens, "model": self.job.model,
+                "output": self.items.output, "parallel_tool_calls": b.parallel_tool_calls is not False,
+                "previous_response_id": b.previous_response_id, "temperature": b.temperature, "top_p": b.top_p,
+                "tool_choice": choice, "tools": [t.model_dump(exclude_none=True) for t in b.tools or []],
+                "text": text, "truncation": "disabled", "store": b.store is not False, "metadata": b.metadata or {},
+                "user": b.user, "usage": usage if status != "in_progress" else None}
+
+    def _finish(self, finish: str | None) -> tuple[list[dict], dict]:
+        """The events that close the reply's items, and the final Response, kept in the store unless `store` is
+        false."""
+        events = self.items.text("") if not self.items.output else []     # no text: still an (empty) message
+        events += self.items.close()
+        body = self._body("incomplete" if finish == "length" else "completed", finish)
+        if self.body.store is not False:
+            self.state.responses.put(self.id, Stored(body, self.conversation + self.items.messages()))
+        return events, body
+
+    def whole(self, final) -> dict:
+        """The non-streamed Response."""
+        choice = final.outputs[0]
+        self.token_ids = list(choice.token_ids)
+        self._feed(choice.text, True)
+        return self._finish(choice.finish_reason)[1]
+
+    async def events(self) -> AsyncIterator[dict]:
+        """The Responses event stream."""
+        snapshot = self._body("in_progress", None)
+        yield {"type": "response.created", "response": snapshot}
+        yield {"type": "response.in_progress", "response": snapshot}
+        finish = None
+        async for _, output in outputs(self.state, self.job):
+            for choice in output.outputs:
+                self.token_ids += choice.token_ids
+                for event in self._feed(choice.text, choice.finish_reason is not None):
+                    yield event
+                finish = choice.finish_reason or finish
+        closing, body = self._finish(finish)
+        for event in closing:
+            yield event
+        kind = "response.incomplete" if body["status"] == "incomplete" else "response.completed"
+        yield {"type": kind, "response": body}
+
+
+async def _framed(events: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+    """`event: <type>` and `data: <json>` per event, numbered by sequence_number; a failure is an `error` event."""
+    number = 0
+
+    def event(payload: dict) -> bytes:
+        nonlocal number
+        payload = {**payload, "sequence_number": number}
+        number += 1
+        return f"event: {payload['type']}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+    try:
+        async for payload in events:
+            yield event(payload)
+    except APIError as exc:
+        yield event({"type": "error", "code": exc.code, "message": exc.message, "param": exc.param})
+    except Exception:
+        logger.exception("error while streaming")
+        yield event({"type": "error", "code": "server_error", "param": None,
+                     "message": "The server had an error while processing your request."})
+    finally:
+        await events.aclose()

@@ -1,0 +1,105 @@
+"""OpenAI's Responses API through the official client (`client.responses.create`): text input and message items,
+instructions, max_output_tokens, the event stream, stored responses and previous_response_id, function tools
+and text.format with a JSON schema (validated with jsonschema)."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+import pytest
+
+WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "days"],
+           "properties": {"city": {"type": "string", "maxLength": 8}, "days": {"type": "integer", "minimum": 1,
+                                                                               "maximum": 7}}}
+TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather.", "parameters": WEATHER}]
+
+
+def test_text_in_text_out(server, client, hf_tokenizer):
+    r = client.responses.create(model=server.model, input="Hello there", instructions="Be brief.",
+                                max_output_tokens=10, temperature=0)
+    assert r.object == "response" and r.status in ("completed", "incomplete") and r.id.startswith("resp_")
+    assert r.output[0].type == "message" and r.output_text == r.output[0].content[0].text
+    rendered = hf_tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                                 {"role": "user", "content": "Hello there"}],
+                                                add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert r.usage.input_tokens == len(rendered) and r.usage.output_tokens <= 10
+    same = client.chat.completions.create(model=server.model, max_tokens=10, temperature=0,
+                                          messages=[{"role": "system", "content": "Be brief."},
+                                                    {"role": "user", "content": "Hello there"}])
+    assert r.output_text == same.choices[0].message.content
+    assert (r.status == "incomplete") == (same.choices[0].finish_reason == "length")
+    if r.status == "incomplete":
+        assert r.incomplete_details.reason == "max_output_tokens"
+
+
+def test_the_event_stream_adds_up_to_the_response(server, client):
+    common = dict(model=server.model, input=[{"role": "user", "content": "Hi"}], max_output_tokens=8, temperature=0)
+    whole = client.responses.create(**common, store=False)
+    events = list(client.responses.create(**common, stream=True, store=False))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] in ("response.completed",
+                                                                                         "response.incomplete")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == whole.output_text
+    assert events[-1].response.output_text == whole.output_text
+    assert events[-1].response.usage.output_tokens == whole.usage.output_tokens
+    # The SDK's stream helper wants response.completed: a reply that ends by itself (a finite JSON schema).
+    small = {"format": {"type": "json_schema", "name": "a", "schema": {
+        "type": "object", "properties": {"a": {"type": "boolean"}}, "required": ["a"], "additionalProperties": False}}}
+    done = dict(common, max_output_tokens=40, text=small)
+    with client.responses.stream(**done) as stream:
+        final = stream.get_final_response()
+    assert final.status == "completed" and final.output_text == client.responses.create(**done).output_text
+    assert json.loads(final.output_text) in ({"a": True}, {"a": False})
+
+
+def test_previous_response_id_continues_a_stored_conversation(server, client):
+    first = client.responses.create(model=server.model, input="My name is Ada.", max_output_tokens=4)
+    assert client.responses.retrieve(first.id).output_text == first.output_text
+    second = client.responses.create(model=server.model, input="What is my name?", max_output_tokens=4,
+                                     previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    # The continued prompt holds the first turn, its reply and the new turn: more tokens than the new turn alone.
+    alone = client.responses.create(model=server.model, input="What is my name?", max_output_tokens=4)
+    assert second.usage.input_tokens > alone.usage.input_tokens + first.usage.output_tokens
+    unstored = client.responses.create(model=server.model, input="x", max_output_tokens=1, store=False)
+    with pytest.raises(openai.BadRequestError, match="previous_response_id|not found"):
+        client.responses.create(model=server.model, input="y", max_output_tokens=1,
+                                previous_response_id=unstored.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+
+
+def test_function_tools_and_their_outputs(server, client):
+    common = dict(model=server.model, input="Weather in Oslo?", tools=TOOLS, max_output_tokens=120, temperature=0,
+                  tool_choice={"type": "function", "name": "get_weather"})
+    r = client.responses.create(**common)
+    (call,) = [item for item in r.output if item.type == "function_call"]
+    assert call.name == "get_weather" and call.call_id.startswith("call_")
+    jsonschema.validate(json.loads(call.arguments), WEATHER)
+    events = list(client.responses.create(**common, stream=True))
+    streamed = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert streamed == call.arguments and len([e for e in events if e.type.endswith("arguments.delta")]) > 1
+    follow = client.responses.create(model=server.model, max_output_tokens=4, tools=TOOLS, tool_choice="none",
+                                     input=[{"role": "user", "content": "Weather in Oslo?"}, call,
+                                            {"type": "function_call_output", "call_id": call.call_id,
+                                             "output": "Sunny"}])
+    assert follow.output[0].type == "message"
+
+
+def test_text_format_json_schema(server, client):
+    r = client.responses.create(model=server.model, input="A city", max_output_tokens=60, temperature=0,
+                                text={"format": {"type": "json_schema", "name": "w", "schema": WEATHER}})
+    jsonschema.validate(json.loads(r.output_text), WEATHER)
+
+
+def test_what_cannot_be_honoured_is_a_400(server, client):
+    for extra in ({"reasoning": {"effort": "high"}}, {"include": ["reasoning.encrypted_content"]},
+                  {"background": True}, {"top_logprobs": 2}):
+        with pytest.raises(openai.BadRequestError):
+            client.responses.create(model=server.model, input="x", max_output_tokens=1, **extra)
+    with pytest.raises(openai.BadRequestError, match="not supported"):
+        client.responses.create(model=server.model, max_output_tokens=1,
+                                input=[{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}])

@@ -61,7 +61,7 @@ def assert_matches_hf(llm: LLM, path: str, prompts: list[str]) -> None:
     assert_all_blocks_free(llm)
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama3", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "llama3", "mistral", "qwen2", "qwen3", "qwen3-yarn", "llama-dynamic"])
 def test_greedy_matches_transformers(checkpoint_factory, arch):
     path = checkpoint_factory(arch, seed=len(arch))
     assert_matches_hf(LLM(path), path, PROMPTS)
@@ -165,12 +165,15 @@ def test_preemption(llama_path):
     assert llm.engine.stats().num_preemptions > 0
 
 
-def test_everything_at_once(llama_path):
-    llm = LLM(llama_path, block_size=4, kv_cache_blocks=32, max_model_len=128, max_num_batched_tokens=16,
-              max_num_seqs=5)
+@pytest.mark.parametrize("arch", ["llama", "qwen3-yarn"])
+def test_everything_at_once(llama_path, checkpoint_factory, arch):
+    """Prefix-cache hits, chunked prefills and preemption in one run (with YaRN too: its scaled cos/sin reach
+    the cached keys of every chunk)."""
+    path = llama_path if arch == "llama" else checkpoint_factory(arch)
+    llm = LLM(path, block_size=4, kv_cache_blocks=32, max_model_len=128, max_num_batched_tokens=16, max_num_seqs=5)
     shared = "Continuous batching adds and removes sequences at every step. "
     prompts = PROMPTS + [shared + p for p in PROMPTS[:4]]
-    assert_matches_hf(llm, llama_path, prompts)
+    assert_matches_hf(llm, path, prompts)
     stats = llm.engine.stats()
     assert stats.num_preemptions > 0 and stats.prefix_cache_hits > 0
 

@@ -43,6 +43,9 @@ ARCHITECTURES = {
     "mistral": (transformers.MistralConfig, {"sliding_window": None}),
     "qwen2": (transformers.Qwen2Config, {}),
     "qwen3": (transformers.Qwen3Config, {"head_dim": 32}),
+    "qwen3-yarn": (transformers.Qwen3Config, {"head_dim": 32, "rope_scaling": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}}),
+    "llama-dynamic": (transformers.LlamaConfig, {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}),
 }
 
 

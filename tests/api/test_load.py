@@ -157,3 +157,38 @@ def test_prompts_of_megabytes_are_refused_without_growing_the_server(server):
         error = reply.json()["error"]
         assert error["code"] == "context_length_exceeded" and "has at least" in error["message"]
     assert grown < 200, f"RSS grew by {grown:.0f} MB"
+
+
+LONG = {"type": "object", "properties": {"s": {"type": "string", "minLength": 900}}, "required": ["s"],
+        "additionalProperties": False}       # no end of text before some 900 characters
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/messages", {"max_tokens": 1000, "stream": True, "messages": [{"role": "user", "content": PROMPT}],
+                      "tools": [{"name": "f", "input_schema": LONG}], "tool_choice": {"type": "tool", "name": "f"}}),
+    ("/v1/responses", {"max_output_tokens": 1000, "stream": True, "input": PROMPT,
+                       "text": {"format": {"type": "json_schema", "name": "long", "schema": LONG}}}),
+])
+def test_disconnected_streams_of_the_other_apis_free_their_kv_blocks(server, path, body):
+    assert _wait_for(lambda: server.metrics()["triton_serve_num_requests_running"] == 0)
+    before = server.metrics()
+
+    async def read_a_little(http: httpx.AsyncClient) -> None:
+        async with http.stream("POST", f"{server.url}{path}", json={"model": server.model, **body}) as response:
+            assert response.status_code == 200
+            events = 0
+            async for line in response.aiter_lines():
+                events += line.startswith("data: ")
+                if events == 8:
+                    return                          # leaving the block closes the connection mid-stream
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            await asyncio.gather(*(read_a_little(http) for _ in range(4)))
+
+    asyncio.run(run())
+    assert _wait_for(lambda: server.metrics()["triton_serve_kv_cache_blocks_used"] ==
+                     before["triton_serve_kv_cache_blocks_used"])
+    after = server.metrics()
+    assert after["triton_serve_num_requests_running"] == 0
+    assert after["triton_serve_generation_tokens_total"] - before["triton_serve_generation_tokens_total"] < 0.5 * 4000

@@ -90,7 +90,8 @@ class _View:
             message["reasoning_content"] = thinking
         if not self._calls_tools:
             return message, choice.finish_reason
-        reader = tools.reader(self.body.effective_tool_choice, self.state.settings.tool_call_parser)
+        reader = tools.reader(self.body.effective_tool_choice, self.state.settings.tool_call_parser,
+                              self.body.parallel_tool_calls is not False)
         message["content"], calls = merge(reader.feed(text, final=True))
         if not calls:
             return message, choice.finish_reason
@@ -155,7 +156,8 @@ class _View:
                 yield self._chunk(index, {"content": self.echo}, None, None, tracker.for_chunk(False))
         splits = [reasoning.StreamSplit() for _ in range(job.n)] if self.state.settings.reasoning_parser else None
         choice_tools = self.body.effective_tool_choice
-        readers = ([tools.reader(choice_tools, self.state.settings.tool_call_parser) for _ in range(job.n)]
+        parallel = self.body.parallel_tool_calls is not False
+        readers = ([tools.reader(choice_tools, self.state.settings.tool_call_parser, parallel) for _ in range(job.n)]
                    if self._calls_tools else None)
         generated: list[list[int]] = [[] for _ in range(job.n)]
         last_token: dict[int, int] = {}

@@ -82,7 +82,7 @@ class _View:
         tokenizer = self.state.llm.tokenizer
         prompt_ids = self.job.prompts[p].token_ids
         return LegacyLogprobs(self.tokens, tokenizer.detokenizer(prompt_ids, self.skip_special),
-                              len(self.echoes[p]))
+                              len(self.echoes[p]), self.body.logprobs)
 
     def _logprobs(self, p: int, builder: LegacyLogprobs | None, first: bool,
                   prompt_logprobs: list[PositionLogprobs | None] | None, choice: CompletionOutput) -> dict | None:

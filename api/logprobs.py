@@ -141,10 +141,12 @@ class LegacyLogprobs:
     """Completions logprobs for one choice, built chunk by chunk: tokens, token_logprobs, top_logprobs and
     text_offset, the character offset of each token in the choice's text (echoed prompt included)."""
 
-    def __init__(self, tokens: TokenTable | TokenIds, detokenizer: IncrementalDetokenizer, offset: int = 0) -> None:
+    def __init__(self, tokens: TokenTable | TokenIds, detokenizer: IncrementalDetokenizer, offset: int = 0,
+                 top: int | None = None) -> None:
         self.tokens = tokens
         self.detokenizer = detokenizer
         self.offset = offset
+        self.top = top          # top_logprobs per token: the `top` most likely and the token itself (None: all)
 
     def prompt(self, token_ids: list[int], logprobs: list[PositionLogprobs | None] | None,
                offsets: list[int]) -> dict:
@@ -172,6 +174,8 @@ class LegacyLogprobs:
             return
         out["token_logprobs"].append(finite(row[token].logprob))
         ranked = sorted(row.items(), key=lambda item: (item[1].rank, -item[1].logprob))
+        if self.top is not None:         # the row may hold more (prompt_logprobs asked for a larger k)
+            ranked = [(t, lp) for i, (t, lp) in enumerate(ranked) if i < self.top or t == token]
         out["top_logprobs"].append({self.tokens.text(t): finite(lp.logprob) for t, lp in ranked})
 
 

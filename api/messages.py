@@ -17,13 +17,18 @@ from fastapi.responses import Response
 
 from api import reasoning, tools
 from api.errors import APIError, bad_request, shaped
-from api.messages_protocol import AnthropicError, MessageResponse, MessagesRequest, ToolResultBlock, ToolUseBlock
+from api.messages_protocol import (
+    AnthropicError,
+    MessageResponse,
+    MessagesRequest,
+    ToolResultBlock,
+    ToolUseBlock,
+)
 from api.responses import ERRORS
 from api.runner import Job, answer, outputs
 from api.sampling import Prompt, check_context, conversation_prompt
 from api.state import ServerState, check_model, server_state
 from api.streaming import logger
-from api.tool_parser import merge
 from engine.sampling_params import SamplingParams
 
 router = APIRouter()
@@ -48,7 +53,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     llm = state.llm
     openai_tools = [tools.Tool.model_validate({"type": "function", "function": {
         "name": t.name, "description": t.description, "parameters": t.input_schema}}) for t in body.tools or []]
-    choice = _tool_choice(body) if openai_tools else None
+    choice = _tool_choice(body) if openai_tools or body.tool_choice is not None else None   # none without tools: 400
     prompt = await asyncio.to_thread(_prompt, body, llm.tokenizer, openai_tools, llm.max_model_len)
     check_context(prompt, body.max_tokens, llm.max_model_len, None, "messages")
     parallel = not (body.tool_choice and body.tool_choice.disable_parallel_tool_use)
@@ -60,7 +65,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     job = Job("msg", body.model, [prompt], params, 1, arrival=arrival)
-    view = _View(state, job, choice)
+    view = _View(state, job, choice, parallel)
     return await answer(state, job, request, _framed(view.events()) if body.stream else None,
                         lambda finals: view.message(finals[0]))
 
@@ -92,14 +97,19 @@ def _prompt(body: MessagesRequest, tokenizer, openai_tools: list, max_model_len:
         text = message.content if isinstance(message.content, str) else \
             "".join(b.text for b in blocks if b.type == "text")
         for result in (b for b in blocks if isinstance(b, ToolResultBlock)):
-            messages.append({"role": "tool", "tool_call_id": result.tool_use_id, "content": result.text()})
+            content = f"Error: {result.text()}" if result.is_error else result.text()
+            messages.append({"role": "tool", "tool_call_id": result.tool_use_id, "content": content})
         calls = [{"id": b.id, "type": "function", "function": {"name": b.name, "arguments": b.input}}
                  for b in blocks if isinstance(b, ToolUseBlock)]
-        only_results = bool(blocks) and all(isinstance(b, ToolResultBlock) for b in blocks)
+        only_results = bool(blocks) and all(isinstance(b, ToolResultBlock) for b in blocks)   # thinking: not rendered
         if text or calls or not only_results:
             messages.append({"role": message.role, "content": text, **({"tool_calls": calls} if calls else {})})
     rendered_tools = [t.model_dump(exclude_none=True) for t in openai_tools] or None
-    return conversation_prompt(tokenizer, messages, rendered_tools, max_model_len, "messages")
+    last = messages[-1] if messages else {}
+    prefill = last.get("role") == "assistant" and bool(last.get("content")) and "tool_calls" not in last
+    # A prefill: the reply continues the last assistant message's text.
+    return conversation_prompt(tokenizer, messages, rendered_tools, max_model_len, "messages",
+                               add_generation_prompt=not prefill, continue_final_message=prefill)
 
 
 def _stop(finish_reason: str | None, stop_reason: str | int | None, calls: bool) -> tuple[str, str | None]:
@@ -114,11 +124,15 @@ def _stop(finish_reason: str | None, stop_reason: str | int | None, calls: bool)
 
 
 class _View:
-    """Renders a messages job's engine outputs as an Anthropic message, or as its event stream."""
+    """Renders a messages job's engine outputs as an Anthropic message, or as its event stream; both build their
+    content blocks with one `_Blocks`, in the order they are generated."""
 
-    def __init__(self, state: ServerState, job: Job, choice: tools.ToolChoice | None) -> None:
+    def __init__(self, state: ServerState, job: Job, choice: tools.ToolChoice | None, parallel: bool) -> None:
         self.state, self.job = state, job
-        self.choice = choice if choice not in (None, "none") else None
+        choice = choice if choice not in (None, "none") else None
+        self.reader = tools.reader(choice, state.settings.tool_call_parser, parallel) if choice else None
+        self.split = reasoning.StreamSplit() if state.settings.reasoning_parser else None
+        self.blocks = _Blocks()
         self.id = f"msg_{uuid.uuid4().hex[:24]}"
 
     def _usage(self, output_tokens: int) -> dict:
@@ -126,33 +140,33 @@ class _View:
         return {"input_tokens": self.job.prompt_tokens - cached, "cache_creation_input_tokens": 0,
                 "cache_read_input_tokens": cached, "output_tokens": output_tokens}
 
-    def _reader(self):
-        return tools.reader(self.choice, self.state.settings.tool_call_parser) if self.choice else None
+    def _feed(self, text: str, ended: bool) -> list[dict]:
+        """The events of the reply's next piece of text (thinking, text, tool calls)."""
+        thinking, text = self.split.add(text, ended) if self.split else ("", text)
+        events = self.blocks.text("thinking", thinking) if thinking else []
+        for delta in self.reader.feed(text, ended) if self.reader else ([{"content": text}] if text else []):
+            if "content" in delta:
+                events += self.blocks.text("text", delta["content"])
+            for part in delta.get("tool_calls", []):
+                events += self.blocks.tool(part)
+        return events
+
+    def _end(self, finish: str | None, stop_reason: str | int | None) -> tuple[str, str | None]:
+        return _stop(finish, stop_reason, any(b["type"] == "tool_use" for b in self.blocks.content))
 
     def message(self, final) -> dict:
         """The whole (non-streamed) message."""
         choice = final.outputs[0]
-        thinking, text = reasoning.split(choice.text) if self.state.settings.reasoning_parser else (None, choice.text)
-        reader = self._reader()
-        content, calls = merge(reader.feed(text, final=True)) if reader else (text or None, [])
-        blocks: list[dict] = []
-        if thinking is not None:
-            blocks.append({"type": "thinking", "thinking": thinking, "signature": ""})
-        if content:
-            blocks.append({"type": "text", "text": content})
-        blocks += [{"type": "tool_use", "id": _tool_id(call["id"]), "name": call["function"]["name"],
-                    "input": _object(call["function"]["arguments"])} for call in calls]
-        stop_reason, sequence = _stop(choice.finish_reason, choice.stop_reason, bool(calls))
-        return {"id": self.id, "type": "message", "role": "assistant", "model": self.job.model, "content": blocks,
-                "stop_reason": stop_reason, "stop_sequence": sequence, "usage": self._usage(len(choice.token_ids))}
+        self._feed(choice.text, True)
+        self.blocks.close()
+        stop_reason, sequence = self._end(choice.finish_reason, choice.stop_reason)
+        return {"id": self.id, "type": "message", "role": "assistant", "model": self.job.model,
+                "content": self.blocks.finished(), "stop_reason": stop_reason, "stop_sequence": sequence,
+                "usage": self._usage(len(choice.token_ids))}
 
     async def events(self) -> AsyncIterator[dict]:
         """Anthropic's event sequence; message_start once the prompt is scheduled (its cached tokens known)."""
-        split = reasoning.StreamSplit() if self.state.settings.reasoning_parser else None
-        reader = self._reader()
-        blocks = _Blocks()
-        generated, finish, stop_reason, calls = 0, None, None, False
-        started = False
+        generated, finish, stop_reason, started = 0, None, None, False
         async for _, output in outputs(self.state, self.job):
             if not started:
                 started = True
@@ -161,65 +175,64 @@ class _View:
                     "stop_reason": None, "stop_sequence": None, "usage": self._usage(0)}}
             for choice in output.outputs:
                 generated += len(choice.token_ids)
-                ended = choice.finish_reason is not None
-                thinking, text = split.add(choice.text, ended) if split else ("", choice.text)
-                if thinking:
-                    for event in blocks.text("thinking", thinking):
-                        yield event
-                deltas = reader.feed(text, ended) if reader else ([{"content": text}] if text else [])
-                for delta in deltas:
-                    if "content" in delta:
-                        for event in blocks.text("text", delta["content"]):
-                            yield event
-                    for part in delta.get("tool_calls", []):
-                        calls = True
-                        for event in blocks.tool(part):
-                            yield event
-                if ended:
+                for event in self._feed(choice.text, choice.finish_reason is not None):
+                    yield event
+                if choice.finish_reason is not None:
                     finish, stop_reason = choice.finish_reason, choice.stop_reason
-        for event in blocks.close():
+        for event in self.blocks.close():
             yield event
-        reason, sequence = _stop(finish, stop_reason, calls)
+        reason, sequence = self._end(finish, stop_reason)
         yield {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
                "usage": self._usage(generated)}
         yield {"type": "message_stop"}
 
 
 class _Blocks:
-    """The content blocks of a streamed message: which is open, and the events that open, extend and close them."""
+    """The content blocks of a message as they are generated: the events that open, extend and close them, and
+    the blocks themselves (`content`), which a non-streamed message returns."""
 
     def __init__(self) -> None:
-        self.index = -1
-        self.kind: str | None = None
+        self.content: list[dict] = []
+        self.kind: str | None = None             # the open block's type
 
     def _open(self, block: dict) -> list[dict]:
         events = self.close()
-        self.index += 1
+        self.content.append(block)
         self.kind = block["type"]
-        return events + [{"type": "content_block_start", "index": self.index, "content_block": block}]
+        start = {**block, "input": {}} if block["type"] == "tool_use" else dict(block)
+        return events + [{"type": "content_block_start", "index": len(self.content) - 1,
+                          "content_block": {k: v for k, v in start.items() if k != "partial_json"}}]
 
     def close(self) -> list[dict]:
         """Close the open block, if any."""
         if self.kind is None:
             return []
         self.kind = None
-        return [{"type": "content_block_stop", "index": self.index}]
+        return [{"type": "content_block_stop", "index": len(self.content) - 1}]
 
     def text(self, kind: str, text: str) -> list[dict]:
         """`text` for a thinking or text block (opened if it is not the open one)."""
         thinking = kind == "thinking"
         events = [] if self.kind == kind else self._open(
             {"type": "thinking", "thinking": "", "signature": ""} if thinking else {"type": "text", "text": ""})
+        self.content[-1][kind] += text
         delta = {"type": "thinking_delta", "thinking": text} if thinking else {"type": "text_delta", "text": text}
-        return events + [{"type": "content_block_delta", "index": self.index, "delta": delta}]
+        return events + [{"type": "content_block_delta", "index": len(self.content) - 1, "delta": delta}]
 
     def tool(self, part: dict) -> list[dict]:
         """A call delta from the tool-call reader: a new tool_use block, or its input's next JSON fragment."""
         if "id" in part:
-            return self._open({"type": "tool_use", "id": _tool_id(part["id"]),
-                               "name": part["function"]["name"], "input": {}})
-        return [{"type": "content_block_delta", "index": self.index,
+            return self._open({"type": "tool_use", "id": _tool_id(part["id"]), "name": part["function"]["name"],
+                               "partial_json": ""})
+        self.content[-1]["partial_json"] += part["function"]["arguments"]
+        return [{"type": "content_block_delta", "index": len(self.content) - 1,
                  "delta": {"type": "input_json_delta", "partial_json": part["function"]["arguments"]}}]
+
+    def finished(self) -> list[dict]:
+        """The blocks as a message holds them (a tool_use's input parsed)."""
+        return [{k: v for k, v in b.items() if k != "partial_json"} | ({"input": _object(b["partial_json"])}
+                                                                         if b["type"] == "tool_use" else {})
+                for b in self.content]
 
 
 def _tool_id(call_id: str) -> str:

@@ -1,8 +1,9 @@
 """Request body of the Anthropic Messages API, POST /v1/messages (strict: unknown fields are 400s), and its
 response shapes for /openapi.json.
 
-Content is text, and tool_use / tool_result blocks; images, documents and extended thinking are refused by
-name. `system` may be a string or text blocks.
+Content is text, and tool_use / tool_result blocks (and an earlier reply's thinking blocks, not rendered);
+images, documents and extended-thinking requests are refused by name. `system` may be a string or text blocks. A
+last assistant message is a prefill: the reply continues it.
 """
 
 from __future__ import annotations
@@ -55,7 +56,24 @@ class ToolResultBlock(StrictModel):
         return self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
 
 
-Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")]
+class ThinkingBlock(StrictModel):
+    """An earlier reply's thinking, sent back with it (not rendered: chat templates drop earlier thinking)."""
+
+    type: Literal["thinking"]
+    thinking: str
+    signature: str | None = None
+
+
+class RedactedThinkingBlock(StrictModel):
+    """Redacted thinking, sent back (not rendered)."""
+
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock,
+                  Field(discriminator="type")]
+BLOCK_TYPES = ("text", "tool_use", "tool_result", "thinking", "redacted_thinking")
 
 
 class Message(StrictModel):
@@ -69,7 +87,7 @@ class Message(StrictModel):
     def _supported_blocks(cls, value: Any) -> Any:
         for block in value if isinstance(value, list) else ():
             kind = block.get("type") if isinstance(block, dict) else None
-            if isinstance(kind, str) and kind not in ("text", "tool_use", "tool_result"):
+            if isinstance(kind, str) and kind not in BLOCK_TYPES:
                 raise ValueError(f"content blocks of type {kind!r} are not supported by this server")
         return value
 

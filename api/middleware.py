@@ -21,6 +21,13 @@ async def send_error(send: Send, status: int, message: str, type: str, code: str
     await send({"type": "http.response.body", "body": body})
 
 
+def route_path(scope: Scope) -> str:
+    """The path the router matches: without the `--root-path` prefix, which the router strips too (so that
+    `/prefix/v1/...` is checked like `/v1/...`)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] if root and (path == root or path.startswith(root + "/")) else path
+
+
 class ApiKeyMiddleware:
     """Every /v1 route requires `Authorization: Bearer <api_key>` (compared in constant time); the Anthropic
     Messages API also takes it as `x-api-key: <api_key>`, as Anthropic's clients send it."""
@@ -31,7 +38,7 @@ class ApiKeyMiddleware:
         self.key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
+        path = route_path(scope)
         if scope["type"] == "http" and (path == "/v1" or path.startswith("/v1/")):
             headers = dict(scope["headers"])
             given = headers.get(b"authorization", b"")

@@ -59,7 +59,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     conversation = history + _messages(body.input)
     chat_tools = [tools.Tool.model_validate({"type": "function", "function": {
         "name": t.name, "description": t.description, "parameters": t.parameters}}) for t in body.tools or []]
-    choice = _tool_choice(body) if chat_tools else None
+    choice = _tool_choice(body) if chat_tools or body.tool_choice is not None else None     # none without tools: 400
     system = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
     prompt = await asyncio.to_thread(_encode, llm.tokenizer, system + conversation, chat_tools, llm.max_model_len)
     check_context(prompt, body.max_output_tokens, llm.max_model_len, None, "input")
@@ -161,7 +161,8 @@ class _View:
         self.id = f"resp_{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.split = reasoning.StreamSplit() if state.settings.reasoning_parser else None
-        self.reader = tools.reader(self.choice, state.settings.tool_call_parser) if self.choice else None
+        self.reader = tools.reader(self.choice, state.settings.tool_call_parser,
+                                   body.parallel_tool_calls is not False) if self.choice else None
         self.items = Items()
         self.token_ids: list[int] = []
 

@@ -10,7 +10,8 @@ deltas concatenate to the non-streamed message. The forms read:
 - `auto` with the `hermes` parser: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks in the text.
   The text outside them is the content, less the whitespace between it and the calls (before a call, after one
   that nothing but whitespace precedes, and at the end of a reply that calls). A block whose object never gives
-  a name (not JSON, or no "name") is content as written.
+  a name (not JSON, or no "name") is content as written; one whose object is not closed by `</tool_call>` ends
+  there, its arguments as generated.
 
 A call cut short (max_tokens) keeps what was generated of it; the finish reason "length" says so.
 """
@@ -25,13 +26,15 @@ _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 
 class _Fields:
     """The top-level fields of one JSON object read incrementally from `text[start:]`: each key with where its
-    value's raw text starts and (once complete) ends; `end` is the index after the closing brace."""
+    value's raw text starts and (once complete) ends; `end` is the index after the closing brace, or where `stop`
+    (outside a string) cut the object short."""
 
-    __slots__ = ("start", "pos", "end", "fields", "_depth", "_string", "_escape", "_key_start", "_key",
+    __slots__ = ("start", "pos", "end", "fields", "stop", "_depth", "_string", "_escape", "_key_start", "_key",
                  "_await_value", "_open")
 
-    def __init__(self, start: int) -> None:
+    def __init__(self, start: int, stop: str | None = None) -> None:
         self.start = self.pos = start
+        self.stop = stop
         self.end: int | None = None
         self.fields: dict[str, list] = {}          # key -> [value start, value end or None]
         self._depth = 0
@@ -43,6 +46,12 @@ class _Fields:
     def feed(self, text: str) -> None:
         """Read on to the end of `text` or of the object, whichever comes first."""
         while self.pos < len(text) and self.end is None:
+            if self.stop and not self._string and text.startswith(self.stop, self.pos):
+                self._close_value(self.pos)          # the block ended before its object did
+                self.end = self.pos
+                return
+            if self.stop and not self._string and self.stop.startswith(text[self.pos:]):
+                return                               # may be the start of `stop`: wait for more text
             self._step(text, self.pos, text[self.pos])
             self.pos += 1
 
@@ -118,9 +127,10 @@ class _Call:
 class CallReader:
     """Reads one choice's calls as its text grows; `feed` answers the deltas the new text completes."""
 
-    def __init__(self, mode: str, name: str | None = None) -> None:
-        """`mode`: "named" (with the function's `name`), "required" or "hermes"."""
-        self.mode, self._name = mode, name
+    def __init__(self, mode: str, name: str | None = None, max_calls: int | None = None) -> None:
+        """`mode`: "named" (with the function's `name`), "required" or "hermes"; calls past `max_calls`
+        (parallel_tool_calls false: 1) are read but not sent."""
+        self.mode, self._name, self.max_calls = mode, name, max_calls
         self.text = ""
         self.calls: list[_Call] = []
         self._pos = 0                    # where looking for the next call resumes
@@ -198,7 +208,7 @@ class CallReader:
             return True
         self._content(deltas, opening, hold_space=True)  # the whitespace before a call is not content
         self._block = opening
-        self.calls.append(_Call(_Fields(body), "arguments"))
+        self.calls.append(_Call(_Fields(body, _CLOSE), "arguments"))
         return True
 
     def _content(self, deltas: list[dict], end: int, hold_space: bool = False) -> None:
@@ -218,7 +228,7 @@ class CallReader:
 
     def _call_deltas(self, index: int, call: _Call) -> list[dict]:
         """The start of `call` once its name is known, then its arguments as far as they are generated."""
-        deltas = []
+        deltas: list[dict] = []
         if call.name is None:
             if call.arguments_key is None:
                 call.name = self._name
@@ -227,8 +237,12 @@ class CallReader:
                 if raw is None or not raw[1] or not isinstance(_loads(raw[0]), str):
                     return deltas
                 call.name = _loads(raw[0])
+            if self.max_calls is not None and index >= self.max_calls:
+                return deltas                        # a call all the same (not content), but not sent
             deltas.append({"tool_calls": [{"index": index, "id": f"call_{uuid.uuid4().hex[:24]}",
                                            "type": "function", "function": {"name": call.name, "arguments": ""}}]})
+        if self.max_calls is not None and index >= self.max_calls:
+            return deltas
         if call.arguments_key is None:
             end = call.fields.end if call.fields.end is not None else len(self.text)
             arguments = self.text[:end].rstrip()
@@ -249,9 +263,10 @@ def _partial_suffix(text: str, marker: str) -> int:
     return 0
 
 
-def read_calls(text: str, mode: str, name: str | None = None) -> tuple[str | None, list[dict]]:
+def read_calls(text: str, mode: str, name: str | None = None,
+               max_calls: int | None = None) -> tuple[str | None, list[dict]]:
     """(content or None, calls in a message's shape) of a whole reply: what its stream's deltas add up to."""
-    return merge(CallReader(mode, name).feed(text, final=True))
+    return merge(CallReader(mode, name, max_calls).feed(text, final=True))
 
 
 def merge(deltas: list[dict]) -> tuple[str | None, list[dict]]:

@@ -100,11 +100,12 @@ def constraint(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bo
     return StructuredOutputsParams(json=array)
 
 
-def reader(choice: ToolChoice | None, parser: str | None) -> CallReader:
-    """A reader of one choice's calls under `choice` (a named function, required, or auto with `parser`)."""
+def reader(choice: ToolChoice | None, parser: str | None, parallel: bool = True) -> CallReader:
+    """A reader of one choice's calls under `choice` (a named function, required, or auto with `parser`); without
+    `parallel`, only the first call counts (required's grammar already allows one; auto's text may hold more)."""
     if isinstance(choice, NamedToolChoice):
         return CallReader("named", choice.function.name)
-    return CallReader("required" if choice == "required" else parser)
+    return CallReader("required" if choice == "required" else parser, max_calls=None if parallel else 1)
 
 
 def for_template(calls: list[ToolCall]) -> list[dict]:

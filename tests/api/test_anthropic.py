@@ -123,10 +123,40 @@ def test_thinking_is_a_thinking_block():
 
     settings = SimpleNamespace(reasoning_parser="qwen3", tool_call_parser=None)
     job = SimpleNamespace(model="m", prompt_tokens=5, cached_tokens=lambda: 0)
-    view = messages._View(SimpleNamespace(settings=settings), job, None)
+    view = messages._View(SimpleNamespace(settings=settings), job, None, True)
     final = RequestOutput("r", None, [1] * 5, [CompletionOutput(0, "<think>hmm</think>\n\nHi", [7, 8, 9], None,
                                                                 None, "stop")], True)
     message = anthropic.types.Message.model_validate(view.message(final))        # the SDK's own type
     assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in message.content] == [
         ("thinking", "hmm"), ("text", "Hi")]
     assert (message.stop_reason, message.usage.output_tokens, message.usage.input_tokens) == ("end_turn", 3, 5)
+
+
+def test_a_last_assistant_message_is_continued(server, claude, client):
+    prefill = [*USER, {"role": "assistant", "content": "Well, I"}]
+    r = claude.messages.create(model=server.model, max_tokens=6, messages=prefill, extra_body=GREEDY)
+    same = client.chat.completions.create(model=server.model, max_tokens=6, temperature=0, messages=prefill,
+                                          extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    assert r.content[0].text == same.choices[0].message.content
+
+
+def test_blocks_come_back_in_the_order_they_were_generated_and_the_reply_can_be_sent_back():
+    from types import SimpleNamespace
+
+    from api import messages
+    from engine.outputs import CompletionOutput, RequestOutput
+
+    settings = SimpleNamespace(reasoning_parser="qwen3", tool_call_parser="hermes")
+    job = SimpleNamespace(model="m", prompt_tokens=5, cached_tokens=lambda: 0)
+    auto = messages._View(SimpleNamespace(settings=settings), job, "auto", True)
+    text = '<think>hm</think>\n\nLet me check.<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>Done.'
+    final = RequestOutput("r", None, [1] * 5, [CompletionOutput(0, text, [7] * 9, None, None, "stop")], True)
+    message = anthropic.types.Message.model_validate(auto.message(final))
+    assert [b.type for b in message.content] == ["thinking", "text", "tool_use", "text"]
+    assert (message.content[2].input, message.content[3].text, message.stop_reason) == ({"a": 1}, "Done.", "tool_use")
+    # The reply as the SDK would send it back: thinking blocks are accepted (and not rendered).
+    from api.messages_protocol import MessagesRequest
+
+    MessagesRequest.model_validate({"model": "m", "max_tokens": 4, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": [
+            b.model_dump(exclude_none=True) for b in message.content]}]})

@@ -206,3 +206,11 @@ def test_perf_metrics_in_response(server, client):
     carrying = [i for i, c in enumerate(chunks) if c.model_dump().get("perf_metrics")]
     assert carrying == [len(chunks) - 1] and chunks[-1].choices[0].finish_reason == "length"
     assert "perf_metrics" not in client.completions.create(model=server.model, prompt="Hi", max_tokens=1).model_dump()
+
+
+def test_prompt_logprobs_beside_echoed_logprobs(server, client):
+    r = client.completions.create(model=server.model, prompt="The quick brown fox", max_tokens=2, echo=True,
+                                  logprobs=1, extra_body={"prompt_logprobs": 5})
+    choice = r.choices[0]
+    assert all(len(top) <= 2 for top in choice.logprobs.top_logprobs if top is not None)    # 1 and the token
+    assert all(len(e) >= 5 for e in choice.model_dump()["prompt_logprobs"][1:])

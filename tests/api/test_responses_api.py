@@ -103,3 +103,21 @@ def test_what_cannot_be_honoured_is_a_400(server, client):
     with pytest.raises(openai.BadRequestError, match="not supported"):
         client.responses.create(model=server.model, max_output_tokens=1,
                                 input=[{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}])
+
+
+def test_the_store_is_bounded_by_count_and_bytes():
+    from api.response_store import ResponseStore, Stored
+
+    store = ResponseStore(capacity=3, max_bytes=10_000)
+    for i in range(5):
+        store.put(f"r{i}", Stored({"i": i}, [{"role": "user", "content": "x"}]))
+    assert [store.get(f"r{i}") is not None for i in range(5)] == [False, False, True, True, True]
+    store.put("big", Stored({"text": "y" * 9_000}, []))
+    assert store.get("big") is not None and store.get("r2") is None and store.get("r4") is not None   # count
+    store.put("huge", Stored({"text": "z" * 20_000}, []))
+    assert store.get("huge") is None and store.get("big") is None           # nothing larger than the bound
+
+
+def test_tool_choice_without_tools_is_a_400(server, client):
+    with pytest.raises(openai.BadRequestError, match="tool_choice requires tools"):
+        client.responses.create(model=server.model, input="x", max_output_tokens=1, tool_choice="required")

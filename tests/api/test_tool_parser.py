@@ -27,6 +27,8 @@ HERMES = [
     ('Text <tool_call>{"na', 'Text <tool_call>{"na', []),     # cut before a name: the block is content
     ("ends with a partial <tool_ca", "ends with a partial <tool_ca", []),
     ('A <tool_call>{"name": "f"}</tool_call> B\n', "A B", [("f", "{}")]),
+    ('<tool_call>{"name": "f", "arguments": {"a": 1}</tool_call> tail <tool_call>{"name": "g"}</tool_call>',
+     "tail", [("f", '{"a": 1}'), ("g", "{}")]),          # an object not closed ends with its block
     ('\n<tool_call>{"name": "f"}</tool_call>\n\n<tool_call>{"name": "g"}</tool_call>\n', None,
      [("f", "{}"), ("g", "{}")]),
 ]
@@ -85,3 +87,11 @@ def test_a_call_streams_its_name_before_its_arguments_are_complete():
     assert reader.feed(', "b": 2}}\n</tool_call>\n') == [
         {"tool_calls": [{"index": 0, "function": {"arguments": ', "b": 2}'}}]}]
     assert reader.feed("", final=True) == []
+
+
+def test_without_parallel_calls_only_the_first_counts():
+    text = ('<tool_call>{"name": "f", "arguments": {}}</tool_call>\n'
+            '<tool_call>{"name": "g", "arguments": {}}</tool_call>')
+    assert [c["function"]["name"] for c in read_calls(text, "hermes")[1]] == ["f", "g"]
+    content, calls = read_calls(text, "hermes", max_calls=1)
+    assert content is None and [c["function"]["name"] for c in calls] == ["f"]

@@ -18,7 +18,6 @@ from engine.async_llm import AsyncLLM
 def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
     """An app serving `llm` under `settings.served_model_name`. The caller owns `llm` (and shuts it down)."""
     app = FastAPI(title="triton-serve", version=utility.VERSION, docs_url=None, redoc_url=None,
-                  root_path=settings.root_path,
                   description="An OpenAI-compatible completions server (Fireworks usage semantics). Logprobs "
                               "are those of the raw model distribution, before temperature, penalties and "
                               "top-k/top-p/min-p. Bodies are read strictly: an integer is written without a fraction "
@@ -30,6 +29,7 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
                               "continue_final_message excludes add_generation_prompt and needs a last assistant "
                               "message, and a request's chat_template needs a server started with "
                               "--trust-request-chat-template (400).")
+    app.root_path = settings.root_path      # the router strips it where a request has it (not the deprecated argument)
     app.state.server = ServerState.build(llm, settings)
     install_handlers(app)
     app.include_router(completions.router)

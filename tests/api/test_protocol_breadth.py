@@ -214,3 +214,19 @@ def test_prompt_logprobs_beside_echoed_logprobs(server, client):
     choice = r.choices[0]
     assert all(len(top) <= 2 for top in choice.logprobs.top_logprobs if top is not None)    # 1 and the token
     assert all(len(e) >= 5 for e in choice.model_dump()["prompt_logprobs"][1:])
+
+
+def test_the_api_key_guards_the_root_path_too():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from api.middleware import ApiKeyMiddleware
+
+    app = FastAPI()
+    app.root_path = "/prefix"                       # as api/server.py sets --root-path
+    app.add_api_route("/v1/models", lambda: {"ok": True}, methods=["GET"])
+    app.add_middleware(ApiKeyMiddleware, api_key="secret")
+    http = TestClient(app)
+    for path in ("/v1/models", "/prefix/v1/models"):
+        assert http.get(path).status_code == 401, path
+        assert http.get(path, headers={"Authorization": "Bearer secret"}).status_code == 200, path

@@ -39,6 +39,7 @@ class ModelConfig:
     dtype: torch.dtype
     eos_token_ids: list[int]
     sliding_window: int | None
+    layer_windows: list[int]            # per layer: its sliding window (0: it attends the whole context)
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> ModelConfig:
@@ -51,6 +52,12 @@ class ModelConfig:
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         eos = raw.get("eos_token_id")
         sliding = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
+        layers = raw["num_hidden_layers"]
+        kinds = raw.get("layer_types")          # transformers 5 names each layer's attention
+        if kinds is None:                       # else: all windowed (Mistral), Qwen2's from max_window_layers on
+            first = raw.get("max_window_layers", 0)
+            kinds = ["sliding_attention" if sliding and i >= first else "full_attention" for i in range(layers)]
+        windows = [(sliding or 0) if kind == "sliding_attention" else 0 for kind in kinds]
         return cls(
             architecture=archs[0] if archs else raw.get("model_type", "unknown"),
             vocab_size=raw["vocab_size"],
@@ -71,6 +78,7 @@ class ModelConfig:
             dtype=_DTYPES.get(str(raw.get("torch_dtype") or raw.get("dtype") or "float32"), torch.float32),
             eos_token_ids=[] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
             sliding_window=sliding,
+            layer_windows=windows,
         )
 
 
@@ -162,10 +170,9 @@ class EngineConfig:
         return model.dtype if device.type == "cuda" else torch.float32
 
     def resolved_max_model_len(self, model: ModelConfig) -> int:
-        """The context length: the user's, which may not exceed the model's positions (or sliding window)."""
+        """The context length: the user's, which may not exceed the model's positions (a sliding window does not
+        cap it: the attention kernels apply it)."""
         limit = model.max_position_embeddings
-        if model.sliding_window:
-            limit = min(limit, model.sliding_window)
         if self.max_model_len is None:
             return limit
         if self.max_model_len > limit:

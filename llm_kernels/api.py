@@ -26,7 +26,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_ca
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int,
-                    scale: float) -> torch.Tensor:
+                    scale: float, sliding_window: int = 0) -> torch.Tensor:
     """Causal attention of the new tokens of a batch of sequences over their paged KV caches.
 
     q: [T, num_heads, head_dim], the new tokens of all S sequences packed one after another (a decode has 1,
@@ -34,12 +34,13 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     seq_lens: [S] int32, the tokens in the cache for each sequence, the new ones included (they must have
     been written with `store_kv` first). block_tables: [S, max_blocks] int32 block ids; entries past a
     sequence's last block are ignored. max_seqlen_q: the largest q length. New token i of sequence s sits at
-    position seq_lens[s] - q_len[s] + i and attends to keys 0..that position. GQA when
+    position seq_lens[s] - q_len[s] + i and attends to keys 0..that position, or with sliding_window W > 0 only
+    to the keys at distance < W (position - W + 1..position; 0 = no window). GQA when
     num_heads > num_kv_heads (query head h reads kv head h // (num_heads // num_kv_heads)).
     Returns [T, num_heads, head_dim] in q's dtype.
     """
     return select(q.device).paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-                                            max_seqlen_q, scale)
+                                            max_seqlen_q, scale, sliding_window)
 
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,

@@ -61,7 +61,8 @@ def assert_matches_hf(llm: LLM, path: str, prompts: list[str]) -> None:
     assert_all_blocks_free(llm)
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama3", "mistral", "qwen2", "qwen3", "qwen3-yarn", "llama-dynamic"])
+@pytest.mark.parametrize("arch", ["llama", "llama3", "mistral", "qwen2", "qwen3", "qwen3-yarn", "llama-dynamic",
+                                  "mistral-window"])
 def test_greedy_matches_transformers(checkpoint_factory, arch):
     path = checkpoint_factory(arch, seed=len(arch))
     assert_matches_hf(LLM(path), path, PROMPTS)
@@ -165,10 +166,11 @@ def test_preemption(llama_path):
     assert llm.engine.stats().num_preemptions > 0
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3-yarn"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3-yarn", "mistral-window"])
 def test_everything_at_once(llama_path, checkpoint_factory, arch):
     """Prefix-cache hits, chunked prefills and preemption in one run (with YaRN too: its scaled cos/sin reach
-    the cached keys of every chunk)."""
+    the cached keys of every chunk; and with a sliding window of 16 tokens, narrower than the prompts, which
+    chunks of 16 cross)."""
     path = llama_path if arch == "llama" else checkpoint_factory(arch)
     llm = LLM(path, block_size=4, kv_cache_blocks=32, max_model_len=128, max_num_batched_tokens=16, max_num_seqs=5)
     shared = "Continuous batching adds and removes sequences at every step. "
@@ -199,3 +201,14 @@ def test_a_sequence_that_fills_the_whole_cache(llama_path):
     assert output.outputs[0].token_ids == hf_greedy(llama_path, tuple(prompt), 1)
     assert output.outputs[0].finish_reason == "length"
     assert_all_blocks_free(llm)
+
+
+def test_a_sliding_window_does_not_cap_the_context(checkpoint_factory):
+    """Mistral with a window of 16 serves its 512 positions (the window once capped the context at 16), and a
+    prompt of about 450 tokens decodes as transformers does."""
+    path = checkpoint_factory("mistral-window")
+    llm = LLM(path, max_num_batched_tokens=128)
+    assert llm.engine.max_model_len == 512
+    prompt = tuple(range(3, 400)) + tuple(range(3, 60))
+    out = llm.generate([list(prompt)], greedy())[0]
+    assert out.outputs[0].token_ids == hf_greedy(path, prompt)

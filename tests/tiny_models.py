@@ -41,6 +41,7 @@ ARCHITECTURES = {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64}, "rope_theta": 500000.0}),
     "mistral": (transformers.MistralConfig, {"sliding_window": None}),
+    "mistral-window": (transformers.MistralConfig, {"sliding_window": 16, "max_position_embeddings": 512}),
     "qwen2": (transformers.Qwen2Config, {}),
     "qwen3": (transformers.Qwen3Config, {"head_dim": 32}),
     "qwen3-yarn": (transformers.Qwen3Config, {"head_dim": 32, "rope_scaling": {

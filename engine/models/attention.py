@@ -32,9 +32,11 @@ class Attention(torch.nn.Module):
     optional biases (Qwen2, Llama's attention_bias) and q/k norm (Qwen3, per head: every rank holds it whole)."""
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, qkv_bias: bool,
-                 o_bias: bool, qk_norm_eps: float | None, kernels: KernelSet, tp: TensorParallel) -> None:
+                 o_bias: bool, qk_norm_eps: float | None, kernels: KernelSet, tp: TensorParallel,
+                 sliding_window: int = 0) -> None:
         super().__init__()
         self.kernels = kernels
+        self.sliding_window = sliding_window          # > 0: each token attends only its last this-many positions
         self.num_heads = tp.split(num_heads, "num_attention_heads")
         self.num_kv_heads, kv_start = tp.kv_heads(num_kv_heads)
         self.head_dim = head_dim
@@ -61,5 +63,5 @@ class Attention(torch.nn.Module):
         q, k = qk[:, :heads], qk[:, heads:]
         kernels.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         out = kernels.paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.seq_lens,
-                                      meta.cu_seqlens_q, meta.max_seqlen_q, self.scale)
+                                      meta.cu_seqlens_q, meta.max_seqlen_q, self.scale, self.sliding_window)
         return self.o_proj(out.flatten(1))

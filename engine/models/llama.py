@@ -43,11 +43,12 @@ class DecoderLayer(torch.nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, kernels: KernelSet,
-                 tp: TensorParallel) -> None:
+                 tp: TensorParallel, sliding_window: int = 0) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
         self.self_attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, qkv_bias,
-                                   cfg.attention_bias, cfg.rms_norm_eps if qk_norm else None, kernels, tp)
+                                   cfg.attention_bias, cfg.rms_norm_eps if qk_norm else None, kernels, tp,
+                                   sliding_window)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, kernels, tp)
 
@@ -71,8 +72,8 @@ class DecoderModel(torch.nn.Module):
         super().__init__()
         self.rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
-        self.layers = torch.nn.ModuleList(DecoderLayer(cfg, qkv_bias, qk_norm, kernels, tp)
-                                          for _ in range(cfg.num_layers))
+        self.layers = torch.nn.ModuleList(DecoderLayer(cfg, qkv_bias, qk_norm, kernels, tp, window)
+                                          for window in cfg.layer_windows)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:

@@ -15,36 +15,37 @@
 
 enum { OK = 0, NO_MEMORY = 1, BAD_TABLE = 2 };
 
-/* Query heads [h0, h1) of one sequence; group query heads share a KV head. */
+/* Query heads [h0, h1) of one sequence, over its tokens [start, len); group query heads share a KV head. */
 static inline __attribute__((always_inline)) void attend(
-        const float *q, const float *k_cache, const float *v_cache, const int32_t *table, int len, float *out,
-        int h0, int h1, int group, int num_kv_heads, const int head_dim, int block_size, float scale,
+        const float *q, const float *k_cache, const float *v_cache, const int32_t *table, int start, int len,
+        float *out, int h0, int h1, int group, int num_kv_heads, const int head_dim, int block_size, float scale,
         float *scores) {
     const int64_t row = (int64_t)num_kv_heads * head_dim;
-    for (int t = 0; t < len; t++) {
+    const int n = len - start;
+    for (int t = start; t < len; t++) {
         const float *k = k_cache + ((int64_t)table[t / block_size] * block_size + t % block_size) * row;
         for (int h = h0; h < h1; h++) {
             const float *kh = k + (int64_t)(h / group) * head_dim, *qh = q + (int64_t)h * head_dim;
             float dot = 0.f;
             for (int i = 0; i < head_dim; i++) dot += qh[i] * kh[i];
-            scores[(int64_t)(h - h0) * len + t] = dot * scale;
+            scores[(int64_t)(h - h0) * n + (t - start)] = dot * scale;
         }
     }
     for (int h = h0; h < h1; h++) {
-        float *s = scores + (int64_t)(h - h0) * len, max = -FLT_MAX, sum = 0.f;
-        for (int t = 0; t < len; t++) max = s[t] > max ? s[t] : max;
-        for (int t = 0; t < len; t++) {
+        float *s = scores + (int64_t)(h - h0) * n, max = -FLT_MAX, sum = 0.f;
+        for (int t = 0; t < n; t++) max = s[t] > max ? s[t] : max;
+        for (int t = 0; t < n; t++) {
             s[t] = expf(s[t] - max);
             sum += s[t];
         }
         const float inv = 1.f / sum;
-        for (int t = 0; t < len; t++) s[t] *= inv;
+        for (int t = 0; t < n; t++) s[t] *= inv;
         for (int i = 0; i < head_dim; i++) out[(int64_t)h * head_dim + i] = 0.f;
     }
-    for (int t = 0; t < len; t++) {
+    for (int t = start; t < len; t++) {
         const float *v = v_cache + ((int64_t)table[t / block_size] * block_size + t % block_size) * row;
         for (int h = h0; h < h1; h++) {
-            const float *vh = v + (int64_t)(h / group) * head_dim, p = scores[(int64_t)(h - h0) * len + t];
+            const float *vh = v + (int64_t)(h / group) * head_dim, p = scores[(int64_t)(h - h0) * n + (t - start)];
             float *o = out + (int64_t)h * head_dim;
             for (int i = 0; i < head_dim; i++) o[i] += p * vh[i];
         }
@@ -60,11 +61,13 @@ static int table_ok(const int32_t *table, int len, int max_blocks, int block_siz
 }
 
 /* q, out [num_seqs, num_heads, head_dim]; caches [num_blocks, block_size, num_kv_heads, head_dim];
- * block_tables [num_seqs, max_blocks]; seq_lens [num_seqs]; num_heads a multiple of num_kv_heads.
+ * block_tables [num_seqs, max_blocks]; seq_lens [num_seqs]; num_heads a multiple of num_kv_heads;
+ * window > 0: only the last `window` tokens are attended (a sliding window), 0: all.
  * Returns OK, NO_MEMORY, or BAD_TABLE (a length or block id out of range: that sequence is not computed). */
 int paged_decode_f32(const float *q, const float *k_cache, const float *v_cache, const int32_t *block_tables,
                      const int32_t *seq_lens, float *out, int num_seqs, int num_heads, int num_kv_heads,
-                     int head_dim, int block_size, int max_blocks, int num_blocks, float scale, int num_threads) {
+                     int head_dim, int block_size, int max_blocks, int num_blocks, float scale, int window,
+                     int num_threads) {
     const int group = num_heads / num_kv_heads;
     const int splits = num_seqs >= num_threads ? 1 : num_kv_heads;   /* tasks per sequence */
     int status = OK;
@@ -79,7 +82,8 @@ int paged_decode_f32(const float *q, const float *k_cache, const float *v_cache,
             continue;
         }
         const int kv0 = part * num_kv_heads / splits, kv1 = (part + 1) * num_kv_heads / splits;
-        float *scores = malloc(sizeof(float) * ((size_t)len * (kv1 - kv0) * group));
+        const int start = window > 0 && len > window ? len - window : 0;
+        float *scores = malloc(sizeof(float) * ((size_t)(len - start) * (kv1 - kv0) * group));
         if (scores == NULL) {
             #pragma omp atomic write
             status = NO_MEMORY;
@@ -89,12 +93,12 @@ int paged_decode_f32(const float *q, const float *k_cache, const float *v_cache,
         float *os = out + (int64_t)s * num_heads * head_dim;
         /* Head sizes known at compile time unroll and vectorise the inner loops fully. */
         switch (head_dim) {
-#define CASE(D) case D: attend(qs, k_cache, v_cache, table, len, os, kv0 * group, kv1 * group, group, \
+#define CASE(D) case D: attend(qs, k_cache, v_cache, table, start, len, os, kv0 * group, kv1 * group, group, \
                                num_kv_heads, D, block_size, scale, scores); break;
             CASE(64) CASE(80) CASE(96) CASE(128) CASE(256)
 #undef CASE
-            default: attend(qs, k_cache, v_cache, table, len, os, kv0 * group, kv1 * group, group, num_kv_heads,
-                            head_dim, block_size, scale, scores);
+            default: attend(qs, k_cache, v_cache, table, start, len, os, kv0 * group, kv1 * group, group,
+                            num_kv_heads, head_dim, block_size, scale, scores);
         }
         free(scores);
     }

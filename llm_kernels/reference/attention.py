@@ -72,8 +72,9 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> to
     return cache[block_table[:num_blocks].long()].flatten(0, 1)[:length]
 
 
-def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Causal attention of q [Lq, H, D] over k/v [L, Hkv, D], q being the last Lq of the L positions."""
+def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int = 0) -> torch.Tensor:
+    """Causal attention of q [Lq, H, D] over k/v [L, Hkv, D], q being the last Lq of the L positions (and each
+    attending only its last `window` positions, itself included, when window > 0)."""
     q_len, num_heads, _ = q.shape
     length, num_kv_heads, _ = k.shape
     group = num_heads // num_kv_heads
@@ -81,6 +82,8 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float)
     kh = k.float().transpose(0, 1).repeat_interleave(group, dim=0)   # [H, L, D]
     vh = v.float().transpose(0, 1).repeat_interleave(group, dim=0)
     mask = torch.ones(q_len, length, dtype=torch.bool, device=q.device).tril(diagonal=length - q_len)
+    if window > 0:                       # row i is position length - q_len + i: keys after it minus the window
+        mask = mask.triu(diagonal=length - q_len - window + 1)
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
     return out.transpose(0, 1)                                       # [Lq, H, D]
 
@@ -97,12 +100,14 @@ def _gather_slots(cache: torch.Tensor, slots: torch.Tensor, name: str) -> torch.
 
 
 def _attend_decodes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-                    seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+                    seq_lens: torch.Tensor, scale: float, window: int = 0) -> torch.Tensor:
     """One query token per sequence (q [S, H, D]), batched: gather each sequence's keys and mask the padding."""
     num_seqs, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     positions = torch.arange(int(seq_lens.max()), device=q.device)[None, :]
     valid = positions < seq_lens[:, None]                            # [S, K]
+    if window > 0:
+        valid &= positions >= seq_lens[:, None] - window
     # Padding reads each sequence's first token (written, so finite: 0 * NaN cannot leak), then is masked.
     positions = positions * valid
     slots = block_tables.long().gather(1, positions // block_size) * block_size + positions % block_size
@@ -117,10 +122,11 @@ def _attend_decodes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int,
-                    scale: float) -> torch.Tensor:
+                    scale: float, sliding_window: int = 0) -> torch.Tensor:
     """Causal attention of packed new tokens over their sequences' paged caches (contract in `llm_kernels.api`)."""
+    window = sliding_window
     if max_seqlen_q == 1 and q.shape[0] == seq_lens.shape[0] <= _DECODE_CHUNK:   # a small decode batch, as it is
-        return _attend_decodes(q, k_cache, v_cache, block_tables, seq_lens, scale).to(q.dtype)
+        return _attend_decodes(q, k_cache, v_cache, block_tables, seq_lens, scale, window).to(q.dtype)
     out = torch.empty_like(q)
     starts = cu_seqlens_q[:-1].tolist()
     ends = cu_seqlens_q[1:].tolist()
@@ -135,10 +141,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         chunk, decodes = decodes[:count], decodes[count:]
         idx = torch.tensor(chunk, device=q.device)
         rows = cu_seqlens_q[idx].long()
-        out[rows] = _attend_decodes(q[rows], k_cache, v_cache, block_tables[idx], seq_lens[idx], scale).to(q.dtype)
+        out[rows] = _attend_decodes(q[rows], k_cache, v_cache, block_tables[idx], seq_lens[idx], scale,
+                                    window).to(q.dtype)
     for s in range(len(lens)):
         if ends[s] - starts[s] > 1:
             k = gather_kv(k_cache, block_tables[s], lens[s])
             v = gather_kv(v_cache, block_tables[s], lens[s])
-            out[starts[s]:ends[s]] = _attend_one(q[starts[s]:ends[s]], k, v, scale).to(q.dtype)
+            out[starts[s]:ends[s]] = _attend_one(q[starts[s]:ends[s]], k, v, scale, window).to(q.dtype)
     return out

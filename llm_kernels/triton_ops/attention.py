@@ -17,16 +17,17 @@ from llm_kernels.triton_ops.prefill_attention import prefill_attention
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int,
-                    scale: float) -> torch.Tensor:
+                    scale: float, sliding_window: int = 0) -> torch.Tensor:
     """Causal attention of packed new tokens over their sequences' paged caches (contract in `llm_kernels.api`)."""
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    paged_attention_into(out, q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, max_seqlen_q, scale)
+    paged_attention_into(out, q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, max_seqlen_q, scale,
+                         sliding_window)
     return out
 
 
 def paged_attention_into(out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          block_tables: torch.Tensor, seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                         max_seqlen_q: int, scale: float) -> None:
+                         max_seqlen_q: int, scale: float, sliding_window: int = 0) -> None:
     """`paged_attention` writing into a given `out` [T, num_heads, head_dim] (every row of it is written)."""
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1 or out.stride(-1) != 1:
         raise ValueError("paged_attention needs caches and an output whose last dimension is contiguous")
@@ -38,5 +39,6 @@ def paged_attention_into(out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tens
         cu_seqlens_q.contiguous()
     if max_seqlen_q > 1:
         prefill_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, max_seqlen_q, scale, out,
-                          skip_decodes=True)
-    decode_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out)
+                          skip_decodes=True, sliding_window=sliding_window)
+    decode_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out,
+                     sliding_window=sliding_window)

@@ -7,7 +7,9 @@ update per tile of BLOCK_N keys: the tile's block ids from the block table, its 
 running max, normaliser and accumulator rescaled. They differ only in what they mask, chosen at compile time:
 - MASK_NONE: every key of the range is visible to every row (prefill's keys below the block's first position);
 - MASK_BOUNDS: keys at or past kv_end are masked (decode: a split's last tile may overrun the sequence);
-- MASK_CAUSAL: a key is visible to a row when it is at or before the row's position (prefill's last tiles).
+- MASK_CAUSAL: a key is visible to a row when it is at or before the row's position (prefill's last tiles);
+- MASK_WINDOW: causal, and within the row's sliding window (its last `window` positions): prefill with a window,
+  where a tile may hide every key from some rows (their running max stays -inf and is read as 0).
 Triton inlines the helper, so each kernel compiles as it did with the loop written out in it.
 """
 
@@ -20,6 +22,7 @@ LOG2E = 1.4426950408889634      # the kernels scale scores by scale * LOG2E and 
 MASK_NONE = tl.constexpr(0)
 MASK_BOUNDS = tl.constexpr(1)
 MASK_CAUSAL = tl.constexpr(2)
+MASK_WINDOW = tl.constexpr(3)
 
 
 @triton.jit
@@ -39,13 +42,13 @@ def initial_state(ROWS: tl.constexpr, HEAD_PAD: tl.constexpr):
 
 
 @triton.jit
-def attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, lo, hi, kv_end, positions, qk_scale,
+def attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, lo, hi, kv_end, positions, window, qk_scale,
                  dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
                  BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr, UPCAST: tl.constexpr,
                  FP32_DOT: tl.constexpr):
     """Online-softmax update of (acc, m_i, l_i) with the keys [lo, hi): q [rows, HEAD_PAD] against the keys of
-    `table` (one sequence's block ids) below kv_end; `positions` [rows] is read only by MASK_CAUSAL. UPCAST: the
-    dots in float32 at FP32_DOT precision, else in the cache's dtype."""
+    `table` (one sequence's block ids) below kv_end; `positions` [rows] is read by MASK_CAUSAL and MASK_WINDOW,
+    `window` by MASK_WINDOW only. UPCAST: the dots in float32 at FP32_DOT precision, else in the cache's dtype."""
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < kv_end
@@ -65,9 +68,14 @@ def attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, lo, hi, kv_end, positi
             s = tl.where(n_ok[None, :], s, float("-inf"))
         elif MASK == MASK_CAUSAL:
             s = tl.where(offs_n[None, :] <= positions[:, None], s, float("-inf"))
+        elif MASK == MASK_WINDOW:
+            visible = (offs_n[None, :] <= positions[:, None]) & (offs_n[None, :] > positions[:, None] - window)
+            s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        # With a window, a row no key has reached yet keeps max -inf: read as 0, exp2(-inf - 0) = 0, not NaN.
+        m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new) if MASK == MASK_WINDOW else m_new
+        alpha = tl.exp2(m_i - m_new_safe)
+        p = tl.exp2(s - m_new_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if UPCAST:
             acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=FP32_DOT)

@@ -31,7 +31,7 @@ MAX_SPLITS = 64
 
 @triton.jit
 def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_o_ptr, part_lse_ptr,
-                         block_tables_ptr, seq_lens_ptr, cu_q_ptr, qk_scale,
+                         block_tables_ptr, seq_lens_ptr, cu_q_ptr, qk_scale, window,
                          stride_qt, stride_qh, stride_ot, stride_oh,
                          stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
                          num_heads, num_splits,
@@ -46,8 +46,9 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_o_ptr, p
     if q_len != 1:
         return
     seq_len = tl.load(seq_lens_ptr + seq)
-    chunk = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
-    kv_lo = split * chunk
+    kv_start = tl.where(window > 0, tl.maximum(seq_len - window, 0), 0)      # a sliding window's first key
+    chunk = tl.cdiv(tl.cdiv(seq_len - kv_start, num_splits), BLOCK_N) * BLOCK_N
+    kv_lo = kv_start + split * chunk
     kv_hi = tl.minimum(kv_lo + chunk, seq_len)
 
     rows = tl.arange(0, GROUP_PAD)
@@ -62,7 +63,7 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_o_ptr, p
     table = block_tables_ptr + seq.to(tl.int64) * stride_bt
     k_base = k_cache_ptr + kv_head * stride_kh
     v_base = v_cache_ptr + kv_head * stride_vh
-    acc, m_i, l_i = attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, kv_lo, kv_hi, kv_hi, kv_hi, qk_scale,
+    acc, m_i, l_i = attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, kv_lo, kv_hi, kv_hi, kv_hi, 0, qk_scale,
                                  dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
                                  BLOCK_SIZE, BLOCK_N, MASK_BOUNDS, UPCAST, FP32_DOT)
 
@@ -107,7 +108,7 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_len_bound: int, devi
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                      seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor, scale: float, out: torch.Tensor,
-                     num_splits: int | None = None) -> None:
+                     num_splits: int | None = None, sliding_window: int = 0) -> None:
     """Attention for the sequences with exactly one new token, written into `out` (other rows untouched)."""
     num_seqs = seq_lens.shape[0]
     num_heads, head_dim = q.shape[1], q.shape[2]
@@ -126,6 +127,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         part_o = part_lse = out
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_cache, v_cache, out, part_o, part_lse, block_tables, seq_lens, cu_seqlens_q, scale * LOG2E,
+        sliding_window,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0), num_heads, num_splits,

@@ -21,6 +21,7 @@ from llm_kernels.triton_ops.attention_tiles import (
     LOG2E,
     MASK_CAUSAL,
     MASK_NONE,
+    MASK_WINDOW,
     attend_tiles,
     initial_state,
     load_queries,
@@ -43,13 +44,13 @@ def _find_sequence(cu_q_ptr, block_id, num_seqs, BLOCK_Q: tl.constexpr):
 
 @triton.jit
 def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, seq_lens_ptr, cu_q_ptr,
-                    num_seqs, qk_scale,
+                    num_seqs, qk_scale, window,
                     stride_qt, stride_qh, stride_ot, stride_oh,
                     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr,
                     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
                     BLOCK_N: tl.constexpr, SKIP_DECODES: tl.constexpr, UPCAST: tl.constexpr,
-                    FP32_DOT: tl.constexpr):
+                    FP32_DOT: tl.constexpr, WINDOWED: tl.constexpr):
     block_id = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = _find_sequence(cu_q_ptr, block_id, num_seqs, BLOCK_Q)
@@ -78,13 +79,19 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, 
     v_base = v_cache_ptr + kv_head * stride_vh
     # Keys 0..context+q0 are visible to every row of the block; the block's last row sees up to kv_end - 1.
     kv_end = context + tl.minimum(q0 + BLOCK_Q, q_len)
-    full_end = (context + q0 + 1) // BLOCK_N * BLOCK_N
-    acc, m_i, l_i = attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, 0, full_end, kv_end, positions,
-                                 qk_scale, dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
-                                 BLOCK_SIZE, BLOCK_N, MASK_NONE, UPCAST, FP32_DOT)
-    acc, m_i, l_i = attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, full_end, kv_end, kv_end, positions,
-                                 qk_scale, dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
-                                 BLOCK_SIZE, BLOCK_N, MASK_CAUSAL, UPCAST, FP32_DOT)
+    if WINDOWED:        # from the first row's window on, every tile masked per row (causal and window)
+        lo = tl.maximum(context + q0 - window + 1, 0) // BLOCK_N * BLOCK_N
+        acc, m_i, l_i = attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, lo, kv_end, kv_end, positions,
+                                     window, qk_scale, dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
+                                     BLOCK_SIZE, BLOCK_N, MASK_WINDOW, UPCAST, FP32_DOT)
+    else:
+        full_end = (context + q0 + 1) // BLOCK_N * BLOCK_N
+        acc, m_i, l_i = attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, 0, full_end, kv_end, positions, 0,
+                                     qk_scale, dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
+                                     BLOCK_SIZE, BLOCK_N, MASK_NONE, UPCAST, FP32_DOT)
+        acc, m_i, l_i = attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, full_end, kv_end, kv_end, positions,
+                                     0, qk_scale, dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
+                                     BLOCK_SIZE, BLOCK_N, MASK_CAUSAL, UPCAST, FP32_DOT)
     o = acc / l_i[:, None]
     tl.store(out_ptr + q_rows[:, None] * stride_ot + heads[:, None] * stride_oh + dims[None, :],
              o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
@@ -113,7 +120,7 @@ def prefill_config(group: int, head_pad: int, max_seqlen_q: int, upcast: bool,
 
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                       seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int, scale: float,
-                      out: torch.Tensor, skip_decodes: bool) -> None:
+                      out: torch.Tensor, skip_decodes: bool, sliding_window: int = 0) -> None:
     """Attention for the sequences of the batch (those with more than one new token when `skip_decodes`)."""
     num_tokens, num_heads, head_dim = q.shape
     num_seqs = seq_lens.shape[0]
@@ -126,11 +133,12 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     block_q = block_m // group
     num_blocks = num_tokens // block_q + num_seqs
     _prefill_kernel[(num_blocks, num_kv_heads)](
-        q, k_cache, v_cache, out, block_tables, seq_lens, cu_seqlens_q, num_seqs, scale * LOG2E,
+        q, k_cache, v_cache, out, block_tables, seq_lens, cu_seqlens_q, num_seqs, scale * LOG2E, sliding_window,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         GROUP=group, HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_SIZE=block_size, BLOCK_M=block_m,
         BLOCK_Q=block_q, BLOCK_N=block_n, SKIP_DECODES=skip_decodes,
-        UPCAST=upcast, FP32_DOT=fp32_dot_precision(q.device), num_warps=num_warps, num_stages=num_stages,
+        UPCAST=upcast, FP32_DOT=fp32_dot_precision(q.device), WINDOWED=sliding_window > 0,
+        num_warps=num_warps, num_stages=num_stages,
     )

@@ -42,14 +42,15 @@ F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 TOLERANCE = {F32: 1e-4, F16: 4e-3, BF16: 3e-2}
 
 
-def check_attention(device, seq_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, dtype, seed=0):
+def check_attention(device, seq_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, dtype, seed=0,
+                    window=0):
     q, k, v, tables, lens, cu = make_batch(seq_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size,
                                            dtype, seed)
     scale = head_dim ** -0.5
-    expected = ref.paged_attention(q.float(), k.float(), v.float(), tables, lens, cu, max(q_lens), scale)
+    expected = ref.paged_attention(q.float(), k.float(), v.float(), tables, lens, cu, max(q_lens), scale, window)
     on = lambda t: t.to(device)
     out = torch.full(q.shape, float("nan"), dtype=dtype, device=device)
-    paged_attention_into(out, on(q), on(k), on(v), on(tables), on(lens), on(cu), max(q_lens), scale)
+    paged_attention_into(out, on(q), on(k), on(v), on(tables), on(lens), on(cu), max(q_lens), scale, window)
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(out.cpu().float(), expected, rtol=tol, atol=tol)
 
@@ -81,6 +82,13 @@ def test_prefill_extend_and_decode_mixed(device, group, head_dim, block_size, dt
     """Whole prompts, chunks over cached prefixes and decodes in one call, lengths off every tile size."""
     check_attention(device, [700, 1500, 3, 260, 129, 1], [700, 300, 3, 1, 64, 1], 2 * group, 2, head_dim,
                     block_size, dtype, seed=10 + group)
+
+
+@pytest.mark.parametrize(("window", "dtype"), [(64, BF16), (4096, F16), (100, F32)])
+def test_sliding_window(device, window, dtype):
+    """Windows narrower than a tile, than the sequences, and than none: prompts, chunks and decodes together."""
+    check_attention(device, [700, 1500, 3, 260, 129, 1, 5000], [700, 300, 3, 1, 64, 1, 1], 8, 2, 128, 16, dtype,
+                    seed=window, window=window)
 
 
 def test_prefill_long_prompt(device):

@@ -97,8 +97,9 @@ def main(capability: int) -> None:
             tables = torch.zeros(2, 4096 // block_size, dtype=torch.int32)           # room for split decodes
             lens = torch.tensor([3, 40], dtype=torch.int32)
             mixed, decodes = torch.tensor([0, 1, 5], dtype=torch.int32), torch.tensor([0, 1, 2], dtype=torch.int32)
-            attention.paged_attention(q, cache, cache, tables, lens, mixed, 4, 0.1)
-            attention.paged_attention(q[:2], cache, cache, tables, lens, decodes, 1, 0.1)
+            for window in (0, 64):                   # the windowed prefill is its own compile (WINDOWED)
+                attention.paged_attention(q, cache, cache, tables, lens, mixed, 4, 0.1, window)
+                attention.paged_attention(q[:2], cache, cache, tables, lens, decodes, 1, 0.1, window)
             modules["kv_store"].store_kv(q[:, :kv_heads].float(), q[:, :kv_heads].float(), cache, cache,
                                          torch.arange(5))
     logits = torch.zeros(3, 1000)

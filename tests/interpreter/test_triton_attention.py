@@ -22,13 +22,13 @@ from llm_kernels.triton_ops.decode_attention import decode_attention
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-def check(seq_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, dtype, q_dtype=None, seed=0):
+def check(seq_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, dtype, q_dtype=None, seed=0, window=0):
     q, k_cache, v_cache, tables, lens, cu = make_batch(seq_lens, q_lens, num_heads, num_kv_heads, head_dim,
                                                        block_size, dtype, seed, q_dtype)
     scale = head_dim ** -0.5
     out = torch.full_like(q, float("nan"))
-    paged_attention_into(out, q, k_cache, v_cache, tables, lens, cu, max(q_lens), scale)
-    expected = ref.paged_attention(q, k_cache, v_cache, tables, lens, cu, max(q_lens), scale)
+    paged_attention_into(out, q, k_cache, v_cache, tables, lens, cu, max(q_lens), scale, window)
+    expected = ref.paged_attention(q, k_cache, v_cache, tables, lens, cu, max(q_lens), scale, window)
     assert not expected.isnan().any()
     tol = TOLERANCE[dtype if q_dtype is None else torch.float32 if dtype == torch.float32 else dtype]
     torch.testing.assert_close(out.float(), expected.float(), rtol=tol, atol=tol)
@@ -70,14 +70,25 @@ def test_q_dtype_differs_from_cache():
     check([12, 30], [1, 6], 4, 2, 64, 16, torch.float16, q_dtype=torch.float32, seed=4)
 
 
+@pytest.mark.parametrize(("window", "dtype"), [(1, torch.float32), (5, torch.float16), (16, torch.float32),
+                                               (40, torch.float16), (1000, torch.float32)])
+def test_sliding_window(window, dtype):
+    """Windows of one token, inside a tile, a block or a tile wide, and past every sequence; decodes, whole
+    prompts and chunks over a cached prefix in one batch (rows whose first tiles lie wholly outside their
+    window included)."""
+    check([45, 70, 2, 33, 130, 1], [45, 19, 2, 1, 1, 1], 4, 2, 64, 16, dtype, seed=window, window=window)
+
+
 @pytest.mark.parametrize("num_splits", [1, 3, 8])
-def test_decode_split_counts(num_splits):
-    """Any split count gives the same answer, also when some splits get no keys at all."""
+@pytest.mark.parametrize("window", [0, 40])
+def test_decode_split_counts(num_splits, window):
+    """Any split count gives the same answer, also when some splits get no keys at all (and with a window, whose
+    keys the splits share)."""
     q, k_cache, v_cache, tables, lens, cu = make_batch([1, 100, 64], [1, 1, 1], 8, 2, 64, 16, torch.float32,
                                                        seed=num_splits)
     out = torch.full_like(q, float("nan"))
-    decode_attention(q, k_cache, v_cache, tables, lens, cu, 0.125, out, num_splits=num_splits)
-    expected = ref.paged_attention(q, k_cache, v_cache, tables, lens, cu, 1, 0.125)
+    decode_attention(q, k_cache, v_cache, tables, lens, cu, 0.125, out, num_splits=num_splits, sliding_window=window)
+    expected = ref.paged_attention(q, k_cache, v_cache, tables, lens, cu, 1, 0.125, window)
     torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5)
 
 

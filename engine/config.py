@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ class ModelConfig:
     eos_token_ids: list[int]
     sliding_window: int | None
     layer_windows: list[int]            # per layer: its sliding window (0: it attends the whole context)
+    raw: dict = field(default_factory=dict)      # config.json as read: what one architecture alone reads (Gemma 3)
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> ModelConfig:
@@ -48,6 +49,7 @@ class ModelConfig:
         archs = raw.get("architectures") or []
         heads = raw["num_attention_heads"]
         rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+        rope = rope.get("full_attention", rope)        # per layer type (Gemma 3): the global layers' are the model's
         rope_theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         eos = raw.get("eos_token_id")
@@ -79,6 +81,7 @@ class ModelConfig:
             eos_token_ids=[] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
             sliding_window=sliding,
             layer_windows=windows,
+            raw=raw,
         )
 
 

@@ -62,7 +62,7 @@ def assert_matches_hf(llm: LLM, path: str, prompts: list[str]) -> None:
 
 
 @pytest.mark.parametrize("arch", ["llama", "llama3", "mistral", "qwen2", "qwen3", "qwen3-yarn", "llama-dynamic",
-                                  "mistral-window"])
+                                  "mistral-window", "gemma3"])
 def test_greedy_matches_transformers(checkpoint_factory, arch):
     path = checkpoint_factory(arch, seed=len(arch))
     assert_matches_hf(LLM(path), path, PROMPTS)
@@ -166,7 +166,7 @@ def test_preemption(llama_path):
     assert llm.engine.stats().num_preemptions > 0
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3-yarn", "mistral-window"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3-yarn", "mistral-window", "gemma3"])
 def test_everything_at_once(llama_path, checkpoint_factory, arch):
     """Prefix-cache hits, chunked prefills and preemption in one run (with YaRN too: its scaled cos/sin reach
     the cached keys of every chunk; and with a sliding window of 16 tokens, narrower than the prompts, which
@@ -212,3 +212,18 @@ def test_a_sliding_window_does_not_cap_the_context(checkpoint_factory):
     prompt = tuple(range(3, 400)) + tuple(range(3, 60))
     out = llm.generate([list(prompt)], greedy())[0]
     assert out.outputs[0].token_ids == hf_greedy(path, prompt)
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "mistral-window", "qwen3-yarn"])
+def test_prompt_logprobs_match_transformers(checkpoint_factory, arch):
+    """The model's log-probabilities themselves, not only its argmax: every prompt position's logprob of the next
+    prompt token against transformers' (a long prompt, past every sliding window; Gemma 3's soft-capping, scales
+    and local RoPE change these values even where they leave the greedy tokens alone)."""
+    path = checkpoint_factory(arch)
+    prompt = list(range(3, 300, 2)) + list(range(4, 120, 3))
+    out = LLM(path, max_num_batched_tokens=64).generate([prompt], SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
+    with torch.no_grad():
+        logits = _hf_model(path)(torch.tensor([prompt])).logits[0].float()
+    expected = torch.log_softmax(logits, dim=-1)[:-1].gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
+    got = torch.tensor([entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], prompt[1:])])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

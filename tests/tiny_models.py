@@ -42,6 +42,11 @@ ARCHITECTURES = {
         "original_max_position_embeddings": 64}, "rope_theta": 500000.0}),
     "mistral": (transformers.MistralConfig, {"sliding_window": None}),
     "mistral-window": (transformers.MistralConfig, {"sliding_window": 16, "max_position_embeddings": 512}),
+    "gemma3": (transformers.Gemma3TextConfig, {
+        "head_dim": 16, "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
+        "query_pre_attn_scalar": 24, "final_logit_softcapping": 30.0, "tie_word_embeddings": True,
+        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}}}),
     "qwen2": (transformers.Qwen2Config, {}),
     "qwen3": (transformers.Qwen3Config, {"head_dim": 32}),
     "qwen3-yarn": (transformers.Qwen3Config, {"head_dim": 32, "rope_scaling": {

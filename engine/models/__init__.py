@@ -1,18 +1,21 @@
 """Model architectures, keyed by the `architectures` entry of a Hugging Face config.json.
 
 Adding an architecture: write a small file here (usually a subclass of `LlamaForCausalLM` that sets a class
-attribute or overrides a module) and add it to `ARCHITECTURES`.
+attribute or overrides a module; `gemma3.py` is the worked example of a model that changes more) and add it to
+`ARCHITECTURES`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from engine.models.gemma3 import Gemma3ForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from engine.models.qwen2 import Qwen2ForCausalLM
 from engine.models.qwen3 import Qwen3ForCausalLM
 
 ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
+    "Gemma3ForCausalLM": Gemma3ForCausalLM,
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,

@@ -230,3 +230,19 @@ def test_the_api_key_guards_the_root_path_too():
     for path in ("/v1/models", "/prefix/v1/models"):
         assert http.get(path).status_code == 401, path
         assert http.get(path, headers={"Authorization": "Bearer secret"}).status_code == 200, path
+
+
+def test_the_server_serves_gemma3(checkpoint_factory, tmp_path):
+    """A Gemma 3 checkpoint (local and global layers, soft-capped logits) through the server and the client."""
+    path = checkpoint_factory("gemma3")
+    log = tmp_path / "gemma3.log"
+    proc = start_server(["--model", path], log)
+    try:
+        url = wait_ready(proc, log)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
+        r = client.completions.create(model=client.models.list().data[0].id, prompt="The quick brown fox",
+                                      max_tokens=5, temperature=0, extra_body={"ignore_eos": True})
+        assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)

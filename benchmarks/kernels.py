@@ -284,11 +284,47 @@ def bench_layer_ops(token_counts, hidden: int, intermediate: int, heads: int, he
                   f"{graph_theirs / graph_ours:>7.2f}x {gbs:>7.0f} {100 * gbs / copy_gbs:>6.1f}%")
 
 
+def bench_moe(token_counts, experts: int, top_k: int, hidden: int, intermediate: int, device, timer) -> None:
+    """Our fused MoE against the torch reference's loop over experts and, where this torch has it,
+    torch._grouped_mm over the same sorted tokens (bf16 on a GPU, fp32 through the interpreter)."""
+    from llm_kernels.reference.moe import fused_moe as reference
+    from llm_kernels.triton_ops.fused_moe import fused_moe
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    grouped = getattr(torch, "_grouped_mm", None) if device.type == "cuda" else None
+    print(f"\n== fused MoE ({dtype}; {experts} experts, top {top_k}, hidden {hidden}, expert intermediate "
+          f"{intermediate}) ==")
+    print(f"{'tokens':>7} {'max err':>9} {'ours us':>8} {'loop us':>8} {'speedup':>8} {'grouped_mm us':>14}")
+    w13 = (torch.randn(experts, 2 * intermediate, hidden, device=device) / hidden ** 0.5).to(dtype)
+    w2 = (torch.randn(experts, hidden, intermediate, device=device) / intermediate ** 0.5).to(dtype)
+    for tokens in token_counts:
+        x = torch.randn(tokens, hidden, device=device).to(dtype)
+        weights, ids = torch.softmax(torch.randn(tokens, experts, device=device), dim=-1).topk(top_k, dim=-1)
+        ours = functools.partial(fused_moe, x, w13, w2, weights, ids)
+        loop = functools.partial(reference, x, w13, w2, weights, ids)
+        err = (ours().float() - loop().float()).abs().max().item()
+        ours_ms, loop_ms = timer(ours), timer(loop)
+        grouped_us = float("nan")
+        if grouped is not None:
+            try:
+                flat = ids.reshape(-1)
+                order = flat.argsort()
+                offsets = torch.bincount(flat, minlength=experts).cumsum(0).to(torch.int32)
+                rows = x[order // top_k]
+                grouped_us = timer(functools.partial(grouped, rows, w13.transpose(1, 2), offs=offsets)) * 1e3
+            except (RuntimeError, TypeError) as exc:             # not on this device or this torch's signature
+                print(f"torch._grouped_mm unavailable: {exc}")
+                grouped = None
+        print(f"{tokens:>7} {err:>9.2e} {ours_ms * 1e3:>8.1f} {loop_ms * 1e3:>8.1f} {loop_ms / ours_ms:>7.2f}x "
+              f"{grouped_us:>14.1f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few shapes only")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes; runs on a CPU with TRITON_INTERPRET=1")
     parser.add_argument("--sampling-sweep", action="store_true", help="only the sampler's launch configurations")
+    parser.add_argument("--moe", action="store_true", help="only the fused MoE kernel (Qwen3-30B-A3B's experts)")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -321,6 +357,10 @@ def main(argv: list[str] | None = None) -> None:
         layer_tokens, layer_sizes = [1, 64, 256, 2048], (4096, 14336, 40, 128)
     if args.sampling_sweep:
         sampling_sweep(device, timer, *(((2,), 1000) if args.smoke else ()))
+        return
+    if args.moe:          # the gate/up projection only, for torch._grouped_mm: the first of our two GEMMs
+        bench_moe([3, 16] if args.smoke else [1, 16, 256, 2048], 4 if args.smoke else 128, 2 if args.smoke else 8,
+                  64 if args.smoke else 2048, 32 if args.smoke else 768, device, timer)
         return
     print(f"copy bandwidth: {copy_gbs:.0f} GB/s")
     bench_decode(decode, device, timer, copy_gbs)

@@ -65,11 +65,15 @@ def _load_tensor(model: torch.nn.Module, params: dict[str, torch.nn.Parameter], 
     """Copy this rank's part of one checkpoint tensor into its parameter, or into its slice of a fused one: the
     layer that owns the parameter knows which part (its `load`; `load_whole` for the others)."""
     target, shard = name, None
-    for part, (fused, index) in model.stacked_params.items():
-        marker = f".{part}."
-        if marker in name:
-            target, shard = name.replace(marker, f".{fused}."), index
-            break
+    mapped = model.checkpoint_target(name) if hasattr(model, "checkpoint_target") else None
+    if mapped is not None:
+        target, shard = mapped
+    else:
+        for part, (fused, index) in model.stacked_params.items():
+            marker = f".{part}."
+            if marker in name:
+                target, shard = name.replace(marker, f".{fused}."), index
+                break
     if target not in params:
         raise ValueError(f"unexpected weight {name!r} for {type(model).__name__}")
     owner = model.get_submodule(target.rpartition(".")[0])

@@ -50,6 +50,8 @@ def check_shardable(cfg: ModelConfig, size: int) -> None:
     tp = TensorParallel(0, size)
     tp.split(cfg.num_heads, "num_attention_heads")
     tp.split(cfg.intermediate_size, "intermediate_size")
+    if "moe_intermediate_size" in cfg.raw:          # every expert is split as the dense MLP is
+        tp.split(cfg.raw["moe_intermediate_size"], "moe_intermediate_size")
     tp.kv_heads(cfg.num_kv_heads)
 
 

@@ -17,6 +17,7 @@ LLM_KERNELS_BACKEND environment variable sets their backend (and that of engines
 from llm_kernels.api import (
                              apply_penalties,
                              apply_token_bitmask,
+                             fused_moe,
                              paged_attention,
                              rms_norm,
                              rotary,
@@ -28,5 +29,5 @@ from llm_kernels.backend import configured as configured_backend
 from llm_kernels.backend import use
 from llm_kernels.kernel_set import KernelSet, select
 
-__all__ = ["KernelSet", "apply_penalties", "apply_token_bitmask", "configured_backend", "paged_attention",
+__all__ = ["KernelSet", "apply_penalties", "apply_token_bitmask", "configured_backend", "fused_moe", "paged_attention",
            "rms_norm", "rotary", "sample", "select", "silu_and_mul", "store_kv", "use"]

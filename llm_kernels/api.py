@@ -75,6 +75,18 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch
     return select(logits.device).apply_token_bitmask(logits, bitmask, rows)
 
 
+def fused_moe(hidden: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor) -> torch.Tensor:
+    """Mixture-of-experts feed-forward: out[t] = sum over k of topk_weights[t, k] times expert e = topk_ids[t, k]'s
+    SwiGLU MLP of hidden[t], w_down[e] @ (silu(w_gate[e] @ x) * (w_up[e] @ x)).
+
+    hidden [T, H]; w_gate_up [E, 2I, H] (each expert's gate rows, then its up rows); w_down [E, H, I];
+    topk_weights [T, K] float32 (the routing weights, already normalised as the model wants); topk_ids [T, K]
+    integer expert ids in [0, E). Returns [T, H] in hidden's dtype. Exact semantics: `llm_kernels.reference.moe`.
+    """
+    return select(hidden.device).fused_moe(hidden, w_gate_up, w_down, topk_weights, topk_ids)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
              residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm of x [..., n] over its last dimension: weight * x / sqrt(mean(x^2) + eps), the statistics in

@@ -19,6 +19,7 @@ from llm_kernels import backend as backends
 from llm_kernels.cpu import attention as cpu_attention
 from llm_kernels.reference import attention as ref_attention
 from llm_kernels.reference import layer_ops as ref_layer_ops
+from llm_kernels.reference import moe as ref_moe
 from llm_kernels.reference import sampling as ref_sampling
 from llm_kernels.reference import token_bitmask as ref_token_bitmask
 
@@ -37,6 +38,7 @@ class KernelSet:
     rms_norm: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
     silu_and_mul: Callable[..., torch.Tensor]
     rotary: Callable[..., torch.Tensor]
+    fused_moe: Callable[..., torch.Tensor]
 
     def with_torch_layer_ops(self) -> KernelSet:
         """This set with the torch references for the layer ops (the ablation of the fused Triton ones)."""
@@ -54,17 +56,17 @@ def select(device: torch.device | str, backend: str | None = None) -> KernelSet:
     triton_ops = importlib.import_module("llm_kernels.triton_ops") if "triton" in (name, layer_ops) else None
     if name == "triton":
         attention = (triton_ops.store_kv, triton_ops.paged_attention, triton_ops.apply_penalties)
-        draw, mask = triton_ops.sample, triton_ops.apply_token_bitmask
+        draw, mask, moe = triton_ops.sample, triton_ops.apply_token_bitmask, triton_ops.fused_moe
     else:
         paged = cpu_attention.paged_attention if name == "cpu" else ref_attention.paged_attention
         attention = (ref_attention.store_kv, paged, ref_sampling.apply_penalties)
-        draw, mask = ref_sampling.sample, ref_token_bitmask.apply_token_bitmask
+        draw, mask, moe = ref_sampling.sample, ref_token_bitmask.apply_token_bitmask, ref_moe.fused_moe
     if layer_ops == "triton":
         norm, act, rope = _flat_rms_norm(triton_ops.rms_norm), triton_ops.silu_and_mul, triton_ops.rotary
     else:
         norm, act, rope = ref_layer_ops.rms_norm, ref_layer_ops.silu_and_mul, ref_layer_ops.rotary
     store, paged, penalties = attention
-    return KernelSet(name, layer_ops, store, paged, _checked_sample(draw), penalties, mask, norm, act, rope)
+    return KernelSet(name, layer_ops, store, paged, _checked_sample(draw), penalties, mask, norm, act, rope, moe)
 
 
 def _checked_sample(draw: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

@@ -62,7 +62,7 @@ def assert_matches_hf(llm: LLM, path: str, prompts: list[str]) -> None:
 
 
 @pytest.mark.parametrize("arch", ["llama", "llama3", "mistral", "qwen2", "qwen3", "qwen3-yarn", "llama-dynamic",
-                                  "mistral-window", "gemma3"])
+                                  "mistral-window", "gemma3", "mixtral", "qwen3-moe"])
 def test_greedy_matches_transformers(checkpoint_factory, arch):
     path = checkpoint_factory(arch, seed=len(arch))
     assert_matches_hf(LLM(path), path, PROMPTS)
@@ -166,7 +166,7 @@ def test_preemption(llama_path):
     assert llm.engine.stats().num_preemptions > 0
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3-yarn", "mistral-window", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3-yarn", "mistral-window", "gemma3", "qwen3-moe"])
 def test_everything_at_once(llama_path, checkpoint_factory, arch):
     """Prefix-cache hits, chunked prefills and preemption in one run (with YaRN too: its scaled cos/sin reach
     the cached keys of every chunk; and with a sliding window of 16 tokens, narrower than the prompts, which
@@ -188,7 +188,8 @@ def test_unsupported_architecture(checkpoint_factory, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config["architectures"] = ["GPT2LMHeadModel"]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="GPT2LMHeadModel.*supported: LlamaForCausalLM, MistralForCausalLM"):
+    with pytest.raises(ValueError, match="GPT2LMHeadModel.*supported: Gemma3ForCausalLM, LlamaForCausalLM, "
+                                         "MistralForCausalLM, MixtralForCausalLM"):
         LLM(str(tmp_path))
 
 
@@ -214,7 +215,7 @@ def test_a_sliding_window_does_not_cap_the_context(checkpoint_factory):
     assert out.outputs[0].token_ids == hf_greedy(path, prompt)
 
 
-@pytest.mark.parametrize("arch", ["gemma3", "mistral-window", "qwen3-yarn"])
+@pytest.mark.parametrize("arch", ["gemma3", "mistral-window", "qwen3-yarn", "mixtral", "qwen3-moe"])
 def test_prompt_logprobs_match_transformers(checkpoint_factory, arch):
     """The model's log-probabilities themselves, not only its argmax: every prompt position's logprob of the next
     prompt token against transformers' (a long prompt, past every sliding window; Gemma 3's soft-capping, scales

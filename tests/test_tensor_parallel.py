@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(device="cpu", block_size=8, kv_cache_blocks=20, max_num_batched_tokens=16, max_model_len=128)
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "qwen3-moe", "gemma3", "mistral-window"])
 def test_two_ranks_generate_what_one_does_and_transformers_does(checkpoint_factory, arch):
     path = checkpoint_factory(arch)
     llm = LLM(path, tensor_parallel_size=2, **SMALL)

@@ -42,6 +42,10 @@ ARCHITECTURES = {
         "original_max_position_embeddings": 64}, "rope_theta": 500000.0}),
     "mistral": (transformers.MistralConfig, {"sliding_window": None}),
     "mistral-window": (transformers.MistralConfig, {"sliding_window": 16, "max_position_embeddings": 512}),
+    "mixtral": (transformers.MixtralConfig, {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen3-moe": (transformers.Qwen3MoeConfig, {"head_dim": 32, "num_experts": 4, "num_experts_per_tok": 2,
+                                                "moe_intermediate_size": 48, "norm_topk_prob": True,
+                                                "mlp_only_layers": [1]}),
     "gemma3": (transformers.Gemma3TextConfig, {
         "head_dim": 16, "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
         "query_pre_attn_scalar": 24, "final_logit_softcapping": 30.0, "tie_word_embeddings": True,

@@ -7,6 +7,8 @@ Weights load from Hugging Face names: q/k/v and gate/up projections are stored f
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from engine.config import ModelConfig
@@ -43,14 +45,17 @@ class DecoderLayer(torch.nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, kernels: KernelSet,
-                 tp: TensorParallel, sliding_window: int = 0) -> None:
+                 tp: TensorParallel, sliding_window: int = 0, ffn: tuple[torch.nn.Module | None, str] = (None, "mlp")
+                 ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
         self.self_attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, qkv_bias,
                                    cfg.attention_bias, cfg.rms_norm_eps if qk_norm else None, kernels, tp,
                                    sliding_window)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
-        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, kernels, tp)
+        module, self.ffn_name = ffn            # the feed-forward under its checkpoint name (MoE models give theirs)
+        setattr(self, self.ffn_name, module if module is not None else MLP(cfg.hidden_size, cfg.intermediate_size,
+                                                                          kernels, tp))
 
     def forward(self, rope: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, residual: torch.Tensor | None,
                 meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,19 +66,21 @@ class DecoderLayer(torch.nn.Module):
         else:
             h, residual = self.input_layernorm(x, residual)
         h, residual = self.post_attention_layernorm(self.self_attn(rope, h, meta), residual)
-        return self.mlp(h), residual
+        return getattr(self, self.ffn_name)(h), residual
 
 
 class DecoderModel(torch.nn.Module):
     """Embeddings, the decoder layers and the final norm (Hugging Face's `model.` prefix)."""
 
     def __init__(self, cfg: ModelConfig, max_positions: int, qkv_bias: bool, qk_norm: bool,
-                 kernels: KernelSet, tp: TensorParallel) -> None:
+                 kernels: KernelSet, tp: TensorParallel, feed_forward=None) -> None:
         super().__init__()
         self.rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
-        self.layers = torch.nn.ModuleList(DecoderLayer(cfg, qkv_bias, qk_norm, kernels, tp, window)
-                                          for window in cfg.layer_windows)
+        self.layers = torch.nn.ModuleList(
+            DecoderLayer(cfg, qkv_bias, qk_norm, kernels, tp, window,
+                         feed_forward(i) if feed_forward is not None else (None, "mlp"))
+            for i, window in enumerate(cfg.layer_windows))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -98,10 +105,21 @@ class LlamaForCausalLM(torch.nn.Module):
     def __init__(self, cfg: ModelConfig, max_positions: int, kernels: KernelSet, tp: TensorParallel) -> None:
         super().__init__()
         self.model = DecoderModel(cfg, max_positions, self.qkv_bias or cfg.attention_bias, self.qk_norm, kernels,
-                                  tp)
+                                  tp, lambda layer: self.feed_forward(cfg, layer, kernels, tp))
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, tp)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def feed_forward(self, cfg: ModelConfig, layer: int, kernels: KernelSet,
+                     tp: TensorParallel) -> tuple[torch.nn.Module | None, str]:
+        """Layer `layer`'s feed-forward and its checkpoint name: (None, "mlp"), the SwiGLU MLP, here; mixtures of
+        experts give their own."""
+        return None, "mlp"
+
+    def checkpoint_target(self, name: str) -> tuple[str, Any] | None:
+        """Our parameter for a checkpoint weight the fused q/k/v and gate/up names (`stacked_params`) do not
+        cover, and the part of it the weight fills; None for the rest. Mixtures of experts map their experts."""
+        return None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Token ids [T] at positions [T] -> hidden states [T, hidden]."""

@@ -10,11 +10,12 @@ CPU tensors that needs TRITON_INTERPRET=1 set before the import.
 """
 
 from llm_kernels.triton_ops.attention import paged_attention
+from llm_kernels.triton_ops.fused_moe import fused_moe
 from llm_kernels.triton_ops.kv_store import store_kv
 from llm_kernels.triton_ops.layer_ops import rms_norm, rotary, silu_and_mul
 from llm_kernels.triton_ops.penalties import apply_penalties
 from llm_kernels.triton_ops.sampling_split import sample
 from llm_kernels.triton_ops.token_bitmask import apply_token_bitmask
 
-__all__ = ["apply_penalties", "apply_token_bitmask", "paged_attention", "rms_norm", "rotary", "sample",
+__all__ = ["apply_penalties", "apply_token_bitmask", "fused_moe", "paged_attention", "rms_norm", "rotary", "sample",
            "silu_and_mul", "store_kv"]

@@ -26,7 +26,8 @@ EXACT_DIVISION_MODULES = (".sampling_split", ".one_program_sampler")   # the sam
 KERNEL_MODULES = ("llm_kernels.triton_ops.kv_store", "llm_kernels.triton_ops.decode_attention",
                   "llm_kernels.triton_ops.prefill_attention", "llm_kernels.triton_ops.sampling_split",
                   "llm_kernels.triton_ops.penalties", "llm_kernels.triton_ops.layer_ops",
-                  "llm_kernels.triton_ops.token_bitmask", "benchmarks.one_program_sampler")
+                  "llm_kernels.triton_ops.token_bitmask", "llm_kernels.triton_ops.fused_moe",
+                  "benchmarks.one_program_sampler")
 
 
 def _signature(fn, bound: dict) -> tuple[dict, dict, dict]:
@@ -122,6 +123,10 @@ def main(capability: int) -> None:
     for dtype in (torch.float32, torch.float16):
         modules["token_bitmask"].apply_token_bitmask(torch.zeros(3, 151936, dtype=dtype),
                                                      torch.zeros(2, 4748, dtype=torch.int32), torch.tensor([0, 2]))
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):          # Qwen3-30B-A3B's expert shapes
+        modules["fused_moe"].fused_moe(torch.zeros(5, 2048, dtype=dtype), torch.zeros(8, 1536, 2048, dtype=dtype),
+                                       torch.zeros(8, 2048, 768, dtype=dtype), torch.ones(5, 2),
+                                       torch.zeros(5, 2, dtype=torch.int64))
     names = sorted({name for name, *_ in compiled})
     print(f"compiled {len(compiled)} launches for sm_{capability}: {', '.join(names)}")
     print(f"no approximate division in: {', '.join(sorted(exact))}")

@@ -29,7 +29,7 @@ def test_kernels_compile_for_sm90():
     compiled, exact = (line.partition(": ")[2].split(", ") for line in run.stdout.splitlines()[-2:])
     for kernel in ("_decode_split_kernel", "_decode_merge_kernel", "_prefill_kernel", "_store_kv_kernel",
                    "_apply_penalties_kernel", "_rms_norm_kernel", "_silu_and_mul_kernel", "_rotary_kernel",
-                   "_apply_token_bitmask_kernel"):
+                   "_apply_token_bitmask_kernel", "_grouped_gemm_kernel"):
         assert kernel in compiled
     # Every sampler kernel, the split sampler's (llm_kernels.sample) and the one-program comparison's in
     # benchmarks/, is compiled and its PTX checked for approximate division.

@@ -232,10 +232,12 @@ def test_the_api_key_guards_the_root_path_too():
         assert http.get(path, headers={"Authorization": "Bearer secret"}).status_code == 200, path
 
 
-def test_the_server_serves_gemma3(checkpoint_factory, tmp_path):
-    """A Gemma 3 checkpoint (local and global layers, soft-capped logits) through the server and the client."""
-    path = checkpoint_factory("gemma3")
-    log = tmp_path / "gemma3.log"
+@pytest.mark.parametrize("arch", ["gemma3", "qwen3-moe"])
+def test_the_server_serves_the_new_architectures(checkpoint_factory, tmp_path, arch):
+    """Gemma 3 (local and global layers, soft-capped logits) and Qwen3-MoE (experts on fused_moe) through the
+    server and the client."""
+    path = checkpoint_factory(arch)
+    log = tmp_path / f"{arch}.log"
     proc = start_server(["--model", path], log)
     try:
         url = wait_ready(proc, log)

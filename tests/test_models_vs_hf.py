@@ -166,7 +166,7 @@ def test_preemption(llama_path):
     assert llm.engine.stats().num_preemptions > 0
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3-yarn", "mistral-window", "gemma3", "qwen3-moe"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3-yarn", "mistral-window", "gemma3", "qwen3-moe", "mixtral"])
 def test_everything_at_once(llama_path, checkpoint_factory, arch):
     """Prefix-cache hits, chunked prefills and preemption in one run (with YaRN too: its scaled cos/sin reach
     the cached keys of every chunk; and with a sliding window of 16 tokens, narrower than the prompts, which

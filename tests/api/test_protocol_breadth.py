@@ -232,10 +232,10 @@ def test_the_api_key_guards_the_root_path_too():
         assert http.get(path, headers={"Authorization": "Bearer secret"}).status_code == 200, path
 
 
-@pytest.mark.parametrize("arch", ["gemma3", "qwen3-moe"])
+@pytest.mark.parametrize("arch", ["gemma3", "qwen3-moe", "mixtral", "mistral-window", "qwen3-yarn"])
 def test_the_server_serves_the_new_architectures(checkpoint_factory, tmp_path, arch):
-    """Gemma 3 (local and global layers, soft-capped logits) and Qwen3-MoE (experts on fused_moe) through the
-    server and the client."""
+    """Gemma 3 (local and global layers, soft-capped logits), the mixtures of experts, a windowed Mistral and a
+    Qwen3 with YaRN through the server and the client."""
     path = checkpoint_factory(arch)
     log = tmp_path / f"{arch}.log"
     proc = start_server(["--model", path], log)

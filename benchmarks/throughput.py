@@ -6,7 +6,10 @@ left-padded into batches, each batch generating as many tokens as its longest re
 are credited with the output tokens the requests asked for, so the figure is useful tokens per second.
 
     python -m benchmarks.throughput [--model PATH | qwen3-tiny | qwen3-0.6b-shape] [--num-seqs 64] [--quick]
-        [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--ablations] [--profile]
+        [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--ablations] [--profile] [--contend N]
+
+`--contend N` runs N CPU-bound processes beside the benchmark (a shared machine) and reports each side's spread
+across its runs, (max - min) / median.
 
 `qwen3-tiny` and `qwen3-0.6b-shape` are random-weight Qwen3 checkpoints built on the fly with the default
 model's 4k-token tokenizer: the first the default model's size, the second Qwen3-0.6B's body (28 layers,
@@ -23,6 +26,8 @@ import json
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -210,7 +215,20 @@ def main() -> None:
                         help="also run the engine over this many processes (the ranks share the CPU, or one GPU each)")
     parser.add_argument("--profile", action="store_true",
                         help="then profile the engine on one more workload: step times and the costliest operators")
+    parser.add_argument("--contend", type=int, default=0, metavar="N",
+                        help="run N CPU-bound processes beside the benchmark (a busy machine)")
     args = parser.parse_args()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.contend)]
+    try:
+        run(args, parser)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """The benchmark itself (see `main`)."""
     if args.quick:
         args.num_seqs, args.input_len, args.output_len, args.repeats = 8, [16, 48], [8, 24], 1
     if args.threads:
@@ -237,10 +255,14 @@ def main() -> None:
               f"temperature 0.6, {result['dtype']} on {result['device_name'] or device}, {result['threads']} CPU "
               f"threads; median of {args.repeats} runs, each on fresh random prompts")
 
+        result["contend"] = args.contend
+
         def report(key: str, label: str, rates: list[float]) -> None:
             result[f"{key}_tok_s_runs"], result[f"{key}_tok_s"] = rates, statistics.median(rates)
+            spread = (max(rates) - min(rates)) / statistics.median(rates)
+            result[f"{key}_spread"] = spread
             print(f"{label + ':':<32}{result[f'{key}_tok_s']:9.1f} tok/s  (runs: "
-                  f"{', '.join(f'{r:.0f}' for r in rates)})", flush=True)
+                  f"{', '.join(f'{r:.0f}' for r in rates)}; spread {100 * spread:.0f}%)", flush=True)
 
         for key, (label, graphs, layer_ops, split) in ENGINE_VARIANTS.items():
             if key == "engine" or args.ablations:

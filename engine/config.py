@@ -53,9 +53,15 @@ class ModelConfig:
         rope_theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         eos = raw.get("eos_token_id")
-        sliding = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
+        model_type = raw.get("model_type", "")
+        # transformers' defaults where a config leaves a field out: Qwen's windows are off unless switched on.
+        sliding = raw.get("sliding_window") if raw.get("use_sliding_window", not model_type.startswith("qwen")) \
+            else None
         layers = raw["num_hidden_layers"]
         kinds = raw.get("layer_types")          # transformers 5 names each layer's attention
+        if kinds is None and model_type == "gemma3_text":      # Hub configs: every pattern-th layer is global
+            pattern = raw.get("sliding_window_pattern") or raw.get("_sliding_window_pattern") or 6
+            kinds = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
         if kinds is None:                       # else: all windowed (Mistral), Qwen2's from max_window_layers on
             first = raw.get("max_window_layers", 0)
             kinds = ["sliding_attention" if sliding and i >= first else "full_attention" for i in range(layers)]
@@ -74,7 +80,7 @@ class ModelConfig:
             rope_scaling=None if rope_type == "default" else {
                 **rope, "rope_type": rope_type, "max_position_embeddings": raw.get("max_position_embeddings", 2048)},
             max_position_embeddings=raw.get("max_position_embeddings", 2048),
-            tie_word_embeddings=raw.get("tie_word_embeddings", False),
+            tie_word_embeddings=raw.get("tie_word_embeddings", model_type == "gemma3_text"),
             attention_bias=raw.get("attention_bias", False),
             hidden_act=raw.get("hidden_act", "silu"),
             dtype=_DTYPES.get(str(raw.get("torch_dtype") or raw.get("dtype") or "float32"), torch.float32),

@@ -228,3 +228,24 @@ def test_prompt_logprobs_match_transformers(checkpoint_factory, arch):
     expected = torch.log_softmax(logits, dim=-1)[:-1].gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
     got = torch.tensor([entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], prompt[1:])])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_gemma_rms_norm_rounds_as_transformers_in_bfloat16():
+    """Gemma's (1 + weight) norm in bf16 equals transformers' bit for bit (its weight plus one in float32, the
+    product rounded once), with a residual too."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    from engine.models.gemma3 import GemmaRMSNorm
+    from llm_kernels import select
+
+    g = torch.Generator().manual_seed(0)
+    weight, x, residual = (torch.randn(*shape, generator=g) for shape in ((64,), (5, 64), (5, 64)))
+    theirs = Gemma3RMSNorm(64, eps=1e-6).to(torch.bfloat16)
+    ours = GemmaRMSNorm(64, 1e-6, select("cpu"))
+    with torch.no_grad():
+        theirs.weight.copy_(weight)
+        ours.load(ours.weight, weight.to(torch.bfloat16))
+    x, residual = x.to(torch.bfloat16), residual.to(torch.bfloat16)
+    assert torch.equal(ours(x), theirs(x))
+    out, summed = ours(x, residual)
+    assert torch.equal(summed, x + residual) and torch.equal(out, theirs(x + residual))

@@ -1,7 +1,8 @@
 """Gemma 3 (text), the worked example of adding an architecture: the Llama blocks where they fit, and what Gemma
 changes written here.
 
-- RMSNorm scales by (1 + weight): the weight is loaded as 1 + weight, so the engine's `rms_norm` kernel serves.
+- RMSNorm scales by (1 + weight): the weight is loaded as 1 + weight (in float32), so for float32 activations the
+  engine's `rms_norm` kernel serves; others are normalised in float32 and rounded once, as transformers does.
 - Four norms per layer ("sandwich"): input and post-attention around the attention, pre- and post-feedforward
   around the MLP, whose activation is GELU (tanh) instead of SiLU.
 - Embeddings are scaled by sqrt(hidden_size); the attention scale is query_pre_attn_scalar ** -0.5; q and k are
@@ -22,19 +23,36 @@ from engine.config import ModelConfig
 from engine.models.attention import Attention, AttentionMetadata
 from engine.models.linear import ParallelLMHead, VocabParallelEmbedding, load_whole
 from engine.models.llama import MLP, LlamaForCausalLM
-from engine.models.norm import RMSNorm
 from engine.models.rotary import RotaryEmbedding
 from engine.parallel_state import TensorParallel
 from llm_kernels import KernelSet
 
 
-class GemmaRMSNorm(RMSNorm):
-    """y = (1 + weight) * x / sqrt(mean(x^2) + eps): the checkpoint's weight is stored plus one."""
+class GemmaRMSNorm(torch.nn.Module):
+    """y = (1 + weight) * x / sqrt(mean(x^2) + eps), in float32 and rounded once, as transformers' Gemma: the weight
+    is kept in float32 with the one added at load. With float32 activations that is the engine's `rms_norm`
+    kernel; other dtypes take the torch expression (the kernel, like Llama, rounds before the multiply)."""
+
+    def __init__(self, size: int, eps: float, kernels: KernelSet) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(size, dtype=torch.float32))
+        self.eps, self.kernels = eps, kernels
 
     def load(self, param: torch.nn.Parameter, source: Any, shard: int | None = None) -> None:
         load_whole(param, source, shard)
         with torch.no_grad():
             param.add_(1.0)
+
+    def forward(self, x: torch.Tensor,
+                residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """As `RMSNorm.forward`: with `residual`, normalise x + residual and return (normalised, x + residual)."""
+        if x.dtype == torch.float32:
+            return self.kernels.rms_norm(x, self.weight, self.eps, residual)
+        if residual is not None:
+            x = residual = x + residual
+        h = x.float()
+        out = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight).to(x.dtype)
+        return out if residual is None else (out, residual)
 
 
 class GeluMLP(MLP):

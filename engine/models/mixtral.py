@@ -25,7 +25,8 @@ class MixtralForCausalLM(LlamaForCausalLM):
     def feed_forward(self, cfg: ModelConfig, layer: int, kernels: KernelSet,
                      tp: TensorParallel) -> tuple[torch.nn.Module | None, str]:
         return SparseMoeBlock(cfg.hidden_size, cfg.intermediate_size, _num_experts(cfg),
-                              cfg.raw["num_experts_per_tok"], True, kernels, tp), "block_sparse_moe"
+                              cfg.raw["num_experts_per_tok"], True, kernels, tp, weights_in_model_dtype=False), \
+            "block_sparse_moe"
 
     def checkpoint_target(self, name: str) -> tuple[str, Any] | None:
         return expert_target(name)

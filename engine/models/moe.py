@@ -1,9 +1,10 @@
 """Mixture-of-experts feed-forward layers (Qwen3-MoE, Mixtral) on the engine's `fused_moe` kernel.
 
 The router is a replicated linear layer: softmax over the experts in float32, the top k, renormalised when the
-model says so (Mixtral always, Qwen3-MoE per `norm_topk_prob`), cast to the activations' dtype as transformers
-does. The experts' weights are stacked [E, 2I, H] (gate, then up) and [E, H, I]; under tensor parallelism each
-rank holds a slice of every expert's intermediate dimension and the outputs are summed over the ranks.
+model says so (Mixtral always, Qwen3-MoE per `norm_topk_prob`), and rounded to the activations' dtype where
+transformers rounds them (Qwen3-MoE; Mixtral keeps them in float32). The experts' weights are stacked
+[E, 2I, H] (gate, then up) and [E, H, I]; under tensor parallelism each rank holds a slice of every expert's
+intermediate dimension and the outputs are summed over the ranks.
 """
 
 from __future__ import annotations
@@ -59,17 +60,19 @@ class SparseMoeBlock(torch.nn.Module):
     """The router and the experts: x [T, H] -> [T, H]."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, top_k: int, normalize: bool,
-                 kernels: KernelSet, tp: TensorParallel) -> None:
+                 kernels: KernelSet, tp: TensorParallel, weights_in_model_dtype: bool = True) -> None:
         super().__init__()
         self.gate = torch.nn.Linear(hidden_size, num_experts, bias=False)
         self.experts = FusedExperts(num_experts, hidden_size, intermediate_size, tp)
         self.top_k, self.normalize, self.kernels, self.tp = top_k, normalize, kernels, tp
+        self.round_weights = weights_in_model_dtype     # Qwen3-MoE rounds the routing weights; Mixtral does not
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(self.gate(x).float(), dim=-1)
         weights, ids = probs.topk(self.top_k, dim=-1)
         if self.normalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        weights = weights.to(x.dtype).float()
+        if self.round_weights:
+            weights = weights.to(x.dtype).float()
         out = self.kernels.fused_moe(x, self.experts.w13, self.experts.w2, weights, ids)
         return self.tp.all_reduce(out)

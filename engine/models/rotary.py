@@ -42,8 +42,8 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> tu
 def _yarn(dim: int, theta: float, scaling: dict) -> tuple[torch.Tensor, float]:
     """YaRN (arXiv 2309.00071): frequencies interpolated by `factor` below the correction range, kept above it, a
     linear ramp between; cos and sin scaled by the attention factor (0.1 ln(factor) + 1 unless given)."""
-    factor = scaling.get("factor") or scaling["max_position_embeddings"] / scaling["original_max_position_embeddings"]
-    original = scaling["original_max_position_embeddings"]
+    original = scaling.get("original_max_position_embeddings") or scaling["max_position_embeddings"]
+    factor = scaling.get("factor") or scaling["max_position_embeddings"] / original
     attention = scaling.get("attention_factor")
     if attention is None:
         mscale, mscale_all = scaling.get("mscale"), scaling.get("mscale_all_dim")

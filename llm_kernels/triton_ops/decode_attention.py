@@ -115,7 +115,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads
     if num_splits is None:
-        num_splits = choose_num_splits(num_seqs, num_kv_heads, block_tables.shape[1] * block_size, q.device)
+        keys = block_tables.shape[1] * block_size       # at most this many keys per sequence, or the window's
+        num_splits = choose_num_splits(num_seqs, num_kv_heads, min(keys, sliding_window) if sliding_window else keys,
+                                       q.device)
     head_pad = next_pow2(head_dim)
     upcast = upcast_to_fp32(q.dtype, k_cache.dtype, q.device)
     # 16-bit: 64 keys per tile (32 for head 256); the fp32 path halves that to stay clear of register spills.

@@ -25,6 +25,8 @@ def _grouped_gemm_kernel(a_ptr, b_ptr, c_ptr, weights_ptr, sorted_ptr, experts_p
     (>= num_pairs) skipped. a's row is the pair's token (A_PER_TOKEN) or the pair itself."""
     block = tl.program_id(0)
     tile_n = tl.program_id(1)
+    if tl.load(sorted_ptr + block * BLOCK_M) >= num_pairs:
+        return                      # a block past the used ones (padding comes last in a block): nothing to do
     expert = tl.load(experts_ptr + block).to(tl.int64)
     pairs = tl.load(sorted_ptr + block * BLOCK_M + tl.arange(0, BLOCK_M))
     pair_ok = pairs < num_pairs
@@ -54,7 +56,8 @@ def align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch
     expert of each block). On the device, without a host sync."""
     flat = topk_ids.reshape(-1).long()
     num_pairs = flat.numel()
-    counts = torch.bincount(flat, minlength=num_experts)
+    # Not bincount: on CUDA it reads its input's range back to the host, which a CUDA-graph capture forbids.
+    counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
     # Worst case of blocks: every expert's last block partial. Fixed size: no sync for the padded total.
     capacity = (cdiv(num_pairs, block_m) + num_experts) * block_m

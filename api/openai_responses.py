@@ -28,26 +28,20 @@ from api.openai_responses_protocol import (
 )
 from api.response_items import Items
 from api.response_store import Stored
-from api.responses import errors
+from api.responses import errors, named_event_stream
 from api.runner import Job, answer, outputs
 from api.sampling import Prompt, check_context, conversation_prompt
 from api.state import ServerState, check_model, server_state
-from api.streaming import logger
+from api.streaming import named_events
 from engine.sampling_params import SamplingParams
 from engine.structured_output import StructuredOutputsParams
 
 router = APIRouter()
 
 
-_EVENT = {"type": "object", "required": ["event", "data"],
-          "properties": {"event": {"type": "string"},
-                         "data": {"type": "string", "contentMediaType": "application/json",
-                                  "contentSchema": {"$ref": "#/components/schemas/ResponseStreamEvent"}}}}
-
-
 @router.post("/v1/responses", response_model=None,
-             responses={200: {"model": ResponseObject, "description": "The response, or with `stream: true` its events",
-                              "content": {"text/event-stream": {"itemSchema": _EVENT}}},
+             responses={200: named_event_stream(ResponseObject, "ResponseStreamEvent",
+                                                "The response, or with `stream: true` its events"),
                         **errors(400, 404, 413, 429, 500, 503)})
 async def create_response(body: ResponsesRequest, request: Request) -> Response:
     """A reply to `input` (streamed as the Responses API's events with `stream: true`)."""
@@ -76,7 +70,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         raise bad_request(str(exc)) from exc
     job = Job("resp", body.model, [prompt], params, 1, arrival=arrival)
     view = _View(state, job, body, choice, conversation)
-    return await answer(state, job, request, _framed(view.events()) if body.stream else None,
+    events = named_events(view.events(), _error_event, numbered=True) if body.stream else None
+    return await answer(state, job, request, events,
                         lambda finals: view.whole(finals[0]))
 
 
@@ -234,24 +229,6 @@ class _View:
         yield {"type": kind, "response": body}
 
 
-async def _framed(events: AsyncIterator[dict]) -> AsyncIterator[bytes]:
-    """`event: <type>` and `data: <json>` per event, numbered by sequence_number; a failure is an `error` event."""
-    number = 0
-
-    def event(payload: dict) -> bytes:
-        nonlocal number
-        payload = {**payload, "sequence_number": number}
-        number += 1
-        return f"event: {payload['type']}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
-
-    try:
-        async for payload in events:
-            yield event(payload)
-    except APIError as exc:
-        yield event({"type": "error", "code": exc.code, "message": exc.message, "param": exc.param})
-    except Exception:
-        logger.exception("error while streaming")
-        yield event({"type": "error", "code": "server_error", "param": None,
-                     "message": "The server had an error while processing your request."})
-    finally:
-        await events.aclose()
+def _error_event(exc: APIError) -> dict:
+    """The Responses API's `error` event."""
+    return {"type": "error", "code": exc.code, "message": exc.message, "param": exc.param}

@@ -253,6 +253,16 @@ def errors(*statuses: int) -> dict[int | str, dict]:
     return {status: {"model": ErrorResponse, "description": ERRORS[status]} for status in statuses}
 
 
+def named_event_stream(body: type[BaseModel], event: str, description: str) -> dict:
+    """A 200 of `body` as JSON, or with `stream: true` server-sent events each an `event:` line and `data:` holding
+    the `event` schema (Anthropic's and the Responses API's framing, `api.streaming.named_events`)."""
+    item = {"type": "object", "required": ["event", "data"],
+            "properties": {"event": {"type": "string"},
+                           "data": {"type": "string", "contentMediaType": "application/json",
+                                    "contentSchema": {"$ref": f"#/components/schemas/{event}"}}}}
+    return {"model": body, "description": description, "content": {"text/event-stream": {"itemSchema": item}}}
+
+
 def generation_responses(body: type[BaseModel], chunk: type[BaseModel] | None = None) -> dict[int | str, dict]:
     """The responses of a generation route: `body` as JSON, or with `stream: true` server-sent events, each
     `data: ` and a `chunk` (`body` by default; or the error envelope, when the engine fails mid-stream), the last

@@ -70,6 +70,36 @@ class StreamUsage:
         return usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens()) if self.final_chunk else None
 
 
+UNEXPECTED = "The server had an error while processing your request."
+
+
+async def named_events(events: AsyncIterator[dict], error_event: Callable[[APIError], dict],
+                       numbered: bool = False) -> AsyncIterator[bytes]:
+    """Anthropic's and the Responses API's framing: `event: <type>` then `data: <json>` per event (numbered by
+    `sequence_number` when `numbered`). A failure ends the stream with `error_event` of it (an unexpected one as a
+    500 APIError with code "server_error"); there is no [DONE]."""
+    number = 0
+
+    def frame(payload: dict) -> bytes:
+        nonlocal number
+        if numbered:
+            payload = {**payload, "sequence_number": number}
+            number += 1
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        return f"event: {payload['type']}\ndata: {data}\n\n".encode()
+
+    try:
+        async for payload in events:
+            yield frame(payload)
+    except APIError as exc:
+        yield frame(error_event(exc))
+    except Exception:
+        logger.exception("error while streaming")
+        yield frame(error_event(APIError(500, UNEXPECTED, code="server_error")))
+    finally:
+        await events.aclose()
+
+
 async def framed(events: AsyncIterator[dict]) -> AsyncIterator[bytes]:
     """Encode chunks as SSE, turn a failure into an error event, and always end with [DONE]."""
     try:
@@ -79,7 +109,7 @@ async def framed(events: AsyncIterator[dict]) -> AsyncIterator[bytes]:
         yield sse(exc.body())
     except Exception:
         logger.exception("error while streaming")
-        yield sse(envelope("The server had an error while processing your request.", "server_error"))
+        yield sse(envelope(UNEXPECTED, "server_error"))
     finally:
         await events.aclose()
     yield DONE

@@ -164,3 +164,35 @@ def test_openai_client_streams(server):
 def test_streaming_parameter_errors(server, body, param):
     r = server.post("/v1/completions", {"model": server.model, "prompt": "x", **body})
     assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+def test_named_event_streams_end_a_failure_with_their_apis_error_event():
+    """Anthropic's and the Responses API's framing (`event:` and `data:`), and the error event each sends when the
+    stream fails mid-way: an APIError as it is, anything else as a 500."""
+    import asyncio
+    import json
+
+    from api import messages, openai_responses
+    from api.errors import APIError
+    from api.streaming import named_events
+
+    async def failing(exc: Exception):
+        yield {"type": "ping"}
+        raise exc
+
+    async def frames(exc: Exception, error_event, numbered: bool) -> list[tuple[str, dict]]:
+        out = []
+        async for raw in named_events(failing(exc), error_event, numbered):
+            event, data = raw.decode().rstrip("\n").split("\n")
+            out.append((event.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+        return out
+
+    anthropic = asyncio.run(frames(APIError(429, "busy"), messages._error_event, False))
+    assert anthropic == [("ping", {"type": "ping"}),
+                         ("error", {"type": "error", "error": {"type": "rate_limit_error", "message": "busy"}})]
+    unexpected = asyncio.run(frames(RuntimeError("boom"), messages._error_event, False))
+    assert unexpected[-1][1]["error"]["type"] == "api_error"
+    responses = asyncio.run(frames(RuntimeError("boom"), openai_responses._error_event, True))
+    assert [data["sequence_number"] for _, data in responses] == [0, 1]
+    assert responses[-1] == ("error", {"type": "error", "code": "server_error", "param": None, "sequence_number": 1,
+                                       "message": "The server had an error while processing your request."})

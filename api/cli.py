@@ -10,6 +10,7 @@ is the one the server then listens on (api/serve.py). `--port 0` picks a free po
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -65,6 +66,9 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     engine.add_argument("--kernels", default=None, choices=KERNEL_BACKENDS,
                         help="the kernels backend, chosen once for the engine (default: LLM_KERNELS_BACKEND, else "
                              "auto: Triton on CUDA, the C and torch kernels on the CPU)")
+    engine.add_argument("--speculative-config", type=_json_object, default=None, metavar="JSON",
+                        help='speculative decoding, as vLLM\'s: \'{"method": "ngram", "num_speculative_tokens": 5, '
+                             '"prompt_lookup_max": 4}\' (default: none); output is the same without it')
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-seqs", type=int, default=1024,
                         help="sequences that may wait beyond the running batch; more get 429")
@@ -98,6 +102,16 @@ def _seconds(value: str) -> float:
     if not 0 <= seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds >= 0")
     return seconds
+
+
+def _json_object(value: str) -> dict:
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a JSON object")
+    return parsed
 
 
 def _device(value: str) -> str:
@@ -139,7 +153,7 @@ def engine_options(args: argparse.Namespace) -> dict:
                 max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=not args.no_prefix_caching,
                 seed=args.seed, cuda_graphs=False if args.enforce_eager else None, cpu_threads=args.cpu_threads,
                 kernels=args.kernels, tensor_parallel_size=args.tensor_parallel_size,
-                max_queued_seqs=args.max_queued_seqs)
+                speculative_config=args.speculative_config, max_queued_seqs=args.max_queued_seqs)
 
 
 def server_settings(args: argparse.Namespace, model: str):

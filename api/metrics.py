@@ -4,7 +4,9 @@ reach the server), end-to-end latency (arrival at the server to the last output)
 first scheduled), prefill time (first scheduled to first token) and decode time (first token to finished), from
 the engine's timestamps; prompt and generated tokens per request; and finished choices by finish reason.
 
-Running and waiting counts are of sequences, i.e. request choices (a request with n=4 counts 4).
+Running and waiting counts are of sequences, i.e. request choices (a request with n=4 counts 4). Speculative
+decoding's counters are vLLM's: the acceptance rate is accepted / draft tokens, the mean accepted length
+1 + accepted / drafts.
 """
 
 from __future__ import annotations
@@ -44,7 +46,13 @@ class _EngineCollector:
             yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
         counters = (("num_preemptions", "Sequences preempted to free KV blocks", stats.num_preemptions),
                     ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache", stats.prefix_cache_queries),
-                    ("prefix_cache_hits", "Prompt tokens found in the prefix cache", stats.prefix_cache_hits))
+                    ("prefix_cache_hits", "Prompt tokens found in the prefix cache", stats.prefix_cache_hits),
+                    ("spec_decode_num_drafts", "Speculative decoding: sequence steps that verified draft tokens",
+                     stats.spec_num_drafts),
+                    ("spec_decode_num_draft_tokens", "Speculative decoding: draft tokens verified",
+                     stats.spec_num_draft_tokens),
+                    ("spec_decode_num_accepted_tokens", "Speculative decoding: draft tokens accepted",
+                     stats.spec_num_accepted_tokens))
         for name, doc, value in counters:
             yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from engine.speculative import SpeculativeConfig
 from llm_kernels.backend import BACKENDS
 from llm_kernels.kernel_set import KernelSet
 
@@ -110,8 +111,10 @@ class EngineConfig:
     cpu_threads: int | None = None
     kernels: str | KernelSet | None = None
     tensor_parallel_size: int = 1
+    speculative_config: dict | SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
+        self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
         if not (Path(self.model) / "config.json").is_file():
             raise ValueError(f"model: {self.model!r} is not a checkpoint directory with a config.json")
         if self.dtype != "auto" and self.dtype not in _DTYPES:

@@ -35,19 +35,23 @@ class LLM:
     for an experiment), or None (default: what `llm_kernels.use` or LLM_KERNELS_BACKEND says when it is built).
     tensor_parallel_size: run the model over this many processes, one device each (GPUs cuda:0..N-1, or ranks
     sharing the CPU), started here and stopped with the engine (`close()`, or at exit); see engine/tp_workers.py.
+    speculative_config: speculative decoding, as vLLM's: {"method": "ngram", "num_speculative_tokens": k,
+    "prompt_lookup_max": n, "prompt_lookup_min": m}; output is token-identical to decoding without it (see
+    engine/speculative.py).
     """
 
     def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "auto",
                  max_model_len: int | None = None, block_size: int = 16, kv_cache_blocks: int | None = None,
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
                  seed: int = 0, cuda_graphs: bool | None = None, cpu_threads: int | None = None,
-                 kernels: str | KernelSet | None = None, tensor_parallel_size: int = 1) -> None:
+                 kernels: str | KernelSet | None = None, tensor_parallel_size: int = 1,
+                 speculative_config: dict | None = None) -> None:
         self.engine = LLMEngine(EngineConfig(
             model=model or DEFAULT_MODEL, dtype=dtype, device=device, max_model_len=max_model_len,
             block_size=block_size, kv_cache_blocks=kv_cache_blocks, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, enable_prefix_caching=enable_prefix_caching, seed=seed,
             cuda_graphs=cuda_graphs, cpu_threads=cpu_threads, kernels=kernels,
-            tensor_parallel_size=tensor_parallel_size))
+            tensor_parallel_size=tensor_parallel_size, speculative_config=speculative_config))
         self._ids = itertools.count()
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Request, Sequence, SequenceStatus, derive_seed
+from engine.speculative import Speculation
 from engine.structured_output import GrammarCompiler
 from engine.tokenizer import PromptTooLongError, Tokenizer
 from engine.tp_workers import TPWorkers, serve_if_launched_worker
@@ -36,6 +37,9 @@ class EngineStats:
     num_preemptions: int
     prefix_cache_queries: int
     prefix_cache_hits: int
+    spec_num_drafts: int = 0              # verifications of one sequence's drafts
+    spec_num_draft_tokens: int = 0
+    spec_num_accepted_tokens: int = 0
 
 
 class LLMEngine:
@@ -66,6 +70,8 @@ class LLMEngine:
         self.grammars = GrammarCompiler(self.tokenizer.hf, self.model_config.vocab_size, eos,
                                         sorted(self.tokenizer.special_ids))
         self._compiling: list[Request] = []      # structured-output requests whose grammar is being compiled
+        spec = config.speculative_config
+        self.speculation = Speculation(spec) if spec is not None else None
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     stream: bool = False) -> None:
@@ -169,6 +175,8 @@ class LLMEngine:
         for request in self._admit_compiled(0 if self.scheduler.has_work else 0.05):
             outputs.append(self.processor.make_output(request))
             del self.requests[request.request_id]
+        if self.speculation is not None:
+            self.speculation.propose(self.scheduler.running)
         scheduled = self.scheduler.schedule()
         self._prefix_queries += scheduled.prefix_queries
         self._prefix_hits += scheduled.prefix_hits
@@ -176,13 +184,17 @@ class LLMEngine:
             if self.scheduler.has_work:     # cannot happen: an empty cache always fits one sequence's chunk
                 raise RuntimeError("the scheduler made no progress with requests waiting")
             return [o for o in outputs if o is not None]
+        started = time.perf_counter()
         try:
             result = self.runner.execute(scheduled)   # if it raises, nothing was registered: nothing to undo
         except Exception as exc:
             if self.workers is not None:
                 self.workers.check(cause=exc)             # a worker that died is the error to report
             raise
-        self.scheduler.update(scheduled)
+        if self.speculation is not None:
+            self.speculation.observe(scheduled.num_tokens, time.perf_counter() - started, result.drafts,
+                                    result.num_accepted)
+        self.scheduler.update(scheduled, result.rejected)
         finished = self.processor.process(result, time.monotonic())
         for seq in finished:
             self.scheduler.finish(seq)
@@ -208,4 +220,5 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions,
             prefix_cache_queries=self._prefix_queries,
             prefix_cache_hits=self._prefix_hits,
+            **(self.speculation.counters() if self.speculation is not None else {}),
         )

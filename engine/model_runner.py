@@ -27,6 +27,7 @@ from engine.parallel_state import SINGLE, TensorParallel
 from engine.sampler import Sampler, SamplerOutput, TopLogprobs, top_logprobs
 from engine.scheduler import SchedulerOutput
 from engine.sequence import Sequence
+from engine.speculative import accepted_length
 from engine.step_inputs import StepChannel, StepInputs
 from engine.transfer import to_device
 
@@ -35,11 +36,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class StepOutput:
-    """What one forward produced: next tokens for the sequences that reached the end of their known tokens,
-    and prompt logprobs for the prompt positions computed this step."""
+    """What one forward produced: next tokens for the sequences that reached the end of their known tokens (for
+    each, the rows drawn: one, or one per draft token plus one; the first `1 + num_accepted` of them are its new
+    tokens), the draft tokens each scheduled sequence had rejected (for the scheduler), and prompt logprobs for the
+    prompt positions computed this step."""
 
     sampled_seqs: list[Sequence] = field(default_factory=list)
     sampled: SamplerOutput | None = None
+    first_rows: list[int] = field(default_factory=list)           # per sampled_seqs entry: its first row
+    num_accepted: list[int] = field(default_factory=list)         # ... and how many of its drafts it accepted
+    drafts: list[list[int]] = field(default_factory=list)         # ... of these
+    rejected: list[int] = field(default_factory=list)             # per scheduled sequence, in the step's order
     prompt_seqs: list[Sequence] = field(default_factory=list)
     prompt_positions: list[range] = field(default_factory=list)   # prompt token indices, per prompt_seqs entry
     prompt_logprobs: TopLogprobs | None = None
@@ -142,18 +149,36 @@ class ModelRunner:
             self.channel.send(inputs)
         sample_logits, prompt_logits = self._forward(inputs)
         if sample_logits is not None:       # on a GPU, the forward may still be running: the sampler's host work
-            out.sampled = self.sampler(sample_logits, out.sampled_seqs)      # (token masks) overlaps it
+            row_seqs, offsets = [], []      # (token masks) overlaps it
+            for seq, drafts in zip(out.sampled_seqs, out.drafts):
+                row_seqs += [seq] * (len(drafts) + 1)
+                offsets += range(len(drafts) + 1)
+            out.sampled = self.sampler(sample_logits, row_seqs, offsets if len(offsets) > len(out.sampled_seqs)
+                                       else None)
+            self._accept(step, out)
         if prompt_logits is not None:
             out.prompt_logprobs = self._prompt_logprobs(prompt_logits, out)
         return out
+
+    def _accept(self, step: SchedulerOutput, out: StepOutput) -> None:
+        """Each sampled sequence keeps its drafts up to the first that differs from the token drawn in its place
+        (engine/speculative.py says why that is exact)."""
+        drawn = out.sampled.token_ids
+        rejected = {}
+        for seq, row, drafts in zip(out.sampled_seqs, out.first_rows, out.drafts):
+            n = accepted_length(drafts, drawn[row:row + len(drafts) + 1])
+            out.num_accepted.append(n)
+            rejected[seq.seq_id] = len(drafts) - n
+        out.rejected = [rejected.get(seq.seq_id, 0) for seq in step.seqs]
 
     def _inputs(self, step: SchedulerOutput, out: StepOutput) -> StepInputs:
         """The step's device work as plain lists; `out` learns which sequences are sampled or get prompt logprobs."""
         x = StepInputs([], [], [], [0], [], [], [], [])
         bs = self.block_size
-        for seq, count, wanted in zip(step.seqs, step.num_new_tokens, step.prompt_logprob_positions):
+        for seq, count, wanted, drafts in zip(step.seqs, step.num_new_tokens, step.prompt_logprob_positions,
+                                              step.draft_token_ids):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + count
-            x.input_ids += seq.token_ids[start:end]
+            x.input_ids += seq.token_ids[start:end - len(drafts)] + drafts
             x.positions += range(start, end)
             table = seq.block_table
             x.slots += [table[t // bs] * bs + t % bs for t in range(start, end)]
@@ -164,9 +189,11 @@ class ModelRunner:
                 out.prompt_positions.append(wanted)
             x.cu_seqlens.append(x.cu_seqlens[-1] + count)
             x.seq_lens.append(end)
-            if end == seq.num_tokens:
-                x.sample_rows.append(x.cu_seqlens[-1] - 1)
+            if end - len(drafts) == seq.num_tokens:         # a row for each draft token and one after them
+                out.first_rows.append(len(x.sample_rows))
+                x.sample_rows += range(x.cu_seqlens[-1] - 1 - len(drafts), x.cu_seqlens[-1])
                 out.sampled_seqs.append(seq)
+                out.drafts.append(drafts)
         max_blocks = max(len(seq.block_table) for seq in step.seqs)
         x.block_tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in step.seqs]
         return x

@@ -1,5 +1,8 @@
 """After each step: append the drawn tokens, detokenize, decide which sequences stop, and build outputs.
 
+A sequence that verified draft tokens gets its accepted ones and the token after them, one at a time through the
+same rules: a stop among them ends it there, and the rest are dropped.
+
 A structured-output sequence first feeds the token to its grammar's matcher: the grammar's end (its stop token,
 EOS, drawn once the text is complete) ends the sequence with "stop", whatever ignore_eos says.
 
@@ -18,7 +21,7 @@ import time
 
 from engine.model_runner import StepOutput
 from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
-from engine.sampler import TopLogprobs
+from engine.sampler import SamplerOutput, TopLogprobs
 from engine.sequence import Request, Sequence
 from engine.tokenizer import Tokenizer
 
@@ -45,21 +48,28 @@ class OutputProcessor:
             return finished
         sampled = step.sampled
         logprob_row = {row: i for i, row in enumerate(sampled.logprob_rows)}
-        for row, (seq, token) in enumerate(zip(step.sampled_seqs, sampled.token_ids)):
+        for seq, first, accepted in zip(step.sampled_seqs, step.first_rows, step.num_accepted):
             if seq.request.first_token_time is None:
                 seq.request.first_token_time = now
             if seq.max_tokens == 0:          # only the prompt was wanted (prompt logprobs)
                 seq.finish_reason = "length"
                 finished.append(seq)
                 continue
-            seq.token_ids.append(token)
-            if row in logprob_row:
-                i = logprob_row[row]
-                seq.logprobs.append(self._position_logprobs(sampled.logprobs, i, token))
-                seq.cumulative_logprob += sampled.logprobs.chosen_logprob[i]
-            if (seq.matcher is not None and _grammar_ended(seq, token)) or self._check_stop(seq, token):
-                finished.append(seq)
+            for row in range(first, first + accepted + 1):      # its accepted drafts, then one token more
+                if self._append(seq, sampled, row, logprob_row):
+                    finished.append(seq)
+                    break
         return finished
+
+    def _append(self, seq: Sequence, sampled: SamplerOutput, row: int, logprob_row: dict[int, int]) -> bool:
+        """Add the token drawn in `row` to `seq`; whether that finished it."""
+        token = sampled.token_ids[row]
+        seq.token_ids.append(token)
+        if row in logprob_row:
+            i = logprob_row[row]
+            seq.logprobs.append(self._position_logprobs(sampled.logprobs, i, token))
+            seq.cumulative_logprob += sampled.logprobs.chosen_logprob[i]
+        return (seq.matcher is not None and _grammar_ended(seq, token)) or self._check_stop(seq, token)
 
     def _position_logprobs(self, top: TopLogprobs, i: int, chosen: int) -> PositionLogprobs:
         text = self.tokenizer.token_text

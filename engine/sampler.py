@@ -64,8 +64,9 @@ class Sampler:
         self._device = device
         self._batch = None       # xgrammar's batched filler, made with the first structured output's masks
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
-        """logits [B, V] float32, one row per sequence in `seqs`."""
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], offsets: list[int] | None = None) -> SamplerOutput:
+        """logits [B, V] float32, one row per entry of `seqs`. Row i draws the token at position
+        seqs[i].num_tokens + offsets[i] (offsets: 0 for all, unless the rows verify draft tokens)."""
         device = logits.device
         mask_rows = [i for i, seq in enumerate(seqs) if seq.matcher is not None]
         bitmask = self._fill_masks([seqs[i].matcher for i in mask_rows]) if mask_rows else None
@@ -84,8 +85,9 @@ class Sampler:
         temperature, top_p, min_p = to_device(
             [[p.temperature for p in params], [p.top_p for p in params], [p.min_p for p in params]],
             torch.float32, device)
-        seeds, positions = to_device([[_signed64(seq.seed) for seq in seqs], [seq.num_tokens for seq in seqs]],
-                                     torch.int64, device)
+        drawn_at = ([seq.num_tokens for seq in seqs] if offsets is None
+                    else [seq.num_tokens + j for seq, j in zip(seqs, offsets)])
+        seeds, positions = to_device([[_signed64(seq.seed) for seq in seqs], drawn_at], torch.int64, device)
         top_k = to_device([min(max(p.top_k, 0), vocab) for p in params],   # k >= vocab keeps all, fits int32
                           torch.int32, device)
         drawn = self.kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)

@@ -12,6 +12,11 @@ prefill chunks and resumed sequences mix freely in one batch:
    prefix. A preempted one recomputes its prompt and output as a prefill and goes on exactly where it
    stopped: sampling depends only on (seed, position), so nothing it produces changes.
 
+With speculative decoding (engine/speculative.py), a decoding sequence may carry draft tokens: once every
+running sequence has its tokens, those left in the budget go to drafts, as far as free blocks allow without
+preempting anything. Drafts are computed like known tokens; `update()` learns how many were rejected and counts
+only the rest as computed (their KV slots are overwritten later).
+
 `schedule()` returns plain data (a SchedulerOutput); the engine runs it and reports back with `update()`, which
 is when the computed blocks enter the prefix cache.
 """
@@ -28,11 +33,13 @@ from engine.sequence import Sequence, SequenceStatus
 
 @dataclass(slots=True)
 class SchedulerOutput:
-    """The sequences of one step and how many new tokens each computes, in batch order, and for each the prompt
-    positions whose logprobs the step computes (empty unless it wants prompt logprobs; row t predicts token t + 1)."""
+    """The sequences of one step and how many new tokens each computes (its draft tokens included), in batch
+    order, the draft tokens each verifies after its known ones, and for each the prompt positions whose logprobs the
+    step computes (empty unless it wants prompt logprobs; row t predicts token t + 1)."""
 
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
+    draft_token_ids: list[list[int]] = field(default_factory=list)
     prompt_logprob_positions: list[range] = field(default_factory=list)
     num_preempted: int = 0
     prefix_queries: int = 0      # prompt tokens of the sequences first admitted this step
@@ -47,6 +54,7 @@ class SchedulerOutput:
         """Schedule `num_new_tokens` of `seq`."""
         self.seqs.append(seq)
         self.num_new_tokens.append(num_new_tokens)
+        self.draft_token_ids.append([])
         positions = range(0)
         if needs_prompt_logprobs(seq):
             end = seq.num_computed_tokens + num_new_tokens
@@ -92,6 +100,7 @@ class Scheduler:
             out.add(seq, count)
             budget -= count
             i += 1
+        budget -= self._add_drafts(out, budget)
         while (not out.num_preempted and self.waiting and budget > 0
                and len(self.running) < self.max_num_seqs):
             seq = self.waiting[0]
@@ -117,6 +126,25 @@ class Scheduler:
             budget -= count
         return out
 
+    def _add_drafts(self, out: SchedulerOutput, budget: int) -> int:
+        """Extend the step's decoding sequences by their draft tokens, within `budget` and the blocks free beyond
+        the admission reserve; return the tokens added. Each sequence's drafts are consumed either way."""
+        added = 0
+        for i, seq in enumerate(out.seqs):
+            drafts, seq.draft_token_ids = seq.draft_token_ids, []
+            if not drafts or out.num_new_tokens[i] != seq.num_tokens - seq.num_computed_tokens:
+                continue
+            drafts = drafts[:budget - added]
+            end = seq.num_computed_tokens + out.num_new_tokens[i] + len(drafts)
+            if not drafts or not (self.blocks.fits(seq, end)
+                                  or self.blocks.can_allocate(seq, end, reserve=self.admission_reserve)):
+                continue
+            self.blocks.allocate(seq, end)
+            out.num_new_tokens[i] += len(drafts)
+            out.draft_token_ids[i] = drafts
+            added += len(drafts)
+        return added
+
     def _prefix(self, seq: Sequence, out: SchedulerOutput) -> list[int]:
         """The blocks `seq` starts from: the longer of its cached prefix and, for a later choice of a prompt,
         the prompt blocks its first choice has computed or computes in this step (`out`)."""
@@ -141,15 +169,17 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self.blocks.free_seq(seq)
         seq.num_computed_tokens = 0
+        seq.draft_token_ids = []
         seq.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
-    def update(self, out: SchedulerOutput) -> None:
-        """Record that the step's tokens were computed."""
-        for seq, count, positions in zip(out.seqs, out.num_new_tokens, out.prompt_logprob_positions):
-            seq.num_computed_tokens += count
+    def update(self, out: SchedulerOutput, rejected: list[int] | None = None) -> None:
+        """Record that the step's tokens were computed, but for the `rejected` draft tokens of each sequence."""
+        rejected = rejected or [0] * len(out.seqs)
+        for seq, count, positions, wrong in zip(out.seqs, out.num_new_tokens, out.prompt_logprob_positions, rejected):
+            seq.num_computed_tokens += count - wrong
             seq.next_prompt_logprob = max(seq.next_prompt_logprob, positions.stop)
             self.blocks.register_computed(seq)
 

@@ -49,6 +49,7 @@ class Sequence:
     num_preemptions: int = 0
     matcher: object | None = None                 # its structured output's GrammarState (engine/structured_output)
     next_prompt_logprob: int = 1                  # the scheduler's: first prompt position whose logprob is due
+    draft_token_ids: list[int] = field(default_factory=list)   # the proposer's guess at the next tokens
     text: str = ""
     logprobs: list[PositionLogprobs] = field(default_factory=list)
     cumulative_logprob: float = 0.0

@@ -46,13 +46,28 @@ def test_decode_matches_the_reference(group, head_dim, block_size):
 
 
 @pytest.mark.parametrize(("seq_lens", "q_lens"), [
-    ([1, 50, 23, 9, 64], [1, 1, 23, 4, 1]),    # mixed: decodes in C, prefill chunks through the reference
+    ([1, 50, 23, 9, 64], [1, 1, 23, 4, 1]),    # mixed: decodes and short chunks in C, a long chunk in the reference
+    ([40, 7, 100, 16, 33], [5, 7, 3, 16, 1]),  # short chunks only (speculative verification): all in C
     ([45, 70, 2, 33], [45, 19, 2, 33]),        # prefills and extends only
     ([300, 1, 17], [1, 1, 1]),                 # decodes only
 ])
 def test_paged_attention_matches_the_reference(seq_lens, q_lens):
     expected, args = expected_and_inputs(seq_lens, q_lens, 8, 2, 64, 16, seed=len(seq_lens))
     torch.testing.assert_close(cpu_attention.paged_attention(*args), expected, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("window", [1, 6, 40])
+def test_short_chunks_in_a_sliding_window(window, monkeypatch):
+    """Each row of a chunk has its own window (its last `window` positions), computed by the C kernel."""
+    seq_lens, q_lens = [40, 7, 100, 16], [5, 7, 3, 16]
+    q, k, v, tables, lens, cu = make_batch(seq_lens, q_lens, 4, 2, 64, 16, torch.float32, seed=window)
+    expected = ref.paged_attention(q, k, v, tables, lens, cu, 16, 0.125, window)
+    calls = []
+    rows = cpu_attention.attend_rows
+    monkeypatch.setattr(cpu_attention, "attend_rows", lambda *a, **kw: calls.append(len(a[0])) or rows(*a, **kw))
+    out = cpu_attention.paged_attention(q, k, v, tables, lens, cu, 16, 0.125, window)
+    assert calls == [sum(q_lens)]
+    torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("seq_lens", [[300], list(range(1, 200, 7))])
@@ -166,15 +181,15 @@ def test_build_into_a_fresh_cache_and_without_a_compiler(tmp_path, monkeypatch):
     native.load.cache_clear()
     try:
         with ThreadPoolExecutor(4) as pool:                                 # concurrent first builds
-            libraries = list(pool.map(lambda _: native._build(native.HERE / "decode_attention.c",
+            libraries = list(pool.map(lambda _: native._build(native.HERE / "paged_attention.c",
                                                               native.compiler()), range(4)))
         assert len(set(libraries)) == 1
         assert sorted(p.suffix for p in tmp_path.iterdir()) == [".lock", ".so"]    # no partial file left
-        assert native.load("decode_attention") is not None
+        assert native.load("paged_attention") is not None
         native.load.cache_clear()
         monkeypatch.setenv("CC", "no-such-compiler")
         with pytest.warns(UserWarning, match="no C compiler"):
-            assert native.load("decode_attention") is None
+            assert native.load("paged_attention") is None
     finally:
         native.load.cache_clear()
 

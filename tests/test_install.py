@@ -96,7 +96,7 @@ def test_wheel_install_serves_the_default_model(tmp_path):
     found = _lines(run.stdout)
     assert Path(found["ENGINE"]).is_relative_to(venv), found     # the wheel's code, not the repo's
     assert Path(found["LLM_KERNELS"]).is_relative_to(venv), found
-    assert (Path(found["LLM_KERNELS"]).parent / "cpu" / "decode_attention.c").is_file()
+    assert (Path(found["LLM_KERNELS"]).parent / "cpu" / "paged_attention.c").is_file()
     if shutil.which(os.environ.get("CC") or "cc"):
         assert list((tmp_path / "kernel-cache").glob("*.so")), "the C kernel was not built from the wheel's source"
 

@@ -54,10 +54,32 @@ def test_completions_stream_equals_non_streamed(server, sampling):
         parts = [c["choices"][0]["logprobs"] for c in chunks if c["choices"] and
                  c["choices"][0]["index"] == choice["index"]]
         for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
-            assert sum((p[key] for p in parts), []) == choice["logprobs"][key], key
+            assert_logprobs_match(sum((p[key] for p in parts), []), choice["logprobs"][key])
         finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]
                   and c["choices"][0]["index"] == choice["index"]]
         assert finish[-1] == choice["finish_reason"] and finish.count(None) == len(finish) - 1
+
+
+def _split_floats(value, floats: list[float]):
+    """`value` with its floats taken out into `floats` (in order), for comparing the rest exactly."""
+    if isinstance(value, float):
+        floats.append(value)
+        return float
+    if isinstance(value, dict):
+        return {k: _split_floats(v, floats) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_split_floats(v, floats) for v in value]
+    return value
+
+
+def assert_logprobs_match(got, expected) -> None:
+    """Same tokens, ranks and structure; logprobs equal to float32's precision. The second of two requests for
+    one prompt takes its prefix from the cache and computes only the rest, through other kernels (the prompt's
+    last tokens through the C kernel, not the reference's matrix products), so its numbers may differ in the last
+    bits."""
+    got_floats, expected_floats = [], []
+    assert _split_floats(got, got_floats) == _split_floats(expected, expected_floats)
+    assert got_floats == pytest.approx(expected_floats, rel=1e-5, abs=1e-5)
 
 
 def test_chat_stream_equals_non_streamed(server):
@@ -71,7 +93,7 @@ def test_chat_stream_equals_non_streamed(server):
         assert mine[0]["delta"] == {"role": "assistant", "content": ""}
         assert all("role" not in c["delta"] for c in mine[1:])
         content = sum((c["logprobs"]["content"] for c in mine[1:] if c["logprobs"]), [])
-        assert content == whole["choices"][index]["logprobs"]["content"]
+        assert_logprobs_match(content, whole["choices"][index]["logprobs"]["content"])
     assert _joined(chunks, "delta") == {c["index"]: c["message"]["content"] for c in whole["choices"]}
 
 

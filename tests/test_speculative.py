@@ -1,0 +1,187 @@
+"""Speculative decoding (engine/speculative.py): n-gram drafts verified in one forward give the tokens decoding
+without them gives, greedy and sampled, on every architecture, through preemption and prefix caching."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine import LLM, SamplingParams
+from engine.speculative import SpeculationGate, SpeculativeConfig, ngram_proposal
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+PROMPTS = ["def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return", "The quick brown fox jumps over the",
+           "for i in range(10):\n    total += i * i\nfor i in range(10):\n", "x"]
+
+
+@pytest.fixture(autouse=True)
+def always_draft(monkeypatch):
+    """Every decoding sequence drafts: the gate would switch drafting off for these models, whose steps cost
+    almost nothing, and the tests are about what verification does with drafts."""
+    monkeypatch.setattr(SpeculationGate, "allowed", lambda self, batch: batch)
+
+
+def repetitive(checkpoint_factory, arch: str = "llama") -> str:
+    """A tiny checkpoint whose greedy output repeats itself often (smaller random weights), so drafts often hold."""
+    return checkpoint_factory(arch, initializer_range=0.05)
+
+
+def outputs(llm: LLM, prompts: list, params: SamplingParams) -> list[list[tuple]]:
+    """Per prompt, per choice: tokens, text, finish and stop reasons, and the logprobs (rounded)."""
+    result = []
+    for out in llm.generate(prompts, params, use_tqdm=False):
+        result.append([(c.token_ids, c.text, c.finish_reason, c.stop_reason,
+                        None if c.logprobs is None else [{t: round(lp.logprob, 3) for t, lp in pos.items()}
+                                                         for pos in c.logprobs])
+                       for c in out.outputs])
+    return result
+
+
+def test_ngram_proposal_takes_the_longest_suffix_at_its_latest_occurrence():
+    tokens = [1, 2, 3, 9, 1, 2, 3, 7, 8, 5, 2, 3]
+    assert ngram_proposal(tokens, 2, 1, 3) == [7, 8]          # "2 3" occurs twice: the later one
+    assert ngram_proposal(tokens, 5, 1, 3) == [7, 8, 5, 2, 3]  # up to the end of the context
+    assert ngram_proposal([4, 5, 6, 4, 5, 6, 4, 5], 3, 3, 3) == [6, 4, 5]     # overlapping its own suffix
+    assert ngram_proposal([4, 5, 6, 4, 5, 6, 4], 3, 2, 2) == [5, 6, 4]
+    assert ngram_proposal([1, 2, 3, 4], 3, 1, 2) == []                        # no earlier occurrence
+    assert ngram_proposal([7], 3, 1, 2) == []
+    # Byte patterns that match across token boundaries are not matches: 256 = 00 01 00 00, 1 = 01 00 00 00.
+    assert ngram_proposal([256, 1, 0, 0, 9, 1], 2, 1, 1) == [0, 0]
+    assert ngram_proposal([65536, 5, 256], 2, 1, 1) == []
+
+
+def test_config_is_vllms_and_refuses_what_it_cannot_honour():
+    assert SpeculativeConfig.parse({"method": "ngram", "num_speculative_tokens": 3}) == \
+        SpeculativeConfig("ngram", 3, 5, 5)
+    assert SpeculativeConfig.parse({"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 2}) == \
+        SpeculativeConfig("ngram", 3, 2, 2)
+    assert SpeculativeConfig.parse(None) is None
+    for bad, match in (({"method": "eagle", "num_speculative_tokens": 3}, "method"),
+                       ({"method": "ngram"}, "num_speculative_tokens"),
+                       ({"method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens"),
+                       ({"method": "ngram", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 1}, "keys"),
+                       ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2,
+                         "prompt_lookup_min": 3}, "prompt_lookup_min"),
+                       ("ngram", "dict")):
+        with pytest.raises(ValueError, match=match):
+            SpeculativeConfig.parse(bad)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3", "qwen3-moe"])
+def test_greedy_tokens_are_the_same_with_preemption_and_prefix_caching(checkpoint_factory, arch):
+    """A KV cache too small for the batch (sequences are preempted and resumed), 8-token steps (drafts compete with
+    prefill chunks), repeated prompts (prefix-cache hits), stops that end a sequence inside its accepted drafts."""
+    path = repetitive(checkpoint_factory, arch)
+    settings = dict(max_model_len=128, block_size=4, kv_cache_blocks=40, max_num_batched_tokens=8)
+    plain = LLM(path, **settings)
+    spec = LLM(path, speculative_config=NGRAM, **settings)
+    params = [SamplingParams(temperature=0, max_tokens=40, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=30, stop=["a", "\n"], logprobs=2)]
+    for p in params:
+        prompts = PROMPTS + PROMPTS[:2]
+        assert outputs(spec, prompts, p) == outputs(plain, prompts, p)
+    stats = spec.engine.stats()
+    assert stats.num_preemptions > 0 and stats.prefix_cache_hits > 0
+    assert stats.spec_num_accepted_tokens > 0                    # speculation really ran, and some drafts held
+    assert stats.spec_num_draft_tokens > stats.spec_num_accepted_tokens
+
+
+def test_sampled_tokens_are_the_same(checkpoint_factory):
+    """Seeded sampling draws each token from (seed, position): speculation changes nothing, for every choice."""
+    path = repetitive(checkpoint_factory)
+    plain, spec = LLM(path, max_model_len=128), LLM(path, max_model_len=128, speculative_config=NGRAM)
+    for params in (SamplingParams(temperature=0.8, top_p=0.9, seed=5, n=3, max_tokens=48, logprobs=1),
+                   SamplingParams(temperature=1.5, top_k=5, min_p=0.05, seed=7, max_tokens=48, ignore_eos=True),
+                   SamplingParams(temperature=0.6, seed=1, max_tokens=48, logit_bias={10: 3.0})):
+        assert outputs(spec, PROMPTS, params) == outputs(plain, PROMPTS, params)
+    assert spec.engine.stats().spec_num_accepted_tokens > 0
+
+
+def test_sequences_whose_sampling_needs_each_token_do_not_draft(checkpoint_factory):
+    """Penalties and min_tokens depend on the tokens before each position: those sequences decode one by one."""
+    path = repetitive(checkpoint_factory)
+    plain, spec = LLM(path, max_model_len=128), LLM(path, max_model_len=128, speculative_config=NGRAM)
+    for params in (SamplingParams(temperature=0, max_tokens=24, presence_penalty=0.5),
+                   SamplingParams(temperature=0, max_tokens=24, repetition_penalty=1.2),
+                   SamplingParams(temperature=0, max_tokens=24, min_tokens=24)):
+        assert outputs(spec, PROMPTS, params) == outputs(plain, PROMPTS, params)
+        assert spec.engine.stats().spec_num_drafts == 0
+
+
+def test_max_tokens_and_context_bound_the_drafts(checkpoint_factory):
+    """Drafts never run past max_tokens or the context (positions beyond it would not exist)."""
+    path = repetitive(checkpoint_factory)
+    plain, spec = LLM(path, max_model_len=40), LLM(path, max_model_len=40, speculative_config=NGRAM)
+    params = SamplingParams(temperature=0, ignore_eos=True)            # max_tokens: up to the context's end
+    prompt = PROMPTS[0]
+    got = outputs(spec, [prompt], params)
+    assert got == outputs(plain, [prompt], params)
+    assert len(got[0][0][0]) == 40 - len(spec.get_tokenizer()(prompt).input_ids)
+    assert spec.engine.stats().spec_num_accepted_tokens > 0
+
+
+def test_gate_speculates_where_it_pays(monkeypatch):
+    monkeypatch.undo()                              # the real gate
+    gate = SpeculationGate()
+    assert gate.allowed(32) == 32                   # nothing measured yet
+    for tokens in (1, 6, 2, 5):                     # 10 ms a step, 0.1 ms a token
+        gate.observe_step(tokens, tokens, 0.010 + 0.0001 * tokens)
+    gate.observe_step(100, 1, 0.5)                  # a prefill chunk: not what a draft token costs
+    assert gate.fixed_s == pytest.approx(0.010) and gate.per_token_s == pytest.approx(0.0001)
+    for _ in range(100):
+        gate.observe_acceptance(10, 1)              # 10% of drafts accepted
+    assert gate.acceptance == pytest.approx(0.1, abs=0.01)
+    assert gate.pays(1)                             # batch 1: the fixed cost dominates
+    assert not gate.pays(32)                        # 0.1 * (10 + 3.2) ms < 32 * 0.1 ms
+    allowed = [gate.allowed(32) for _ in range(2 * SpeculationGate.PROBE_EVERY)]
+    assert sorted(allowed) == [0] * (2 * SpeculationGate.PROBE_EVERY - 2) + [1, 1]     # probes keep r current
+    for _ in range(100):
+        gate.observe_acceptance(10, 10)
+    assert gate.pays(32)
+
+
+def test_through_the_server_with_the_openai_client(checkpoint_factory):
+    """`--speculative-config` reaches the engine; a streamed completion is the one without it; /metrics counts
+    the drafts with vLLM's names."""
+    import asyncio
+
+    import httpx
+    import openai
+
+    from api import ServerSettings, create_app
+    from api.cli import build_parser, engine_options
+    from engine import AsyncLLM
+
+    args = build_parser("x").parse_args(["--speculative-config", json.dumps(NGRAM)])
+    options = engine_options(args)
+    assert options["speculative_config"] == NGRAM
+    with pytest.raises(SystemExit):
+        build_parser("x").parse_args(["--speculative-config", "[1]"])
+
+    async def run(speculative_config: dict | None) -> tuple[str, list[int], str]:
+        llm = AsyncLLM(repetitive(checkpoint_factory), speculative_config=speculative_config)
+        try:
+            app = create_app(llm, ServerSettings("tiny"))
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+                client = openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http)
+                stream = await client.completions.create(
+                    model="tiny", prompt=PROMPTS[0], max_tokens=40, temperature=0, stream=True,
+                    extra_body={"ignore_eos": True, "return_tokens_as_token_ids": True}, logprobs=0)
+                text, tokens = "", []
+                async for chunk in stream:
+                    text += chunk.choices[0].text
+                    tokens += [int(t.split(":")[1]) for t in chunk.choices[0].logprobs.tokens]
+                return text, tokens, (await http.get("/metrics")).text
+        finally:
+            llm.shutdown()
+
+    plain_text, plain_tokens, _ = asyncio.run(run(None))
+    text, tokens, metrics = asyncio.run(run(options["speculative_config"]))
+    assert (text, tokens) == (plain_text, plain_tokens) and len(tokens) == 40
+    counts = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+              if line.startswith("triton_serve_spec_decode_")}
+    assert counts["triton_serve_spec_decode_num_accepted_tokens_total"] > 0
+    assert counts["triton_serve_spec_decode_num_draft_tokens_total"] >= counts[
+        "triton_serve_spec_decode_num_accepted_tokens_total"]
+    assert counts["triton_serve_spec_decode_num_drafts_total"] > 0

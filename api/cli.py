@@ -68,7 +68,8 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
                              "auto: Triton on CUDA, the C and torch kernels on the CPU)")
     engine.add_argument("--speculative-config", type=_json_object, default=None, metavar="JSON",
                         help='speculative decoding, as vLLM\'s: \'{"method": "ngram", "num_speculative_tokens": 5, '
-                             '"prompt_lookup_max": 4}\' (default: none); output is the same without it')
+                             '"prompt_lookup_max": 4}\' or \'{"method": "draft_model", "model": PATH, '
+                             '"num_speculative_tokens": 3}\' (default: none); output is the same without it')
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-seqs", type=int, default=1024,
                         help="sequences that may wait beyond the running batch; more get 429")

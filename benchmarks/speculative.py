@@ -7,9 +7,12 @@ is shared and noisy) for --pairs pairs, at batch 1 (requests one after another) 
 and prints medians, spread, the ratio, and the acceptance rate and mean accepted length of the speculative runs.
 Greedy by default; --temperature samples (seeded). The two engines' tokens are compared too: they must agree.
 `--workload random` gives prompts of random tokens instead (little to copy: the gate should switch drafting off).
+`--method draft_model` drafts with `--draft PATH`, or by default with the model's first `--draft-layers` layers
+(its norm and head kept: an early-exit draft, written to a temporary checkpoint), instead of n-grams.
 
     python -m benchmarks.speculative [--model PATH] [--k 5] [--lookup-max 4] [--lookup-min 2] [--max-tokens 128]
         [--batches 1,32] [--pairs 3] [--temperature 0] [--workload code|random] [--json OUT]
+        [--method ngram|draft_model] [--draft PATH] [--draft-layers 2]
 """
 
 from __future__ import annotations
@@ -20,8 +23,13 @@ import importlib
 import inspect
 import json
 import random
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
 
 from engine import DEFAULT_MODEL, LLM, SamplingParams
 
@@ -46,6 +54,22 @@ def code_editing_prompts(count: int, max_chars: int = 1200) -> list[str]:
         first_line = text.splitlines()[0]
         prompts.append(f"# Original version:\n{text}\n\n\n# The same function, cleaned up:\n{first_line}\n")
     return prompts
+
+
+def early_exit_draft(model: str, layers: int, directory: str) -> str:
+    """A copy of checkpoint `model` with only its first `layers` decoder layers, in `directory`."""
+    config = json.loads((Path(model) / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    weights = load_file(str(Path(model) / "model.safetensors"))
+    kept = {name: tensor for name, tensor in weights.items()
+            if not name.startswith("model.layers.") or int(name.split(".")[2]) < layers}
+    out = Path(directory)
+    save_file(kept, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config))
+    for name in Path(model).iterdir():
+        if name.name.startswith(("tokenizer", "generation_config")):
+            shutil.copy(name, out / name.name)
+    return str(out)
 
 
 def random_prompts(count: int, vocab: int, length: int = 256) -> list[list[int]]:
@@ -75,10 +99,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--workload", choices=("code", "random"), default="code")
+    parser.add_argument("--method", choices=("ngram", "draft_model"), default="ngram")
+    parser.add_argument("--draft", default=None, help="the draft model's checkpoint (default: an early-exit draft)")
+    parser.add_argument("--draft-layers", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    spec_config = {"method": "ngram", "num_speculative_tokens": args.k, "prompt_lookup_max": args.lookup_max,
-                   "prompt_lookup_min": args.lookup_min}
+    if args.method == "ngram":
+        spec_config = {"method": "ngram", "num_speculative_tokens": args.k, "prompt_lookup_max": args.lookup_max,
+                       "prompt_lookup_min": args.lookup_min}
+    else:
+        draft = args.draft or early_exit_draft(args.model, args.draft_layers, tempfile.mkdtemp(prefix="draft-"))
+        spec_config = {"method": "draft_model", "model": draft, "num_speculative_tokens": args.k}
     plain, spec = LLM(args.model), LLM(args.model, speculative_config=spec_config)
     params = SamplingParams(temperature=args.temperature, seed=0, max_tokens=args.max_tokens, ignore_eos=True)
     results = []

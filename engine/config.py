@@ -150,6 +150,9 @@ class EngineConfig:
             raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {size!r}")
         if size == 1:
             return
+        if self.speculative_config is not None and self.speculative_config.model:
+            raise ValueError("speculative_config: a draft model cannot run with tensor_parallel_size > 1 yet; use "
+                             "the ngram method")
         if isinstance(self.kernels, KernelSet):
             raise ValueError("kernels: a KernelSet cannot be handed to tensor-parallel worker processes; name a "
                              "backend ('auto', 'triton', 'cpu' or 'torch') with tensor_parallel_size > 1")

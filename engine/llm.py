@@ -36,8 +36,8 @@ class LLM:
     tensor_parallel_size: run the model over this many processes, one device each (GPUs cuda:0..N-1, or ranks
     sharing the CPU), started here and stopped with the engine (`close()`, or at exit); see engine/tp_workers.py.
     speculative_config: speculative decoding, as vLLM's: {"method": "ngram", "num_speculative_tokens": k,
-    "prompt_lookup_max": n, "prompt_lookup_min": m}; output is token-identical to decoding without it (see
-    engine/speculative.py).
+    "prompt_lookup_max": n, "prompt_lookup_min": m} or {"method": "draft_model", "model": PATH,
+    "num_speculative_tokens": k}; output is token-identical to decoding without it (see engine/speculative.py).
     """
 
     def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "auto",

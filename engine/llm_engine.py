@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from engine import structured_output
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig
+from engine.draft_model import DraftModel, kv_share
 from engine.model_runner import ModelRunner
 from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
@@ -53,8 +54,10 @@ class LLMEngine:
         eos = self.tokenizer.eos_token_ids
         serve_if_launched_worker(config)
         self.workers: TPWorkers | None = None
+        spec = config.speculative_config
         if config.tensor_parallel_size == 1:
-            self.runner = ModelRunner(config, self.model_config, self.max_model_len, eos)
+            share = kv_share(config, self.model_config) if spec is not None and spec.model else 1.0
+            self.runner = ModelRunner(config, self.model_config, self.max_model_len, eos, kv_share=share)
         else:
             self.runner, self.workers = TPWorkers.start_engine(config, self.model_config, self.max_model_len, eos)
         # Stops the workers with the engine: on close(), when it is collected, or at interpreter exit.
@@ -70,8 +73,10 @@ class LLMEngine:
         self.grammars = GrammarCompiler(self.tokenizer.hf, self.model_config.vocab_size, eos,
                                         sorted(self.tokenizer.special_ids))
         self._compiling: list[Request] = []      # structured-output requests whose grammar is being compiled
-        spec = config.speculative_config
-        self.speculation = Speculation(spec) if spec is not None else None
+        self.speculation = None
+        if spec is not None:
+            self.runner.draft = DraftModel(config, self.runner, eos) if spec.model else None
+            self.speculation = Speculation(spec, self.runner.draft)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     stream: bool = False) -> None:
@@ -176,7 +181,7 @@ class LLMEngine:
             outputs.append(self.processor.make_output(request))
             del self.requests[request.request_id]
         if self.speculation is not None:
-            self.speculation.propose(self.scheduler.running)
+            self.speculation.propose(self.scheduler.running, self.scheduler.reserve)
         scheduled = self.scheduler.schedule()
         self._prefix_queries += scheduled.prefix_queries
         self._prefix_hits += scheduled.prefix_hits

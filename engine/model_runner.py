@@ -56,7 +56,7 @@ class ModelRunner:
     """Loads the checkpoint onto the device, allocates the paged KV cache and executes steps."""
 
     def __init__(self, config: EngineConfig, model_config: ModelConfig, max_model_len: int,
-                 eos_token_ids: list[int], tp: TensorParallel = SINGLE) -> None:
+                 eos_token_ids: list[int], tp: TensorParallel = SINGLE, kv_share: float = 1.0) -> None:
         self.config = config
         self.tp = tp
         self.channel: StepChannel | None = None     # rank 0 of several: how it hands each step to the others
@@ -78,12 +78,13 @@ class ModelRunner:
         cfg = model_config
         kv_heads = self.model.attention_layers()[0].num_kv_heads        # this rank's
         shape = kv_cache.KVCacheShape(cfg.num_layers, self.block_size, kv_heads, cfg.head_dim, self.dtype)
-        budget = self._memory_budget() if config.kv_cache_blocks is None else 0
+        budget = int(self._memory_budget() * kv_share) if config.kv_cache_blocks is None else 0
         self.num_blocks = self._agreed(kv_cache.choose_num_blocks(shape, max_model_len, config.max_num_seqs, budget,
                                                                   config.kv_cache_blocks))
         self.kv_cache = kv_cache.allocate(shape, self.num_blocks, self.device)
         for i, attn in enumerate(self.model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+        self.draft = None        # a speculative draft model (engine/draft_model.py), mirrored after each forward
         self.graphs: DecodeGraphs | None = None
         if use_graphs:
             self.graphs = DecodeGraphs(self.model, min(config.max_num_seqs, config.max_num_batched_tokens),
@@ -148,6 +149,8 @@ class ModelRunner:
         if self.channel is not None:
             self.channel.send(inputs)
         sample_logits, prompt_logits = self._forward(inputs)
+        if self.draft is not None:
+            self.draft.mirror(inputs)
         if sample_logits is not None:       # on a GPU, the forward may still be running: the sampler's host work
             row_seqs, offsets = [], []      # (token masks) overlaps it
             for seq, drafts in zip(out.sampled_seqs, out.drafts):

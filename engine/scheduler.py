@@ -145,6 +145,16 @@ class Scheduler:
             added += len(drafts)
         return added
 
+    def reserve(self, seq: Sequence, num_tokens: int) -> bool:
+        """Blocks for `num_tokens` tokens of running `seq`, if the free blocks beyond the admission reserve allow:
+        a draft model writes the KV of its guesses ahead of the sequence. Whether it has them now."""
+        if self.blocks.fits(seq, num_tokens):
+            return True
+        if not self.blocks.can_allocate(seq, num_tokens, reserve=self.admission_reserve):
+            return False
+        self.blocks.allocate(seq, num_tokens)
+        return True
+
     def _prefix(self, seq: Sequence, out: SchedulerOutput) -> list[int]:
         """The blocks `seq` starts from: the longer of its cached prefix and, for a later choice of a prompt,
         the prompt blocks its first choice has computed or computes in this step (`out`)."""

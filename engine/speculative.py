@@ -26,23 +26,28 @@ higher with it.
 
 from __future__ import annotations
 
+import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.sequence import Sequence
 
-METHODS = ("ngram",)
+METHODS = {"ngram": ("prompt_lookup_max", "prompt_lookup_min"), "draft_model": ("model",)}   # and their keys
 
 
 @dataclass(frozen=True, slots=True)
 class SpeculativeConfig:
-    """`LLM(speculative_config={...})`: the method and how many tokens it drafts per step. For "ngram", the
-    lengths of the suffix it looks up (vLLM's defaults: 5 and 5, or the one given for both)."""
+    """`LLM(speculative_config={...})`, vLLM's keys: the method and how many tokens it drafts per step. "ngram":
+    the lengths of the suffix it looks up (vLLM's defaults: 5 and 5, or the one given for both). "draft_model":
+    the checkpoint of the draft model (`model`), which must share the target's vocabulary."""
 
     method: str
     num_speculative_tokens: int
-    prompt_lookup_max: int
-    prompt_lookup_min: int
+    prompt_lookup_max: int = 0
+    prompt_lookup_min: int = 0
+    model: str | None = None
 
     @classmethod
     def parse(cls, value: dict | SpeculativeConfig | None) -> SpeculativeConfig | None:
@@ -51,22 +56,30 @@ class SpeculativeConfig:
             return value
         if not isinstance(value, dict):
             raise ValueError(f"speculative_config must be a dict, got {type(value).__name__}")
-        known = {"method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min"}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"speculative_config: unsupported keys {unknown} (supported: {sorted(known)})")
         method = value.get("method")
         if method not in METHODS:
             raise ValueError(f"speculative_config: method must be one of {list(METHODS)}, got {method!r}")
-        k = value.get("num_speculative_tokens")
-        high, low = value.get("prompt_lookup_max"), value.get("prompt_lookup_min")
-        high, low = high or low or 5, low or high or 5
-        for name, number in (("num_speculative_tokens", k), ("prompt_lookup_max", high), ("prompt_lookup_min", low)):
+        known = {"method", "num_speculative_tokens", *METHODS[method]}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"speculative_config: unsupported keys {unknown} for method {method!r} (supported: "
+                             f"{sorted(known)})")
+        numbers = {"num_speculative_tokens": value.get("num_speculative_tokens")}
+        if method == "ngram":
+            high, low = value.get("prompt_lookup_max"), value.get("prompt_lookup_min")
+            numbers["prompt_lookup_max"] = high if high is not None else 5 if low is None else low
+            numbers["prompt_lookup_min"] = low if low is not None else numbers["prompt_lookup_max"]
+        for name, number in numbers.items():
             if not isinstance(number, int) or isinstance(number, bool) or number < 1:
                 raise ValueError(f"speculative_config: {name} must be an integer >= 1, got {number!r}")
-        if low > high:
-            raise ValueError(f"speculative_config: prompt_lookup_min {low} must be <= prompt_lookup_max {high}")
-        return cls(method, k, high, low)
+        if numbers.get("prompt_lookup_min", 0) > numbers.get("prompt_lookup_max", 0):
+            raise ValueError(f"speculative_config: prompt_lookup_min {numbers['prompt_lookup_min']} must be <= "
+                             f"prompt_lookup_max {numbers['prompt_lookup_max']}")
+        model = value.get("model")
+        if method == "draft_model" and not (isinstance(model, str) and (Path(model) / "config.json").is_file()):
+            raise ValueError(f"speculative_config: model must be a checkpoint directory with a config.json, got "
+                             f"{model!r}")
+        return cls(method, model=model, **numbers)
 
 
 def ngram_proposal(tokens: list[int], k: int, low: int, high: int) -> list[int]:
@@ -104,14 +117,18 @@ def can_speculate(seq: Sequence) -> bool:
 
 
 class SpeculationGate:
-    """Decides, step by step, how many decoding sequences may draft. Step time is modelled as fixed + per_token *
-    tokens, fitted on the recent decoding steps; a draft token costs per_token and is accepted with rate r
-    (accepted over drafted, recently). Drafting pays when its extra tokens per extra second beat the step's rate
-    without it: r / per_token > batch / (fixed + per_token * batch). A small batch pays at almost any r (the fixed cost
-    dominates), a large one only at a high r. While it does not pay, one sequence in every `PROBE_EVERY` steps
-    still drafts, to keep r current at a cost of a few tokens."""
+    """Decides, step by step, how many decoding sequences may draft. A step's forward is modelled as fixed +
+    per_token * tokens seconds, fitted on the recent decoding steps; drafting costs per_token for each draft token
+    it verifies, plus the time to propose (measured: a draft model's k forwards; next to nothing for n-grams), and
+    yields r extra tokens per draft token (r: accepted over drafted, recently). It pays when those extra tokens per
+    extra second beat the step's rate without drafts, batch / (fixed + per_token * batch): a small batch pays at
+    almost any r (the fixed cost dominates), a large one only at a high r. While it does not pay, one sequence
+    still drafts now and then (after `PROBE_EVERY` steps, then twice as many each time up to `MAX_PROBE_EVERY`),
+    to keep r current at the cost of a few tokens; until the time model is fitted, every `PROBE_EVERY`-th step
+    drafts nothing, so that it sees steps of more than one size."""
 
     PROBE_EVERY = 8
+    MAX_PROBE_EVERY = 64
 
     def __init__(self) -> None:
         self.fixed_s: float | None = None
@@ -119,7 +136,10 @@ class SpeculationGate:
         self._samples: list[tuple[int, float]] = []
         self._accepted = 1.0             # decayed counts, a prior of one accepted draft in two
         self._drafted = 2.0
+        self.drafts_per_seq = 1.0        # draft tokens a drafting sequence verifies, recently
+        self.propose_s_per_seq = 0.0     # seconds of proposing per drafting sequence, recently
         self._steps = 0
+        self._probe_every = self.PROBE_EVERY
 
     @property
     def acceptance(self) -> float:
@@ -129,17 +149,25 @@ class SpeculationGate:
     def allowed(self, batch: int) -> int:
         """How many of `batch` decoding sequences may draft this step."""
         self._steps += 1
-        if self.fixed_s is None or self.pays(batch):
+        if self.fixed_s is None:            # a step without drafts now and then, so that steps differ in size
+            return 0 if self._steps % self.PROBE_EVERY == 0 else batch
+        if self.pays(batch):
+            self._probe_every = self.PROBE_EVERY
             return batch
-        return 1 if self._steps % self.PROBE_EVERY == 0 else 0
+        if self._steps % self._probe_every:
+            return 0
+        self._probe_every = min(2 * self._probe_every, self.MAX_PROBE_EVERY)     # while it keeps not paying
+        return 1
 
     def pays(self, batch: int) -> bool:
         """Whether drafting gives a batch of `batch` decoding sequences more tokens per second."""
-        return self.acceptance * (self.fixed_s + self.per_token_s * batch) > batch * self.per_token_s
+        drafts = batch * self.drafts_per_seq
+        extra_s = self.per_token_s * drafts + self.propose_s_per_seq * batch
+        return self.acceptance * drafts * (self.fixed_s + self.per_token_s * batch) > batch * extra_s
 
     def observe_step(self, tokens: int, rows: int, seconds: float) -> None:
-        """A step that computed `tokens` tokens and drew `rows` of them took `seconds`: refit the time model on the
-        recent steps that only decoded or verified (every token drawn, as a draft token is; a prefill chunk's
+        """A forward that computed `tokens` tokens and drew `rows` of them took `seconds`: refit the time model on
+        the recent steps that only decoded or verified (every token drawn, as a draft token is; a prefill chunk's
         tokens cost less, having no logits)."""
         if tokens != rows:
             return
@@ -155,36 +183,58 @@ class SpeculationGate:
         self.per_token_s = max(slope, 1e-9)
         self.fixed_s = max(mean_s - self.per_token_s * mean_t, 1e-9)
 
-    def observe_acceptance(self, drafted: int, accepted: int) -> None:
-        """Verification accepted `accepted` of `drafted` draft tokens."""
+    def observe_proposal(self, seqs: int, seconds: float) -> None:
+        """Proposing for `seqs` sequences took `seconds`."""
+        if seqs:
+            self.propose_s_per_seq = 0.8 * self.propose_s_per_seq + 0.2 * seconds / seqs
+
+    def observe_acceptance(self, seqs: int, drafted: int, accepted: int) -> None:
+        """Verification accepted `accepted` of the `drafted` draft tokens of `seqs` sequences."""
         if drafted:
             self._accepted = 0.95 * self._accepted + accepted
             self._drafted = 0.95 * self._drafted + drafted
+            self.drafts_per_seq = 0.8 * self.drafts_per_seq + 0.2 * drafted / seqs
 
 
 class Speculation:
     """The engine's speculative decoding: drafts for the running sequences before each step (as many as the gate
-    allows), and what verification accepted, for the gate and the metrics."""
+    allows), from n-grams or from a draft model (`draft`, engine/draft_model.py), and what verification accepted,
+    for the gate and the metrics."""
 
-    def __init__(self, config: SpeculativeConfig) -> None:
+    def __init__(self, config: SpeculativeConfig, draft=None) -> None:
         self.config = config
+        self.draft = draft
         self.gate = SpeculationGate()
         self.num_drafts = 0                 # sequences that verified drafts
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
         self.accepted_per_position = [0] * config.num_speculative_tokens
 
-    def propose(self, running: list[Sequence]) -> None:
-        """Set the draft tokens of the decoding sequences that may draft this step (the oldest first)."""
+    def propose(self, running: list[Sequence], reserve: Callable[[Sequence, int], bool]) -> None:
+        """Set the draft tokens of the decoding sequences that may draft this step (the oldest first). A draft
+        model first needs `reserve(seq, tokens)` to give the sequence blocks for the KV of its guesses."""
         decoding = [seq for seq in running if can_speculate(seq)]
         allowed = self.gate.allowed(len(decoding)) if decoding else 0
         cfg = self.config
+        picked, ks = [], []
         for seq in decoding:
-            if not allowed:
+            if len(picked) == allowed:
                 break
             k = min(cfg.num_speculative_tokens, seq.max_tokens - seq.num_output_tokens - 1)
-            seq.draft_token_ids = ngram_proposal(seq.token_ids, k, cfg.prompt_lookup_min, cfg.prompt_lookup_max)
-            allowed -= bool(seq.draft_token_ids)
+            if k < 1:
+                continue
+            if self.draft is None:
+                seq.draft_token_ids = ngram_proposal(seq.token_ids, k, cfg.prompt_lookup_min, cfg.prompt_lookup_max)
+                if seq.draft_token_ids:
+                    picked.append(seq)
+            elif reserve(seq, seq.num_tokens + k - 1):
+                picked.append(seq)
+                ks.append(k)
+        if self.draft is not None and picked:
+            started = time.perf_counter()
+            for seq, drafts in zip(picked, self.draft.propose(picked, ks)):
+                seq.draft_token_ids = drafts
+            self.gate.observe_proposal(len(picked), time.perf_counter() - started)
 
     def observe(self, tokens: int, seconds: float, drafts: list[list[int]], accepted: list[int]) -> None:
         """A step of `tokens` tokens took `seconds`; its sampled sequences had `drafts` and accepted as many."""
@@ -198,7 +248,7 @@ class Speculation:
                 for position in range(n):
                     self.accepted_per_position[position] += 1
         self.num_draft_tokens += drafted
-        self.gate.observe_acceptance(drafted, sum(accepted))
+        self.gate.observe_acceptance(sum(map(bool, drafts)), drafted, sum(accepted))
 
     def counters(self) -> dict[str, int]:
         """The totals, under EngineStats' names."""

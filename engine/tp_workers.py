@@ -79,6 +79,7 @@ class TPWorkers:
         init_method = f"tcp://127.0.0.1:{port}"
         settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
         settings["kernels"] = config.kernels or llm_kernels.configured_backend()     # rank 0's, not the env's
+        settings["speculative_config"] = None        # rank 0 drafts; a worker computes the drafts it is sent
         package_root = str(Path(__file__).resolve().parents[1])      # where this `engine` was imported from
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
                                                                         os.environ.get("PYTHONPATH")]))}

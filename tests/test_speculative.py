@@ -57,7 +57,14 @@ def test_config_is_vllms_and_refuses_what_it_cannot_honour():
     assert SpeculativeConfig.parse({"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 2}) == \
         SpeculativeConfig("ngram", 3, 2, 2)
     assert SpeculativeConfig.parse(None) is None
+    assert SpeculativeConfig.parse({"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2}) == \
+        SpeculativeConfig("ngram", 3, 2, 2)
     for bad, match in (({"method": "eagle", "num_speculative_tokens": 3}, "method"),
+                       ({"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 0}, "lookup_max"),
+                       ({"method": "ngram", "num_speculative_tokens": 3, "model": "x"}, "keys"),
+                       ({"method": "draft_model", "num_speculative_tokens": 3, "prompt_lookup_max": 2}, "keys"),
+                       ({"method": "draft_model", "num_speculative_tokens": 3, "model": "/nonexistent"}, "model"),
+                       ({"method": "draft_model", "num_speculative_tokens": 3}, "model"),
                        ({"method": "ngram"}, "num_speculative_tokens"),
                        ({"method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens"),
                        ({"method": "ngram", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 1}, "keys"),
@@ -85,6 +92,53 @@ def test_greedy_tokens_are_the_same_with_preemption_and_prefix_caching(checkpoin
     assert stats.num_preemptions > 0 and stats.prefix_cache_hits > 0
     assert stats.spec_num_accepted_tokens > 0                    # speculation really ran, and some drafts held
     assert stats.spec_num_draft_tokens > stats.spec_num_accepted_tokens
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3", "qwen3-moe"])
+def test_a_draft_model_that_is_the_target_has_every_draft_accepted(checkpoint_factory, arch):
+    """The draft's KV cache mirrors the target's block for block: with the target itself as the draft, every guess
+    is the target's own greedy token, through chunked prefill, preemption and prefix-cache hits (whose blocks hold
+    the draft's KV too). A stale or misplaced draft KV row would show as rejected guesses."""
+    path = repetitive(checkpoint_factory, arch)
+    settings = dict(max_model_len=128, block_size=4, kv_cache_blocks=40, max_num_batched_tokens=8)
+    plain = LLM(path, **settings)
+    spec = LLM(path, speculative_config={"method": "draft_model", "model": path, "num_speculative_tokens": 3},
+               **settings)
+    for params in (SamplingParams(temperature=0, max_tokens=80, ignore_eos=True),
+                   SamplingParams(temperature=0, max_tokens=30, stop=["a", "\n"], logprobs=2)):
+        prompts = PROMPTS + PROMPTS[:2]
+        assert outputs(spec, prompts, params) == outputs(plain, prompts, params)
+    stats = spec.engine.stats()
+    assert stats.num_preemptions > 0 and stats.prefix_cache_hits > 0 and stats.spec_num_draft_tokens > 50
+    assert stats.spec_num_accepted_tokens >= 0.97 * stats.spec_num_draft_tokens     # all but float near-ties
+
+
+def test_a_smaller_draft_model_changes_no_token(checkpoint_factory):
+    """A one-layer draft with other weights: some guesses hold, many do not; greedy and sampled output are the
+    target's alone."""
+    path = repetitive(checkpoint_factory)
+    draft = checkpoint_factory("llama", initializer_range=0.05, num_hidden_layers=1, seed=1)
+    plain = LLM(path, max_model_len=128, block_size=4)
+    spec = LLM(path, max_model_len=128, block_size=4,
+               speculative_config={"method": "draft_model", "model": draft, "num_speculative_tokens": 4})
+    for params in (SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, logprobs=1),
+                   SamplingParams(temperature=0.8, seed=3, n=2, max_tokens=40, stop=["\n"])):
+        assert outputs(spec, PROMPTS, params) == outputs(plain, PROMPTS, params)
+    stats = spec.engine.stats()
+    assert 0 < stats.spec_num_accepted_tokens < stats.spec_num_draft_tokens
+
+
+def test_draft_models_that_cannot_serve_are_refused(checkpoint_factory):
+    path = checkpoint_factory("llama")
+    other_vocab = checkpoint_factory("llama", vocab_size=500)
+    short = checkpoint_factory("llama", max_position_embeddings=64)
+    for draft, match in ((other_vocab, "vocabulary"), (short, "positions")):
+        with pytest.raises(ValueError, match=match):
+            LLM(path, max_model_len=128, speculative_config={"method": "draft_model", "model": draft,
+                                                             "num_speculative_tokens": 2})
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        LLM(path, tensor_parallel_size=2, speculative_config={"method": "draft_model", "model": path,
+                                                              "num_speculative_tokens": 2})
 
 
 def test_sampled_tokens_are_the_same(checkpoint_factory):
@@ -124,21 +178,27 @@ def test_max_tokens_and_context_bound_the_drafts(checkpoint_factory):
 def test_gate_speculates_where_it_pays(monkeypatch):
     monkeypatch.undo()                              # the real gate
     gate = SpeculationGate()
-    assert gate.allowed(32) == 32                   # nothing measured yet
+    allowed = [gate.allowed(32) for _ in range(SpeculationGate.PROBE_EVERY)]
+    assert allowed == [32] * (SpeculationGate.PROBE_EVERY - 1) + [0]      # unfitted: a step of another size
     for tokens in (1, 6, 2, 5):                     # 10 ms a step, 0.1 ms a token
         gate.observe_step(tokens, tokens, 0.010 + 0.0001 * tokens)
     gate.observe_step(100, 1, 0.5)                  # a prefill chunk: not what a draft token costs
     assert gate.fixed_s == pytest.approx(0.010) and gate.per_token_s == pytest.approx(0.0001)
     for _ in range(100):
-        gate.observe_acceptance(10, 1)              # 10% of drafts accepted
-    assert gate.acceptance == pytest.approx(0.1, abs=0.01)
+        gate.observe_acceptance(2, 10, 1)           # 10% of drafts accepted, 5 drafts a sequence
+    assert gate.acceptance == pytest.approx(0.1, abs=0.01) and gate.drafts_per_seq == pytest.approx(5)
     assert gate.pays(1)                             # batch 1: the fixed cost dominates
     assert not gate.pays(32)                        # 0.1 * (10 + 3.2) ms < 32 * 0.1 ms
-    allowed = [gate.allowed(32) for _ in range(2 * SpeculationGate.PROBE_EVERY)]
-    assert sorted(allowed) == [0] * (2 * SpeculationGate.PROBE_EVERY - 2) + [1, 1]     # probes keep r current
+    allowed = [gate.allowed(32) for _ in range(256)]
+    probes = [i for i, n in enumerate(allowed) if n]              # keep r current, ever more rarely
+    assert set(allowed) == {0, 1} and 4 <= len(probes) <= 256 // SpeculationGate.PROBE_EVERY
+    assert probes[-1] - probes[-2] == SpeculationGate.MAX_PROBE_EVERY
     for _ in range(100):
-        gate.observe_acceptance(10, 10)
+        gate.observe_acceptance(2, 10, 10)
     assert gate.pays(32)
+    for _ in range(50):
+        gate.observe_proposal(4, 0.400)             # a draft model that takes 100 ms a sequence to propose
+    assert not gate.pays(1) and not gate.pays(32)
 
 
 def test_through_the_server_with_the_openai_client(checkpoint_factory):
@@ -185,3 +245,16 @@ def test_through_the_server_with_the_openai_client(checkpoint_factory):
     assert counts["triton_serve_spec_decode_num_draft_tokens_total"] >= counts[
         "triton_serve_spec_decode_num_accepted_tokens_total"]
     assert counts["triton_serve_spec_decode_num_drafts_total"] > 0
+
+
+def test_two_tensor_parallel_ranks_verify_drafts_as_one_does(checkpoint_factory):
+    """Rank 0 drafts and verifies; the workers compute the draft tokens they are sent like any others."""
+    path = repetitive(checkpoint_factory)
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    expected = outputs(LLM(path, max_model_len=128), PROMPTS, params)
+    llm = LLM(path, max_model_len=128, tensor_parallel_size=2, speculative_config=NGRAM)
+    try:
+        assert outputs(llm, PROMPTS, params) == expected
+        assert llm.engine.stats().spec_num_accepted_tokens > 0
+    finally:
+        llm.close()

@@ -59,7 +59,8 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
                         help="run every step eagerly (by default decode steps replay CUDA graphs on a GPU with the "
                              "Triton kernels)")
     engine.add_argument("--cpu-threads", type=int, default=None,
-                        help="torch's threads for CPU work (default: torch's choice, one per physical core)")
+                        help="torch's threads for the engine's CPU steps (default: chosen by measuring, between "
+                             "one per physical core and one, which is faster beside busy processes)")
     engine.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
                         help="run the model over this many processes, one device each (GPUs cuda:0..N-1, or ranks "
                              "sharing the CPU); under torchrun, ranks > 0 serve rank 0's steps and bind no port")

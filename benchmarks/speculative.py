@@ -24,13 +24,13 @@ import inspect
 import json
 import random
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from benchmarks import report
 from engine import DEFAULT_MODEL, LLM, SamplingParams
 
 _MODULES = ("textwrap", "json.encoder", "string", "shlex", "fnmatch", "posixpath", "csv", "difflib", "calendar",
@@ -133,17 +133,14 @@ def main(argv: list[str] | None = None) -> None:
         drafted = after.spec_num_draft_tokens - before.spec_num_draft_tokens
         accepted = after.spec_num_accepted_tokens - before.spec_num_accepted_tokens
         row = {"batch": batch, "requests": len(prompts), "same_tokens": same,
-               **{f"{name}_tok_s": statistics.median(r) for name, r in rates.items()},
-               **{f"{name}_spread": (max(r) - min(r)) / statistics.median(r) for name, r in rates.items()},
+               **report.summarize(rates),
                "acceptance_rate": accepted / drafted if drafted else None,
                "mean_accepted_length": 1 + accepted / drafts if drafts else None,
                "draft_tokens": drafted}
         row["ratio"] = row["spec_tok_s"] / row["plain_tok_s"]
         results.append(row)
         print(json.dumps(row), flush=True)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"config": vars(args), "results": results}, handle, indent=1)
+    report.write(args.json, args, results)
 
 
 if __name__ == "__main__":

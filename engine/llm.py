@@ -29,8 +29,9 @@ class LLM:
     see engine/kv_cache.py). max_num_seqs: sequences running at once. max_num_batched_tokens: tokens per step.
     enable_prefix_caching: reuse the KV of shared prompt prefixes. seed: seeds unseeded requests. cuda_graphs:
     replay decode steps from CUDA graphs; None (default) does wherever it can (CUDA with the Triton kernels), True
-    requires it, False runs every step eagerly. cpu_threads: torch's intra-op threads for the CPU work (default:
-    torch's choice, one per physical core); process-wide, as `torch.set_num_threads`. kernels: the kernels backend,
+    requires it, False runs every step eagerly. cpu_threads: torch's intra-op threads for this engine's CPU steps,
+    set before each of them (default: chosen by measuring, between torch's default of one per physical core and
+    one, which is faster when other processes take the cores; engine/cpu_threads.py). kernels: the kernels backend,
     chosen once for this engine: "auto", "triton", "cpu", "torch", a `llm_kernels.KernelSet` (one kernel swapped
     for an experiment), or None (default: what `llm_kernels.use` or LLM_KERNELS_BACKEND says when it is built).
     tensor_parallel_size: run the model over this many processes, one device each (GPUs cuda:0..N-1, or ranks

@@ -9,9 +9,12 @@ import time
 import weakref
 from dataclasses import dataclass
 
+import torch
+
 from engine import structured_output
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig
+from engine.cpu_threads import thread_policy
 from engine.draft_model import DraftModel, kv_share
 from engine.model_runner import ModelRunner
 from engine.output_processor import OutputProcessor
@@ -73,6 +76,9 @@ class LLMEngine:
         self.grammars = GrammarCompiler(self.tokenizer.hf, self.model_config.vocab_size, eos,
                                         sorted(self.tokenizer.special_ids))
         self._compiling: list[Request] = []      # structured-output requests whose grammar is being compiled
+        # The ranks of a CPU tensor-parallel engine keep the count their runners set (they share the cores).
+        single = config.tensor_parallel_size == 1
+        self.threads = thread_policy(self.runner.device, config.cpu_threads if single else torch.get_num_threads())
         self.speculation = None
         if spec is not None:
             self.runner.draft = DraftModel(config, self.runner, eos) if spec.model else None
@@ -189,6 +195,8 @@ class LLMEngine:
             if self.scheduler.has_work:     # cannot happen: an empty cache always fits one sequence's chunk
                 raise RuntimeError("the scheduler made no progress with requests waiting")
             return [o for o in outputs if o is not None]
+        if self.threads is not None:
+            self.threads.before_step()
         started = time.perf_counter()
         try:
             result = self.runner.execute(scheduled)   # if it raises, nothing was registered: nothing to undo
@@ -196,9 +204,11 @@ class LLMEngine:
             if self.workers is not None:
                 self.workers.check(cause=exc)             # a worker that died is the error to report
             raise
+        elapsed = time.perf_counter() - started
+        if self.threads is not None:
+            self.threads.after_step(scheduled.num_tokens, elapsed)
         if self.speculation is not None:
-            self.speculation.observe(scheduled.num_tokens, time.perf_counter() - started, result.drafts,
-                                    result.num_accepted)
+            self.speculation.observe(scheduled.num_tokens, elapsed, result.drafts, result.num_accepted)
         self.scheduler.update(scheduled, result.rejected)
         finished = self.processor.process(result, time.monotonic())
         for seq in finished:

@@ -1,0 +1,76 @@
+"""The engine's CPU thread count (engine/cpu_threads.py): the tuner follows the load, a fixed count holds per engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import LLM, SamplingParams
+from engine.cpu_threads import FixedThreads, ThreadTuner, thread_policy
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_steps(tuner: ThreadTuner, count: int, ms_per_token: dict[int, float], tokens: int = 32) -> list[int]:
+    """`count` steps of `tokens` tokens whose time depends on the thread count; the counts used."""
+    used = []
+    for _ in range(count):
+        tuner.before_step()
+        threads = torch.get_num_threads()
+        used.append(threads)
+        tuner.after_step(tokens, tokens * ms_per_token[threads] / 1000)
+    return used
+
+
+def test_tuner_takes_the_faster_count_and_follows_the_load(restore_threads):
+    tuner = ThreadTuner(2)
+    idle, busy = {2: 1.0, 1: 1.6}, {2: 3.0, 1: 1.7}
+    used = run_steps(tuner, ThreadTuner.PROBE_STEPS, idle)
+    assert used == [2, 1] * (ThreadTuner.PROBE_STEPS // 2)                     # the probe alternates
+    assert run_steps(tuner, 100, idle) == [2] * 100
+    used = run_steps(tuner, 3 * ThreadTuner.PROBE_STEPS, busy)                 # another process takes a core
+    assert used[-ThreadTuner.PROBE_STEPS:] == [1] * ThreadTuner.PROBE_STEPS and tuner.num_probes == 1
+    used = run_steps(tuner, ThreadTuner.RUN_STEPS + 2 * ThreadTuner.PROBE_STEPS, idle)   # ... and leaves
+    assert used[-ThreadTuner.PROBE_STEPS:] == [2] * ThreadTuner.PROBE_STEPS
+
+
+def test_a_clear_winner_is_probed_ever_more_rarely(restore_threads):
+    tuner = ThreadTuner(2)
+    runs, probing = [], True
+    for _ in range(20000):
+        run_steps(tuner, 1, {2: 1.0, 1: 5.0})
+        if probing and not tuner._probing:
+            runs.append(tuner._run_steps)
+        probing = tuner._probing
+    assert runs[:5] == [512, 1024, 2048, 4096, 4096]
+    run_steps(tuner, 3 * ThreadTuner.PROBE_STEPS, {2: 3.0, 1: 3.3})       # slower: a probe, a close one
+    assert tuner._run_steps == ThreadTuner.RUN_STEPS and not tuner._probing
+
+
+def test_policies(restore_threads):
+    assert thread_policy(torch.device("cuda"), None) is None
+    fixed = thread_policy(torch.device("cpu"), 3)
+    assert isinstance(fixed, FixedThreads)
+    torch.set_num_threads(1)
+    fixed.before_step()
+    assert torch.get_num_threads() == 3
+
+
+def test_each_engine_keeps_its_own_count(checkpoint_factory, restore_threads):
+    """Two engines in one process (one thread, two threads): each step runs with its own engine's count, whatever
+    the other set last."""
+    path = checkpoint_factory("llama")
+    one, two = LLM(path, cpu_threads=1), LLM(path, cpu_threads=2)
+    seen = []
+    for llm in (one, two, one):
+        runner = llm.engine.runner
+        execute = runner.execute
+        runner.execute = lambda step, execute=execute: seen.append(torch.get_num_threads()) or execute(step)
+        llm.generate(["hi"], SamplingParams(max_tokens=2), use_tqdm=False)
+        runner.execute = execute
+    assert seen == [1, 1, 2, 2, 1, 1]

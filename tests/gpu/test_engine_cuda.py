@@ -124,3 +124,25 @@ def test_two_gpus_generate_what_one_does(device, checkpoint_factory, cuda_graphs
         assert (llm.engine.runner.graphs is not None) == (cuda_graphs is None)
     finally:
         llm.close()
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_speculative_decoding_changes_no_token_on_the_gpu(device, checkpoint_factory, monkeypatch, method):
+    """Drafts verified by the Triton prefill kernel (a decode step with drafts is no graph replay) and drawn by the
+    Triton sampler at their positions: greedy and seeded sampling give the tokens of no speculation."""
+    from engine.speculative import SpeculationGate
+
+    monkeypatch.setattr(SpeculationGate, "allowed", lambda self, batch: batch)     # draft on every step
+    path = checkpoint_factory("qwen3", seed=5, initializer_range=0.05)            # repeats itself: drafts hold
+    config = ({"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+              if method == "ngram" else {"method": "draft_model", "model": path, "num_speculative_tokens": 3})
+    options = dict(device=device.type, dtype="float32", block_size=8, kv_cache_blocks=18, max_num_batched_tokens=16,
+                   max_model_len=128, kernels="triton" if device.type == "cpu" else "auto")
+    plain, spec = LLM(path, **options), LLM(path, speculative_config=config, **options)
+    for params in (SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True),
+                   SamplingParams(temperature=0.8, top_p=0.9, seed=3, max_tokens=NEW_TOKENS, ignore_eos=True)):
+        expected = [o.outputs[0].token_ids for o in plain.generate(PROMPTS, params)]
+        assert [o.outputs[0].token_ids for o in spec.generate(PROMPTS, params)] == expected
+    stats = spec.engine.stats()
+    assert stats.spec_num_accepted_tokens > 0 and stats.num_preemptions > 0
+    assert spec.engine.blocks.num_free_blocks == spec.engine.blocks.num_blocks

@@ -1,11 +1,11 @@
 """Speculative decoding: guess a sequence's next few tokens cheaply, then check them all in one forward.
 
-A proposer (`ngram_proposal`: the tokens that followed the last earlier occurrence of the sequence's latest n-gram)
-drafts up to k tokens for a decoding sequence. The scheduler appends them to its step (`SchedulerOutput.
-draft_token_ids`), so the target model computes k + 1 positions of it at once, like a short prefill chunk, and the
-sampler draws a token at each of them, at the position each would have had without speculation. Drafts are
-accepted while they equal the token drawn at their position; the first draw that differs (or the one after the
-last draft) is kept too. So one step yields 1 to k + 1 tokens.
+A proposer (`ngram_proposal`: the tokens that followed the last earlier occurrence of the sequence's latest n-gram;
+or a smaller draft model's greedy guesses, engine/draft_model.py) drafts up to k tokens for a decoding sequence.
+The scheduler appends them to its step (`SchedulerOutput.draft_token_ids`), so the target model computes k + 1
+positions of it at once, like a short prefill chunk, and the sampler draws a token at each of them, at the position
+each would have had without speculation. Drafts are accepted while they equal the token drawn at their position;
+the first draw that differs (or the one after the last draft) is kept too. So one step yields 1 to k + 1 tokens.
 
 Why this is exact: the drafts are a deterministic guess, and row j is sampled from the target's distribution
 given the tokens before it, which are the real ones as long as every earlier draft was accepted. Accepting the
@@ -18,10 +18,10 @@ speculation on and off freely.
 Not every sequence speculates: structured outputs (the grammar must see each token first), penalties (they
 depend on the tokens before each row) and sequences still under `min_tokens` decode one token at a time.
 
-`SpeculationGate` switches speculation off for a step when it would not pay: verifying k drafts costs k more
-tokens of compute per sequence, which is nearly free for a small batch and not for a large one. It keeps the mean
-acceptance and the measured cost of a step's tokens, and speculates when the expected tokens per second are
-higher with it.
+`SpeculationGate` (engine/speculation_gate.py) switches speculation off for a step when it would not pay: verifying
+k drafts costs k more tokens of compute per sequence, which is nearly free for a small batch and not for a large
+one. It keeps the mean acceptance and the measured cost of a step's tokens, and speculates when the expected tokens
+per second are higher with it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.sequence import Sequence
+from engine.speculation_gate import SpeculationGate
 
 METHODS = {"ngram": ("prompt_lookup_max", "prompt_lookup_min"), "draft_model": ("model",)}   # and their keys
 
@@ -116,86 +117,6 @@ def can_speculate(seq: Sequence) -> bool:
             and seq.num_output_tokens >= params.min_tokens)
 
 
-class SpeculationGate:
-    """Decides, step by step, how many decoding sequences may draft. A step's forward is modelled as fixed +
-    per_token * tokens seconds, fitted on the recent decoding steps; drafting costs per_token for each draft token
-    it verifies, plus the time to propose (measured: a draft model's k forwards; next to nothing for n-grams), and
-    yields r extra tokens per draft token (r: accepted over drafted, recently). It pays when those extra tokens per
-    extra second beat the step's rate without drafts, batch / (fixed + per_token * batch): a small batch pays at
-    almost any r (the fixed cost dominates), a large one only at a high r. While it does not pay, one sequence
-    still drafts now and then (after `PROBE_EVERY` steps, then twice as many each time up to `MAX_PROBE_EVERY`),
-    to keep r current at the cost of a few tokens; until the time model is fitted, every `PROBE_EVERY`-th step
-    drafts nothing, so that it sees steps of more than one size."""
-
-    PROBE_EVERY = 8
-    MAX_PROBE_EVERY = 64
-
-    def __init__(self) -> None:
-        self.fixed_s: float | None = None
-        self.per_token_s: float | None = None
-        self._samples: list[tuple[int, float]] = []
-        self._accepted = 1.0             # decayed counts, a prior of one accepted draft in two
-        self._drafted = 2.0
-        self.drafts_per_seq = 1.0        # draft tokens a drafting sequence verifies, recently
-        self.propose_s_per_seq = 0.0     # seconds of proposing per drafting sequence, recently
-        self._steps = 0
-        self._probe_every = self.PROBE_EVERY
-
-    @property
-    def acceptance(self) -> float:
-        """Accepted over drafted tokens, recently."""
-        return self._accepted / self._drafted
-
-    def allowed(self, batch: int) -> int:
-        """How many of `batch` decoding sequences may draft this step."""
-        self._steps += 1
-        if self.fixed_s is None:            # a step without drafts now and then, so that steps differ in size
-            return 0 if self._steps % self.PROBE_EVERY == 0 else batch
-        if self.pays(batch):
-            self._probe_every = self.PROBE_EVERY
-            return batch
-        if self._steps % self._probe_every:
-            return 0
-        self._probe_every = min(2 * self._probe_every, self.MAX_PROBE_EVERY)     # while it keeps not paying
-        return 1
-
-    def pays(self, batch: int) -> bool:
-        """Whether drafting gives a batch of `batch` decoding sequences more tokens per second."""
-        drafts = batch * self.drafts_per_seq
-        extra_s = self.per_token_s * drafts + self.propose_s_per_seq * batch
-        return self.acceptance * drafts * (self.fixed_s + self.per_token_s * batch) > batch * extra_s
-
-    def observe_step(self, tokens: int, rows: int, seconds: float) -> None:
-        """A forward that computed `tokens` tokens and drew `rows` of them took `seconds`: refit the time model on
-        the recent steps that only decoded or verified (every token drawn, as a draft token is; a prefill chunk's
-        tokens cost less, having no logits)."""
-        if tokens != rows:
-            return
-        self._samples.append((tokens, seconds))
-        del self._samples[:-64]
-        n = len(self._samples)
-        mean_t = sum(t for t, _ in self._samples) / n
-        var = sum((t - mean_t) ** 2 for t, _ in self._samples)
-        if var == 0:
-            return
-        mean_s = sum(s for _, s in self._samples) / n
-        slope = sum((t - mean_t) * (s - mean_s) for t, s in self._samples) / var
-        self.per_token_s = max(slope, 1e-9)
-        self.fixed_s = max(mean_s - self.per_token_s * mean_t, 1e-9)
-
-    def observe_proposal(self, seqs: int, seconds: float) -> None:
-        """Proposing for `seqs` sequences took `seconds`."""
-        if seqs:
-            self.propose_s_per_seq = 0.8 * self.propose_s_per_seq + 0.2 * seconds / seqs
-
-    def observe_acceptance(self, seqs: int, drafted: int, accepted: int) -> None:
-        """Verification accepted `accepted` of the `drafted` draft tokens of `seqs` sequences."""
-        if drafted:
-            self._accepted = 0.95 * self._accepted + accepted
-            self._drafted = 0.95 * self._drafted + drafted
-            self.drafts_per_seq = 0.8 * self.drafts_per_seq + 0.2 * drafted / seqs
-
-
 class Speculation:
     """The engine's speculative decoding: drafts for the running sequences before each step (as many as the gate
     allows), from n-grams or from a draft model (`draft`, engine/draft_model.py), and what verification accepted,
@@ -214,6 +135,8 @@ class Speculation:
         """Set the draft tokens of the decoding sequences that may draft this step (the oldest first). A draft
         model first needs `reserve(seq, tokens)` to give the sequence blocks for the KV of its guesses."""
         decoding = [seq for seq in running if can_speculate(seq)]
+        for seq in decoding:
+            seq.draft_token_ids = []        # a guess the scheduler had no room for last step is not this step's
         allowed = self.gate.allowed(len(decoding)) if decoding else 0
         cfg = self.config
         picked, ks = [], []

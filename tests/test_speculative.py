@@ -8,7 +8,8 @@ import json
 import pytest
 
 from engine import LLM, SamplingParams
-from engine.speculative import SpeculationGate, SpeculativeConfig, ngram_proposal
+from engine.speculation_gate import SpeculationGate
+from engine.speculative import SpeculativeConfig, ngram_proposal
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
 PROMPTS = ["def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return", "The quick brown fox jumps over the",

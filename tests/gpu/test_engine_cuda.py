@@ -130,7 +130,7 @@ def test_two_gpus_generate_what_one_does(device, checkpoint_factory, cuda_graphs
 def test_speculative_decoding_changes_no_token_on_the_gpu(device, checkpoint_factory, monkeypatch, method):
     """Drafts verified by the Triton prefill kernel (a decode step with drafts is no graph replay) and drawn by the
     Triton sampler at their positions: greedy and seeded sampling give the tokens of no speculation."""
-    from engine.speculative import SpeculationGate
+    from engine.speculation_gate import SpeculationGate
 
     monkeypatch.setattr(SpeculationGate, "allowed", lambda self, batch: batch)     # draft on every step
     path = checkpoint_factory("qwen3", seed=5, initializer_range=0.05)            # repeats itself: drafts hold

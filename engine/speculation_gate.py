@@ -1,0 +1,84 @@
+"""When speculative decoding pays: a model of the step's time and of the acceptance rate, fitted as the engine
+runs (engine/speculative.py drafts only as far as this says)."""
+
+from __future__ import annotations
+
+
+class SpeculationGate:
+    """Decides, step by step, how many decoding sequences may draft. A step's forward is modelled as fixed +
+    per_token * tokens seconds, fitted on the recent decoding steps; drafting costs per_token for each draft token
+    it verifies, plus the time to propose (measured: a draft model's k forwards; next to nothing for n-grams), and
+    yields r extra tokens per draft token (r: accepted over drafted, recently). It pays when those extra tokens per
+    extra second beat the step's rate without drafts, batch / (fixed + per_token * batch): a small batch pays at
+    almost any r (the fixed cost dominates), a large one only at a high r. While it does not pay, one sequence
+    still drafts now and then (after `PROBE_EVERY` steps, then twice as many each time up to `MAX_PROBE_EVERY`),
+    to keep r current at the cost of a few tokens; until the time model is fitted, every `PROBE_EVERY`-th step
+    drafts nothing, so that it sees steps of more than one size."""
+
+    PROBE_EVERY = 8
+    MAX_PROBE_EVERY = 64
+
+    def __init__(self) -> None:
+        self.fixed_s: float | None = None
+        self.per_token_s: float | None = None
+        self._samples: list[tuple[int, float]] = []
+        self._accepted = 1.0             # decayed counts, a prior of one accepted draft in two
+        self._drafted = 2.0
+        self.drafts_per_seq = 1.0        # draft tokens a drafting sequence verifies, recently
+        self.propose_s_per_seq = 0.0     # seconds of proposing per drafting sequence, recently
+        self._steps = 0
+        self._probe_every = self.PROBE_EVERY
+
+    @property
+    def acceptance(self) -> float:
+        """Accepted over drafted tokens, recently."""
+        return self._accepted / self._drafted
+
+    def allowed(self, batch: int) -> int:
+        """How many of `batch` decoding sequences may draft this step."""
+        self._steps += 1
+        if self.fixed_s is None:            # a step without drafts now and then, so that steps differ in size
+            return 0 if self._steps % self.PROBE_EVERY == 0 else batch
+        if self.pays(batch):
+            self._probe_every = self.PROBE_EVERY
+            return batch
+        if self._steps % self._probe_every:
+            return 0
+        self._probe_every = min(2 * self._probe_every, self.MAX_PROBE_EVERY)     # while it keeps not paying
+        return 1
+
+    def pays(self, batch: int) -> bool:
+        """Whether drafting gives a batch of `batch` decoding sequences more tokens per second."""
+        drafts = batch * self.drafts_per_seq
+        extra_s = self.per_token_s * drafts + self.propose_s_per_seq * batch
+        return self.acceptance * drafts * (self.fixed_s + self.per_token_s * batch) > batch * extra_s
+
+    def observe_step(self, tokens: int, rows: int, seconds: float) -> None:
+        """A forward that computed `tokens` tokens and drew `rows` of them took `seconds`: refit the time model on
+        the recent steps that only decoded or verified (every token drawn, as a draft token is; a prefill chunk's
+        tokens cost less, having no logits)."""
+        if tokens != rows:
+            return
+        self._samples.append((tokens, seconds))
+        del self._samples[:-64]
+        n = len(self._samples)
+        mean_t = sum(t for t, _ in self._samples) / n
+        var = sum((t - mean_t) ** 2 for t, _ in self._samples)
+        if var == 0:
+            return
+        mean_s = sum(s for _, s in self._samples) / n
+        slope = sum((t - mean_t) * (s - mean_s) for t, s in self._samples) / var
+        self.per_token_s = max(slope, 1e-9)
+        self.fixed_s = max(mean_s - self.per_token_s * mean_t, 1e-9)
+
+    def observe_proposal(self, seqs: int, seconds: float) -> None:
+        """Proposing for `seqs` sequences took `seconds`."""
+        if seqs:
+            self.propose_s_per_seq = 0.8 * self.propose_s_per_seq + 0.2 * seconds / seqs
+
+    def observe_acceptance(self, seqs: int, drafted: int, accepted: int) -> None:
+        """Verification accepted `accepted` of the `drafted` draft tokens of `seqs` sequences."""
+        if drafted:
+            self._accepted = 0.95 * self._accepted + accepted
+            self._drafted = 0.95 * self._drafted + drafted
+            self.drafts_per_seq = 0.8 * self.drafts_per_seq + 0.2 * drafted / seqs

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from engine.config import ModelConfig
 from engine.models import model_class
-from engine.models.linear import load_whole
+from engine.models.linear import load_whole, pack_linears
 from engine.parallel_state import SINGLE, TensorParallel
 from llm_kernels import KernelSet
 
@@ -33,7 +33,8 @@ def safetensors_files(path: Path) -> list[Path]:
 def load_model(path: str, cfg: ModelConfig, max_positions: int, dtype: torch.dtype, device: torch.device,
                kernels: KernelSet, tp: TensorParallel = SINGLE) -> torch.nn.Module:
     """Instantiate the architecture (its layers calling `kernels`, holding rank `tp.rank`'s slices) without
-    initialising it, then fill every parameter from the checkpoint, reading only this rank's slices."""
+    initialising it, then fill every parameter from the checkpoint, reading only this rank's slices. With the CPU
+    kernels, the linear layers' weights are then packed for oneDNN (`pack_linears`)."""
     cls = model_class(cfg.architecture)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -58,6 +59,8 @@ def load_model(path: str, cfg: ModelConfig, max_positions: int, dtype: torch.dty
     missing = [name for name, param in params.items() if bool(param.isnan().any())]
     if missing:
         raise ValueError(f"checkpoint {path} lacks weights (or has NaNs) for: {', '.join(missing)}")
+    if kernels.backend == "cpu":
+        pack_linears(model)
     return model.eval()
 
 

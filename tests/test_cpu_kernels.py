@@ -10,12 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+import torch.nn.functional as F
 from paged_batches import make_batch
 
 import llm_kernels
 from engine import LLM, SamplingParams
 from llm_kernels import backend
 from llm_kernels.cpu import attention as cpu_attention
+from llm_kernels.cpu import linear as cpu_linear
 from llm_kernels.cpu import native
 from llm_kernels.reference import attention as ref
 
@@ -214,3 +216,38 @@ def test_engine_greedy_tokens_match_the_torch_backend(checkpoint_factory, monkey
     assert run("cpu") == expected
     assert calls                                                       # the C kernel really ran
     assert run("cpu") == expected
+
+
+@pytest.mark.parametrize(("rows", "k", "n"), [(1, 64, 96), (7, 256, 768), (300, 512, 64)])
+def test_packed_linear_matches_f_linear(rows, k, n):
+    torch.manual_seed(rows)
+    weight, bias = torch.randn(n, k), torch.randn(n)
+    packed = cpu_linear.pack(weight)
+    assert packed is not None                               # a float32 CPU weight: oneDNN takes it here
+    wide = torch.randn(rows, 2 * k)
+    x = wide[:, k:]                                         # a strided view, as the engine's slices are
+    torch.testing.assert_close(cpu_linear.linear(x, packed), F.linear(x, weight), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cpu_linear.linear(x, packed, bias), F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
+    assert cpu_linear.pack(weight.to(torch.bfloat16)) is None      # other dtypes keep F.linear
+
+
+def test_engine_packs_its_linear_layers_and_keeps_tied_embeddings(checkpoint_factory):
+    """With the CPU kernels every linear layer and the LM head run through oneDNN; a tied head's weight stays, as
+    the embedding's. Tokens as with the torch backend (the unpacked reference)."""
+    from engine.models.linear import ParallelLMHead
+
+    prompts, params = ["The quick brown fox", "def add(a, b):"], SamplingParams(temperature=0, max_tokens=12,
+                                                                                 ignore_eos=True)
+    for tie in (False, True):
+        path = checkpoint_factory("qwen3", tie=tie)
+        packed = LLM(path, kernels="cpu", max_model_len=64)
+        model = packed.engine.runner.model
+        layers = [m for m in model.modules() if hasattr(m, "packed")]
+        assert layers and all(m.packed is not None for m in layers)
+        head = next(m for m in layers if isinstance(m, ParallelLMHead))
+        assert (head.weight is not None) == tie and model.model.embed_tokens.weight is not None
+        assert all(m.weight is None for m in layers if not isinstance(m, ParallelLMHead))
+        reference = LLM(path, kernels="torch", max_model_len=64)
+        assert not any(m.packed is not None for m in reference.engine.runner.model.modules() if hasattr(m, "packed"))
+        assert ([o.outputs[0].token_ids for o in packed.generate(prompts, params)]
+                == [o.outputs[0].token_ids for o in reference.generate(prompts, params)])

@@ -10,6 +10,10 @@
 Each layer's `load(param, source, shard)` copies this rank's part of a checkpoint tensor into one of its
 parameters (`load_whole` does it for the others); `source` is a safetensors slice (so a rank reads only its rows or
 columns from the file) or a tensor.
+
+With the CPU kernels, `pack_linears` then hands each linear layer's weight (and the LM head's) to oneDNN once, in
+its blocked layout (`llm_kernels.cpu.linear`), and drops the dense copy (but an embedding's, which a tied head
+shares).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.parallel_state import TensorParallel
+from llm_kernels.cpu import linear as cpu_linear
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +60,26 @@ def load_whole(param: torch.nn.Parameter, source: Any, shard: int | None = None)
     _copy(param, read_all(source), "(replicated)")
 
 
-class ColumnParallelLinear(torch.nn.Linear):
+class _Packable:
+    """A layer whose weight `pack_linears` may have packed for oneDNN (`packed`; else None: `F.linear`)."""
+
+    packed: torch.Tensor | None = None
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight) if self.packed is None else cpu_linear.linear(x, self.packed)
+
+
+class ColumnParallelLinear(_Packable, torch.nn.Linear):
     """y = x W^T (+ b) for this rank's slice of the output features: one `Shard` per fused checkpoint tensor."""
 
     def __init__(self, in_features: int, shards: list[Shard], bias: bool) -> None:
         super().__init__(in_features, sum(s.size for s in shards), bias=bias)
         self.shards = shards
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of the output features."""
+        y = self._product(x)
+        return y if self.bias is None else y + self.bias
 
     def load(self, param: torch.nn.Parameter, source: Any, shard: int | None = None) -> None:
         """The weight's or the bias's rows of checkpoint tensor `shard` (of the fused ones) for this rank."""
@@ -70,7 +89,7 @@ class ColumnParallelLinear(torch.nn.Linear):
         _copy(param.narrow(0, offset, part.size), read(source, 0, part.start, part.size), f"shard {index}")
 
 
-class RowParallelLinear(torch.nn.Linear):
+class RowParallelLinear(_Packable, torch.nn.Linear):
     """y = sum over ranks of x_r W_r^T, then + b: this rank holds input features `start:start + size`."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, tp: TensorParallel) -> None:
@@ -87,7 +106,7 @@ class RowParallelLinear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The full output on every rank."""
-        y = self.tp.all_reduce(F.linear(x, self.weight))
+        y = self.tp.all_reduce(self._product(x))
         return y if self.bias is None else y + self.bias
 
 
@@ -118,10 +137,28 @@ class VocabParallelEmbedding(torch.nn.Module):
         return self.tp.all_reduce(x)
 
 
-class ParallelLMHead(VocabParallelEmbedding):
+class ParallelLMHead(_Packable, VocabParallelEmbedding):
     """The LM head over the same vocabulary slices: rank 0 gathers the float32 logits, the others get None."""
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Hidden states [N, hidden] -> float32 logits [N, vocab] on rank 0."""
-        logits = self.tp.gather_last_dim(F.linear(hidden, self.weight).float())
+        logits = self.tp.gather_last_dim(self._product(hidden).float())
         return None if logits is None else logits[:, :self.vocab_size]
+
+
+def pack_linears(model: torch.nn.Module) -> int:
+    """Pack the weight of every linear layer and LM head of `model` for oneDNN where it can take it, dropping the
+    dense weight unless an embedding uses it too; the number packed."""
+    embedding_weights = {id(m.weight) for m in model.modules()
+                         if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)}
+    count = 0
+    for module in model.modules():
+        if isinstance(module, _Packable) and module.weight is not None:
+            packed = cpu_linear.pack(module.weight)
+            if packed is None:
+                continue
+            module.packed = packed
+            if id(module.weight) not in embedding_weights:
+                module.weight = None
+            count += 1
+    return count

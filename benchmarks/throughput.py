@@ -5,17 +5,19 @@ range, `ignore_eos`, sampled at temperature 0.6. transformers runs it the way pe
 left-padded into batches, each batch generating as many tokens as its longest request asks for. Both sides
 are credited with the output tokens the requests asked for, so the figure is useful tokens per second.
 
-    python -m benchmarks.throughput [--model PATH | qwen3-tiny | qwen3-0.6b-shape] [--num-seqs 64] [--quick]
-        [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--ablations] [--profile] [--contend N]
+    python -m benchmarks.throughput [--model PATH | qwen3-tiny | qwen3-0.6b-shape | llama-8x512] [--num-seqs 64]
+        [--quick] [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--ablations] [--profile]
+        [--contend N] [--peer vllm]
 
 `--contend N` runs N CPU-bound processes beside the benchmark (a shared machine) and reports each side's spread
 across its runs, (max - min) / median. `--peer vllm` compares with vLLM's CPU build instead of transformers
 (benchmarks/peers/setup_vllm_cpu.sh; benchmarks/peers/vllm_offline.py runs it in its own venv): per repeat, a fresh
 engine of ours then a fresh vLLM process on the same workload, interleaved; medians, spread and the ratio.
 
-`qwen3-tiny` and `qwen3-0.6b-shape` are random-weight Qwen3 checkpoints built on the fly with the default
-model's 4k-token tokenizer: the first the default model's size, the second Qwen3-0.6B's body (28 layers,
-hidden 1024, 16 query and 8 KV heads of 128) for GPUs. dtype `auto` is float32 on the CPU, bfloat16 on a GPU.
+`qwen3-tiny`, `qwen3-0.6b-shape` and `llama-8x512` are random-weight checkpoints built on the fly with the default
+model's 4k-token tokenizer: the first a Qwen3 of the default model's size, the second Qwen3-0.6B's body (28 layers,
+hidden 1024, 16 query and 8 KV heads of 128) for GPUs, the third an 8-layer Llama of hidden 512. dtype `auto` is
+float32 on the CPU, bfloat16 on a GPU.
 On CUDA the engine replays decode steps from CUDA graphs and runs the fused Triton RMSNorm, SiLU-and-mul and
 rotary by default; `--ablations` adds engine runs without each, without both, and with the one-program Triton
 sampler in place of the split one. Every engine run is printed as it ends.
@@ -64,20 +66,26 @@ def make_workload(num_seqs: int, input_range: tuple[int, int], output_range: tup
     return Workload(prompts, [rng.randint(*output_range) for _ in range(num_seqs)])
 
 
-QWEN3_SHAPES = {
-    "qwen3-tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=64),
-    "qwen3-0.6b-shape": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                             num_attention_heads=16, num_key_value_heads=8, head_dim=128),
+# Random-weight checkpoints built on the fly with the default model's tokenizer: (config class, its shape).
+RANDOM_SHAPES = {
+    "qwen3-tiny": (transformers.Qwen3Config, dict(
+        hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=64, tie_word_embeddings=True)),
+    "qwen3-0.6b-shape": (transformers.Qwen3Config, dict(
+        hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)),
+    "llama-8x512": (transformers.LlamaConfig, dict(          # issue 20's second model beside vLLM on the CPU
+        hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
+        tie_word_embeddings=False)),
 }
 
 
-def qwen3_random(shape: str, tokenizer_dir: str, out_dir: Path) -> str:
-    """A Qwen3 checkpoint of one of `QWEN3_SHAPES` with random weights (bfloat16 files), with the tokenizer of
+def random_checkpoint(shape: str, tokenizer_dir: str, out_dir: Path) -> str:
+    """A checkpoint of one of `RANDOM_SHAPES` with random weights (bfloat16 files; seed 0), with the tokenizer of
     `tokenizer_dir` and a vocabulary its size."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = transformers.Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=4096,
-                                      tie_word_embeddings=True, **QWEN3_SHAPES[shape])
+    config_class, shape_options = RANDOM_SHAPES[shape]
+    config = config_class(vocab_size=len(tokenizer), max_position_embeddings=4096, **shape_options)
     torch.manual_seed(0)
     transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -230,7 +238,7 @@ ENGINE_VARIANTS = {     # result key -> (label, cuda_graphs, Triton layer ops, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"checkpoint directory, or one of {sorted(QWEN3_SHAPES)} (random weights)")
+                        help=f"checkpoint directory, or one of {sorted(RANDOM_SHAPES)} (random weights)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--num-seqs", type=int, default=64)
@@ -276,7 +284,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     auto_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype = auto_dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
-        model = qwen3_random(args.model, DEFAULT_MODEL, Path(tmp)) if args.model in QWEN3_SHAPES else args.model
+        model = random_checkpoint(args.model, DEFAULT_MODEL, Path(tmp)) if args.model in RANDOM_SHAPES else args.model
         vocab = transformers.AutoConfig.from_pretrained(model).vocab_size
         workloads = [make_workload(args.num_seqs, tuple(args.input_len), tuple(args.output_len), vocab, seed=r)
                      for r in range(args.repeats)]

@@ -13,7 +13,8 @@ mix of work), and compares their seconds per token. The faster runs the next ste
 after each probe that found the loser more than twice as slow (up to `MAX_RUN_STEPS`: a probe costs its slow
 steps), and again `RUN_STEPS` after a close one. A run whose seconds per token over its last `PROBE_STEPS` steps
 grow past twice what the probe measured for it (the load changed) probes again at once. Only where the user left
-the count to torch (`cpu_threads=None`) on a CPU device with more than one core.
+the count to torch (`cpu_threads=None`) on a CPU device, between the count torch had when the engine was built
+(one per physical core, unless the user set another) and one.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from __future__ import annotations
 from collections import deque
 
 import torch
-
-# torch's own choice (one thread per physical core), read before any engine changes it.
-TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 
 class FixedThreads:
@@ -100,11 +98,12 @@ class ThreadTuner:
         self._seconds = {choice: 0.0 for choice in self.choices}
 
 
-def thread_policy(device: torch.device, cpu_threads: int | None) -> ThreadTuner | FixedThreads | None:
-    """How a CPU engine sets its threads each step: `cpu_threads` if given; else, with torch's default of more than
-    one thread, a tuner between it and one. None on a GPU."""
+def thread_policy(device: torch.device, cpu_threads: int | None, most: int) -> ThreadTuner | FixedThreads | None:
+    """How a CPU engine sets its threads each step: `cpu_threads` if given; else, where the process allows `most`
+    threads (torch's count when the engine was built: one per physical core unless the user set another) and that
+    is more than one, a tuner between `most` and one. None on a GPU."""
     if device.type != "cpu":
         return None
-    if cpu_threads is not None or TORCH_DEFAULT_THREADS < 2:
-        return FixedThreads(cpu_threads or TORCH_DEFAULT_THREADS)
-    return ThreadTuner(TORCH_DEFAULT_THREADS)
+    if cpu_threads is not None or most < 2:
+        return FixedThreads(cpu_threads or most)
+    return ThreadTuner(most)

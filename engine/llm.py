@@ -30,8 +30,9 @@ class LLM:
     enable_prefix_caching: reuse the KV of shared prompt prefixes. seed: seeds unseeded requests. cuda_graphs:
     replay decode steps from CUDA graphs; None (default) does wherever it can (CUDA with the Triton kernels), True
     requires it, False runs every step eagerly. cpu_threads: torch's intra-op threads for this engine's CPU steps,
-    set before each of them (default: chosen by measuring, between torch's default of one per physical core and
-    one, which is faster when other processes take the cores; engine/cpu_threads.py). kernels: the kernels backend,
+    set before each of them (default: chosen by measuring, between the count torch has when the engine is built,
+    one per physical core unless set otherwise, and one, which is faster when other processes take the cores;
+    engine/cpu_threads.py). kernels: the kernels backend,
     chosen once for this engine: "auto", "triton", "cpu", "torch", a `llm_kernels.KernelSet` (one kernel swapped
     for an experiment), or None (default: what `llm_kernels.use` or LLM_KERNELS_BACKEND says when it is built).
     tensor_parallel_size: run the model over this many processes, one device each (GPUs cuda:0..N-1, or ranks

@@ -51,6 +51,7 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
+        threads = torch.get_num_threads()      # the process's count now: the most this engine's steps take
         self.model_config = ModelConfig.from_dir(config.model)
         self.max_model_len = config.resolved_max_model_len(self.model_config)
         self.tokenizer = Tokenizer(config.model, self.model_config.eos_token_ids)
@@ -76,9 +77,12 @@ class LLMEngine:
         self.grammars = GrammarCompiler(self.tokenizer.hf, self.model_config.vocab_size, eos,
                                         sorted(self.tokenizer.special_ids))
         self._compiling: list[Request] = []      # structured-output requests whose grammar is being compiled
-        # The ranks of a CPU tensor-parallel engine keep the count their runners set (they share the cores).
+        # The engine's count is set before each of its steps, so loading leaves the process's as it found it. The
+        # ranks of a CPU tensor-parallel engine keep the count their runners set (they share the cores).
         single = config.tensor_parallel_size == 1
-        self.threads = thread_policy(self.runner.device, config.cpu_threads if single else torch.get_num_threads())
+        self.threads = thread_policy(self.runner.device, config.cpu_threads if single else torch.get_num_threads(),
+                                     threads)
+        torch.set_num_threads(threads)
         self.speculation = None
         if spec is not None:
             self.runner.draft = DraftModel(config, self.runner, eos) if spec.model else None

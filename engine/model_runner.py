@@ -166,6 +166,9 @@ class ModelRunner:
     def _accept(self, step: SchedulerOutput, out: StepOutput) -> None:
         """Each sampled sequence keeps its drafts up to the first that differs from the token drawn in its place
         (engine/speculative.py says why that is exact)."""
+        if not any(out.drafts):
+            out.num_accepted = [0] * len(out.sampled_seqs)
+            return
         drawn = out.sampled.token_ids
         rejected = {}
         for seq, row, drafts in zip(out.sampled_seqs, out.first_rows, out.drafts):
@@ -178,27 +181,37 @@ class ModelRunner:
         """The step's device work as plain lists; `out` learns which sequences are sampled or get prompt logprobs."""
         x = StepInputs([], [], [], [0], [], [], [], [])
         bs = self.block_size
+        cu = 0
         for seq, count, wanted, drafts in zip(step.seqs, step.num_new_tokens, step.prompt_logprob_positions,
                                               step.draft_token_ids):
-            start, end = seq.num_computed_tokens, seq.num_computed_tokens + count
-            x.input_ids += seq.token_ids[start:end - len(drafts)] + drafts
-            x.positions += range(start, end)
+            start = seq.num_computed_tokens
+            end = start + count
             table = seq.block_table
-            x.slots += [table[t // bs] * bs + t % bs for t in range(start, end)]
+            if count == 1:                                  # a decode: the common case, kept cheap
+                x.input_ids.append(seq.token_ids[start])
+                x.positions.append(start)
+                x.slots.append(table[start // bs] * bs + start % bs)
+            else:
+                x.input_ids += seq.token_ids[start:end - len(drafts)]
+                x.input_ids += drafts
+                x.positions += range(start, end)
+                x.slots += [table[t // bs] * bs + t % bs for t in range(start, end)]
             if wanted:              # row t predicts prompt token t + 1
-                row0 = x.cu_seqlens[-1] - start - 1
+                row0 = cu - start - 1
                 x.prompt_rows += range(row0 + wanted.start, row0 + wanted.stop)
                 out.prompt_seqs.append(seq)
                 out.prompt_positions.append(wanted)
-            x.cu_seqlens.append(x.cu_seqlens[-1] + count)
+            cu += count
+            x.cu_seqlens.append(cu)
             x.seq_lens.append(end)
-            if end - len(drafts) == seq.num_tokens:         # a row for each draft token and one after them
+            if end - len(drafts) == len(seq.token_ids):     # a row for each draft token and one after them
                 out.first_rows.append(len(x.sample_rows))
-                x.sample_rows += range(x.cu_seqlens[-1] - 1 - len(drafts), x.cu_seqlens[-1])
+                x.sample_rows += range(cu - 1 - len(drafts), cu)
                 out.sampled_seqs.append(seq)
                 out.drafts.append(drafts)
-        max_blocks = max(len(seq.block_table) for seq in step.seqs)
-        x.block_tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in step.seqs]
+        tables = [seq.block_table for seq in step.seqs]
+        width = max(map(len, tables))
+        x.block_tables = [table + [0] * (width - len(table)) for table in tables]
         return x
 
     def forward(self, x: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:

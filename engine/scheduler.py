@@ -131,8 +131,10 @@ class Scheduler:
         the admission reserve; return the tokens added. Each sequence's drafts are consumed either way."""
         added = 0
         for i, seq in enumerate(out.seqs):
+            if not seq.draft_token_ids:
+                continue
             drafts, seq.draft_token_ids = seq.draft_token_ids, []
-            if not drafts or out.num_new_tokens[i] != seq.num_tokens - seq.num_computed_tokens:
+            if out.num_new_tokens[i] != seq.num_tokens - seq.num_computed_tokens:
                 continue
             drafts = drafts[:budget - added]
             end = seq.num_computed_tokens + out.num_new_tokens[i] + len(drafts)

@@ -136,7 +136,8 @@ class Speculation:
         model first needs `reserve(seq, tokens)` to give the sequence blocks for the KV of its guesses."""
         decoding = [seq for seq in running if can_speculate(seq)]
         for seq in decoding:
-            seq.draft_token_ids = []        # a guess the scheduler had no room for last step is not this step's
+            if seq.draft_token_ids:         # a guess the scheduler had no room for last step is not this step's
+                seq.draft_token_ids = []
         allowed = self.gate.allowed(len(decoding)) if decoding else 0
         cfg = self.config
         picked, ks = [], []

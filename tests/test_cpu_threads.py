@@ -53,12 +53,24 @@ def test_a_clear_winner_is_probed_ever_more_rarely(restore_threads):
 
 
 def test_policies(restore_threads):
-    assert thread_policy(torch.device("cuda"), None) is None
-    fixed = thread_policy(torch.device("cpu"), 3)
+    assert thread_policy(torch.device("cuda"), None, 2) is None
+    assert isinstance(thread_policy(torch.device("cpu"), None, 2), ThreadTuner)
+    assert thread_policy(torch.device("cpu"), None, 1).current == 1          # the user's count of one is kept
+    fixed = thread_policy(torch.device("cpu"), 3, 2)
     assert isinstance(fixed, FixedThreads)
     torch.set_num_threads(1)
     fixed.before_step()
     assert torch.get_num_threads() == 3
+
+
+def test_building_an_engine_leaves_the_process_count_alone(checkpoint_factory, restore_threads):
+    """An engine with its own count does not change the count the next engine (or the user) sees."""
+    torch.set_num_threads(2)
+    one = LLM(checkpoint_factory("llama"), cpu_threads=1)
+    assert torch.get_num_threads() == 2
+    tuned = LLM(checkpoint_factory("llama"))
+    assert isinstance(tuned.engine.threads, ThreadTuner) and tuned.engine.threads.choices == (2, 1)
+    assert one.engine.threads.current == 1
 
 
 def test_each_engine_keeps_its_own_count(checkpoint_factory, restore_threads):

@@ -87,11 +87,14 @@ def test_engine_sizes_its_cache_and_sets_cpu_threads(llama_path, caplog):
     with caplog.at_level(logging.INFO):
         llm = LLM(llama_path, max_model_len=64, max_num_seqs=3, cpu_threads=2)
     try:
-        assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1         # the process's count (tests/conftest.py's) is left alone ...
         assert llm.engine.runner.num_blocks == 3 * (64 // config.block_size)
         assert "torch runs CPU work on 2 threads" in caplog.text
+        seen, execute = [], llm.engine.runner.execute
+        llm.engine.runner.execute = lambda step: seen.append(torch.get_num_threads()) or execute(step)
         out = llm.generate([1, 2, 3], SamplingParams(max_tokens=4, ignore_eos=True))[0]
         assert len(out.outputs[0].token_ids) == 4
+        assert set(seen) == {2}                     # ... and the engine's steps run on its own
     finally:
         torch.set_num_threads(1)                              # what tests/conftest.py set for the session
 

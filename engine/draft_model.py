@@ -25,10 +25,9 @@ from engine.sequence import Sequence
 from engine.step_inputs import StepInputs
 
 
-def kv_share(config: EngineConfig, target: ModelConfig) -> float:
+def kv_share(target: ModelConfig, draft: ModelConfig) -> float:
     """The target's part of the KV memory when a draft model's cache takes the same number of blocks: the target's
     bytes per block over both models'."""
-    draft = ModelConfig.from_dir(config.speculative_config.model)
 
     def per_block(model: ModelConfig) -> int:
         return model.num_layers * model.num_kv_heads * model.head_dim * model.dtype.itemsize
@@ -39,9 +38,10 @@ def kv_share(config: EngineConfig, target: ModelConfig) -> float:
 class DraftModel:
     """Loads the draft checkpoint beside the target's runner and drafts for its sequences."""
 
-    def __init__(self, config: EngineConfig, target: ModelRunner, eos_token_ids: list[int]) -> None:
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, target: ModelRunner,
+                 eos_token_ids: list[int]) -> None:
+        """`model_config`: the draft checkpoint's (`config.speculative_config.model`)."""
         path = config.speculative_config.model
-        model_config = ModelConfig.from_dir(path)
         if model_config.vocab_size != target.model_config.vocab_size:
             raise ValueError(f"speculative_config: the draft model's vocabulary ({model_config.vocab_size} tokens) "
                              f"is not the target's ({target.model_config.vocab_size})")

@@ -59,8 +59,9 @@ class LLMEngine:
         serve_if_launched_worker(config)
         self.workers: TPWorkers | None = None
         spec = config.speculative_config
+        draft_config = ModelConfig.from_dir(spec.model) if spec is not None and spec.model else None
         if config.tensor_parallel_size == 1:
-            share = kv_share(config, self.model_config) if spec is not None and spec.model else 1.0
+            share = kv_share(self.model_config, draft_config) if draft_config is not None else 1.0
             self.runner = ModelRunner(config, self.model_config, self.max_model_len, eos, kv_share=share)
         else:
             self.runner, self.workers = TPWorkers.start_engine(config, self.model_config, self.max_model_len, eos)
@@ -85,7 +86,7 @@ class LLMEngine:
         torch.set_num_threads(threads)
         self.speculation = None
         if spec is not None:
-            self.runner.draft = DraftModel(config, self.runner, eos) if spec.model else None
+            self.runner.draft = DraftModel(config, draft_config, self.runner, eos) if draft_config else None
             self.speculation = Speculation(spec, self.runner.draft)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,

@@ -129,7 +129,6 @@ class Speculation:
         self.num_drafts = 0                 # sequences that verified drafts
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
-        self.accepted_per_position = [0] * config.num_speculative_tokens
 
     def propose(self, running: list[Sequence], reserve: Callable[[Sequence, int], bool]) -> None:
         """Set the draft tokens of the decoding sequences that may draft this step (the oldest first). A draft
@@ -169,8 +168,6 @@ class Speculation:
                 drafted += len(proposed)
                 self.num_drafts += 1
                 self.num_accepted_tokens += n
-                for position in range(n):
-                    self.accepted_per_position[position] += 1
         self.num_draft_tokens += drafted
         self.gate.observe_acceptance(sum(map(bool, drafts)), drafted, sum(accepted))
 

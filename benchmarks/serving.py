@@ -146,7 +146,8 @@ async def run_load(base_url: str, model: str, work: Workload, concurrency: int |
         server["client_mean_ttft_ms"] = sum(ttft) / len(ttft) * 1e3
         server["client_mean_e2e_ms"] = client_e2e * 1e3
     return {"concurrency": concurrency, "rate": rate, "duration_s": elapsed, "requests_per_s": len(timings) / elapsed,
-            "output_tokens_per_s": tokens / elapsed, "ttft_ms": percentiles(ttft), "tpot_ms": percentiles(tpot),
+            "output_tokens_per_s": tokens / elapsed, "ttft_ms": percentiles(ttft),
+            "ttft_mean_ms": sum(ttft) / len(ttft) * 1e3, "tpot_ms": percentiles(tpot),
             "itl_ms": percentiles(itl), "client_cpu_cores": client_cores, "server": server}
 
 
@@ -249,13 +250,17 @@ def compare_with_peer(args: argparse.Namespace, loads: list, vocab: int, max_len
     (out / "serving_vs_vllm.json").write_text(json.dumps(results, indent=2))
     print(f"{args.num_prompts} prompts per level, input {args.input_len}, output {args.output_len}; "
           f"{args.pairs} pairs, one server up at a time")
-    print(f"{'load':>8} {'side':>5} {'tok/s median (spread)':>22} {'TTFT p50 ms':>12} {'ITL p50 ms':>11}")
+    print("medians over the pairs; TTFT p50 of each run in brackets (it jumps between prefill steps: requests get")
+    print("their first token at the end of the step that finishes their prompt)")
+    print(f"{'load':>8} {'side':>5} {'tok/s median (spread)':>22} {'TTFT p50 ms':>12} {'TTFT mean':>10} "
+          f"{'ITL p50 ms':>11}  TTFT p50 per run")
     for r in results:
         load = f"c={r['concurrency']}" if r["concurrency"] else f"{r['rate']}/s"
         for side in ("ours", "vllm"):
             s = r[side]
+            each = ", ".join(f"{v:.0f}" for v in s["ttft_p50_runs"])
             print(f"{load:>8} {side:>5} {s['tok_s']:>12.1f} ({100 * s['spread']:>3.0f}%) {s['ttft_p50']:>12.1f} "
-                  f"{s['itl_p50']:>11.1f}")
+                  f"{s['ttft_mean']:>10.1f} {s['itl_p50']:>11.1f}  [{each}]")
         print(f"{load:>8} ratio {r['ours']['tok_s'] / r['vllm']['tok_s']:>12.2f}x (ours / vLLM, medians)")
     print(f"wrote {out / 'serving_vs_vllm.json'}")
 
@@ -265,6 +270,8 @@ def _summary(runs: list[dict]) -> dict:
     median = statistics.median(rates)
     return {"tok_s": median, "spread": (max(rates) - min(rates)) / median, "runs": rates,
             "ttft_p50": statistics.median(r["ttft_ms"]["p50"] for r in runs),
+            "ttft_p50_runs": [r["ttft_ms"]["p50"] for r in runs],
+            "ttft_mean": statistics.median(r["ttft_mean_ms"] for r in runs),
             "itl_p50": statistics.median(r["itl_ms"]["p50"] for r in runs)}
 
 

@@ -60,6 +60,11 @@ class ThreadTuner:
         self._recent: deque[tuple[int, float]] = deque(maxlen=self.PROBE_STEPS)     # the run's last steps
         self.num_probes = 0
 
+    @property
+    def probing(self) -> bool:
+        """Whether it is alternating its thread counts now."""
+        return self._probing
+
     def before_step(self) -> None:
         """Choose this step's thread count."""
         want = self.choices[self._steps % 2] if self._probing else self.current

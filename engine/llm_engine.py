@@ -14,7 +14,7 @@ import torch
 from engine import structured_output
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig
-from engine.cpu_threads import thread_policy
+from engine.cpu_threads import FixedThreads, ThreadTuner, thread_policy
 from engine.draft_model import DraftModel, kv_share
 from engine.model_runner import ModelRunner
 from engine.output_processor import OutputProcessor
@@ -28,6 +28,11 @@ from engine.tokenizer import PromptTooLongError, Tokenizer
 from engine.tp_workers import TPWorkers, serve_if_launched_worker
 
 logger = logging.getLogger(__name__)
+
+# The engine's warm-up (LLMEngine._warm_up): prompts of this many tokens, then this many decode steps (as many as
+# the thread tuner's probe takes).
+WARM_UP_PROMPT_LEN = 256
+WARM_UP_DECODES = ThreadTuner.PROBE_STEPS
 
 
 @dataclass(slots=True)
@@ -67,27 +72,56 @@ class LLMEngine:
             self.runner, self.workers = TPWorkers.start_engine(config, self.model_config, self.max_model_len, eos)
         # Stops the workers with the engine: on close(), when it is collected, or at interpreter exit.
         self._close = weakref.finalize(self, self.workers.shutdown, self.runner.channel) if self.workers else None
-        self.blocks = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.processor = OutputProcessor(self.tokenizer)
         self.requests: dict[str, Request] = {}
         self._rng = random.Random(config.seed)
-        self._next_seq_id = 0
-        self._prefix_queries = 0       # summed over the scheduler's outputs
-        self._prefix_hits = 0
+        self._fresh_queues()
         self.grammars = GrammarCompiler(self.tokenizer.hf, self.model_config.vocab_size, eos,
                                         sorted(self.tokenizer.special_ids))
         self._compiling: list[Request] = []      # structured-output requests whose grammar is being compiled
         # The engine's count is set before each of its steps, so loading leaves the process's as it found it. The
         # ranks of a CPU tensor-parallel engine keep the count their runners set (they share the cores).
         single = config.tensor_parallel_size == 1
-        self.threads = thread_policy(self.runner.device, config.cpu_threads if single else torch.get_num_threads(),
-                                     threads)
-        torch.set_num_threads(threads)
+        policy = thread_policy(self.runner.device, config.cpu_threads if single else torch.get_num_threads(), threads)
+        self.threads = FixedThreads(policy.current) if policy is not None else None
         self.speculation = None
         if spec is not None:
             self.runner.draft = DraftModel(config, draft_config, self.runner, eos) if draft_config else None
+        self._warm_up(policy)
+        torch.set_num_threads(threads)
+        if spec is not None:
             self.speculation = Speculation(spec, self.runner.draft)
+
+    def _fresh_queues(self) -> None:
+        """An empty KV cache (as the block manager sees it), scheduler and counters."""
+        self.blocks = BlockManager(self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        self._next_seq_id = 0
+        self._prefix_queries = 0       # summed over the scheduler's outputs
+        self._prefix_hits = 0
+
+    def _warm_up(self, policy: ThreadTuner | FixedThreads | None) -> None:
+        """Run dummy requests through the engine before the first real one, then forget them: a step of
+        max_num_batched_tokens prompt tokens and WARM_UP_DECODES decode steps. One-time costs (loading the C
+        kernels, oneDNN's and Triton's kernels for new shapes, the heap growing to a step's peak, the first pages of
+        the KV cache) were otherwise paid by a fresh server's first requests. On the CPU the decode steps run under
+        the engine's thread policy (`policy`, which takes over from here), so the thread tuner's first probe
+        (engine/cpu_threads.py) alternates its thread counts on them rather than on those requests."""
+        budget = self.config.max_num_batched_tokens
+        capacity = self.blocks.num_blocks * self.config.block_size
+        decodes = WARM_UP_DECODES
+        length = max(1, min(WARM_UP_PROMPT_LEN, budget, self.max_model_len - decodes - 1, capacity - decodes - 1))
+        count = max(1, min(self.config.max_num_seqs, -(-budget // length), capacity // (length + decodes + 1)))
+        vocab = self.model_config.vocab_size
+        params = SamplingParams(max_tokens=decodes + 1, temperature=1.0, seed=0, ignore_eos=True)
+        for i in range(count):
+            self.add_request(f"warm-up-{i}", [(7 * i + 3 * j + 1) % vocab for j in range(length)], params)
+        while any(seq.num_computed_tokens < seq.num_prompt_tokens for r in self.requests.values() for seq in r.seqs):
+            self.step()
+        self.threads = policy
+        while self.requests:
+            self.step()
+        self._fresh_queues()
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     stream: bool = False) -> None:

@@ -20,6 +20,7 @@ import torch
 import llm_kernels
 from engine import kv_cache
 from engine.config import EngineConfig, ModelConfig
+from engine.cpu_malloc import keep_freed_memory
 from engine.cuda_graphs import DecodeGraphs
 from engine.loader import load_model
 from engine.models.attention import AttentionMetadata
@@ -67,6 +68,8 @@ class ModelRunner:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // tp.size))    # the ranks share the cores
         logger.info("torch runs CPU work on %d threads", torch.get_num_threads())
         self.device = config.torch_device(tp.rank)
+        if self.device.type == "cpu":
+            keep_freed_memory()            # each step's activations reuse resident pages (engine/cpu_malloc.py)
         self.dtype = config.torch_dtype(model_config, self.device)
         self.block_size = config.block_size
         self.max_model_len = max_model_len

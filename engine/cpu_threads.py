@@ -14,7 +14,8 @@ after each probe that found the loser more than twice as slow (up to `MAX_RUN_ST
 steps), and again `RUN_STEPS` after a close one. A run whose seconds per token over its last `PROBE_STEPS` steps
 grow past twice what the probe measured for it (the load changed) probes again at once. Only where the user left
 the count to torch (`cpu_threads=None`) on a CPU device, between the count torch had when the engine was built
-(one per physical core, unless the user set another) and one.
+(one per physical core, unless the user set another) and one. The engine reports no step that verified speculative
+drafts: such a step computes several times its neighbours' tokens in about their time.
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ class LLMEngine:
             outputs.append(self.processor.make_output(request))
             del self.requests[request.request_id]
         if self.speculation is not None:
-            self.speculation.propose(self.scheduler.running, self.scheduler.reserve)
+            self.speculation.propose(self.scheduler.running, self.scheduler.reserve, self.scheduler.batch_size)
         scheduled = self.scheduler.schedule()
         self._prefix_queries += scheduled.prefix_queries
         self._prefix_hits += scheduled.prefix_hits
@@ -244,7 +244,9 @@ class LLMEngine:
                 self.workers.check(cause=exc)             # a worker that died is the error to report
             raise
         elapsed = time.perf_counter() - started
-        if self.threads is not None:
+        # The thread tuner compares neighbouring steps as alike; one that verified drafts is not (many more tokens
+        # for its time), and such steps had it settle on one thread on an idle machine.
+        if self.threads is not None and not any(scheduled.draft_token_ids):
             self.threads.after_step(scheduled.num_tokens, elapsed)
         if self.speculation is not None:
             self.speculation.observe(scheduled.num_tokens, elapsed, result.drafts, result.num_accepted)

@@ -7,16 +7,20 @@ from __future__ import annotations
 class SpeculationGate:
     """Decides, step by step, how many decoding sequences may draft. A step's forward is modelled as fixed +
     per_token * tokens seconds, fitted on the recent decoding steps; drafting costs per_token for each draft token
-    it verifies, plus the time to propose (measured: a draft model's k forwards; next to nothing for n-grams), and
+    it verifies, plus the time to propose (measured: a draft model's k forwards, or the n-gram searches), and
     yields r extra tokens per draft token (r: accepted over drafted, recently). It pays when those extra tokens per
-    extra second beat the step's rate without drafts, batch / (fixed + per_token * batch): a small batch pays at
-    almost any r (the fixed cost dominates), a large one only at a high r. While it does not pay, one sequence
-    still drafts now and then (after `PROBE_EVERY` steps, then twice as many each time up to `MAX_PROBE_EVERY`),
-    to keep r current at the cost of a few tokens; until the time model is fitted, every `PROBE_EVERY`-th step
-    drafts nothing, so that it sees steps of more than one size."""
+    extra second beat the rate of a step of all the running sequences without drafts, running / (fixed +
+    per_token * running), by `MARGIN`: a small batch pays at almost any r (the fixed cost dominates), a large one
+    only at a high r. (Measured against the decoding sequences alone, steps in which most sequences still computed
+    their prompts let the few decoding ones draft: n-grams on random prompts at batch 32 ran at 0.88x.)
+
+    While it does not pay, one sequence still drafts now and then (after `PROBE_EVERY` steps, then twice as many
+    each time up to `MAX_PROBE_EVERY`), to keep r current at the cost of a few tokens; until the time model is
+    fitted, every `PROBE_EVERY`-th step drafts nothing, so that it sees steps of more than one size."""
 
     PROBE_EVERY = 8
     MAX_PROBE_EVERY = 64
+    MARGIN = 1.1            # the gain drafting must promise: the time model is fitted on noisy steps
 
     def __init__(self) -> None:
         self.fixed_s: float | None = None
@@ -34,12 +38,13 @@ class SpeculationGate:
         """Accepted over drafted tokens, recently."""
         return self._accepted / self._drafted
 
-    def allowed(self, batch: int) -> int:
-        """How many of `batch` decoding sequences may draft this step."""
+    def allowed(self, batch: int, running: int | None = None) -> int:
+        """How many of `batch` decoding sequences may draft this step, of `running` sequences in all (default
+        `batch`; the others are computing their prompts, and will decode at the rate drafting must beat)."""
         self._steps += 1
         if self.fixed_s is None:            # a step without drafts now and then, so that steps differ in size
             return 0 if self._steps % self.PROBE_EVERY == 0 else batch
-        if self.pays(batch):
+        if self.pays(batch, running or batch):
             self._probe_every = self.PROBE_EVERY
             return batch
         if self._steps % self._probe_every:
@@ -47,11 +52,14 @@ class SpeculationGate:
         self._probe_every = min(2 * self._probe_every, self.MAX_PROBE_EVERY)     # while it keeps not paying
         return 1
 
-    def pays(self, batch: int) -> bool:
-        """Whether drafting gives a batch of `batch` decoding sequences more tokens per second."""
+    def pays(self, batch: int, running: int | None = None) -> bool:
+        """Whether drafting for `batch` decoding sequences gives more tokens per second (by `MARGIN`) than a step
+        of `running` (default `batch`) decoding sequences makes."""
+        running = running or batch
         drafts = batch * self.drafts_per_seq
         extra_s = self.per_token_s * drafts + self.propose_s_per_seq * batch
-        return self.acceptance * drafts * (self.fixed_s + self.per_token_s * batch) > batch * extra_s
+        step_s = self.fixed_s + self.per_token_s * running
+        return self.acceptance * drafts * step_s > self.MARGIN * running * extra_s
 
     def observe_step(self, tokens: int, rows: int, seconds: float) -> None:
         """A forward that computed `tokens` tokens and drew `rows` of them took `seconds`: refit the time model on

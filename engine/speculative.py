@@ -130,15 +130,19 @@ class Speculation:
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
 
-    def propose(self, running: list[Sequence], reserve: Callable[[Sequence, int], bool]) -> None:
-        """Set the draft tokens of the decoding sequences that may draft this step (the oldest first). A draft
-        model first needs `reserve(seq, tokens)` to give the sequence blocks for the KV of its guesses."""
+    def propose(self, running: list[Sequence], reserve: Callable[[Sequence, int], bool],
+                batch: int | None = None) -> None:
+        """Set the draft tokens of the decoding sequences that may draft this step (the oldest first), the engine
+        decoding `batch` sequences soon (default: the running ones). A draft model first needs
+        `reserve(seq, tokens)` to give the sequence blocks for the KV of its guesses. The gate learns the time
+        proposing takes."""
         decoding = [seq for seq in running if can_speculate(seq)]
         for seq in decoding:
             if seq.draft_token_ids:         # a guess the scheduler had no room for last step is not this step's
                 seq.draft_token_ids = []
-        allowed = self.gate.allowed(len(decoding)) if decoding else 0
+        allowed = self.gate.allowed(len(decoding), max(batch or 0, len(running))) if decoding else 0
         cfg = self.config
+        started = time.perf_counter()
         picked, ks = [], []
         for seq in decoding:
             if len(picked) == allowed:
@@ -154,9 +158,9 @@ class Speculation:
                 picked.append(seq)
                 ks.append(k)
         if self.draft is not None and picked:
-            started = time.perf_counter()
             for seq, drafts in zip(picked, self.draft.propose(picked, ks)):
                 seq.draft_token_ids = drafts
+        if picked:
             self.gate.observe_proposal(len(picked), time.perf_counter() - started)
 
     def observe(self, tokens: int, seconds: float, drafts: list[list[int]], accepted: list[int]) -> None:

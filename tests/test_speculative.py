@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from engine import LLM, SamplingParams
+from engine.cpu_threads import ThreadTuner
 from engine.speculation_gate import SpeculationGate
 from engine.speculative import SpeculativeConfig, ngram_proposal
 
@@ -20,7 +22,7 @@ PROMPTS = ["def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return", "Th
 def always_draft(monkeypatch):
     """Every decoding sequence drafts: the gate would switch drafting off for these models, whose steps cost
     almost nothing, and the tests are about what verification does with drafts."""
-    monkeypatch.setattr(SpeculationGate, "allowed", lambda self, batch: batch)
+    monkeypatch.setattr(SpeculationGate, "allowed", lambda self, batch, running=None: batch)
 
 
 def repetitive(checkpoint_factory, arch: str = "llama") -> str:
@@ -190,6 +192,8 @@ def test_gate_speculates_where_it_pays(monkeypatch):
     assert gate.acceptance == pytest.approx(0.1, abs=0.01) and gate.drafts_per_seq == pytest.approx(5)
     assert gate.pays(1)                             # batch 1: the fixed cost dominates
     assert not gate.pays(32)                        # 0.1 * (10 + 3.2) ms < 32 * 0.1 ms
+    # One sequence decoding while 31 compute their prompts: drafting must beat the rate of 32 decoding ones.
+    assert not gate.pays(1, running=32) and gate.allowed(1, 32) in (0, 1)
     allowed = [gate.allowed(32) for _ in range(256)]
     probes = [i for i, n in enumerate(allowed) if n]              # keep r current, ever more rarely
     assert set(allowed) == {0, 1} and 4 <= len(probes) <= 256 // SpeculationGate.PROBE_EVERY
@@ -259,3 +263,23 @@ def test_two_tensor_parallel_ranks_verify_drafts_as_one_does(checkpoint_factory)
         assert llm.engine.stats().spec_num_accepted_tokens > 0
     finally:
         llm.close()
+
+
+def test_the_thread_tuner_learns_only_from_steps_without_drafts(checkpoint_factory):
+    """A step that verifies drafts computes several times the tokens of its neighbours in about their time: fed to
+    the thread tuner, such steps made it choose one thread on an idle machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        spec = LLM(repetitive(checkpoint_factory), speculative_config=NGRAM)
+    finally:
+        torch.set_num_threads(threads)
+    engine = spec.engine
+    assert isinstance(engine.threads, ThreadTuner)
+    seen, steps = [], []
+    after_step, execute = engine.threads.after_step, engine.runner.execute
+    engine.threads.after_step = lambda tokens, seconds: seen.append(tokens) or after_step(tokens, seconds)
+    engine.runner.execute = lambda step: steps.append((step.num_tokens, any(step.draft_token_ids))) or execute(step)
+    spec.generate(PROMPTS, SamplingParams(max_tokens=24, temperature=0), use_tqdm=False)
+    assert any(drafted for _, drafted in steps) and not all(drafted for _, drafted in steps)
+    assert seen == [tokens for tokens, drafted in steps if not drafted]

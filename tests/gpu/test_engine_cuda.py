@@ -132,7 +132,7 @@ def test_speculative_decoding_changes_no_token_on_the_gpu(device, checkpoint_fac
     Triton sampler at their positions: greedy and seeded sampling give the tokens of no speculation."""
     from engine.speculation_gate import SpeculationGate
 
-    monkeypatch.setattr(SpeculationGate, "allowed", lambda self, batch: batch)     # draft on every step
+    monkeypatch.setattr(SpeculationGate, "allowed", lambda self, batch, running=None: batch)     # draft on every step
     path = checkpoint_factory("qwen3", seed=5, initializer_range=0.05)            # repeats itself: drafts hold
     config = ({"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
               if method == "ngram" else {"method": "draft_model", "model": path, "num_speculative_tokens": 3})

@@ -9,10 +9,9 @@ class SpeculationGate:
     per_token * tokens seconds, fitted on the recent decoding steps; drafting costs per_token for each draft token
     it verifies, plus the time to propose (measured: a draft model's k forwards, or the n-gram searches), and
     yields r extra tokens per draft token (r: accepted over drafted, recently). It pays when those extra tokens per
-    extra second beat the rate of a step of all the running sequences without drafts, running / (fixed +
-    per_token * running), by `MARGIN`: a small batch pays at almost any r (the fixed cost dominates), a large one
-    only at a high r. (Measured against the decoding sequences alone, steps in which most sequences still computed
-    their prompts let the few decoding ones draft: n-grams on random prompts at batch 32 ran at 0.88x.)
+    extra second beat the rate of a step of the whole batch without drafts, running / (fixed + per_token *
+    running), the sequences still computing their prompts included (they are about to decode at that rate): a
+    small batch pays at almost any r (the fixed cost dominates), a large one only at a high r.
 
     While it does not pay, one sequence still drafts now and then (after `PROBE_EVERY` steps, then twice as many
     each time up to `MAX_PROBE_EVERY`), to keep r current at the cost of a few tokens; until the time model is
@@ -20,7 +19,6 @@ class SpeculationGate:
 
     PROBE_EVERY = 8
     MAX_PROBE_EVERY = 64
-    MARGIN = 1.1            # the gain drafting must promise: the time model is fitted on noisy steps
 
     def __init__(self) -> None:
         self.fixed_s: float | None = None
@@ -53,13 +51,13 @@ class SpeculationGate:
         return 1
 
     def pays(self, batch: int, running: int | None = None) -> bool:
-        """Whether drafting for `batch` decoding sequences gives more tokens per second (by `MARGIN`) than a step
-        of `running` (default `batch`) decoding sequences makes."""
+        """Whether drafting for `batch` decoding sequences gives more tokens per second than a step of `running`
+        (default `batch`) decoding sequences makes."""
         running = running or batch
         drafts = batch * self.drafts_per_seq
         extra_s = self.per_token_s * drafts + self.propose_s_per_seq * batch
         step_s = self.fixed_s + self.per_token_s * running
-        return self.acceptance * drafts * step_s > self.MARGIN * running * extra_s
+        return self.acceptance * drafts * step_s > running * extra_s
 
     def observe_step(self, tokens: int, rows: int, seconds: float) -> None:
         """A forward that computed `tokens` tokens and drew `rows` of them took `seconds`: refit the time model on

@@ -133,6 +133,7 @@ async def run_load(base_url: str, model: str, work: Workload, concurrency: int |
     tokens = sum(t.tokens for t in timings)
     assert tokens == work.output_tokens, f"expected {work.output_tokens} tokens, got {tokens}"
     ttft = [t.chunks[0] - t.start for t in timings if t.chunks]
+    ttft_mean_ms = sum(ttft) / len(ttft) * 1e3
     tpot = [(t.chunks[-1] - t.chunks[0]) / (t.tokens - 1) for t in timings if t.tokens > 1 and t.chunks]
     itl = [b - a for t in timings for a, b in zip(t.chunks, t.chunks[1:])]
     server = {}
@@ -143,11 +144,11 @@ async def run_load(base_url: str, model: str, work: Workload, concurrency: int |
         assert server["requests"] == len(timings), f"/metrics counted {server['requests']} of {len(timings)} requests"
         assert server["generation_tokens"] == tokens, f"/metrics counted {server['generation_tokens']} of {tokens}"
         client_e2e = sum(t.chunks[-1] - t.start for t in timings if t.chunks) / len(timings)
-        server["client_mean_ttft_ms"] = sum(ttft) / len(ttft) * 1e3
+        server["client_mean_ttft_ms"] = ttft_mean_ms
         server["client_mean_e2e_ms"] = client_e2e * 1e3
     return {"concurrency": concurrency, "rate": rate, "duration_s": elapsed, "requests_per_s": len(timings) / elapsed,
             "output_tokens_per_s": tokens / elapsed, "ttft_ms": percentiles(ttft),
-            "ttft_mean_ms": sum(ttft) / len(ttft) * 1e3, "tpot_ms": percentiles(tpot),
+            "ttft_mean_ms": ttft_mean_ms, "tpot_ms": percentiles(tpot),
             "itl_ms": percentiles(itl), "client_cpu_cores": client_cores, "server": server}
 
 

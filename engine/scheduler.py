@@ -143,10 +143,8 @@ class Scheduler:
                 continue
             drafts = drafts[:budget - added]
             end = seq.num_computed_tokens + out.num_new_tokens[i] + len(drafts)
-            if not drafts or not (self.blocks.fits(seq, end)
-                                  or self.blocks.can_allocate(seq, end, reserve=self.admission_reserve)):
+            if not drafts or not self.reserve(seq, end):
                 continue
-            self.blocks.allocate(seq, end)
             out.num_new_tokens[i] += len(drafts)
             out.draft_token_ids[i] = drafts
             added += len(drafts)
@@ -154,7 +152,8 @@ class Scheduler:
 
     def reserve(self, seq: Sequence, num_tokens: int) -> bool:
         """Blocks for `num_tokens` tokens of running `seq`, if the free blocks beyond the admission reserve allow:
-        a draft model writes the KV of its guesses ahead of the sequence. Whether it has them now."""
+        the KV of draft tokens, written ahead of the sequence by the step that verifies them or by a draft model.
+        Whether it has them now."""
         if self.blocks.fits(seq, num_tokens):
             return True
         if not self.blocks.can_allocate(seq, num_tokens, reserve=self.admission_reserve):

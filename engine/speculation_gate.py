@@ -42,7 +42,7 @@ class SpeculationGate:
         self._steps += 1
         if self.fixed_s is None:            # a step without drafts now and then, so that steps differ in size
             return 0 if self._steps % self.PROBE_EVERY == 0 else batch
-        if self.pays(batch, running or batch):
+        if self.pays(batch, running):
             self._probe_every = self.PROBE_EVERY
             return batch
         if self._steps % self._probe_every:

@@ -140,7 +140,7 @@ class Speculation:
         for seq in decoding:
             if seq.draft_token_ids:         # a guess the scheduler had no room for last step is not this step's
                 seq.draft_token_ids = []
-        allowed = self.gate.allowed(len(decoding), max(batch or 0, len(running))) if decoding else 0
+        allowed = self.gate.allowed(len(decoding), batch or len(running)) if decoding else 0
         cfg = self.config
         started = time.perf_counter()
         picked, ks = [], []

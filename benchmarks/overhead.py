@@ -3,6 +3,8 @@
 The model is replaced by a stub that costs nothing (it returns precomputed hidden states and logits), so
 what is timed is everything else a step does: scheduling, block management, input preparation, sampling
 bookkeeping, detokenization and output processing, for 1, 64 and 256 running sequences in steady decode.
+The requests are not streamed, so their text is detokenized when they finish (which the timed steps never see);
+with `--stream` they are, and every step detokenizes every new token.
 
 With `--tensor-parallel-size N` the model cannot be stubbed (the workers run theirs): the real model runs over N
 ranks, its forward (collectives included) is timed apart as `forward_ms`, and the overhead is what rank 0 does
@@ -11,7 +13,7 @@ runs the real model.
 The sampling kernel itself (the engine's `sample` kernel, the torch reference on the CPU; on a GPU it would be device
 work) is timed apart and reported beside the overhead, not in it.
 
-    python -m benchmarks.overhead [--model PATH] [--seqs 1 64 256] [--steps 200] [--tensor-parallel-size N]
+    python -m benchmarks.overhead [--model PATH] [--seqs 1 64 256] [--steps 200] [--stream] [--tensor-parallel-size N]
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ class ForwardClock:
         runner._forward = timed
 
 
-def measure(model: str, num_seqs: int, steps: int, temperature: float, tensor_parallel_size: int | None) -> dict:
+def measure(model: str, num_seqs: int, steps: int, temperature: float, tensor_parallel_size: int | None,
+            stream: bool = False) -> dict:
     """CPU milliseconds per decode step with `num_seqs` sequences running: outside the model and the sampling
     kernel (mean, p50, p90), and inside the sampling kernel (mean). With `tensor_parallel_size`, the real model
     over that many ranks, and its forward's mean too."""
@@ -97,7 +100,7 @@ def measure(model: str, num_seqs: int, steps: int, temperature: float, tensor_pa
         llm_engine.runner.model = StubModel(cfg.hidden_size, cfg.vocab_size, 8192)
     params = SamplingParams(temperature=temperature, max_tokens=steps + 8, ignore_eos=True, seed=1)
     for i in range(num_seqs):
-        llm_engine.add_request(f"r{i}", f"def function_number_{i}(argument):\n    return", params)
+        llm_engine.add_request(f"r{i}", f"def function_number_{i}(argument):\n    return", params, stream=stream)
     llm_engine.step()                                   # the prefill step, not counted
     overhead, sampling, forwards, wall = [], [], [], 0.0
     with KernelClock(llm_engine.runner.sampler) as clock:
@@ -125,14 +128,16 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--tensor-parallel-size", type=int, default=None,
                         help="run the real model over this many ranks and time its forward apart (1: one process)")
+    parser.add_argument("--stream", action="store_true", help="stream the requests (text detokenized every step)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = [measure(args.model, n, args.steps, args.temperature, args.tensor_parallel_size) for n in args.seqs]
+    results = [measure(args.model, n, args.steps, args.temperature, args.tensor_parallel_size, args.stream)
+               for n in args.seqs]
     model = (f"the real model over {args.tensor_parallel_size} rank(s), forward apart" if args.tensor_parallel_size
              else "model stubbed")
     print(f"engine step overhead ({model}, sampling kernel apart), {platform.machine()}, "
-          f"temperature {args.temperature}, rank 0's CPU time")
+          f"temperature {args.temperature}, {'streamed' if args.stream else 'not streamed'}, rank 0's CPU time")
     print(f"{'seqs':>6} {'mean ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'sample kernel ms':>17} {'forward ms':>11} "
           f"{'step wall ms':>13}")
     for r in results:

@@ -140,20 +140,23 @@ class BlockManager:
             del self.cached[block.hash]
         block.hash = block.token_ids = block.parent = None
 
-    def register_computed(self, seq: Sequence) -> None:
-        """The step that computed `seq`'s tokens up to `num_computed_tokens` has run: its full blocks so far
-        enter the prefix cache (a block another sequence registered first keeps that registration)."""
+    def register_computed(self, seqs: list[Sequence]) -> None:
+        """The step that computed these sequences' tokens up to their `num_computed_tokens` has run: their full
+        blocks so far enter the prefix cache (a block another sequence registered first keeps that
+        registration)."""
         if not self.enable_prefix_caching:
             return
-        full = min(seq.num_computed_tokens, len(seq.token_ids)) // self.block_size
-        while len(seq.block_hashes) < full:
-            i = len(seq.block_hashes)
-            chunk = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
-            parent = seq.block_hashes[-1] if seq.block_hashes else None
-            block_hash = chain_hash(parent, chunk)
-            seq.block_hashes.append(block_hash)
-            block = self.blocks[seq.block_table[i]]
-            if block.hash is None:
-                block.hash, block.token_ids = block_hash, chunk
-                block.parent = seq.block_table[i - 1] if i else None
-                self.cached.setdefault(block_hash, block.block_id)
+        size = self.block_size
+        for seq in seqs:
+            full = min(seq.num_computed_tokens, len(seq.token_ids)) // size
+            while len(seq.block_hashes) < full:
+                i = len(seq.block_hashes)
+                chunk = tuple(seq.token_ids[i * size:(i + 1) * size])
+                parent = seq.block_hashes[-1] if seq.block_hashes else None
+                block_hash = chain_hash(parent, chunk)
+                seq.block_hashes.append(block_hash)
+                block = self.blocks[seq.block_table[i]]
+                if block.hash is None:
+                    block.hash, block.token_ids = block_hash, chunk
+                    block.parent = seq.block_table[i - 1] if i else None
+                    self.cached.setdefault(block_hash, block.block_id)

@@ -182,6 +182,12 @@ class ModelRunner:
 
     def _inputs(self, step: SchedulerOutput, out: StepOutput) -> StepInputs:
         """The step's device work as plain lists; `out` learns which sequences are sampled or get prompt logprobs."""
+        if len(step.seqs) == sum(step.num_new_tokens) and not any(step.prompt_logprob_positions):
+            return self._decode_inputs(step, out)
+        return self._mixed_inputs(step, out)
+
+    def _mixed_inputs(self, step: SchedulerOutput, out: StepOutput) -> StepInputs:
+        """`_inputs` of any step: prefill chunks, decodes, draft tokens to verify and prompt logprobs mixed."""
         x = StepInputs([], [], [], [0], [], [], [], [])
         bs = self.block_size
         cu = 0
@@ -212,11 +218,31 @@ class ModelRunner:
                 x.sample_rows += range(cu - 1 - len(drafts), cu)
                 out.sampled_seqs.append(seq)
                 out.drafts.append(drafts)
-        tables = [seq.block_table for seq in step.seqs]
-        width = max(map(len, tables))
-        x.block_tables = [table + [0] * (width - len(table)) for table in tables]
+        x.block_tables = _padded_tables(step.seqs)
         return x
 
+    def _decode_inputs(self, step: SchedulerOutput, out: StepOutput) -> StepInputs:
+        """`_inputs` of a step in which every sequence computes one token (so none verifies drafts) and none
+        wants prompt logprobs: the steady state of decoding, built a field at a time."""
+        bs = self.block_size
+        seqs = step.seqs
+        starts = [seq.num_computed_tokens for seq in seqs]
+        sampled = [i for i, (seq, start) in enumerate(zip(seqs, starts)) if start + 1 == len(seq.token_ids)]
+        out.sampled_seqs = [seqs[i] for i in sampled]
+        out.first_rows = list(range(len(sampled)))
+        out.drafts = [[] for _ in sampled]
+        return StepInputs(
+            input_ids=[seq.token_ids[start] for seq, start in zip(seqs, starts)],
+            positions=starts,
+            slots=[seq.block_table[start // bs] * bs + start % bs for seq, start in zip(seqs, starts)],
+            cu_seqlens=list(range(len(seqs) + 1)),
+            seq_lens=[start + 1 for start in starts],
+            block_tables=_padded_tables(seqs),
+            sample_rows=sampled,
+            prompt_rows=[],
+        )
+
+    @torch.inference_mode()
     def forward(self, x: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Ranks > 0 (rank 0 comes through `execute`): the forward of one step, then the logits of its sampled
         rows and of its prompt-logprob rows (float32 on rank 0; None elsewhere, and where there are no such
@@ -226,7 +252,6 @@ class ModelRunner:
         with torch.cuda.device(self.device):
             return self._forward(x)
 
-    @torch.inference_mode()
     def _forward(self, x: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.graphs is not None and x.max_seqlen_q == 1 and len(x.seq_lens) <= self.graphs.max_batch:
             hidden = self.graphs.run(x.input_ids, x.positions, x.slots, x.block_tables, x.seq_lens)   # a decode
@@ -241,7 +266,7 @@ class ModelRunner:
             )
             hidden = self.model(to_device(x.input_ids, torch.int64, dev), to_device(x.positions, torch.int64, dev),
                                 meta)
-        logits = [self.model.compute_logits(hidden[to_device(rows, torch.int64, hidden.device)]) if rows else None
+        logits = [self.model.compute_logits(_select_rows(hidden, rows)) if rows else None
                   for rows in (x.sample_rows, x.prompt_rows)]
         return logits[0], logits[1]
 
@@ -253,3 +278,16 @@ class ModelRunner:
             ks += [seq.params.prompt_logprobs] * len(span)
         logprobs = torch.log_softmax(logits, dim=-1)
         return top_logprobs(logprobs, to_device(targets, torch.int64, self.device), ks)
+
+
+def _padded_tables(seqs: list[Sequence]) -> list[list[int]]:
+    """The sequences' block tables, padded with block 0 to the longest."""
+    width = max(len(seq.block_table) for seq in seqs)
+    return [seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs]
+
+
+def _select_rows(hidden: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """The `rows` (increasing) of `hidden`: `hidden` itself when they are all of its rows, as in a decode step."""
+    if len(rows) == hidden.shape[0]:
+        return hidden
+    return hidden[to_device(rows, torch.int64, hidden.device)]

@@ -21,7 +21,7 @@ import time
 
 from engine.model_runner import StepOutput
 from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
-from engine.sampler import SamplerOutput, TopLogprobs
+from engine.sampler import TopLogprobs
 from engine.sequence import Request, Sequence
 from engine.tokenizer import Tokenizer
 
@@ -47,6 +47,7 @@ class OutputProcessor:
         if step.sampled is None:
             return finished
         sampled = step.sampled
+        token_ids = sampled.token_ids
         logprob_row = {row: i for i, row in enumerate(sampled.logprob_rows)}
         for seq, first, accepted in zip(step.sampled_seqs, step.first_rows, step.num_accepted):
             if seq.request.first_token_time is None:
@@ -56,20 +57,18 @@ class OutputProcessor:
                 finished.append(seq)
                 continue
             for row in range(first, first + accepted + 1):      # its accepted drafts, then one token more
-                if self._append(seq, sampled, row, logprob_row):
+                token = token_ids[row]
+                seq.token_ids.append(token)
+                if logprob_row and row in logprob_row:
+                    self._add_logprobs(seq, sampled.logprobs, logprob_row[row], token)
+                if (seq.matcher is not None and _grammar_ended(seq, token)) or self._check_stop(seq, token):
                     finished.append(seq)
                     break
         return finished
 
-    def _append(self, seq: Sequence, sampled: SamplerOutput, row: int, logprob_row: dict[int, int]) -> bool:
-        """Add the token drawn in `row` to `seq`; whether that finished it."""
-        token = sampled.token_ids[row]
-        seq.token_ids.append(token)
-        if row in logprob_row:
-            i = logprob_row[row]
-            seq.logprobs.append(self._position_logprobs(sampled.logprobs, i, token))
-            seq.cumulative_logprob += sampled.logprobs.chosen_logprob[i]
-        return (seq.matcher is not None and _grammar_ended(seq, token)) or self._check_stop(seq, token)
+    def _add_logprobs(self, seq: Sequence, top: TopLogprobs, i: int, token: int) -> None:
+        seq.logprobs.append(self._position_logprobs(top, i, token))
+        seq.cumulative_logprob += top.chosen_logprob[i]
 
     def _position_logprobs(self, top: TopLogprobs, i: int, chosen: int) -> PositionLogprobs:
         text = self.tokenizer.token_text
@@ -83,20 +82,23 @@ class OutputProcessor:
         params = seq.params
         num_output = len(seq.token_ids) - seq.num_prompt_tokens
         may_stop = num_output >= params.min_tokens
-        if may_stop and not params.ignore_eos and token in self.eos_token_ids:
+        if may_stop and token in self.eos_token_ids and not params.ignore_eos:
             seq.finish_reason = "stop"
-        elif may_stop and token in params.stop_token_ids:
+        elif may_stop and params.stop_token_ids and token in params.stop_token_ids:
             seq.finish_reason, seq.stop_reason = "stop", token
         else:
-            before = len(seq.text)
-            seq.text += seq.detokenizer.step(token)
-            if may_stop and params.stop and _cut_at_stop(seq, before):
-                return True
+            if seq.text_each_step:
+                text = seq.detokenizer.step(token)
+                if text:
+                    before = len(seq.text)
+                    seq.text += text
+                    if may_stop and params.stop and _cut_at_stop(seq, before):
+                        return True                     # the text ends at the stop string
             if num_output < seq.max_tokens:
                 return False
             seq.finish_reason = "length"
-        seq.text += seq.detokenizer.flush()     # a sequence may end inside a multi-byte character
-        return True
+            return _finish_text(seq, num_output)
+        return _finish_text(seq, num_output - 1)       # the stop token's text is not added
 
     def make_output(self, request: Request) -> RequestOutput | None:
         """The request's output now, or None if there is nothing to say. A streamed request gets what is new
@@ -127,7 +129,15 @@ def _grammar_ended(seq: Sequence, token: int) -> bool:
     if seq.matcher.accept_token(token) and not seq.matcher.is_terminated():
         return False
     seq.finish_reason = "stop"
-    seq.text += seq.detokenizer.flush()
+    return _finish_text(seq, len(seq.token_ids) - seq.num_prompt_tokens - 1)
+
+
+def _finish_text(seq: Sequence, num_text_tokens: int) -> bool:
+    """A sequence ends: its text becomes that of its first `num_text_tokens` generated tokens (those not yet
+    detokenized are, at once), and what the detokenizer held back (it may end inside a multi-byte character).
+    Returns True (finished)."""
+    start = seq.num_prompt_tokens
+    seq.text += seq.detokenizer.finish(seq.token_ids[start:start + num_text_tokens])
     return True
 
 

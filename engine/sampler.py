@@ -84,12 +84,14 @@ class Sampler:
         # Parameter-major: each parameter is a contiguous row, which the kernels read without a copy.
         temperature, top_p, min_p = to_device(
             [[p.temperature for p in params], [p.top_p for p in params], [p.min_p for p in params]],
-            torch.float32, device)
-        drawn_at = ([seq.num_tokens for seq in seqs] if offsets is None
-                    else [seq.num_tokens + j for seq, j in zip(seqs, offsets)])
-        seeds, positions = to_device([[_signed64(seq.seed) for seq in seqs], drawn_at], torch.int64, device)
-        top_k = to_device([min(max(p.top_k, 0), vocab) for p in params],   # k >= vocab keeps all, fits int32
-                          torch.int32, device)
+            torch.float32, device).unbind()
+        drawn_at = ([len(seq.token_ids) for seq in seqs] if offsets is None
+                    else [len(seq.token_ids) + j for seq, j in zip(seqs, offsets)])
+        seeds, positions = to_device([[seq.seed for seq in seqs], drawn_at], torch.int64, device).unbind()
+        top_ks = [p.top_k for p in params]
+        if min(top_ks) < 0 or max(top_ks) > vocab:
+            top_ks = [min(max(k, 0), vocab) for k in top_ks]    # k >= vocab keeps all, and fits int32
+        top_k = to_device(top_ks, torch.int32, device)
         drawn = self.kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
         top = None
         if raw is not None:
@@ -107,7 +109,7 @@ class Sampler:
         """Before min_tokens are out, EOS (unless ignored) and the stop token ids cannot be drawn."""
         for i, seq in enumerate(seqs):
             params = seq.params
-            if seq.num_output_tokens < params.min_tokens:
+            if params.min_tokens and seq.num_output_tokens < params.min_tokens:
                 banned = list(params.stop_token_ids) + ([] if params.ignore_eos else self.eos_token_ids)
                 if banned:
                     logits[i, to_device(banned, torch.int64, logits.device)] = float("-inf")
@@ -149,8 +151,3 @@ def _padded(rows: list[list[int]], device: torch.device) -> torch.Tensor:
     width = max(1, max(len(r) for r in rows))
     return to_device([r + [-1] * (width - len(r)) for r in rows], torch.int64, device)
 
-
-def _signed64(seed: int) -> int:
-    """A seed as the int64 a tensor can hold (same 64 bits)."""
-    seed &= (1 << 64) - 1
-    return seed - (1 << 64) if seed >= 1 << 63 else seed

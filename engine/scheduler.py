@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from engine.block_manager import BlockManager
 from engine.sequence import Sequence, SequenceStatus
 
+_NO_POSITIONS = range(0)
+
 
 @dataclass(slots=True)
 class SchedulerOutput:
@@ -55,8 +57,8 @@ class SchedulerOutput:
         self.seqs.append(seq)
         self.num_new_tokens.append(num_new_tokens)
         self.draft_token_ids.append([])
-        positions = range(0)
-        if needs_prompt_logprobs(seq):
+        positions = _NO_POSITIONS
+        if seq.params.prompt_logprobs is not None and needs_prompt_logprobs(seq):
             end = seq.num_computed_tokens + num_new_tokens
             positions = range(max(seq.num_computed_tokens + 1, seq.next_prompt_logprob),
                               min(end, seq.num_prompt_tokens - 1) + 1)
@@ -97,11 +99,12 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            count = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if not self.blocks.fits(seq, seq.num_computed_tokens + count) and not self._make_room(
-                    seq, seq.num_computed_tokens + count, out):
-                break
-            self.blocks.allocate(seq, seq.num_computed_tokens + count)
+            count = min(len(seq.token_ids) - seq.num_computed_tokens, budget)
+            end = seq.num_computed_tokens + count
+            if not self.blocks.fits(seq, end):          # most decode steps fit in the blocks a sequence holds
+                if not self._make_room(seq, end, out):
+                    break
+                self.blocks.allocate(seq, end)
             out.add(seq, count)
             budget -= count
             i += 1
@@ -196,8 +199,9 @@ class Scheduler:
         rejected = rejected or [0] * len(out.seqs)
         for seq, count, positions, wrong in zip(out.seqs, out.num_new_tokens, out.prompt_logprob_positions, rejected):
             seq.num_computed_tokens += count - wrong
-            seq.next_prompt_logprob = max(seq.next_prompt_logprob, positions.stop)
-            self.blocks.register_computed(seq)
+            if positions.stop > seq.next_prompt_logprob:
+                seq.next_prompt_logprob = positions.stop
+        self.blocks.register_computed(out.seqs)
 
     def finish(self, seq: Sequence) -> None:
         """Take `seq` out of the queues and return its blocks."""

@@ -23,12 +23,14 @@ class SequenceStatus(Enum):
 
 
 def derive_seed(seed: int, index: int) -> int:
-    """The seed of choice `index` of a request seeded with `seed` (choice 0 uses the seed itself)."""
-    if index == 0:
-        return seed
-    x = (seed * 0x9E3779B97F4A7C15 + index * 0xD1B54A32D192ED03) & _MASK64
-    x = ((x ^ (x >> 29)) * 0xBF58476D1CE4E5B9) & _MASK64
-    return x ^ (x >> 32)
+    """The seed of choice `index` of a request seeded with `seed` (choice 0 uses the seed itself), as the signed
+    int64 with the same 64 bits, which the sampler's seed tensor holds."""
+    if index != 0:
+        x = (seed * 0x9E3779B97F4A7C15 + index * 0xD1B54A32D192ED03) & _MASK64
+        x = ((x ^ (x >> 29)) * 0xBF58476D1CE4E5B9) & _MASK64
+        seed = x ^ (x >> 32)
+    seed &= _MASK64
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
 
 
 @dataclass(slots=True, eq=False)
@@ -39,7 +41,7 @@ class Sequence:
     request: Request
     index: int
     token_ids: list[int]
-    seed: int
+    seed: int                                     # a signed int64 (derive_seed)
     max_tokens: int                               # new tokens allowed, already capped by the context length
     detokenizer: IncrementalDetokenizer
     status: SequenceStatus = SequenceStatus.WAITING
@@ -62,10 +64,14 @@ class Sequence:
     # Copied from the request, because every step reads them for every sequence.
     params: SamplingParams = field(init=False)
     num_prompt_tokens: int = field(init=False)
+    # Whether its text is needed as it grows (it is streamed, or stop strings are searched in it); if not, the
+    # output processor detokenizes its tokens all at once when it finishes.
+    text_each_step: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.params = self.request.params
         self.num_prompt_tokens = len(self.request.prompt_token_ids)
+        self.text_each_step = self.request.stream or bool(self.params.stop)
 
     @property
     def num_tokens(self) -> int:

@@ -46,6 +46,8 @@ class StepInputs:
     @property
     def max_seqlen_q(self) -> int:
         """The most new tokens of one sequence (1: a decode step)."""
+        if len(self.input_ids) == len(self.seq_lens):      # each sequence has at least one
+            return 1
         return max(b - a for a, b in zip(self.cu_seqlens, self.cu_seqlens[1:]))
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
+from tokenizers import Tokenizer as TokenizerBackend
 from tokenizers.decoders import DecodeStream
+from tokenizers.models import WordLevel
 from transformers import AutoTokenizer
 
 # Prompt tokens given to a detokenizer as context, so that the first generated token decodes as it would in
 # the middle of the text (SentencePiece tokenizers drop a leading space at the very start).
 _CONTEXT_TOKENS = 4
+# The message of the untyped exception tokenizers' DecodeStream raises when the text it emitted is no longer a
+# prefix of what it decodes.
+_INVALID_PREFIX = "Invalid prefix encountered"
 # A text longer than this many characters per allowed token is first counted by prefixes (see `_refuse_long`).
 _CHARS_PER_TOKEN = 4
 # Tokens a prefix cut inside a word may count beyond what that stretch of the whole text has.
@@ -104,9 +110,10 @@ class Tokenizer:
 
 
 class IncrementalDetokenizer:
-    """Turns generated tokens into text one at a time, holding back bytes of a character split over tokens."""
+    """Turns generated tokens into text, one at a time (`step`) or many at once at the end (`finish`), holding back
+    bytes of a character split over tokens."""
 
-    __slots__ = ("_backend", "_stream", "_pending", "_skip_special", "_prompt_tail")
+    __slots__ = ("_backend", "_stream", "_pending", "_skip_special", "_prompt_tail", "num_fed")
 
     def __init__(self, tokenizer: Tokenizer, context_ids: list[int], skip_special_tokens: bool) -> None:
         self._backend = tokenizer.backend
@@ -119,26 +126,81 @@ class IncrementalDetokenizer:
         # that the stream will emit again with the first generated text: it is cut from there.
         self._prompt_tail = self._backend.decode(held, skip_special_tokens=skip_special_tokens).rstrip("\ufffd")
         self._pending: list[int] = []      # generated tokens whose text is still held back
+        self.num_fed = 0                   # generated tokens given to the stream so far
 
     def step(self, token_id: int) -> str:
         """The new text that `token_id` completes ('' while a multi-byte character is incomplete)."""
-        text = self._stream.step(self._backend, token_id)
+        try:
+            text = self._stream.step(self._backend, token_id)
+        except Exception as error:           # tokenizers raises it untyped: its message tells it apart
+            if not str(error).startswith(_INVALID_PREFIX):
+                raise
+            return self._restart(token_id)
         if not text:
             self._pending.append(token_id)
+            self.num_fed += 1
             return ""
+        return self._emitted(text, 1)
+
+    def finish(self, output_ids: list[int]) -> str:
+        """At the end of a sequence whose text is that of the generated tokens `output_ids`: the text of those not
+        given to `step` yet, then whatever is still held back, incomplete characters shown as U+FFFD."""
+        rest = output_ids[self.num_fed:]
+        text = self._all_at_once(rest) if len(rest) > 1 and _STEP_TAKES_LISTS else None
+        if text is None:
+            text = "".join(self.step(token_id) for token_id in rest)
+        if self._pending:
+            text += self._backend.decode(self._pending, skip_special_tokens=self._skip_special)
+            self._pending.clear()
+        return text
+
+    def _restart(self, token_id: int) -> str:
+        """The stream refused `token_id`: bytes that are no character decoded differently once it followed, so
+        the text already emitted was no longer a prefix (vLLM meets the same, its issue 17448). The held-back
+        tokens are shown as they are (U+FFFD for their bytes) and a fresh stream starts at `token_id`."""
+        held = self._backend.decode(self._pending, skip_special_tokens=self._skip_special)
         self._pending.clear()
+        self._stream = DecodeStream(skip_special_tokens=self._skip_special)
+        self._prompt_tail = ""
+        return held + self.step(token_id)
+
+    def _all_at_once(self, token_ids: list[int]) -> str | None:
+        """The text of `token_ids` from one call to the stream (far cheaper than one per token), or None, with
+        nothing fed, where that text could differ from one call per token's: when it ends inside a character or
+        holds U+FFFD (bytes that are no character show as many U+FFFD as the stream's cuts make)."""
+        saved = copy.copy(self._stream)
+        try:
+            text = self._stream.step(self._backend, token_ids)
+        except Exception as error:
+            if not str(error).startswith(_INVALID_PREFIX):
+                raise
+            text = None
+        if not text or "\ufffd" in text:
+            self._stream = saved
+            return None
+        return self._emitted(text, len(token_ids))
+
+    def _emitted(self, text: str, num_tokens: int) -> str:
+        """The stream emitted `text` on being given `num_tokens` tokens: nothing is held back any more."""
+        self.num_fed += num_tokens
+        if self._pending:
+            self._pending.clear()
         if self._prompt_tail:
             text = text.removeprefix(self._prompt_tail)
             self._prompt_tail = ""
         return text
 
-    def flush(self) -> str:
-        """At the end of a sequence: the text still held back, incomplete characters shown as U+FFFD."""
-        if not self._pending:
-            return ""
-        text = self._backend.decode(self._pending, skip_special_tokens=self._skip_special)
-        self._pending.clear()
-        return text
+
+def _step_takes_lists() -> bool:
+    """Whether this tokenizers' DecodeStream.step takes a list of ids as well as one id, and the stream can be
+    copied (both in 0.22 and later)."""
+    if not hasattr(DecodeStream, "__copy__"):
+        return False
+    try:
+        DecodeStream().step(TokenizerBackend(WordLevel({"a": 0}, unk_token="a")), [0])
+    except TypeError:
+        return False
+    return True
 
 
 def _eos_ids(path: Path, model_eos_ids: list[int], tokenizer_eos: int | None) -> list[int]:
@@ -151,3 +213,6 @@ def _eos_ids(path: Path, model_eos_ids: list[int], tokenizer_eos: int | None) ->
     if tokenizer_eos is not None:
         ids.append(tokenizer_eos)
     return list(dict.fromkeys(ids))
+
+
+_STEP_TAKES_LISTS = _step_takes_lists()

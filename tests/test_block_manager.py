@@ -25,7 +25,7 @@ def admit(manager: BlockManager, seq: Sequence) -> int:
     manager.allocate(seq, seq.num_tokens, cached)
     found = len(cached) * manager.block_size
     seq.num_computed_tokens = seq.num_tokens                     # the step ran
-    manager.register_computed(seq)
+    manager.register_computed([seq])
     return found
 
 
@@ -35,7 +35,7 @@ def test_blocks_enter_the_cache_only_once_computed():
     manager.allocate(first, 13)                                  # scheduled, not yet run
     assert manager.find_cached_prefix(make_seq(list(range(13)), 1)) == []
     first.num_computed_tokens = 8                                # a chunk of 8 tokens ran
-    manager.register_computed(first)
+    manager.register_computed([first])
     assert manager.find_cached_prefix(make_seq(list(range(13)), 2)) == first.block_table[:2]
 
 

@@ -5,11 +5,13 @@ while it stages it): a CPU run cannot show either, so the rules are checked on t
 from __future__ import annotations
 
 import ast
+import gc
 from pathlib import Path
 
+import pytest
 import torch
 
-from engine.transfer import to_device
+from engine.transfer import host_tensor, to_device
 
 ENGINE = Path(__file__).resolve().parent.parent / "engine"
 
@@ -72,16 +74,29 @@ def test_no_engine_module_copies_host_lists_synchronously():
 
 
 def test_to_device_keeps_values_and_dtype():
-    t = to_device([[1, -2], [3, 2**40]], torch.int64, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    t = to_device([[1, -2], [3, 2**40]], torch.int64, cpu)
     assert t.dtype == torch.int64 and t.tolist() == [[1, -2], [3, 2**40]]
+    for values, dtype in (([0.1, -2.5, 1e39], torch.float32), ([7, -8], torch.int32), ([[0.5], [2.0]], torch.float64),
+                          ([True, False], torch.bool), ([], torch.int64), ([[], []], torch.int32)):
+        t = to_device(values, dtype, cpu)
+        assert t.dtype == dtype and torch.equal(t, torch.tensor(values, dtype=dtype)), (values, dtype)
+
+
+def test_host_tensor_outlives_its_array_and_refuses_ragged_rows():
+    t = host_tensor(list(range(1000)), torch.int64)
+    gc.collect()
+    garbage = [host_tensor([-1] * 1000, torch.int64) for _ in range(50)]
+    assert t.tolist() == list(range(1000)) and len(garbage) == 50
+    with pytest.raises(ValueError):
+        host_tensor([[1, 2], [3], [4, 5, 6]], torch.int64)      # 6 values would view as 3 x 2
 
 
 def test_to_device_copies_to_cuda_from_pinned_memory_without_waiting(monkeypatch):
-    """For a CUDA device: the host tensor is pinned and the copy non-blocking (`.to` stubbed: no GPU here)."""
+    """For a CUDA device: the host tensor is pinned and the copy non-blocking (no GPU here: both are stubbed)."""
     pinned, moves = [], []
-    tensor = torch.tensor
-    monkeypatch.setattr(torch, "tensor", lambda *a, pin_memory=False, **k: pinned.append(pin_memory) or tensor(*a, **k))
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.tolist()) or self)
     monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: moves.append((a, k)) or self)
     cuda = torch.device("cuda")
     assert to_device([1.5, 2.0], torch.float32, cuda).tolist() == [1.5, 2.0]
-    assert pinned == [True] and moves == [((cuda,), {"non_blocking": True})]
+    assert pinned == [[1.5, 2.0]] and moves == [((cuda,), {"non_blocking": True})]

@@ -103,7 +103,8 @@ class OutputProcessor:
     def make_output(self, request: Request) -> RequestOutput | None:
         """The request's output now, or None if there is nothing to say. A streamed request gets what is new
         since its last output; any other gets everything, once, when it finishes."""
-        if not request.stream and not request.finished:
+        finished = request.finished
+        if not request.stream and not finished:
             return None
         choices = [c for c in (_choice(seq, request.stream) for seq in request.seqs) if c is not None]
         if not choices:
@@ -111,9 +112,8 @@ class OutputProcessor:
         prompt_logprobs = None if request.prompt_logprobs_sent else request.prompt_logprobs
         if request.stream and prompt_logprobs is not None:
             request.prompt_logprobs_sent = True
-        return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, choices,
-                             request.finished, prompt_logprobs, request.num_cached_tokens,
-                             _timings(request) if request.finished else {})
+        return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, choices, finished,
+                             prompt_logprobs, request.num_cached_tokens, _timings(request) if finished else {})
 
 
 def _timings(request: Request) -> dict[str, float]:
@@ -149,16 +149,19 @@ def _choice(seq: Sequence, delta: bool) -> CompletionOutput | None:
                                 seq.logprobs if wants_logprobs else None, seq.finish_reason, seq.stop_reason)
     if seq.finish_sent:
         return None
-    shown = len(seq.text) if seq.finished else len(seq.text) - _held_back(seq.text, seq.params.stop)
+    finished = seq.finished
+    shown = len(seq.text)
+    if seq.params.stop and not finished:
+        shown -= _held_back(seq.text, seq.params.stop)
     new_tokens = seq.token_ids[seq.num_prompt_tokens + seq.sent_tokens:]
-    if not new_tokens and shown <= seq.sent_text and not seq.finished:
+    if not new_tokens and shown <= seq.sent_text and not finished:
         return None
     choice = CompletionOutput(seq.index, seq.text[seq.sent_text:shown], new_tokens, _cumulative(seq),
                               seq.logprobs[seq.sent_tokens:] if wants_logprobs else None,
                               seq.finish_reason, seq.stop_reason)
     seq.sent_text = max(seq.sent_text, shown)
     seq.sent_tokens += len(new_tokens)
-    seq.finish_sent = seq.finished
+    seq.finish_sent = finished
     return choice
 
 

@@ -115,4 +115,4 @@ class Request:
     @property
     def finished(self) -> bool:
         """Whether every choice has ended."""
-        return all(seq.finished for seq in self.seqs)
+        return all(seq.status is SequenceStatus.FINISHED for seq in self.seqs)

@@ -193,7 +193,7 @@ class IncrementalDetokenizer:
 
 def _step_takes_lists() -> bool:
     """Whether this tokenizers' DecodeStream.step takes a list of ids as well as one id, and the stream can be
-    copied (both in 0.22 and later)."""
+    copied (tokenizers 0.23 does both)."""
     if not hasattr(DecodeStream, "__copy__"):
         return False
     try:

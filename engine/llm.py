@@ -88,6 +88,7 @@ class LLM:
 
     def _run(self, prompts: list[Prompt], params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
         ids = [f"offline-{next(self._ids)}" for _ in prompts]
+        self.engine.closed_batch = True               # no request joins these until they finish
         try:
             for request_id, prompt, p in zip(ids, prompts, params):
                 self.engine.add_request(request_id, prompt, p)
@@ -99,6 +100,7 @@ class LLM:
                             results[output.request_id] = output
                             bar.update(1)
         finally:
+            self.engine.closed_batch = False
             for request_id in ids:
                 self.engine.abort_request(request_id)
         return [results[request_id] for request_id in ids]

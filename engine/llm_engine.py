@@ -74,6 +74,9 @@ class LLMEngine:
         self._close = weakref.finalize(self, self.workers.shutdown, self.runner.channel) if self.workers else None
         self.processor = OutputProcessor(self.tokenizer)
         self.requests: dict[str, Request] = {}
+        # Whether the requests in the engine are all it gets until they finish (LLM.generate sets it; a server's
+        # engine never knows that): speculative decoding then drafts only where it shortens the whole batch.
+        self.closed_batch = False
         self._rng = random.Random(config.seed)
         self._fresh_queues()
         self.grammars = GrammarCompiler(self.tokenizer.hf, self.model_config.vocab_size, eos,
@@ -226,7 +229,8 @@ class LLMEngine:
             outputs.append(self.processor.make_output(request))
             del self.requests[request.request_id]
         if self.speculation is not None:
-            self.speculation.propose(self.scheduler.running, self.scheduler.reserve, self.scheduler.batch_size)
+            self.speculation.propose(self.scheduler.running, self.scheduler.reserve, self.scheduler.waiting,
+                                     self.scheduler.max_num_seqs, self.closed_batch)
         scheduled = self.scheduler.schedule()
         self._prefix_queries += scheduled.prefix_queries
         self._prefix_hits += scheduled.prefix_hits
@@ -249,7 +253,8 @@ class LLMEngine:
         if self.threads is not None and not any(scheduled.draft_token_ids):
             self.threads.after_step(scheduled.num_tokens, elapsed)
         if self.speculation is not None:
-            self.speculation.observe(scheduled.num_tokens, elapsed, result.drafts, result.num_accepted)
+            self.speculation.observe(scheduled.num_tokens, elapsed, result.sampled_seqs, result.drafts,
+                                     result.num_accepted)
         self.scheduler.update(scheduled, result.rejected)
         finished = self.processor.process(result, time.monotonic())
         for seq in finished:

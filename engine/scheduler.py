@@ -87,11 +87,6 @@ class Scheduler:
         """Whether any sequence is waiting or running."""
         return bool(self.waiting or self.running)
 
-    @property
-    def batch_size(self) -> int:
-        """The sequences running and those waiting, up to max_num_seqs: the batch the engine decodes soon."""
-        return min(len(self.running) + len(self.waiting), self.max_num_seqs)
-
     def schedule(self) -> SchedulerOutput:
         """Pick this step's sequences and token counts, allocating the blocks they need."""
         out = SchedulerOutput()

@@ -7,15 +7,25 @@ from __future__ import annotations
 class SpeculationGate:
     """Decides, step by step, how many decoding sequences may draft. A step's forward is modelled as fixed +
     per_token * tokens seconds, fitted on the recent decoding steps; drafting costs per_token for each draft token
-    it verifies, plus the time to propose (measured: a draft model's k forwards, or the n-gram searches), and
-    yields r extra tokens per draft token (r: accepted over drafted, recently). It pays when those extra tokens per
-    extra second beat the rate of a step of the whole batch without drafts, running / (fixed + per_token *
-    running), the sequences still computing their prompts included (they are about to decode at that rate): a
-    small batch pays at almost any r (the fixed cost dominates), a large one only at a high r.
+    it verifies, plus the time to propose (measured: a draft model's k forwards, or the n-gram searches).
 
-    While it does not pay, one sequence still drafts now and then (after `PROBE_EVERY` steps, then twice as many
-    each time up to `MAX_PROBE_EVERY`), to keep r current at the cost of a few tokens; until the time model is
-    fitted, every `PROBE_EVERY`-th step drafts nothing, so that it sees steps of more than one size."""
+    While sequences wait for a place in the batch, a sequence that ends early lets one in, so every accepted draft
+    token counts: drafting yields r extra tokens per draft token (r: accepted over drafted, recently), and pays
+    when those extra tokens per extra second beat the rate of a step of the whole batch without drafts, running /
+    (fixed + per_token * running), the sequences still computing their prompts included (they are about to
+    decode at that rate): a small batch pays at almost any r (the fixed cost dominates), a large one only at a
+    high r.
+
+    In a closed batch (nothing waits), every token is computed once either way, and the batch takes as many steps
+    as its slowest sequences need: drafting saves `fixed` seconds for each step by which a step moves the slowest
+    sequences further than one token (g, the steps gained, recently), and costs per_token for each rejected draft
+    token plus the proposing. It pays when g * fixed exceeds that. (Accepted tokens of the other sequences only
+    end them sooner, which saves nothing: their tokens are computed anyway.)
+
+    While it does not pay, one sequence (in a closed batch all the slowest, which alone can move it) still drafts
+    now and then (after `PROBE_EVERY` steps, then twice as many each time up to `MAX_PROBE_EVERY`), to keep r and g
+    current at the cost of a few tokens; until the time model is fitted, every `PROBE_EVERY`-th step drafts
+    nothing, so that it sees steps of more than one size."""
 
     PROBE_EVERY = 8
     MAX_PROBE_EVERY = 64
@@ -26,6 +36,7 @@ class SpeculationGate:
         self._samples: list[tuple[int, float]] = []
         self._accepted = 1.0             # decayed counts, a prior of one accepted draft in two
         self._drafted = 2.0
+        self.steps_gained = 0.5          # in a closed batch: steps gained per drafting step, recently (a prior)
         self.drafts_per_seq = 1.0        # draft tokens a drafting sequence verifies, recently
         self.propose_s_per_seq = 0.0     # seconds of proposing per drafting sequence, recently
         self._steps = 0
@@ -36,26 +47,30 @@ class SpeculationGate:
         """Accepted over drafted tokens, recently."""
         return self._accepted / self._drafted
 
-    def allowed(self, batch: int, running: int | None = None) -> int:
+    def allowed(self, batch: int, running: int | None = None, closed: bool = False) -> int:
         """How many of `batch` decoding sequences may draft this step, of `running` sequences in all (default
-        `batch`; the others are computing their prompts, and will decode at the rate drafting must beat)."""
+        `batch`; the others are computing their prompts, and will decode at the rate drafting must beat), in a
+        closed batch or not (then `batch` holds its slowest decoding sequences)."""
         self._steps += 1
         if self.fixed_s is None:            # a step without drafts now and then, so that steps differ in size
             return 0 if self._steps % self.PROBE_EVERY == 0 else batch
-        if self.pays(batch, running):
+        if self.pays(batch, running, closed):
             self._probe_every = self.PROBE_EVERY
             return batch
         if self._steps % self._probe_every:
             return 0
         self._probe_every = min(2 * self._probe_every, self.MAX_PROBE_EVERY)     # while it keeps not paying
-        return 1
+        return batch if closed else 1
 
-    def pays(self, batch: int, running: int | None = None) -> bool:
+    def pays(self, batch: int, running: int | None = None, closed: bool = False) -> bool:
         """Whether drafting for `batch` decoding sequences gives more tokens per second than a step of `running`
-        (default `batch`) decoding sequences makes."""
+        (default `batch`) decoding sequences makes; in a closed batch, whether it saves more time than it costs."""
         running = running or batch
         drafts = batch * self.drafts_per_seq
-        extra_s = self.per_token_s * drafts + self.propose_s_per_seq * batch
+        propose_s = self.propose_s_per_seq * batch
+        if closed:
+            return self.steps_gained * self.fixed_s > self.per_token_s * drafts * (1 - self.acceptance) + propose_s
+        extra_s = self.per_token_s * drafts + propose_s
         step_s = self.fixed_s + self.per_token_s * running
         return self.acceptance * drafts * step_s > running * extra_s
 
@@ -88,3 +103,7 @@ class SpeculationGate:
             self._accepted = 0.95 * self._accepted + accepted
             self._drafted = 0.95 * self._drafted + drafted
             self.drafts_per_seq = 0.8 * self.drafts_per_seq + 0.2 * drafted / seqs
+
+    def observe_steps_gained(self, gained: int) -> None:
+        """A drafting step in a closed batch moved its slowest sequences `gained` tokens further than one."""
+        self.steps_gained = 0.8 * self.steps_gained + 0.2 * gained

@@ -21,14 +21,15 @@ depend on the tokens before each row) and sequences still under `min_tokens` dec
 `SpeculationGate` (engine/speculation_gate.py) switches speculation off for a step when it would not pay: verifying
 k drafts costs k more tokens of compute per sequence, which is nearly free for a small batch and not for a large
 one. It keeps the mean acceptance and the measured cost of a step's tokens, and speculates when the expected tokens
-per second are higher with it.
+per second are higher with it; in a closed batch (LLM.generate's), when the steps its slowest sequences gain save
+more than the drafts cost.
 """
 
 from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,11 @@ def ngram_proposal(tokens: list[int], k: int, low: int, high: int) -> list[int]:
     return []
 
 
+def _tokens_left(seq: Sequence) -> int:
+    """The most tokens `seq` may still generate."""
+    return seq.max_tokens - seq.num_output_tokens
+
+
 def accepted_length(drafts: list[int], drawn: list[int]) -> int:
     """How many leading drafts equal the tokens drawn at their positions (`drawn` has one more row)."""
     n = 0
@@ -129,19 +135,35 @@ class Speculation:
         self.num_drafts = 0                 # sequences that verified drafts
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
+        self._slowest: list[Sequence] | None = None     # in a closed batch, the sequences with the most tokens left
+        self._batch = 0
 
     def propose(self, running: list[Sequence], reserve: Callable[[Sequence, int], bool],
-                batch: int | None = None) -> None:
-        """Set the draft tokens of the decoding sequences that may draft this step (the oldest first), the engine
-        decoding `batch` sequences soon (default: the running ones). A draft model first needs
-        `reserve(seq, tokens)` to give the sequence blocks for the KV of its guesses. The gate learns the time
-        proposing takes."""
+                waiting: Collection[Sequence] = (), max_num_seqs: int | None = None, closed: bool = False) -> None:
+        """Set the draft tokens of the decoding sequences that may draft this step (the oldest first), with
+        `waiting` sequences queued for a batch of at most `max_num_seqs` (default: no limit). A draft model first
+        needs `reserve(seq, tokens)` to give the sequence blocks for the KV of its guesses. The gate learns the
+        time proposing takes.
+
+        `closed`: no request joins until these finish (LLM.generate). Once every waiting sequence has a place in
+        the batch, nothing is let in when a sequence ends early: the batch ends with its slowest sequences, those
+        with the most tokens left, and a token gained by any other saves nothing but its own compute, which
+        verifying its drafts costs. So only the sequences within `num_speculative_tokens` of the most tokens left
+        (waiting ones included) may draft, and the gate weighs the steps the slowest gain (`observe`)."""
+        cfg = self.config
         decoding = [seq for seq in running if can_speculate(seq)]
         for seq in decoding:
             if seq.draft_token_ids:         # a guess the scheduler had no room for last step is not this step's
                 seq.draft_token_ids = []
-        allowed = self.gate.allowed(len(decoding), batch or len(running)) if decoding else 0
-        cfg = self.config
+        queued = len(running) + len(waiting)
+        self._batch = min(queued, max_num_seqs or queued)
+        self._slowest = None
+        if closed and decoding and queued <= self._batch:
+            left = {seq: _tokens_left(seq) for seq in (*running, *waiting)}
+            most = max(left.values())
+            self._slowest = [seq for seq, n in left.items() if n == most]
+            decoding = [seq for seq in decoding if left[seq] > most - cfg.num_speculative_tokens]
+        allowed = self.gate.allowed(len(decoding), self._batch, self._slowest is not None) if decoding else 0
         started = time.perf_counter()
         picked, ks = [], []
         for seq in decoding:
@@ -163,8 +185,11 @@ class Speculation:
         if picked:
             self.gate.observe_proposal(len(picked), time.perf_counter() - started)
 
-    def observe(self, tokens: int, seconds: float, drafts: list[list[int]], accepted: list[int]) -> None:
-        """A step of `tokens` tokens took `seconds`; its sampled sequences had `drafts` and accepted as many."""
+    def observe(self, tokens: int, seconds: float, seqs: list[Sequence], drafts: list[list[int]],
+                accepted: list[int]) -> None:
+        """A step of `tokens` tokens took `seconds`; its sampled sequences `seqs` had `drafts` and accepted as many.
+        In a closed batch the gate also learns how many steps the drafts gained: the fewest tokens any of the
+        slowest sequences accepted."""
         self.gate.observe_step(tokens, len(drafts) + sum(map(len, drafts)), seconds)
         drafted = 0
         for proposed, n in zip(drafts, accepted):
@@ -174,6 +199,9 @@ class Speculation:
                 self.num_accepted_tokens += n
         self.num_draft_tokens += drafted
         self.gate.observe_acceptance(sum(map(bool, drafts)), drafted, sum(accepted))
+        if self._slowest is not None and drafted:
+            by_seq = dict(zip(seqs, accepted))
+            self.gate.observe_steps_gained(min(by_seq.get(seq, 0) for seq in self._slowest))
 
     def counters(self) -> dict[str, int]:
         """The totals, under EngineStats' names."""

@@ -22,7 +22,7 @@ PROMPTS = ["def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return", "Th
 def always_draft(monkeypatch):
     """Every decoding sequence drafts: the gate would switch drafting off for these models, whose steps cost
     almost nothing, and the tests are about what verification does with drafts."""
-    monkeypatch.setattr(SpeculationGate, "allowed", lambda self, batch, running=None: batch)
+    monkeypatch.setattr(SpeculationGate, "allowed", lambda self, batch, running=None, closed=False: batch)
 
 
 def repetitive(checkpoint_factory, arch: str = "llama") -> str:
@@ -204,6 +204,57 @@ def test_gate_speculates_where_it_pays(monkeypatch):
     for _ in range(50):
         gate.observe_proposal(4, 0.400)             # a draft model that takes 100 ms a sequence to propose
     assert not gate.pays(1) and not gate.pays(32)
+
+
+def test_gate_in_a_closed_batch_weighs_the_steps_its_slowest_sequences_gain(monkeypatch):
+    """In a closed batch, accepted drafts of sequences other than the slowest save nothing: drafting pays when the
+    steps the slowest gain save more fixed cost than the rejected drafts and the proposing cost."""
+    monkeypatch.undo()
+    gate = SpeculationGate()
+    for tokens in (32, 64, 40, 96):                 # 10 ms a step, 0.1 ms a token
+        gate.observe_step(tokens, tokens, 0.010 + 0.0001 * tokens)
+    for _ in range(100):
+        gate.observe_acceptance(32, 160, 80)        # half the drafts accepted, 5 a sequence
+    assert gate.pays(32)                            # open: 0.5 * 160 * 13.2 ms > 32 * 16 ms
+    for _ in range(50):
+        gate.observe_steps_gained(0)                # ... but the slowest sequences never gained
+    assert not gate.pays(32, closed=True)           # 0 * 10 ms < 0.1 ms * 160 * 0.5
+    allowed = [gate.allowed(32, closed=True) for _ in range(256)]
+    assert set(allowed) == {0, 32}                  # a probe drafts for all of them: only that can move the batch
+    for _ in range(50):
+        gate.observe_steps_gained(2)
+    assert gate.pays(32, closed=True)               # 2 * 10 ms > 8 ms
+
+
+def test_in_a_closed_batch_only_the_slowest_sequences_draft(monkeypatch):
+    """LLM.generate's batch is closed: a sequence more than num_speculative_tokens ahead of the slowest (waiting
+    ones included) does not draft, and the gate learns the fewest tokens the slowest accepted; a server's batch is
+    never closed."""
+    from engine.sequence import Request, Sequence
+    from engine.speculative import Speculation
+
+    config = SpeculativeConfig.parse(NGRAM)
+    tokens = [1, 2, 3, 4] * 6
+
+    def seq(outputs: int) -> Sequence:
+        request = Request("r", None, tokens[:8], SamplingParams(max_tokens=30), stream=False)
+        s = Sequence(outputs, request, 0, tokens[:8 + outputs], seed=0, max_tokens=30, detokenizer=None)
+        s.num_computed_tokens = len(s.token_ids) - 1
+        return s
+
+    behind, near, ahead = seq(2), seq(4), seq(10)      # 28, 26 and 20 tokens left
+    for closed, drafting in ((True, [behind, near]), (False, [behind, near, ahead])):
+        speculation = Speculation(config)
+        speculation.propose([behind, near, ahead], lambda s, n: True, closed=closed)
+        assert [s for s in (behind, near, ahead) if s.draft_token_ids] == drafting
+    waiting = seq(0)                                      # not admitted yet: 30 tokens left
+    speculation.propose([behind, near, ahead], lambda s, n: True, [waiting], closed=True)
+    assert [s for s in (behind, near, ahead) if s.draft_token_ids] == [behind]
+    speculation = Speculation(config)
+    speculation.propose([behind, near, ahead], lambda s, n: True, closed=True)
+    before = speculation.gate.steps_gained
+    speculation.observe(9, 0.01, [behind, near], [[3, 4, 1, 2]] * 2, [3, 1])
+    assert speculation.gate.steps_gained == pytest.approx(0.8 * before + 0.2 * 3)   # only `behind` is slowest
 
 
 def test_through_the_server_with_the_openai_client(checkpoint_factory):

@@ -18,9 +18,10 @@ class SpeculationGate:
 
     In a closed batch (nothing waits), every token is computed once either way, and the batch takes as many steps
     as its slowest sequences need: drafting saves `fixed` seconds for each step by which a step moves the slowest
-    sequences further than one token (g, the steps gained, recently), and costs per_token for each rejected draft
-    token plus the proposing. It pays when g * fixed exceeds that. (Accepted tokens of the other sequences only
-    end them sooner, which saves nothing: their tokens are computed anyway.)
+    sequences further than one token, and costs per_token for each rejected draft token plus the proposing. All
+    three are measured per step that searched for drafts, recently (g steps gained, j tokens rejected, p seconds
+    of proposing), and it pays when g * fixed > j * per_token + p. (Accepted tokens of the other sequences only end
+    them sooner, which saves nothing: their tokens are computed anyway.)
 
     While it does not pay, one sequence (in a closed batch all the slowest, which alone can move it) still drafts
     now and then (after `PROBE_EVERY` steps, then twice as many each time up to `MAX_PROBE_EVERY`), to keep r and g
@@ -36,7 +37,10 @@ class SpeculationGate:
         self._samples: list[tuple[int, float]] = []
         self._accepted = 1.0             # decayed counts, a prior of one accepted draft in two
         self._drafted = 2.0
-        self.steps_gained = 0.5          # in a closed batch: steps gained per drafting step, recently (a prior)
+        # In a closed batch, per step that searched for drafts, recently (a prior of half a step gained):
+        self.steps_gained = 0.5          # steps by which the slowest sequences went further than one token
+        self.rejected_per_step = 0.0     # draft tokens rejected
+        self.propose_s_per_step = 0.0    # seconds of proposing
         self.drafts_per_seq = 1.0        # draft tokens a drafting sequence verifies, recently
         self.propose_s_per_seq = 0.0     # seconds of proposing per drafting sequence, recently
         self._steps = 0
@@ -69,7 +73,8 @@ class SpeculationGate:
         drafts = batch * self.drafts_per_seq
         propose_s = self.propose_s_per_seq * batch
         if closed:
-            return self.steps_gained * self.fixed_s > self.per_token_s * drafts * (1 - self.acceptance) + propose_s
+            return self.steps_gained * self.fixed_s > (self.per_token_s * self.rejected_per_step
+                                                       + self.propose_s_per_step)
         extra_s = self.per_token_s * drafts + propose_s
         step_s = self.fixed_s + self.per_token_s * running
         return self.acceptance * drafts * step_s > running * extra_s
@@ -104,6 +109,9 @@ class SpeculationGate:
             self._drafted = 0.95 * self._drafted + drafted
             self.drafts_per_seq = 0.8 * self.drafts_per_seq + 0.2 * drafted / seqs
 
-    def observe_steps_gained(self, gained: int) -> None:
-        """A drafting step in a closed batch moved its slowest sequences `gained` tokens further than one."""
+    def observe_closed_step(self, gained: int, rejected: int, propose_s: float) -> None:
+        """A step of a closed batch that searched for drafts for `propose_s` seconds moved its slowest sequences
+        `gained` tokens further than one, and rejected `rejected` draft tokens."""
         self.steps_gained = 0.8 * self.steps_gained + 0.2 * gained
+        self.rejected_per_step = 0.8 * self.rejected_per_step + 0.2 * rejected
+        self.propose_s_per_step = 0.8 * self.propose_s_per_step + 0.2 * propose_s

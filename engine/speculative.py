@@ -137,6 +137,7 @@ class Speculation:
         self.num_accepted_tokens = 0
         self._slowest: list[Sequence] | None = None     # in a closed batch, the sequences with the most tokens left
         self._batch = 0
+        self._propose_s: float | None = None             # this step's search for drafts (None: none)
 
     def propose(self, running: list[Sequence], reserve: Callable[[Sequence, int], bool],
                 waiting: Collection[Sequence] = (), max_num_seqs: int | None = None, closed: bool = False) -> None:
@@ -182,14 +183,16 @@ class Speculation:
         if self.draft is not None and picked:
             for seq, drafts in zip(picked, self.draft.propose(picked, ks)):
                 seq.draft_token_ids = drafts
+        self._propose_s = time.perf_counter() - started if allowed else None
         if picked:
-            self.gate.observe_proposal(len(picked), time.perf_counter() - started)
+            self.gate.observe_proposal(len(picked), self._propose_s)
 
     def observe(self, tokens: int, seconds: float, seqs: list[Sequence], drafts: list[list[int]],
                 accepted: list[int]) -> None:
         """A step of `tokens` tokens took `seconds`; its sampled sequences `seqs` had `drafts` and accepted as many.
-        In a closed batch the gate also learns how many steps the drafts gained: the fewest tokens any of the
-        slowest sequences accepted."""
+        In a closed batch, after a search for drafts, the gate also learns the step's gain (the fewest tokens any of
+        the slowest sequences accepted: none if one of them had no drafts), its rejected drafts and its search's
+        time."""
         self.gate.observe_step(tokens, len(drafts) + sum(map(len, drafts)), seconds)
         drafted = 0
         for proposed, n in zip(drafts, accepted):
@@ -199,9 +202,10 @@ class Speculation:
                 self.num_accepted_tokens += n
         self.num_draft_tokens += drafted
         self.gate.observe_acceptance(sum(map(bool, drafts)), drafted, sum(accepted))
-        if self._slowest is not None and drafted:
+        if self._slowest is not None and self._propose_s is not None:
             by_seq = dict(zip(seqs, accepted))
-            self.gate.observe_steps_gained(min(by_seq.get(seq, 0) for seq in self._slowest))
+            self.gate.observe_closed_step(min(by_seq.get(seq, 0) for seq in self._slowest), drafted - sum(accepted),
+                                          self._propose_s)
 
     def counters(self) -> dict[str, int]:
         """The totals, under EngineStats' names."""

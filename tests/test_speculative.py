@@ -208,7 +208,7 @@ def test_gate_speculates_where_it_pays(monkeypatch):
 
 def test_gate_in_a_closed_batch_weighs_the_steps_its_slowest_sequences_gain(monkeypatch):
     """In a closed batch, accepted drafts of sequences other than the slowest save nothing: drafting pays when the
-    steps the slowest gain save more fixed cost than the rejected drafts and the proposing cost."""
+    steps the slowest gain save more fixed cost than the rejected drafts and the proposing cost, as measured."""
     monkeypatch.undo()
     gate = SpeculationGate()
     for tokens in (32, 64, 40, 96):                 # 10 ms a step, 0.1 ms a token
@@ -217,13 +217,16 @@ def test_gate_in_a_closed_batch_weighs_the_steps_its_slowest_sequences_gain(monk
         gate.observe_acceptance(32, 160, 80)        # half the drafts accepted, 5 a sequence
     assert gate.pays(32)                            # open: 0.5 * 160 * 13.2 ms > 32 * 16 ms
     for _ in range(50):
-        gate.observe_steps_gained(0)                # ... but the slowest sequences never gained
-    assert not gate.pays(32, closed=True)           # 0 * 10 ms < 0.1 ms * 160 * 0.5
+        gate.observe_closed_step(0, 20, 0.001)      # ... but the slowest sequences never gained
+    assert not gate.pays(32, closed=True)           # 0 * 10 ms < 20 * 0.1 ms + 1 ms
     allowed = [gate.allowed(32, closed=True) for _ in range(256)]
     assert set(allowed) == {0, 32}                  # a probe drafts for all of them: only that can move the batch
     for _ in range(50):
-        gate.observe_steps_gained(2)
-    assert gate.pays(32, closed=True)               # 2 * 10 ms > 8 ms
+        gate.observe_closed_step(1, 40, 0.001)
+    assert gate.pays(32, closed=True)               # 1 * 10 ms > 40 * 0.1 ms + 1 ms
+    for _ in range(50):
+        gate.observe_closed_step(1, 100, 0.001)
+    assert not gate.pays(32, closed=True)           # 10 ms < 100 * 0.1 ms + 1 ms
 
 
 def test_in_a_closed_batch_only_the_slowest_sequences_draft(monkeypatch):
@@ -252,9 +255,11 @@ def test_in_a_closed_batch_only_the_slowest_sequences_draft(monkeypatch):
     assert [s for s in (behind, near, ahead) if s.draft_token_ids] == [behind]
     speculation = Speculation(config)
     speculation.propose([behind, near, ahead], lambda s, n: True, closed=True)
-    before = speculation.gate.steps_gained
+    gate = speculation.gate
+    before = gate.steps_gained, gate.rejected_per_step
     speculation.observe(9, 0.01, [behind, near], [[3, 4, 1, 2]] * 2, [3, 1])
-    assert speculation.gate.steps_gained == pytest.approx(0.8 * before + 0.2 * 3)   # only `behind` is slowest
+    assert gate.steps_gained == pytest.approx(0.8 * before[0] + 0.2 * 3)          # only `behind` is slowest
+    assert gate.rejected_per_step == pytest.approx(0.8 * before[1] + 0.2 * 4)     # 8 drafted, 4 accepted
 
 
 def test_through_the_server_with_the_openai_client(checkpoint_factory):

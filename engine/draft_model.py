@@ -22,7 +22,7 @@ import torch
 from engine.config import EngineConfig, ModelConfig
 from engine.model_runner import ModelRunner
 from engine.sequence import Sequence
-from engine.step_inputs import StepInputs
+from engine.step_inputs import StepInputs, padded_block_tables
 
 
 def kv_share(target: ModelConfig, draft: ModelConfig) -> float:
@@ -65,12 +65,11 @@ class DraftModel:
         bs = self.block_size
         while active:
             positions = [seqs[i].num_tokens - 1 + len(drafts[i]) for i in active]
-            tables = [seqs[i].block_table for i in active]
-            width = max(map(len, tables))
+            rows = [seqs[i] for i in active]
             x = StepInputs(input_ids=[last[i] for i in active], positions=positions,
-                           slots=[t[p // bs] * bs + p % bs for t, p in zip(tables, positions)],
+                           slots=[seq.block_table[p // bs] * bs + p % bs for seq, p in zip(rows, positions)],
                            cu_seqlens=list(range(len(active) + 1)), seq_lens=[p + 1 for p in positions],
-                           block_tables=[t + [0] * (width - len(t)) for t in tables],
+                           block_tables=padded_block_tables(rows),
                            sample_rows=list(range(len(active))), prompt_rows=[])
             logits, _ = self.runner.forward(x)
             for i, token in zip(active, torch.argmax(logits, dim=-1).tolist()):

@@ -29,7 +29,7 @@ from engine.sampler import Sampler, SamplerOutput, TopLogprobs, top_logprobs
 from engine.scheduler import SchedulerOutput
 from engine.sequence import Sequence
 from engine.speculative import accepted_length
-from engine.step_inputs import StepChannel, StepInputs
+from engine.step_inputs import StepChannel, StepInputs, padded_block_tables
 from engine.transfer import to_device
 
 logger = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class ModelRunner:
                 x.sample_rows += range(cu - 1 - len(drafts), cu)
                 out.sampled_seqs.append(seq)
                 out.drafts.append(drafts)
-        x.block_tables = _padded_tables(step.seqs)
+        x.block_tables = padded_block_tables(step.seqs)
         return x
 
     def _decode_inputs(self, step: SchedulerOutput, out: StepOutput) -> StepInputs:
@@ -237,7 +237,7 @@ class ModelRunner:
             slots=[seq.block_table[start // bs] * bs + start % bs for seq, start in zip(seqs, starts)],
             cu_seqlens=list(range(len(seqs) + 1)),
             seq_lens=[start + 1 for start in starts],
-            block_tables=_padded_tables(seqs),
+            block_tables=padded_block_tables(seqs),
             sample_rows=sampled,
             prompt_rows=[],
         )
@@ -278,12 +278,6 @@ class ModelRunner:
             ks += [seq.params.prompt_logprobs] * len(span)
         logprobs = torch.log_softmax(logits, dim=-1)
         return top_logprobs(logprobs, to_device(targets, torch.int64, self.device), ks)
-
-
-def _padded_tables(seqs: list[Sequence]) -> list[list[int]]:
-    """The sequences' block tables, padded with block 0 to the longest."""
-    width = max(len(seq.block_table) for seq in seqs)
-    return [seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs]
 
 
 def _select_rows(hidden: torch.Tensor, rows: list[int]) -> torch.Tensor:

@@ -69,13 +69,12 @@ class SpeculationGate:
     def pays(self, batch: int, running: int | None = None, closed: bool = False) -> bool:
         """Whether drafting for `batch` decoding sequences gives more tokens per second than a step of `running`
         (default `batch`) decoding sequences makes; in a closed batch, whether it saves more time than it costs."""
-        running = running or batch
-        drafts = batch * self.drafts_per_seq
-        propose_s = self.propose_s_per_seq * batch
         if closed:
             return self.steps_gained * self.fixed_s > (self.per_token_s * self.rejected_per_step
                                                        + self.propose_s_per_step)
-        extra_s = self.per_token_s * drafts + propose_s
+        running = running or batch
+        drafts = batch * self.drafts_per_seq
+        extra_s = self.per_token_s * drafts + self.propose_s_per_seq * batch
         step_s = self.fixed_s + self.per_token_s * running
         return self.acceptance * drafts * step_s > running * extra_s
 

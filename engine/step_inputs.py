@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from engine.sequence import Sequence
 from engine.transfer import to_device
 
 _HEADER = 6          # kind (1 step, 0 stop), tokens, sequences, block-table width, sample rows, prompt rows
@@ -49,6 +50,12 @@ class StepInputs:
         if len(self.input_ids) == len(self.seq_lens):      # each sequence has at least one
             return 1
         return max(b - a for a, b in zip(self.cu_seqlens, self.cu_seqlens[1:]))
+
+
+def padded_block_tables(seqs: list[Sequence]) -> list[list[int]]:
+    """The sequences' block tables, padded with block 0 to the longest (`StepInputs.block_tables`)."""
+    width = max(len(seq.block_table) for seq in seqs)
+    return [seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs]
 
 
 class PipeChannel:

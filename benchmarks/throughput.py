@@ -1,4 +1,5 @@
-"""Offline throughput: engine.LLM against Hugging Face transformers' `generate`, same checkpoint, device, dtype.
+"""Offline throughput: engine.LLM against Hugging Face transformers (`generate`, continuous batching) or vLLM's CPU
+build, same checkpoint, device, dtype.
 
 The workload is nano-vllm's: N sequences of random token ids with random input and output lengths in a
 range, `ignore_eos`, sampled at temperature 0.6. transformers runs it the way people use it: the prompts
@@ -6,8 +7,12 @@ left-padded into batches, each batch generating as many tokens as its longest re
 are credited with the output tokens the requests asked for, so the figure is useful tokens per second.
 
     python -m benchmarks.throughput [--model PATH | qwen3-tiny | qwen3-0.6b-shape | llama-8x512] [--num-seqs 64]
-        [--quick] [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--ablations] [--profile]
-        [--contend N] [--peer vllm]
+        [--vocab N] [--quick] [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--ablations]
+        [--profile] [--contend N] [--peer vllm] [--transformers [generate] [cb]] [--hf-repeats N]
+
+`--transformers` picks the transformers peers: padded `generate` (the default), continuous batching (`cb`,
+benchmarks/peers/transformers_cb.py: paged attention, requests joining and leaving every step), both, or none;
+`--hf-repeats N` runs them on the first N workloads only (they are the slow side).
 
 `--contend N` runs N CPU-bound processes beside the benchmark (a shared machine) and reports each side's spread
 across its runs, (max - min) / median. `--peer vllm` compares with vLLM's CPU build instead of transformers
@@ -16,7 +21,8 @@ engine of ours then a fresh vLLM process on the same workload, interleaved; medi
 
 `qwen3-tiny`, `qwen3-0.6b-shape` and `llama-8x512` are random-weight checkpoints built on the fly with the default
 model's 4k-token tokenizer: the first a Qwen3 of the default model's size, the second Qwen3-0.6B's body (28 layers,
-hidden 1024, 16 query and 8 KV heads of 128) for GPUs, the third an 8-layer Llama of hidden 512. dtype `auto` is
+hidden 1024, 16 query and 8 KV heads of 128) for GPUs, the third an 8-layer Llama of hidden 512. `--vocab N` gives
+them a word-level tokenizer of N words instead (151936 for Qwen3-0.6B's own vocabulary). dtype `auto` is
 float32 on the CPU, bfloat16 on a GPU.
 On CUDA the engine replays decode steps from CUDA graphs and runs the fused Triton RMSNorm, SiLU-and-mul and
 rotary by default; `--ablations` adds engine runs without each, without both, and with the one-program Triton
@@ -26,6 +32,7 @@ sampler in place of the split one. Every engine run is printed as it ends.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -38,6 +45,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import tokenizers
 import torch
 import transformers
 
@@ -80,10 +88,19 @@ RANDOM_SHAPES = {
 }
 
 
-def random_checkpoint(shape: str, tokenizer_dir: str, out_dir: Path) -> str:
+def word_tokenizer(vocab: int) -> transformers.PreTrainedTokenizerFast:
+    """A tokenizer of `vocab` words, `w0` to `w{vocab-1}` split at spaces, the last one EOS: a vocabulary of a real
+    model's size (Qwen3's 151,936 ids) without its files. A word's id is its number, and every id decodes."""
+    words = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+    words.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=words, unk_token="w0",
+                                                eos_token=f"w{vocab - 1}", pad_token="w0")
+
+
+def random_checkpoint(shape: str, tokenizer_dir: str, out_dir: Path, vocab: int | None = None) -> str:
     """A checkpoint of one of `RANDOM_SHAPES` with random weights (bfloat16 files; seed 0), with the tokenizer of
-    `tokenizer_dir` and a vocabulary its size."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    `tokenizer_dir` and a vocabulary its size, or with `vocab` the `word_tokenizer` of that many words."""
+    tokenizer = word_tokenizer(vocab) if vocab else transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     config_class, shape_options = RANDOM_SHAPES[shape]
     config = config_class(vocab_size=len(tokenizer), max_position_embeddings=4096, **shape_options)
     torch.manual_seed(0)
@@ -133,6 +150,10 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
         rates.append(work.output_tokens / (time.perf_counter() - start))
         assert sum(len(o.outputs[0].token_ids) for o in outputs) == work.output_tokens
     llm.close()
+    del llm, outputs
+    gc.collect()                        # the KV cache goes back before the next engine or peer sizes its own
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return rates
 
 
@@ -244,6 +265,14 @@ def main() -> None:
     parser.add_argument("--num-seqs", type=int, default=64)
     parser.add_argument("--input-len", type=int, nargs=2, default=[32, 256])
     parser.add_argument("--output-len", type=int, nargs=2, default=[32, 256])
+    parser.add_argument("--vocab", type=int, default=None,
+                        help="a random checkpoint's vocabulary: this many words (`word_tokenizer`), not the default "
+                             "model's 4k tokens")
+    parser.add_argument("--transformers", nargs="*", choices=["generate", "cb"], default=["generate"],
+                        help="the transformers peers to run: padded `generate`, continuous batching "
+                             "(benchmarks/peers/transformers_cb.py), both, or none")
+    parser.add_argument("--hf-repeats", type=int, default=None,
+                        help="run the transformers peers on this many of the workloads (default: all)")
     parser.add_argument("--hf-batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=3,
@@ -284,21 +313,25 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     auto_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype = auto_dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
-        model = random_checkpoint(args.model, DEFAULT_MODEL, Path(tmp)) if args.model in RANDOM_SHAPES else args.model
+        if args.vocab and args.model not in RANDOM_SHAPES:
+            parser.error("--vocab sets the vocabulary of a random checkpoint (--model one of the random shapes)")
+        model = (random_checkpoint(args.model, DEFAULT_MODEL, Path(tmp), args.vocab) if args.model in RANDOM_SHAPES
+                 else args.model)
         vocab = transformers.AutoConfig.from_pretrained(model).vocab_size
         workloads = [make_workload(args.num_seqs, tuple(args.input_len), tuple(args.output_len), vocab, seed=r)
                      for r in range(args.repeats)]
         max_len = args.input_len[1] + args.output_len[1]
         result = {
-            "model": args.model, "num_seqs": args.num_seqs, "input_len": args.input_len,
+            "model": args.model, "vocab": vocab, "num_seqs": args.num_seqs, "input_len": args.input_len,
             "output_len": args.output_len, "output_tokens": [w.output_tokens for w in workloads],
             "threads": torch.get_num_threads(), "machine": platform.machine(), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
             "dtype": str(dtype),
         }
-        print(f"workload: {args.num_seqs} seqs, input {args.input_len}, output {args.output_len}, ignore_eos, "
-              f"temperature 0.6, {result['dtype']} on {result['device_name'] or device}, {result['threads']} CPU "
-              f"threads; median of {args.repeats} runs, each on fresh random prompts")
+        print(f"workload: {args.num_seqs} seqs, vocabulary {vocab}, input {args.input_len}, output "
+              f"{args.output_len}, ignore_eos, temperature 0.6, {result['dtype']} on "
+              f"{result['device_name'] or device}, {result['threads']} CPU threads; median of {args.repeats} runs, "
+              "each on fresh random prompts")
 
         result["contend"] = args.contend
 
@@ -308,6 +341,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             result[f"{key}_spread"] = spread
             print(f"{label + ':':<32}{result[f'{key}_tok_s']:9.1f} tok/s  (runs: "
                   f"{', '.join(f'{r:.0f}' for r in rates)}; spread {100 * spread:.0f}%)", flush=True)
+            if args.json:               # after every row: a run cut short by a time limit keeps what it measured
+                Path(args.json).write_text(json.dumps(result, indent=2))
 
         if args.peer:
             compare_offline(args, model, workloads, max_len, device, dtype, result, report)
@@ -319,10 +354,20 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             n = args.tensor_parallel_size
             report("engine_tp", f"engine.LLM, {n} ranks", run_engine(model, workloads, max_len, device, dtype,
                                                                      tensor_parallel_size=n))
-        report("transformers", "transformers.generate",
-               run_transformers(model, workloads, args.hf_batch_size, device, dtype))
-        result["ratio"] = result["engine_tok_s"] / result["transformers_tok_s"]
-        print(f"{'ratio (engine.LLM / transformers):':<32}{result['ratio']:9.2f}x")
+        hf_workloads = workloads[:args.hf_repeats]
+        if "cb" in args.transformers:
+            from benchmarks.peers import transformers_cb
+
+            rates, attention = transformers_cb.run(model, hf_workloads, device, dtype)
+            result["transformers_cb_attention"] = attention
+            report("transformers_cb", f"transformers CB ({attention})", rates)
+            result["ratio_vs_cb"] = result["engine_tok_s"] / result["transformers_cb_tok_s"]
+            print(f"{'ratio (engine.LLM / CB):':<32}{result['ratio_vs_cb']:9.2f}x", flush=True)
+        if "generate" in args.transformers:
+            report("transformers", "transformers.generate",
+                   run_transformers(model, hf_workloads, args.hf_batch_size, device, dtype))
+            result["ratio"] = result["engine_tok_s"] / result["transformers_tok_s"]
+            print(f"{'ratio (engine.LLM / transformers):':<32}{result['ratio']:9.2f}x")
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
         if args.profile:

@@ -13,7 +13,8 @@ runs the real model.
 The sampling kernel itself (the engine's `sample` kernel, the torch reference on the CPU; on a GPU it would be device
 work) is timed apart and reported beside the overhead, not in it.
 
-    python -m benchmarks.overhead [--model PATH] [--seqs 1 64 256] [--steps 200] [--stream] [--tensor-parallel-size N]
+    python -m benchmarks.overhead [--model PATH] [--seqs 1 64 256] [--steps 200] [--stream] [--prompt-len N]
+        [--tensor-parallel-size N]
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from engine.sampler import Sampler
 class StubModel(torch.nn.Module):
     """Stands in for the transformer: constant hidden states and logits, no compute worth measuring."""
 
-    def __init__(self, hidden_size: int, vocab_size: int, max_tokens: int) -> None:
+    def __init__(self, hidden_size: int, vocab_size: int, max_tokens: int, max_rows: int = 8192) -> None:
         super().__init__()
         self.hidden = torch.zeros(max_tokens, hidden_size)
-        self.logits = torch.randn(max_tokens, vocab_size, generator=torch.Generator().manual_seed(0))
+        self.logits = torch.randn(max_rows, vocab_size, generator=torch.Generator().manual_seed(0))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta) -> torch.Tensor:
         return self.hidden[: input_ids.shape[0]]
@@ -88,19 +89,24 @@ class ForwardClock:
 
 
 def measure(model: str, num_seqs: int, steps: int, temperature: float, tensor_parallel_size: int | None,
-            stream: bool = False) -> dict:
+            stream: bool = False, prompt_len: int | None = None) -> dict:
     """CPU milliseconds per decode step with `num_seqs` sequences running: outside the model and the sampling
     kernel (mean, p50, p90), and inside the sampling kernel (mean). With `tensor_parallel_size`, the real model
-    over that many ranks, and its forward's mean too."""
-    llm_engine = LLMEngine(EngineConfig(model=model, max_num_seqs=max(num_seqs, 1), max_num_batched_tokens=8192,
+    over that many ranks, and its forward's mean too. `prompt_len`: prompts of that many token ids (distinct per
+    sequence, so nothing is shared), in place of the short text prompts, for the per-step cost of long contexts."""
+    batched = max(8192, num_seqs * (prompt_len or 0))
+    llm_engine = LLMEngine(EngineConfig(model=model, max_num_seqs=max(num_seqs, 1), max_num_batched_tokens=batched,
+                                        max_model_len=(prompt_len or 0) + steps + 64 if prompt_len else None,
                                         device="cpu", tensor_parallel_size=tensor_parallel_size or 1))
     cfg = llm_engine.model_config
     forward = ForwardClock(llm_engine.runner) if tensor_parallel_size else None
     if forward is None:
-        llm_engine.runner.model = StubModel(cfg.hidden_size, cfg.vocab_size, 8192)
+        llm_engine.runner.model = StubModel(cfg.hidden_size, cfg.vocab_size, batched)
     params = SamplingParams(temperature=temperature, max_tokens=steps + 8, ignore_eos=True, seed=1)
     for i in range(num_seqs):
-        llm_engine.add_request(f"r{i}", f"def function_number_{i}(argument):\n    return", params, stream=stream)
+        prompt = ([(i * prompt_len + j) % (cfg.vocab_size - 1) + 1 for j in range(prompt_len)] if prompt_len
+                  else f"def function_number_{i}(argument):\n    return")
+        llm_engine.add_request(f"r{i}", prompt, params, stream=stream)
     llm_engine.step()                                   # the prefill step, not counted
     overhead, sampling, forwards, wall = [], [], [], 0.0
     with KernelClock(llm_engine.runner.sampler) as clock:
@@ -129,15 +135,18 @@ def main() -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=None,
                         help="run the real model over this many ranks and time its forward apart (1: one process)")
     parser.add_argument("--stream", action="store_true", help="stream the requests (text detokenized every step)")
+    parser.add_argument("--prompt-len", type=int, default=None,
+                        help="prompts of this many token ids (long contexts), not short text prompts")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = [measure(args.model, n, args.steps, args.temperature, args.tensor_parallel_size, args.stream)
-               for n in args.seqs]
+    results = [measure(args.model, n, args.steps, args.temperature, args.tensor_parallel_size, args.stream,
+                       args.prompt_len) for n in args.seqs]
     model = (f"the real model over {args.tensor_parallel_size} rank(s), forward apart" if args.tensor_parallel_size
              else "model stubbed")
     print(f"engine step overhead ({model}, sampling kernel apart), {platform.machine()}, "
-          f"temperature {args.temperature}, {'streamed' if args.stream else 'not streamed'}, rank 0's CPU time")
+          f"temperature {args.temperature}, {'streamed' if args.stream else 'not streamed'}, rank 0's CPU time, "
+          f"prompts of {args.prompt_len or 'about 15'} tokens")
     print(f"{'seqs':>6} {'mean ms':>9} {'p50 ms':>9} {'p90 ms':>9} {'sample kernel ms':>17} {'forward ms':>11} "
           f"{'step wall ms':>13}")
     for r in results:

@@ -19,6 +19,7 @@ import socket
 import time
 from multiprocessing import shared_memory
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -30,7 +31,7 @@ WIDTH = 16          # block-table entries per sequence (256 tokens of context in
 def decode_step(batch: int) -> StepInputs:
     """A decode step of `batch` sequences: one token each."""
     return StepInputs(list(range(batch)), [200] * batch, list(range(batch)), list(range(batch + 1)), [201] * batch,
-                      [list(range(WIDTH)) for _ in range(batch)], list(range(batch)), [])
+                      np.tile(np.arange(WIDTH, dtype=np.int32), (batch, 1)), list(range(batch)), [])
 
 
 def _channel_us(rank: int, step: StepInputs, steps: int, channel: BroadcastChannel | PipeChannel) -> float:

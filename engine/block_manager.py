@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from engine.block_tables import BlockTables
 from engine.sequence import Sequence
 
 
@@ -49,6 +50,7 @@ class BlockManager:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.cached: dict[int, int] = {}     # block hash -> block id, for blocks whose KV is computed
+        self.tables = BlockTables()          # the sequences' block tables as rows of one array
 
     @property
     def num_blocks(self) -> int:
@@ -104,6 +106,7 @@ class BlockManager:
     def allocate(self, seq: Sequence, num_tokens: int, cached: list[int] = ()) -> None:
         """Give `seq` the `cached` prefix blocks (from the cache or a sibling), then fresh blocks up to
         `num_tokens` tokens. The caller checked `can_allocate`."""
+        held = len(seq.block_table)
         for block_id in cached:
             block = self.blocks[block_id]
             if block.ref_count == 0:
@@ -114,6 +117,8 @@ class BlockManager:
             seq.num_computed_tokens = len(cached) * self.block_size
         while len(seq.block_table) < self.blocks_needed(num_tokens):
             seq.block_table.append(self._take_fresh())
+        if len(seq.block_table) > held:
+            self.tables.extend(seq, held)
 
     def free_seq(self, seq: Sequence) -> None:
         """Return `seq`'s blocks, last block first so that a prompt's tail is evicted before its head."""
@@ -124,6 +129,7 @@ class BlockManager:
                 self.free[block_id] = None
                 if not self.enable_prefix_caching:
                     self._forget(block)
+        self.tables.release(seq)
         seq.block_table.clear()
         seq.block_hashes.clear()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from engine.models.attention import AttentionMetadata
@@ -76,13 +77,14 @@ class DecodeGraphs:
                                  self.cu_seqlens_q[:size + 1], 1)
         return self._model(self.input_ids[:size], self.positions[:size], meta)
 
-    def run(self, input_ids: list[int], positions: list[int], slots: list[int], block_tables: list[list[int]],
+    def run(self, input_ids: list[int], positions: list[int], slots: list[int], block_tables: np.ndarray,
             seq_lens: list[int]) -> torch.Tensor:
-        """Hidden states [n, hidden] of a decode step of n <= max_batch sequences (one token each). The result is a
-        view of a graph's output: valid until the next `run` (the graphs share their memory)."""
+        """Hidden states [n, hidden] of a decode step of n <= max_batch sequences (one token each); `block_tables`
+        [n, width]. The result is a view of a graph's output: valid until the next `run` (the graphs share their
+        memory)."""
         n = len(input_ids)
         size = next(s for s in self.sizes if s >= n)
-        width = len(block_tables[0])
+        width = block_tables.shape[1]
         if self._copied is not None:
             self._copied.synchronize()        # the previous step's copies have left the pinned twins
         host, device = self._host, self._filled()

@@ -29,8 +29,8 @@ from engine.sampler import Sampler, SamplerOutput, TopLogprobs, top_logprobs
 from engine.scheduler import SchedulerOutput
 from engine.sequence import Sequence
 from engine.speculative import accepted_length
-from engine.step_inputs import StepChannel, StepInputs, padded_block_tables
-from engine.transfer import to_device
+from engine.step_inputs import StepChannel, StepInputs
+from engine.transfer import tensor_to_device, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class ModelRunner:
 
     def _mixed_inputs(self, step: SchedulerOutput, out: StepOutput) -> StepInputs:
         """`_inputs` of any step: prefill chunks, decodes, draft tokens to verify and prompt logprobs mixed."""
-        x = StepInputs([], [], [], [0], [], [], [], [])
+        x = StepInputs([], [], [], [0], [], step.block_tables, [], [])
         bs = self.block_size
         cu = 0
         for seq, count, wanted, drafts in zip(step.seqs, step.num_new_tokens, step.prompt_logprob_positions,
@@ -218,7 +218,6 @@ class ModelRunner:
                 x.sample_rows += range(cu - 1 - len(drafts), cu)
                 out.sampled_seqs.append(seq)
                 out.drafts.append(drafts)
-        x.block_tables = padded_block_tables(step.seqs)
         return x
 
     def _decode_inputs(self, step: SchedulerOutput, out: StepOutput) -> StepInputs:
@@ -237,7 +236,7 @@ class ModelRunner:
             slots=[seq.block_table[start // bs] * bs + start % bs for seq, start in zip(seqs, starts)],
             cu_seqlens=list(range(len(seqs) + 1)),
             seq_lens=[start + 1 for start in starts],
-            block_tables=padded_block_tables(seqs),
+            block_tables=step.block_tables,
             sample_rows=sampled,
             prompt_rows=[],
         )
@@ -259,7 +258,7 @@ class ModelRunner:
             dev = self.device
             meta = AttentionMetadata(
                 slot_mapping=to_device(x.slots, torch.int64, dev),
-                block_tables=to_device(x.block_tables, torch.int32, dev),
+                block_tables=tensor_to_device(torch.from_numpy(x.block_tables), dev),
                 seq_lens=to_device(x.seq_lens, torch.int32, dev),
                 cu_seqlens_q=to_device(x.cu_seqlens, torch.int32, dev),
                 max_seqlen_q=x.max_seqlen_q,

@@ -17,8 +17,8 @@ running sequence has its tokens, those left in the budget go to drafts, as far a
 preempting anything. Drafts are computed like known tokens; `update()` learns how many were rejected and counts
 only the rest as computed (their KV slots are overwritten later).
 
-`schedule()` returns plain data (a SchedulerOutput); the engine runs it and reports back with `update()`, which
-is when the computed blocks enter the prefix cache.
+`schedule()` returns plain data (a SchedulerOutput, the step's block tables gathered into one array); the engine
+runs it and reports back with `update()`, which is when the computed blocks enter the prefix cache.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from engine.block_manager import BlockManager
 from engine.sequence import Sequence, SequenceStatus
@@ -37,12 +39,14 @@ _NO_POSITIONS = range(0)
 class SchedulerOutput:
     """The sequences of one step and how many new tokens each computes (its draft tokens included), in batch
     order, the draft tokens each verifies after its known ones, and for each the prompt positions whose logprobs the
-    step computes (empty unless it wants prompt logprobs; row t predicts token t + 1)."""
+    step computes (empty unless it wants prompt logprobs; row t predicts token t + 1), and their block tables, rows
+    of int32 padded with block 0 to the widest (None until `schedule` returns)."""
 
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
     draft_token_ids: list[list[int]] = field(default_factory=list)
     prompt_logprob_positions: list[range] = field(default_factory=list)
+    block_tables: np.ndarray | None = None
     num_preempted: int = 0
     prefix_queries: int = 0      # prompt tokens of the sequences first admitted this step
     prefix_hits: int = 0         # ... whose KV they took from the prefix cache (or a sibling)
@@ -127,6 +131,8 @@ class Scheduler:
             self.running.append(seq)
             out.add(seq, count)
             budget -= count
+        if out.seqs:
+            out.block_tables = self.blocks.tables.gather(out.seqs)
         return out
 
     def _add_drafts(self, out: SchedulerOutput, budget: int) -> int:

@@ -47,6 +47,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0                  # tokens whose KV is in the cache
     block_table: list[int] = field(default_factory=list)
+    table_row: int = -1                           # its row in the block manager's BlockTables (-1: no blocks)
     block_hashes: list[int] = field(default_factory=list)   # chained hashes of the full blocks computed
     num_preemptions: int = 0
     matcher: object | None = None                 # its structured output's GrammarState (engine/structured_output)

@@ -20,6 +20,7 @@ import os
 import pickle
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -32,15 +33,16 @@ _HEADER = 6          # kind (1 step, 0 stop), tokens, sequences, block-table wid
 @dataclass(slots=True)
 class StepInputs:
     """Token ids, positions and cache slots of the step's new tokens, packed; per sequence its cumulative query
-    offsets, its tokens in the cache after the step and its block table (padded to one width); the rows whose
-    logits are sampled and those whose logits give prompt logprobs."""
+    offsets, its tokens in the cache after the step and its block table (rows of int32 padded with block 0 to one
+    width, `SchedulerOutput.block_tables`); the rows whose logits are sampled and those whose logits give prompt
+    logprobs."""
 
     input_ids: list[int]
     positions: list[int]
     slots: list[int]
     cu_seqlens: list[int]
     seq_lens: list[int]
-    block_tables: list[list[int]]
+    block_tables: np.ndarray
     sample_rows: list[int]
     prompt_rows: list[int]
 
@@ -52,10 +54,11 @@ class StepInputs:
         return max(b - a for a, b in zip(self.cu_seqlens, self.cu_seqlens[1:]))
 
 
-def padded_block_tables(seqs: list[Sequence]) -> list[list[int]]:
-    """The sequences' block tables, padded with block 0 to the longest (`StepInputs.block_tables`)."""
+def padded_block_tables(seqs: list[Sequence]) -> np.ndarray:
+    """The sequences' block tables from their lists, padded with block 0 to the longest (`StepInputs.block_tables`):
+    for the draft model's steps, which the scheduler does not gather (engine/block_tables.py)."""
     width = max(len(seq.block_table) for seq in seqs)
-    return [seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs]
+    return np.array([seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs], dtype=np.int32)
 
 
 class PipeChannel:
@@ -109,10 +112,10 @@ class BroadcastChannel:
 
     def send(self, x: StepInputs) -> None:
         """Rank 0: broadcast one step."""
-        width = len(x.block_tables[0])
+        width = x.block_tables.shape[1]
         header = [1, len(x.input_ids), len(x.seq_lens), width, len(x.sample_rows), len(x.prompt_rows)]
         payload = (x.input_ids + x.positions + x.slots + x.cu_seqlens + x.seq_lens
-                   + [b for row in x.block_tables for b in row] + x.sample_rows + x.prompt_rows)
+                   + x.block_tables.ravel().tolist() + x.sample_rows + x.prompt_rows)
         dist.broadcast(to_device(header, torch.int64, self.device), src=0)
         dist.broadcast(to_device(payload, torch.int64, self.device), src=0)
 
@@ -135,8 +138,7 @@ class BroadcastChannel:
         for size in (tokens, tokens, tokens, seqs + 1, seqs, seqs * width, samples, prompts):
             parts.append(values[at:at + size])
             at += size
-        flat_tables = parts[5]
-        tables = [flat_tables[i * width:(i + 1) * width] for i in range(seqs)]
+        tables = np.array(parts[5], dtype=np.int32).reshape(seqs, width)
         return StepInputs(parts[0], parts[1], parts[2], parts[3], parts[4], tables, parts[6], parts[7])
 
     def close(self) -> None:

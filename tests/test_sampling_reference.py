@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 import torch
 
-from llm_kernels.reference.sampling import apply_penalties, sample, uniform_from
+from llm_kernels.reference.sampling import apply_penalties, filter_probs, first_argmax, invert_cdf, sample, uniform_from
 
 VOCAB = 40
 DRAWS = 20000
@@ -78,6 +78,80 @@ def test_greedy_is_argmax_and_ignores_filters():
     tokens = sample(logits, torch.zeros(16), torch.full((16,), 3, dtype=torch.int32), torch.full((16,), 0.5),
                     torch.full((16,), 0.1), torch.arange(16), torch.zeros(16, dtype=torch.int64))
     assert torch.equal(tokens, logits.argmax(-1))
+
+
+def test_draws_over_many_blocks_follow_the_exact_distribution():
+    """A vocabulary of several blocks of 64 (and a part block), top-k leaving whole blocks without mass: the
+    two-level inversion of the cumulative distribution draws each token at its rate."""
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(5)) * 3
+    expected = exact_distribution(logits.double().numpy(), 1.0, 40, 1.0, 0.0)
+    counts = draw(logits, 1.0, 40, 1.0, 0.0)
+    assert counts[expected == 0].sum() == 0, "a filtered-out token was drawn"
+    support = expected > 0
+    assert scipy.stats.chisquare(counts[support], expected[support] * DRAWS).pvalue > 1e-3
+
+
+def test_first_argmax_is_torchs_argmax():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(9, 700, generator=g)                      # 700: ten blocks of 64 and part of one
+    x[1, [10, 650]] = 9.0                                     # a tie across blocks: the first wins
+    x[2, [300, 301]] = 9.0                                    # a tie inside a block
+    x[3] = 1.0                                                # all equal
+    x[4] = float("-inf")
+    x[5, 699] = float("inf")                                  # in the part block
+    x[6, [5, 64]] = float("inf")
+    x[7, 63], x[7, 64] = 8.0, 8.0                             # either side of a block boundary
+    x[8, 699] = 50.0
+    assert torch.equal(first_argmax(x), x.argmax(dim=-1))
+    x[0, 3] = float("nan")                                    # argmax ranks NaN first; so must this
+    assert torch.equal(first_argmax(x), x.argmax(dim=-1))
+
+
+def test_invert_cdf_draws_a_token_with_mass_where_the_exact_cdf_crosses_the_target():
+    """Against a float64 prefix sum over the whole row: the drawn token has mass, and the exact cumulative mass
+    crosses the target at it (to float32 rounding); targets at the very bottom and top included."""
+    g = torch.Generator().manual_seed(4)
+    probs = torch.softmax(torch.randn(64, 1000, generator=g) * 3, dim=-1)
+    probs[::2, 128:640] = 0.0                                 # whole blocks without mass, and parts of blocks
+    probs[1::4] = probs[1::4].masked_fill(probs[1::4] < 1e-3, 0.0)
+    probs[1, 900:] = 0.0                                      # the top target's row ends in blocks without mass
+    uniforms = torch.rand(64, generator=g, dtype=torch.float64)
+    uniforms[:3] = torch.tensor([0.0, 1.0 - 2.0 ** -53, 0.5])
+    drawn = invert_cdf(probs, uniforms)
+    exact = probs.double().cumsum(dim=-1)
+    rows = torch.arange(64)
+    target = uniforms * exact[:, -1]
+    below = torch.where(drawn > 0, exact[rows, (drawn - 1).clamp(min=0)], 0.0)
+    slack = 1e-6 * exact[:, -1]
+    assert bool((probs[rows, drawn] > 0).all())
+    assert bool((below <= target + slack).all()) and bool((exact[rows, drawn] >= target - slack).all())
+    assert drawn[1] == 999 - int((probs[1] > 0).flip(0).int().argmax())      # the top: the last token with mass
+
+
+def sorted_top_p(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Top-p as written: sort each whole row, and keep the tokens whose likelier tokens' mass is below top_p of
+    the row's mass (ties with the least likely kept token kept)."""
+    ordered = probs.sort(dim=-1, descending=True).values
+    above = ordered.cumsum(dim=-1) - ordered
+    limit = torch.where(top_p < 1, top_p * probs.sum(dim=-1), float("inf"))[:, None]
+    last = ((above < limit).sum(dim=-1, keepdim=True) - 1).clamp(min=0)
+    return probs.masked_fill(probs < ordered.gather(1, last), 0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_p_keeps_what_sorting_whole_rows_keeps(dtype):
+    """Rows that the 16 or the 256 likeliest tokens decide, and flat ones that need the whole row; ties at the
+    cut; top-p 1 beside them."""
+    g = torch.Generator().manual_seed(8)
+    scales = torch.tensor([12.0, 6.0, 3.0, 1.0, 0.2, 0.0]).repeat(8)[:, None]
+    probs = torch.softmax(torch.randn(48, 1000, generator=g) * scales, dim=-1).to(dtype)
+    probs[5, :10] = probs[5, 0]                               # a tie group at the top
+    top_p = torch.rand(48, generator=g, dtype=dtype) * 0.98
+    top_p[::7] = 1.0
+    kept = filter_probs(probs, torch.zeros(48, dtype=torch.int32), top_p, torch.zeros(48, dtype=dtype)) > 0
+    expected = sorted_top_p(probs, top_p) > 0
+    assert torch.equal(kept, expected)
+    assert int(kept.sum(dim=-1).max()) > 16 and int(kept.sum(dim=-1)[top_p < 1].min()) < 16
 
 
 def test_draws_depend_only_on_seed_and_position():

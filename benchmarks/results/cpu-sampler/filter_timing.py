@@ -54,18 +54,21 @@ torch.set_num_threads(1)
 keep_freed_memory()
 B = logits.shape[0]
 one, zero, no_k = torch.ones(B), torch.zeros(B), torch.zeros(B, dtype=torch.long)
+CASES = (("top-p 0.9", (no_k, one * 0.9, zero)), ("top-p 0.95", (no_k, one * 0.95, zero)),
+         ("top-k 50 + top-p 0.95", (no_k + 50, one * 0.95, zero)), ("min-p 0.05", (no_k, one, zero + 0.05)))
 for name, rows in (("default model, T 0.7", logits / 0.7), ("default model, T 1.0", logits),
                    ("flat random rows", torch.randn(B, logits.shape[1]) / 0.6)):
     probs = torch.softmax(rows, dim=-1)
-    for label, args in (("top-p 0.9", (no_k, one * 0.9, zero)), ("top-p 0.95", (no_k, one * 0.95, zero)),
-                        ("top-k 50 + top-p 0.95", (no_k + 50, one * 0.95, zero)), ("min-p 0.05", (no_k, one, zero + 0.05))):
+    for label, args in CASES:
         same = torch.equal(old_filter(probs, *args) > 0, S.filter_probs(probs, *args) > 0)
-        print(f"{name:22} {label:22} whole rows {ms(lambda: old_filter(probs, *args)):7.2f} ms   "
-              f"now {ms(lambda: S.filter_probs(probs, *args)):7.2f} ms   same kept sets {same}")
+        before = ms(lambda p=probs, a=args: old_filter(p, *a))
+        after = ms(lambda p=probs, a=args: S.filter_probs(p, *a))
+        print(f"{name:22} {label:22} whole rows {before:7.2f} ms   now {after:7.2f} ms   same kept sets {same}")
 probs = torch.softmax(logits / 0.8, dim=-1)
 uniforms = S.uniform_from(torch.arange(B), torch.arange(B))
 print(f"draw (T 0.8, no filter): cumsum {ms(lambda: old_draw(probs, uniforms)):.2f} ms, two levels "
       f"{ms(lambda: S.invert_cdf(probs, uniforms)):.2f} ms, same tokens "
       f"{int((old_draw(probs, uniforms) == S.invert_cdf(probs, uniforms)).sum())} of {B}")
-print(f"greedy: argmax {ms(lambda: logits.argmax(dim=-1)):.2f} ms, first_argmax {ms(lambda: S.first_argmax(logits)):.2f}"
-      f" ms, equal {torch.equal(logits.argmax(dim=-1), S.first_argmax(logits))}")
+equal = torch.equal(logits.argmax(dim=-1), S.first_argmax(logits))
+print(f"greedy: argmax {ms(lambda: logits.argmax(dim=-1)):.2f} ms, first_argmax "
+      f"{ms(lambda: S.first_argmax(logits)):.2f} ms, equal {equal}")

@@ -38,3 +38,11 @@ def test_transformers_continuous_batching_makes_each_requests_length(llama_path)
     rates, attention = transformers_cb.run(llama_path, [work], torch.device("cpu"), torch.float32, cb_config=small)
     assert len(rates) == 1 and rates[0] > 0
     assert attention
+
+
+def test_transformers_continuous_batching_without_flash_attention(llama_path):
+    """The fallback the GPU benchmark takes when transformers' switch to flash attention fails: paged SDPA."""
+    work = Workload(prompts=[[5, 6, 7], [8] * 20], output_lens=[4, 2])
+    rates, attention = transformers_cb.run_without_flash(llama_path, [work], torch.device("cpu"), torch.float32,
+                                                         num_blocks=8, max_batch_tokens=64)
+    assert len(rates) == 1 and "sdpa" in attention

@@ -5,18 +5,21 @@ own output length and no end-of-sequence token, sampled at temperature 0.6, time
 the last one finished, after a warm-up request. One manager serves all of a run's workloads, so its start (cache
 allocation, graph warm-up) is not timed, as our engine's is not.
 
-The attention is the one transformers picks for continuous batching (flash attention where installed, else its
-paged SDPA); `attention` overrides the model's `attn_implementation`.
+The attention is the one transformers picks for continuous batching (flash attention where it finds it, else its
+paged SDPA); `attention` overrides the model's `attn_implementation`. `run_without_flash` keeps SDPA: transformers
+may count flash attention available through the `kernels` package, whose kernels come from a hub that a lent GPU
+machine cannot reach.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
 import torch
 import transformers
-from transformers.generation import GenerationConfig
+from transformers.generation import ContinuousBatchingConfig, GenerationConfig
 
 NO_EOS = -1             # an end-of-sequence id no token has: transformers' requests ignore negative ids
 
@@ -77,3 +80,14 @@ def run(model: str, workloads: Sequence, device: torch.device, dtype: torch.dtyp
             if made != list(work.output_lens):
                 raise RuntimeError(f"transformers made {sum(made)} tokens, the requests asked for {work.output_tokens}")
     return rates, attention
+
+
+def run_without_flash(model: str, workloads: Sequence, device: torch.device, dtype: torch.dtype,
+                      **cb_options) -> tuple[list[float], str]:
+    """`run` with transformers' paged SDPA, never switched to flash attention: by `auto_switch_to_flash=False`
+    where the config has it (transformers >= 5.18 or so), else by asking for "paged|sdpa" (which older releases
+    do not switch). `cb_options`: more `ContinuousBatchingConfig` fields."""
+    if "auto_switch_to_flash" in {field.name for field in dataclasses.fields(ContinuousBatchingConfig)}:
+        config = ContinuousBatchingConfig(auto_switch_to_flash=False, **cb_options)
+        return run(model, workloads, device, dtype, "sdpa", config)
+    return run(model, workloads, device, dtype, "paged|sdpa", ContinuousBatchingConfig(**cb_options))

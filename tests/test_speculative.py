@@ -4,6 +4,7 @@ without them gives, greedy and sampled, on every architecture, through preemptio
 from __future__ import annotations
 
 import json
+from array import array
 
 import pytest
 import torch
@@ -39,6 +40,37 @@ def outputs(llm: LLM, prompts: list, params: SamplingParams) -> list[list[tuple]
                                                          for pos in c.logprobs])
                        for c in out.outputs])
     return result
+
+
+def test_proposals_from_kept_token_bytes_are_those_from_the_whole_list():
+    """Speculation keeps each sequence's tokens as bytes and extends them as the sequence grows (a token or
+    several, accepted drafts, a step without a search between); its drafts are those of a fresh conversion, and it
+    drops the bytes of sequences that stopped running."""
+    import random
+
+    from engine.sequence import Request, Sequence
+    from engine.speculative import Speculation
+
+    config = SpeculativeConfig.parse(NGRAM)
+    rng = random.Random(1)
+    prompt = [rng.randrange(6) for _ in range(12)]
+    request = Request("r", None, prompt, SamplingParams(max_tokens=200), stream=False)
+    seq = Sequence(0, request, 0, list(prompt), seed=0, max_tokens=200, detokenizer=None)
+    speculation = Speculation(config)
+    for _ in range(40):
+        seq.num_computed_tokens = seq.num_tokens - 1
+        speculation.propose([seq], lambda s, n: True)
+        k = min(config.num_speculative_tokens, seq.max_tokens - seq.num_output_tokens - 1)
+        assert seq.draft_token_ids == ngram_proposal(seq.token_ids, k, config.prompt_lookup_min,
+                                                     config.prompt_lookup_max)
+        searched = list(seq.token_ids)
+        seq.token_ids += [rng.randrange(6) for _ in range(rng.choice([1, 1, 3, 7]))]
+    assert bytes(speculation._token_bytes[0]) == array("i", searched).tobytes()
+    others = [Sequence(i, request, 0, list(prompt), seed=0, max_tokens=200, detokenizer=None) for i in range(1, 80)]
+    for other in others:
+        other.num_computed_tokens = other.num_tokens - 1
+        speculation.propose([other], lambda s, n: True)
+    assert set(speculation._token_bytes) <= {o.seq_id for o in others}
 
 
 def test_ngram_proposal_takes_the_longest_suffix_at_its_latest_occurrence():

@@ -96,7 +96,7 @@ def measure(model: str, num_seqs: int, steps: int, temperature: float, tensor_pa
     sequence, so nothing is shared), in place of the short text prompts, for the per-step cost of long contexts."""
     batched = max(8192, num_seqs * (prompt_len or 0))
     llm_engine = LLMEngine(EngineConfig(model=model, max_num_seqs=max(num_seqs, 1), max_num_batched_tokens=batched,
-                                        max_model_len=(prompt_len or 0) + steps + 64 if prompt_len else None,
+                                        max_model_len=prompt_len + steps + 64 if prompt_len else None,
                                         device="cpu", tensor_parallel_size=tensor_parallel_size or 1))
     cfg = llm_engine.model_config
     forward = ForwardClock(llm_engine.runner) if tensor_parallel_size else None

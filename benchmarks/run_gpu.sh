@@ -2,7 +2,8 @@
 # Everything that needs a GPU, in one go: the GPU tests, offline throughput on issue 20's workload (Qwen3-0.6B's
 # shape and 151,936-token vocabulary, random weights, 256 sequences of 100..1024 tokens in and out) against
 # transformers' continuous batching and `generate`, the kernel benchmarks, and offline throughput on the smaller
-# 4k-vocabulary workload of the earlier runs. Logs go to $1 (default: benchmarks/results/gpu). Each part has a time
+# 4k-vocabulary workload of the earlier runs, with the decode graphs drawing the tokens (the default) and with the
+# tokens drawn eagerly after the graph (`engine_eager_sampling`, one after the other, not interleaved). Logs go to $1 (default: benchmarks/results/gpu). Each part has a time
 # limit so that one hang cannot eat a lent machine's time; a part that fails does not stop the next.
 #     bash benchmarks/run_gpu.sh [LOG_DIR]
 # PARTS="kernels throughput" runs only those parts; NAME_LIMIT overrides a part's seconds. The default parts'
@@ -33,9 +34,9 @@ part gpu_tests "${GPU_TESTS_LIMIT:-90}" $PY -m pytest tests/gpu -q $XDIST -p no:
 part real_vocab "${REAL_VOCAB_LIMIT:-300}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --vocab 151936 \
     --device cuda --num-seqs 256 --input-len 100 1024 --output-len 100 1024 --repeats 3 --hf-repeats 1 \
     --transformers cb generate --json "$LOGS/real_vocab.json"
-part kernels "${KERNELS_LIMIT:-90}" $PY -m benchmarks.kernels
-part throughput "${THROUGHPUT_LIMIT:-60}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \
-    --repeats "${THROUGHPUT_REPEATS:-3}" --json "$LOGS/throughput.json" --profile
+part kernels "${KERNELS_LIMIT:-75}" $PY -m benchmarks.kernels
+part throughput "${THROUGHPUT_LIMIT:-75}" $PY -m benchmarks.throughput --model qwen3-0.6b-shape --device cuda \
+    --repeats "${THROUGHPUT_REPEATS:-3}" --variants engine_eager_sampling --json "$LOGS/throughput.json" --profile
 part sampling_sweep "${SAMPLING_SWEEP_LIMIT:-60}" $PY -m benchmarks.kernels --sampling-sweep
 part structured "${STRUCTURED_LIMIT:-45}" $PY -m benchmarks.structured --steps 20 --rounds 2
 part moe "${MOE_LIMIT:-45}" $PY -m benchmarks.kernels --moe

@@ -7,7 +7,8 @@ left-padded into batches, each batch generating as many tokens as its longest re
 are credited with the output tokens the requests asked for, so the figure is useful tokens per second.
 
     python -m benchmarks.throughput [--model PATH | qwen3-tiny | qwen3-0.6b-shape | llama-8x512] [--num-seqs 64]
-        [--vocab N] [--quick] [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--ablations]
+        [--vocab N] [--quick] [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16|float16]
+        [--ablations | --variants KEY...]
         [--profile] [--contend N] [--peer vllm] [--transformers [generate] [cb]] [--hf-repeats N]
 
 `--transformers` picks the transformers peers: padded `generate` (the default), continuous batching (`cb`,
@@ -25,8 +26,10 @@ hidden 1024, 16 query and 8 KV heads of 128) for GPUs, the third an 8-layer Llam
 them a word-level tokenizer of N words instead (151936 for Qwen3-0.6B's own vocabulary). dtype `auto` is
 float32 on the CPU, bfloat16 on a GPU.
 On CUDA the engine replays decode steps from CUDA graphs and runs the fused Triton RMSNorm, SiLU-and-mul and
-rotary by default; `--ablations` adds engine runs without each, without both, and with the one-program Triton
-sampler in place of the split one. Every engine run is printed as it ends.
+rotary by default, and draws decode steps' tokens in the graphs too; `--ablations` adds engine runs without each,
+without both, with the one-program Triton sampler in place of the split one, and with the graphs' tokens drawn
+eagerly; `--variants KEY...` runs only the named ones of those rows (by JSON key). Every engine run is printed as
+it ends.
 """
 
 from __future__ import annotations
@@ -127,13 +130,14 @@ def workload_params(work: Workload) -> list[SamplingParams]:
 
 def run_engine(model: str, workloads: list[Workload], max_model_len: int, device: torch.device,
                dtype: torch.dtype, cuda_graphs: bool | None = None, layer_ops: bool = True,
-               split_sampler: bool = True, tensor_parallel_size: int = 1) -> list[float]:
+               split_sampler: bool = True, tensor_parallel_size: int = 1, graph_sampling: bool = True) -> list[float]:
     """engine.LLM's output tokens/s on each workload (after a warm-up request). Each workload has prompts of
     its own, so the prefix cache never serves one run from an earlier one. Two ablations: `layer_ops=False`, the
     torch layer ops where the engine would run the Triton ones (`KernelSet.with_torch_layer_ops`);
     `split_sampler=False`, the one-program Triton sampler (`benchmarks.one_program_sampler`) in place of the split
-    one), both through the KernelSet the engine is given (`llm_kernels.select`). `tensor_parallel_size`: over that
-    many processes (no ablation then: a KernelSet does not cross to the workers)."""
+    one), both through the KernelSet the engine is given (`llm_kernels.select`); `graph_sampling=False`, decode
+    steps replayed from CUDA graphs but their tokens drawn eagerly. `tensor_parallel_size`: over that many
+    processes (no ablation then: a KernelSet does not cross to the workers)."""
     kernels = None
     if not layer_ops:
         kernels = llm_kernels.select(device).with_torch_layer_ops()
@@ -142,6 +146,8 @@ def run_engine(model: str, workloads: list[Workload], max_model_len: int, device
 
         kernels = replace(kernels or llm_kernels.select(device), sample=one_program_sampler.sample)
     llm = warm_engine(model, max_model_len, device, dtype, cuda_graphs, kernels, tensor_parallel_size)
+    if not graph_sampling:
+        llm.engine.runner._graph_samples = lambda inputs, out: False      # the ablation: an experiment's override
     rates = []
     for work in workloads:
         params = workload_params(work)
@@ -247,12 +253,13 @@ def run_transformers(model: str, workloads: list[Workload], batch_size: int, dev
     return rates
 
 
-ENGINE_VARIANTS = {     # result key -> (label, cuda_graphs, Triton layer ops, split sampler); the first is the default
-    "engine": ("engine.LLM", None, True, True),
-    "engine_torch_layer_ops": ("engine.LLM, torch layer ops", None, False, True),
-    "engine_eager": ("engine.LLM, eager", False, True, True),
-    "engine_eager_torch_layer_ops": ("engine.LLM, eager, torch ops", False, False, True),
-    "engine_one_program_sampler": ("engine.LLM, 1-program sampler", None, True, False),
+ENGINE_VARIANTS = {     # result key -> (label, cuda_graphs, Triton layer ops, split sampler, sampling in the graphs);
+    "engine": ("engine.LLM", None, True, True, True),                                   # the first is the default
+    "engine_torch_layer_ops": ("engine.LLM, torch layer ops", None, False, True, True),
+    "engine_eager": ("engine.LLM, eager", False, True, True, True),
+    "engine_eager_torch_layer_ops": ("engine.LLM, eager, torch ops", False, False, True, True),
+    "engine_one_program_sampler": ("engine.LLM, 1-program sampler", None, True, False, True),
+    "engine_eager_sampling": ("engine.LLM, eager sampling", None, True, True, False),
 }
 
 
@@ -281,7 +288,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--ablations", action="store_true",
                         help="also run the engine without CUDA graphs, without the Triton layer ops, without both, "
-                             "and with the one-program sampler (CUDA only: its defaults there)")
+                             "with the one-program sampler, and sampling eagerly (CUDA only: its defaults there)")
+    parser.add_argument("--variants", nargs="+", choices=list(ENGINE_VARIANTS)[1:], default=[],
+                        help="these ablation rows (by JSON key) after the default engine's (CUDA only)")
     parser.add_argument("--tensor-parallel-size", type=int, default=1,
                         help="also run the engine over this many processes (the ranks share the CPU, or one GPU each)")
     parser.add_argument("--profile", action="store_true",
@@ -308,8 +317,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if args.ablations and device.type != "cuda":
-        parser.error("--ablations needs a CUDA device (on the CPU the engine runs eagerly with the torch layer ops)")
+    if args.ablations and args.variants:
+        parser.error("--ablations runs every variant: give it or --variants, not both")
+    args.variants = list(ENGINE_VARIANTS) if args.ablations else ["engine", *args.variants]
+    if args.variants != ["engine"] and device.type != "cuda":
+        parser.error("--ablations and --variants need a CUDA device (on the CPU the engine runs eagerly with the "
+                     "torch layer ops)")
     auto_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype = auto_dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
@@ -347,9 +360,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         if args.peer:
             compare_offline(args, model, workloads, max_len, device, dtype, result, report)
             return
-        for key, (label, graphs, layer_ops, split) in ENGINE_VARIANTS.items():
-            if key == "engine" or args.ablations:
-                report(key, label, run_engine(model, workloads, max_len, device, dtype, graphs, layer_ops, split))
+        for key in args.variants:
+            label, graphs, layer_ops, split, graph_sampling = ENGINE_VARIANTS[key]
+            report(key, label, run_engine(model, workloads, max_len, device, dtype, graphs, layer_ops, split,
+                                          graph_sampling=graph_sampling))
         if args.tensor_parallel_size > 1:
             n = args.tensor_parallel_size
             report("engine_tp", f"engine.LLM, {n} ranks", run_engine(model, workloads, max_len, device, dtype,

@@ -89,9 +89,12 @@ class ModelRunner:
             attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
         self.draft = None        # a speculative draft model (engine/draft_model.py), mirrored after each forward
         self.graphs: DecodeGraphs | None = None
-        if use_graphs:
+        if use_graphs:          # on one rank, the graphs also sample (gathering the logits is not captured)
+            single = tp.size == 1
             self.graphs = DecodeGraphs(self.model, min(config.max_num_seqs, config.max_num_batched_tokens),
-                                       -(-max_model_len // self.block_size), self.device)
+                                       -(-max_model_len // self.block_size), self.device,
+                                       logits=self.model.compute_logits if single else None,
+                                       sample=self.kernels.sample if single else None)
 
     def _agreed(self, num_blocks: int) -> int:
         """The fewest KV blocks any rank can hold: every rank allocates that many (one block table for all)."""
@@ -151,6 +154,15 @@ class ModelRunner:
         inputs = self._inputs(step, out)
         if self.channel is not None:
             self.channel.send(inputs)
+        if self._graph_samples(inputs, out):
+            rows = self.sampler.kernel_rows(out.sampled_seqs)
+            drawn = self.graphs.run_sampled(inputs.input_ids, inputs.positions, inputs.slots, inputs.block_tables,
+                                            inputs.seq_lens, rows)
+            if self.draft is not None:
+                self.draft.mirror(inputs)
+            out.sampled = SamplerOutput(drawn.tolist(), None, [])
+            out.num_accepted = [0] * len(out.sampled_seqs)
+            return out
         sample_logits, prompt_logits = self._forward(inputs)
         if self.draft is not None:
             self.draft.mirror(inputs)
@@ -165,6 +177,13 @@ class ModelRunner:
         if prompt_logits is not None:
             out.prompt_logprobs = self._prompt_logprobs(prompt_logits, out)
         return out
+
+    def _graph_samples(self, x: StepInputs, out: StepOutput) -> bool:
+        """Whether the decode graphs both run this step and draw its tokens: a decode step that fits them, whose
+        every sequence draws a token with nothing but the sample kernel."""
+        return (self.graphs is not None and self.graphs.samples and x.max_seqlen_q == 1
+                and len(x.sample_rows) == len(x.seq_lens) <= self.graphs.max_batch and not x.prompt_rows
+                and self.sampler.kernel_only(out.sampled_seqs))
 
     def _accept(self, step: SchedulerOutput, out: StepOutput) -> None:
         """Each sampled sequence keeps its drafts up to the first that differs from the token drawn in its place

@@ -50,6 +50,18 @@ class SamplerOutput:
     logprob_rows: list[int]        # which rows `logprobs` describes, in order
 
 
+@dataclass(slots=True)
+class SamplingRows:
+    """The `sample` kernel's parameters, one entry per row, on the host (top_k already within 0..vocab)."""
+
+    temperature: list[float]
+    top_p: list[float]
+    min_p: list[float]
+    top_k: list[int]
+    seeds: list[int]
+    drawn_at: list[int]        # the position each row's token is drawn for (the draw depends on it and the seed)
+
+
 _MAX_PENALISED = 1e30     # the largest logit a repetition penalty may make: / 1e-5 (greedy below) stays finite
 
 
@@ -79,25 +91,40 @@ class Sampler:
         if bitmask is not None:
             self.kernels.apply_token_bitmask(logits, tensor_to_device(bitmask, device),
                                              to_device(mask_rows, torch.int64, device))
-        vocab = logits.shape[-1]
-        params = [seq.params for seq in seqs]
+        kernel = self.kernel_rows(seqs, offsets)
         # Parameter-major: each parameter is a contiguous row, which the kernels read without a copy.
-        temperature, top_p, min_p = to_device(
-            [[p.temperature for p in params], [p.top_p for p in params], [p.min_p for p in params]],
-            torch.float32, device).unbind()
-        drawn_at = ([len(seq.token_ids) for seq in seqs] if offsets is None
-                    else [len(seq.token_ids) + j for seq, j in zip(seqs, offsets)])
-        seeds, positions = to_device([[seq.seed for seq in seqs], drawn_at], torch.int64, device).unbind()
-        top_ks = [p.top_k for p in params]
-        if min(top_ks) < 0 or max(top_ks) > vocab:
-            top_ks = [min(max(k, 0), vocab) for k in top_ks]    # k >= vocab keeps all, and fits int32
-        top_k = to_device(top_ks, torch.int32, device)
+        temperature, top_p, min_p = to_device([kernel.temperature, kernel.top_p, kernel.min_p], torch.float32,
+                                              device).unbind()
+        seeds, positions = to_device([kernel.seeds, kernel.drawn_at], torch.int64, device).unbind()
+        top_k = to_device(kernel.top_k, torch.int32, device)
         drawn = self.kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
         top = None
         if raw is not None:
             ks = [seqs[i].params.logprobs for i in logprob_rows]
             top = top_logprobs(raw, drawn[rows], ks)
         return SamplerOutput(drawn.tolist(), top, logprob_rows)
+
+    def kernel_rows(self, seqs: list[Sequence], offsets: list[int] | None = None) -> SamplingRows:
+        """The `sample` kernel's parameters for rows of `seqs` (and `offsets`, as in `__call__`), as host lists."""
+        params = [seq.params for seq in seqs]
+        drawn_at = ([len(seq.token_ids) for seq in seqs] if offsets is None
+                    else [len(seq.token_ids) + j for seq, j in zip(seqs, offsets)])
+        top_ks = [p.top_k for p in params]
+        if min(top_ks, default=0) < 0 or max(top_ks, default=0) > self.vocab_size:
+            top_ks = [min(max(k, 0), self.vocab_size) for k in top_ks]    # k >= vocab keeps all, and fits int32
+        return SamplingRows([p.temperature for p in params], [p.top_p for p in params], [p.min_p for p in params],
+                            top_ks, [seq.seed for seq in seqs], drawn_at)
+
+    @staticmethod
+    def kernel_only(seqs: list[Sequence]) -> bool:
+        """Whether the `sample` kernel alone draws these sequences' tokens: no logprobs, token mask, logit bias,
+        penalty or min_tokens to apply first (a CUDA graph can then draw them, engine/cuda_graphs.py)."""
+        for seq in seqs:
+            params = seq.params
+            if (params.logprobs is not None or seq.matcher is not None or params.logit_bias or params.has_penalties
+                    or seq.num_output_tokens < params.min_tokens):
+                return False
+        return True
 
     def _fill_masks(self, states: list[structured_output.GrammarState]) -> torch.Tensor:
         """The packed bitmask of the tokens each grammar allows next, on the host."""

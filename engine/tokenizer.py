@@ -140,7 +140,10 @@ class IncrementalDetokenizer:
             self._pending.append(token_id)
             self.num_fed += 1
             return ""
-        return self._emitted(text, 1)
+        if self._pending or self._prompt_tail:
+            return self._emitted(text, 1)
+        self.num_fed += 1                    # the common case, without a call: a token and its whole text
+        return text
 
     def finish(self, output_ids: list[int]) -> str:
         """At the end of a sequence whose text is that of the generated tokens `output_ids`: the text of those not

@@ -319,6 +319,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.ablations and args.variants:
         parser.error("--ablations runs every variant: give it or --variants, not both")
+    if args.peer and (args.ablations or args.variants):
+        parser.error("--peer runs the default engine only: no --ablations or --variants with it")
     args.variants = list(ENGINE_VARIANTS) if args.ablations else ["engine", *args.variants]
     if args.variants != ["engine"] and device.type != "cuda":
         parser.error("--ablations and --variants need a CUDA device (on the CPU the engine runs eagerly with the "

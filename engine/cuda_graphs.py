@@ -11,7 +11,9 @@ Given the model's LM head and the engine's `sample` kernel, a second graph per s
 the forward's hidden states: the logits, then the kernel over static parameter buffers (temperature, top-k, top-p,
 min-p, seed and position per row; padding rows are greedy). A step whose every row needs nothing but the kernel
 (`Sampler.kernel_only`) replays both graphs and reads back only the tokens; any other step samples eagerly from
-the forward graph's hidden states. The draw depends only on (seed, position), so both ways give the same tokens.
+the forward graph's hidden states. A draw depends only on the row's logits, seed and position, so both ways draw
+the same token from the same logits (the graph's logits are those of the padded batch, which in bf16 may round
+apart from those of the step's rows alone, as logits already do between batch sizes).
 """
 
 from __future__ import annotations
@@ -78,9 +80,11 @@ class DecodeGraphs:
             with _CAPTURE_LOCK, torch.inference_mode(), torch.cuda.device(device):
                 pool = self._capture(self._forward, self._graphs, self._outputs, None, device)
                 if self._params:
-                    try:
-                        self._capture(self._draw, self._sample_graphs, self._tokens, pool, device)
+                    try:       # the stream context restores the current stream should a capture fail
+                        with torch.cuda.stream(torch.cuda.current_stream(device)):
+                            self._capture(self._draw, self._sample_graphs, self._tokens, pool, device)
                     except RuntimeError:
+                        torch.cuda.synchronize(device)     # an error that broke the device is raised here
                         logger.warning("capturing the sampler in CUDA graphs failed; decode steps sample eagerly",
                                        exc_info=True)
                         self._sample_graphs, self._tokens, self._params = {}, {}, {}

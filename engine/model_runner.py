@@ -81,7 +81,8 @@ class ModelRunner:
         cfg = model_config
         kv_heads = self.model.attention_layers()[0].num_kv_heads        # this rank's
         shape = kv_cache.KVCacheShape(cfg.num_layers, self.block_size, kv_heads, cfg.head_dim, self.dtype)
-        budget = int(self._memory_budget() * kv_share) if config.kv_cache_blocks is None else 0
+        graphs_sample = use_graphs and tp.size == 1   # on one rank the graphs also sample (a gather is not captured)
+        budget = int(self._memory_budget(graphs_sample) * kv_share) if config.kv_cache_blocks is None else 0
         self.num_blocks = self._agreed(kv_cache.choose_num_blocks(shape, max_model_len, config.max_num_seqs, budget,
                                                                   config.kv_cache_blocks))
         self.kv_cache = kv_cache.allocate(shape, self.num_blocks, self.device)
@@ -89,12 +90,11 @@ class ModelRunner:
             attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
         self.draft = None        # a speculative draft model (engine/draft_model.py), mirrored after each forward
         self.graphs: DecodeGraphs | None = None
-        if use_graphs:          # on one rank, the graphs also sample (gathering the logits is not captured)
-            single = tp.size == 1
+        if use_graphs:
             self.graphs = DecodeGraphs(self.model, min(config.max_num_seqs, config.max_num_batched_tokens),
                                        -(-max_model_len // self.block_size), self.device,
-                                       logits=self.model.compute_logits if single else None,
-                                       sample=self.kernels.sample if single else None)
+                                       logits=self.model.compute_logits if graphs_sample else None,
+                                       sample=self.kernels.sample if graphs_sample else None)
 
     def _agreed(self, num_blocks: int) -> int:
         """The fewest KV blocks any rank can hold: every rank allocates that many (one block table for all)."""
@@ -129,13 +129,16 @@ class ModelRunner:
                              f"and the {backend!r} kernels backend")
         return possible if self.config.cuda_graphs is None else self.config.cuda_graphs
 
-    def _memory_budget(self) -> int:
+    def _memory_budget(self, graphs_sample: bool = False) -> int:
+        """Bytes the KV cache may take: on a GPU, what `gpu_memory_utilization` leaves after the activations of a
+        full step, the sampler's logits and workspace, and (`graphs_sample`) the sampling graphs' own (the largest
+        one's logits, their bf16 product and its workspace stay in the graphs' pool)."""
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             cfg = self.model_config
             tokens = self.config.max_num_batched_tokens
             activations = tokens * (6 * cfg.hidden_size + 3 * cfg.intermediate_size) * 4
-            logits = self.config.max_num_seqs * cfg.vocab_size * 4 * 4
+            logits = self.config.max_num_seqs * cfg.vocab_size * (16 + (10 if graphs_sample else 0))
             return int(free - (1 - self.config.gpu_memory_utilization) * total - activations - logits)
         return kv_cache.cpu_budget()
 

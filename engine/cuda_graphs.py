@@ -31,6 +31,9 @@ from engine.sampler import SamplingRows
 logger = logging.getLogger(__name__)
 
 PADDED_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+# The sample kernel's parameter buffers (SamplingRows' fields): dtype, and the value of a padding row (greedy).
+_SAMPLING_PARAMS = {"temperature": (torch.float32, 0.0), "top_p": (torch.float32, 1.0), "min_p": (torch.float32, 0.0),
+                    "top_k": (torch.int32, 0), "seeds": (torch.int64, 0), "drawn_at": (torch.int64, 0)}
 _CAPTURE_LOCK = threading.Lock()      # one engine captures at a time (torch supports one capture per process)
 
 
@@ -57,14 +60,10 @@ class DecodeGraphs:
         self.block_tables = torch.zeros(largest, max_blocks_per_seq, dtype=torch.int32, device=device)
         self.seq_lens = torch.ones(largest, dtype=torch.int32, device=device)
         self.cu_seqlens_q = torch.arange(largest + 1, dtype=torch.int32, device=device)
-        # The sample kernel's parameters (SamplingRows' fields), padding rows greedy.
         self._params: dict[str, torch.Tensor] = {}
         if logits is not None and sample is not None:
-            self._params = {name: torch.zeros(largest, dtype=dtype, device=device)
-                            for name, dtype in (("temperature", torch.float32), ("top_p", torch.float32),
-                                                ("min_p", torch.float32), ("top_k", torch.int32),
-                                                ("seeds", torch.int64), ("drawn_at", torch.int64))}
-            self._params["top_p"].fill_(1.0)
+            self._params = {name: torch.full((largest,), pad, dtype=dtype, device=device)
+                            for name, (dtype, pad) in _SAMPLING_PARAMS.items()}
         # Pinned host twins of the buffers a step fills: its lists are written there, then copied without a
         # stream sync or a driver staging copy (engine/transfer.py). The event marks the last copies out of them.
         pinned = torch.device(device).type == "cuda"
@@ -167,7 +166,7 @@ class DecodeGraphs:
         values = {"input_ids": (input_ids, 0), "positions": (positions, 0), "slots": (slots, -1),
                   "seq_lens": (seq_lens, 1)}
         if rows is not None:
-            values.update((name, (getattr(rows, name), 1.0 if name == "top_p" else 0)) for name in self._params)
+            values.update((name, (getattr(rows, name), _SAMPLING_PARAMS[name][1])) for name in self._params)
         for name, (listed, padding) in values.items():
             staged = host[name].numpy()
             staged[:n] = listed

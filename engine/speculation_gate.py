@@ -3,6 +3,8 @@ runs (engine/speculative.py drafts only as far as this says)."""
 
 from __future__ import annotations
 
+from collections import deque
+
 
 class SpeculationGate:
     """Decides, step by step, how many decoding sequences may draft. A step's forward is modelled as fixed +
@@ -30,11 +32,14 @@ class SpeculationGate:
 
     PROBE_EVERY = 8
     MAX_PROBE_EVERY = 64
+    WINDOW = 64                          # the recent steps the time model is fitted on
 
     def __init__(self) -> None:
         self.fixed_s: float | None = None
         self.per_token_s: float | None = None
-        self._samples: list[tuple[int, float]] = []
+        self._samples: deque[tuple[int, float]] = deque(maxlen=self.WINDOW)
+        self._sums = [0.0, 0.0, 0.0, 0.0]     # of the samples' t, s, t * t and t * s (summed afresh each WINDOW)
+        self._since_sum = 0
         self._accepted = 1.0             # decayed counts, a prior of one accepted draft in two
         self._drafted = 2.0
         # In a closed batch, per step that searched for drafts, recently (a prior of half a step gained):
@@ -66,6 +71,16 @@ class SpeculationGate:
         self._probe_every = min(2 * self._probe_every, self.MAX_PROBE_EVERY)     # while it keeps not paying
         return batch if closed else 1
 
+    def closed_idle(self) -> bool:
+        """Whether a step of a closed batch drafts nothing, whatever its sequences: the time model is fitted,
+        drafting does not pay and no probe is due. If so, the step is counted as `allowed` would count it, and
+        the caller need not look for the sequences that may draft (most steps, where drafting does not pay)."""
+        if (self.fixed_s is None or (self._steps + 1) % self._probe_every == 0
+                or self.pays(0, closed=True)):
+            return False
+        self._steps += 1
+        return True
+
     def pays(self, batch: int, running: int | None = None, closed: bool = False) -> bool:
         """Whether drafting for `batch` decoding sequences gives more tokens per second than a step of `running`
         (default `batch`) decoding sequences makes; in a closed batch, whether it saves more time than it costs."""
@@ -84,17 +99,31 @@ class SpeculationGate:
         tokens cost less, having no logits)."""
         if tokens != rows:
             return
-        self._samples.append((tokens, seconds))
-        del self._samples[:-64]
-        n = len(self._samples)
-        mean_t = sum(t for t, _ in self._samples) / n
-        var = sum((t - mean_t) ** 2 for t, _ in self._samples)
-        if var == 0:
+        samples, sums = self._samples, self._sums
+        if len(samples) == self.WINDOW:      # the oldest leaves the window
+            t, s = samples[0]
+            sums[0] -= t
+            sums[1] -= s
+            sums[2] -= t * t
+            sums[3] -= t * s
+        samples.append((tokens, seconds))
+        self._since_sum += 1
+        if self._since_sum == self.WINDOW:   # running sums drift: sum the window afresh now and then
+            self._since_sum = 0
+            sums[:] = [sum(t for t, _ in samples), sum(s for _, s in samples), sum(t * t for t, _ in samples),
+                       sum(t * s for t, s in samples)]
+        else:
+            sums[0] += tokens
+            sums[1] += seconds
+            sums[2] += tokens * tokens
+            sums[3] += tokens * seconds
+        n = len(samples)
+        var = sums[2] - sums[0] * sums[0] / n
+        if var <= 1e-9 * sums[2]:           # every step of one size (up to rounding)
             return
-        mean_s = sum(s for _, s in self._samples) / n
-        slope = sum((t - mean_t) * (s - mean_s) for t, s in self._samples) / var
+        slope = (sums[3] - sums[0] * sums[1] / n) / var
         self.per_token_s = max(slope, 1e-9)
-        self.fixed_s = max(mean_s - self.per_token_s * mean_t, 1e-9)
+        self.fixed_s = max((sums[1] - self.per_token_s * sums[0]) / n, 1e-9)
 
     def observe_proposal(self, seqs: int, seconds: float) -> None:
         """Proposing for `seqs` sequences took `seconds`."""

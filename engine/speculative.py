@@ -140,6 +140,7 @@ class Speculation:
         self._slowest: list[Sequence] | None = None     # in a closed batch, the sequences with the most tokens left
         self._batch = 0
         self._propose_s: float | None = None             # this step's search for drafts (None: none)
+        self._picked: list[Sequence] = []                # the sequences given drafts this step
         self._token_bytes: dict[int, bytearray] = {}     # per sequence id, its tokens as int32 bytes so far
 
     def propose(self, running: list[Sequence], reserve: Callable[[Sequence, int], bool],
@@ -155,14 +156,18 @@ class Speculation:
         verifying its drafts costs. So only the sequences within `num_speculative_tokens` of the most tokens left
         (waiting ones included) may draft, and the gate weighs the steps the slowest gain (`observe`)."""
         cfg = self.config
-        decoding = [seq for seq in running if can_speculate(seq)]
-        for seq in decoding:
-            if seq.draft_token_ids:         # a guess the scheduler had no room for last step is not this step's
-                seq.draft_token_ids = []
+        for seq in self._picked:            # a guess the scheduler had no room for last step is not this step's
+            seq.draft_token_ids = []
+        self._picked = []
         queued = len(running) + len(waiting)
         self._batch = min(queued, max_num_seqs or queued)
         self._slowest = None
-        if closed and decoding and queued <= self._batch:
+        self._propose_s = None
+        closed = closed and queued <= self._batch
+        if closed and self.gate.closed_idle():
+            return
+        decoding = [seq for seq in running if can_speculate(seq)]
+        if closed and decoding:
             left = {seq: _tokens_left(seq) for seq in (*running, *waiting)}
             most = max(left.values())
             self._slowest = [seq for seq, n in left.items() if n == most]
@@ -188,6 +193,7 @@ class Speculation:
             for seq, drafts in zip(picked, self.draft.propose(picked, ks)):
                 seq.draft_token_ids = drafts
         self._propose_s = time.perf_counter() - started if allowed else None
+        self._picked = picked
         if picked:
             self.gate.observe_proposal(len(picked), self._propose_s)
 
@@ -211,6 +217,9 @@ class Speculation:
         In a closed batch, after a search for drafts, the gate also learns the step's gain (the fewest tokens any of
         the slowest sequences accepted: none if one of them had no drafts), its rejected drafts and its search's
         time."""
+        if self._propose_s is None and not any(drafts):    # no search, no drafts: only the step's time to learn
+            self.gate.observe_step(tokens, len(drafts), seconds)
+            return
         self.gate.observe_step(tokens, len(drafts) + sum(map(len, drafts)), seconds)
         drafted = 0
         for proposed, n in zip(drafts, accepted):

@@ -261,6 +261,46 @@ def test_gate_in_a_closed_batch_weighs_the_steps_its_slowest_sequences_gain(monk
     assert not gate.pays(32, closed=True)           # 10 ms < 100 * 0.1 ms + 1 ms
 
 
+def test_gate_fits_its_window_of_steps_as_least_squares_does(monkeypatch):
+    """The time model is refitted every step from running sums: after many steps (the window slid and summed
+    afresh several times) it is the least-squares line through the last WINDOW steps."""
+    import random
+
+    monkeypatch.undo()
+    gate, rng = SpeculationGate(), random.Random(0)
+    steps = [(rng.randrange(1, 200), 0.0) for _ in range(3 * SpeculationGate.WINDOW + 17)]
+    steps = [(t, 0.003 + 0.0002 * t + rng.uniform(0, 0.002)) for t, _ in steps]
+    for t, s in steps:
+        gate.observe_step(t, t, s)
+    window = torch.tensor(steps[-SpeculationGate.WINDOW:], dtype=torch.float64)
+    design = torch.stack([torch.ones(len(window), dtype=torch.float64), window[:, 0]], dim=1)
+    fixed, per_token = torch.linalg.lstsq(design, window[:, 1:]).solution.flatten().tolist()
+    assert gate.fixed_s == pytest.approx(fixed, rel=1e-9) and gate.per_token_s == pytest.approx(per_token, rel=1e-9)
+    gate = SpeculationGate()
+    for _ in range(2 * SpeculationGate.WINDOW):     # steps of one size: nothing to fit a slope on
+        gate.observe_step(32, 32, 0.05 + rng.uniform(0, 0.002))
+    assert gate.fixed_s is None and gate.per_token_s is None
+
+
+def test_gate_skips_the_search_of_idle_closed_steps_without_changing_its_decisions(monkeypatch):
+    """`closed_idle` says a closed batch's step drafts nothing exactly when `allowed` would have said 0 to it,
+    and counts the step as `allowed` does: the probes come at the same steps."""
+    monkeypatch.undo()
+    gates = SpeculationGate(), SpeculationGate()
+    decisions: tuple[list[int], list[int]] = ([], [])
+    for i in range(300):
+        paying = i < 40 or 120 <= i < 130           # unfitted at first, then a stretch where drafting pays
+        gains = (2, 5, 0.0) if paying else (0, 20, 0.001)
+        for gate in gates:
+            if i < 4:
+                gate.observe_step(32 + 8 * i, 32 + 8 * i, 0.010 + 0.0001 * (32 + 8 * i))
+            gate.observe_closed_step(*gains)
+        decisions[0].append(gates[0].allowed(32, closed=True))
+        decisions[1].append(0 if gates[1].closed_idle() else gates[1].allowed(32, closed=True))
+    assert decisions[0] == decisions[1]
+    assert decisions[0].count(0) > 200 and 32 in decisions[0][200:]     # mostly idle, still probing
+
+
 def test_in_a_closed_batch_only_the_slowest_sequences_draft(monkeypatch):
     """LLM.generate's batch is closed: a sequence more than num_speculative_tokens ahead of the slowest (waiting
     ones included) does not draft, and the gate learns the fewest tokens the slowest accepted; a server's batch is

@@ -12,7 +12,11 @@ count and one thread, step by step (neighbouring steps are alike under continuou
 mix of work), and compares their seconds per token. The faster runs the next steps: `RUN_STEPS`, twice as many
 after each probe that found the loser more than twice as slow (up to `MAX_RUN_STEPS`: a probe costs its slow
 steps), and again `RUN_STEPS` after a close one. A run whose seconds per token over its last `PROBE_STEPS` steps
-grow past twice what the probe measured for it (the load changed) probes again at once. Only where the user left
+grow past twice what the probe measured for it probes again at once, and so does one in which the load changed:
+`CoreLoad` reads, every `PROBE_STEPS` steps, how many cores other processes keep busy on this process's CPUs, and
+a probe follows when that crosses the line past which they leave the tuner's threads fewer cores than threads
+(a busy process that comes or goes; measured in RESULTS.md: the timing rule alone missed a load that doubled the
+step time, and cannot see a load leave while one thread runs, its steps as fast as before). Only where the user left
 the count to torch (`cpu_threads=None`) on a CPU device, between the count torch had when the engine was built
 (one per physical core, unless the user set another) and one. The engine reports no step that verified speculative
 drafts: such a step computes several times its neighbours' tokens in about their time.
@@ -20,6 +24,8 @@ drafts: such a step computes several times its neighbours' tokens in about their
 
 from __future__ import annotations
 
+import os
+import time
 from collections import deque
 
 import torch
@@ -42,14 +48,52 @@ class FixedThreads:
         """Nothing to learn."""
 
 
+class CoreLoad:
+    """How many cores other processes keep busy on the CPUs this process may run on (Linux's /proc/stat, their time
+    stolen by a hypervisor included): the busy time of those CPUs over a stretch of wall time, less this process's
+    own CPU time. Unmeasurable (None) where /proc/stat cannot be read."""
+
+    def __init__(self) -> None:
+        try:
+            cpus = sorted(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = list(range(os.cpu_count() or 1))
+        self.cpus = len(cpus)
+        self._names = {f"cpu{i}".encode() for i in cpus}
+        self._last = self._read()
+
+    def _read(self) -> tuple[float, float, float] | None:
+        """The CPUs' busy seconds so far, the wall clock and this process's CPU seconds (None: no /proc/stat)."""
+        try:
+            with open("/proc/stat", "rb") as f:
+                lines = f.read().splitlines()
+            ticks = 0
+            for line in lines[1:]:
+                fields = line.split()
+                if fields and fields[0] in self._names:     # user nice system idle iowait irq softirq steal
+                    ticks += sum(map(int, fields[1:9])) - int(fields[4]) - int(fields[5])
+            return ticks / os.sysconf("SC_CLK_TCK"), time.perf_counter(), time.process_time()
+        except (OSError, ValueError, IndexError, AttributeError):
+            return None
+
+    def others(self) -> float | None:
+        """The cores other processes kept busy since the last call (or since this was built)."""
+        now, last = self._read(), self._last
+        self._last = now
+        if now is None or last is None or now[1] <= last[1]:
+            return None
+        return max(0.0, (now[0] - last[0]) - (now[2] - last[2])) / (now[1] - last[1])
+
+
 class ThreadTuner:
     """Sets torch's thread count for each step (on the thread that runs the steps) and learns from its time."""
 
     PROBE_STEPS = 16
     RUN_STEPS = 256
     MAX_RUN_STEPS = 4096
+    LOAD_CHANGE = 0.4       # cores of other processes' work: the margin of the load line, and the least change
 
-    def __init__(self, most: int) -> None:
+    def __init__(self, most: int, load: CoreLoad | None = None) -> None:
         self.choices = (most, 1)
         self.current = most
         self._probing = True
@@ -60,6 +104,9 @@ class ThreadTuner:
         self._run_steps = self.RUN_STEPS
         self._recent: deque[tuple[int, float]] = deque(maxlen=self.PROBE_STEPS)     # the run's last steps
         self.num_probes = 0
+        self._load = load or CoreLoad()
+        self._load_line = self._load.cpus - most + self.LOAD_CHANGE     # past it, fewer free cores than threads
+        self._probe_load: float | None = None                        # the cores others kept busy during the probe
 
     @property
     def probing(self) -> bool:
@@ -86,17 +133,28 @@ class ThreadTuner:
             self._expected = rates[self.current]
             clear = max(rates.values()) > 2 * self._expected
             self._run_steps = min(2 * self._run_steps, self.MAX_RUN_STEPS) if clear else self.RUN_STEPS
+            self._probe_load = self._load.others()
             self._start(probing=False)
         elif not self._probing:
             self._recent.append((tokens, seconds))
             recent_tokens = sum(t for t, _ in self._recent)
             slower = (len(self._recent) == self.PROBE_STEPS
                       and sum(s for _, s in self._recent) > 2 * self._expected * recent_tokens)
-            if self._steps >= self._run_steps or slower:
+            if self._steps >= self._run_steps or slower or (self._steps % self.PROBE_STEPS == 0
+                                                            and self._load_changed(self._load.others())):
                 self._start(probing=True)
+
+    def _load_changed(self, now: float | None) -> bool:
+        """Whether other processes' load `now` is on the other side of the load line from the probe's, by a margin."""
+        then = self._probe_load
+        if now is None or then is None:
+            return False
+        return (now > self._load_line) != (then > self._load_line) and abs(now - then) > self.LOAD_CHANGE / 2
 
     def _start(self, probing: bool) -> None:
         self._probing = probing
+        if probing:
+            self._load.others()             # the probe's load is measured from here
         self._recent.clear()
         self.num_probes += probing
         self._steps = 0

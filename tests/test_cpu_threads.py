@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
-from engine.cpu_threads import FixedThreads, ThreadTuner, thread_policy
+from engine.cpu_threads import CoreLoad, FixedThreads, ThreadTuner, thread_policy
 
 
 @pytest.fixture
@@ -14,6 +14,18 @@ def restore_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+class ScriptedLoad:
+    """Other processes' load as a test sets it, on a 2-core machine."""
+
+    cpus = 2
+
+    def __init__(self, cores: float = 0.0) -> None:
+        self.cores = cores
+
+    def others(self) -> float:
+        return self.cores
 
 
 def run_steps(tuner: ThreadTuner, count: int, ms_per_token: dict[int, float], tokens: int = 32) -> list[int]:
@@ -28,7 +40,7 @@ def run_steps(tuner: ThreadTuner, count: int, ms_per_token: dict[int, float], to
 
 
 def test_tuner_takes_the_faster_count_and_follows_the_load(restore_threads):
-    tuner = ThreadTuner(2)
+    tuner = ThreadTuner(2, ScriptedLoad())
     idle, busy = {2: 1.0, 1: 1.6}, {2: 3.0, 1: 1.7}
     used = run_steps(tuner, ThreadTuner.PROBE_STEPS, idle)
     assert used == [2, 1] * (ThreadTuner.PROBE_STEPS // 2)                     # the probe alternates
@@ -40,7 +52,7 @@ def test_tuner_takes_the_faster_count_and_follows_the_load(restore_threads):
 
 
 def test_a_clear_winner_is_probed_ever_more_rarely(restore_threads):
-    tuner = ThreadTuner(2)
+    tuner = ThreadTuner(2, ScriptedLoad())
     runs, probing = [], True
     for _ in range(20000):
         run_steps(tuner, 1, {2: 1.0, 1: 5.0})
@@ -50,6 +62,55 @@ def test_a_clear_winner_is_probed_ever_more_rarely(restore_threads):
     assert runs[:5] == [512, 1024, 2048, 4096, 4096]
     run_steps(tuner, 3 * ThreadTuner.PROBE_STEPS, {2: 3.0, 1: 3.3})       # slower: a probe, a close one
     assert tuner._run_steps == ThreadTuner.RUN_STEPS and not tuner._probing
+
+
+def test_tuner_probes_when_another_process_comes_or_goes(restore_threads):
+    """A load the step times do not show (less than twice as slow; or gone while one thread runs, as fast as
+    before) still makes the tuner probe within PROBE_STEPS steps, once it leaves fewer free cores than threads."""
+    load = ScriptedLoad()
+    tuner = ThreadTuner(2, load)
+    idle, busy = {2: 1.0, 1: 1.4}, {2: 1.9, 1: 1.5}
+    run_steps(tuner, ThreadTuner.PROBE_STEPS + 40, idle)
+    assert tuner.current == 2 and tuner.num_probes == 0
+    load.cores = 0.1                                  # noise, and a load that leaves both threads a core
+    assert run_steps(tuner, 100, idle) == [2] * 100 and tuner.num_probes == 0
+    load.cores = 0.8
+    used = run_steps(tuner, 3 * ThreadTuner.PROBE_STEPS, busy)
+    assert tuner.num_probes == 1 and used[-ThreadTuner.PROBE_STEPS:] == [1] * ThreadTuner.PROBE_STEPS
+    load.cores = 0.6                                  # the same load, measured lower: no probe
+    assert run_steps(tuner, 100, busy) == [1] * 100 and tuner.num_probes == 1
+    load.cores = 0.0
+    used = run_steps(tuner, 3 * ThreadTuner.PROBE_STEPS, idle)
+    assert tuner.num_probes == 2 and used[-ThreadTuner.PROBE_STEPS:] == [2] * ThreadTuner.PROBE_STEPS
+
+
+def test_core_load_sees_a_busy_process():
+    """CoreLoad against the kernel's own accounting: a process spinning beside this (idle) one keeps about one core
+    busy; this process's own work is not counted."""
+    import subprocess
+    import sys
+    import time
+
+    load = CoreLoad()
+    if load.others() is None and load.others() is None:
+        pytest.skip("no /proc/stat here")
+    time.sleep(0.3)
+    before = load.others()                          # whatever else runs on this machine
+    started = time.perf_counter()
+    while time.perf_counter() - started < 0.3:      # this process's own work
+        pass
+    spinning = load.others()
+    time.sleep(0.3)
+    assert spinning < max(before, load.others()) + 0.5
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        load.others()
+        time.sleep(0.6)
+        assert load.others() > 0.6
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_policies(restore_threads):

@@ -51,13 +51,16 @@ class FixedThreads:
 class CoreLoad:
     """How many cores other processes keep busy on the CPUs this process may run on (Linux's /proc/stat, their time
     stolen by a hypervisor included): the busy time of those CPUs over a stretch of wall time, less this process's
-    own CPU time. Unmeasurable (None) where /proc/stat cannot be read."""
+    own CPU time. Unmeasurable (None) where /proc/stat cannot be read or lacks one of those CPUs. The CPUs are
+    those the calling thread may run on, or all of them where that is fewer than the `threads` the process runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 1) -> None:
         try:
-            cpus = sorted(os.sched_getaffinity(0))
+            cpus = os.sched_getaffinity(0)
         except (AttributeError, OSError):
-            cpus = list(range(os.cpu_count() or 1))
+            cpus = set()
+        if len(cpus) < threads:
+            cpus = range(os.cpu_count() or 1)
         self.cpus = len(cpus)
         self._names = {f"cpu{i}".encode() for i in cpus}
         self._last = self._read()
@@ -67,18 +70,27 @@ class CoreLoad:
         try:
             with open("/proc/stat", "rb") as f:
                 lines = f.read().splitlines()
-            ticks = 0
+            ticks = found = 0
             for line in lines[1:]:
+                if not line.startswith(b"cpu"):
+                    break
                 fields = line.split()
-                if fields and fields[0] in self._names:     # user nice system idle iowait irq softirq steal
+                if fields[0] in self._names:     # user nice system idle iowait irq softirq steal
                     ticks += sum(map(int, fields[1:9])) - int(fields[4]) - int(fields[5])
+                    found += 1
+            if found < len(self._names):
+                return None
             return ticks / os.sysconf("SC_CLK_TCK"), time.perf_counter(), time.process_time()
         except (OSError, ValueError, IndexError, AttributeError):
             return None
 
-    def others(self) -> float | None:
-        """The cores other processes kept busy since the last call (or since this was built)."""
+    def others(self, min_seconds: float = 0.0) -> float | None:
+        """The cores other processes kept busy since the last call that returned (or since this was built); None,
+        from the same start next time, before `min_seconds` of wall time (the kernel counts in ticks of 10 ms: a
+        tenth of a second reads one core's use to within about 0.1)."""
         now, last = self._read(), self._last
+        if now is not None and last is not None and now[1] - last[1] < min_seconds:
+            return None
         self._last = now
         if now is None or last is None or now[1] <= last[1]:
             return None
@@ -91,7 +103,9 @@ class ThreadTuner:
     PROBE_STEPS = 16
     RUN_STEPS = 256
     MAX_RUN_STEPS = 4096
-    LOAD_CHANGE = 0.4       # cores of other processes' work: the margin of the load line, and the least change
+    LOAD_MARGIN = 0.4       # cores of other processes' work beyond the free ones that count as a load
+    LOAD_BAND = 0.15        # ... and how far past that line (either way) a reading must be to count as a change
+    LOAD_WINDOW_S = 0.5     # the least wall time a reading of the load covers
 
     def __init__(self, most: int, load: CoreLoad | None = None) -> None:
         self.choices = (most, 1)
@@ -104,8 +118,8 @@ class ThreadTuner:
         self._run_steps = self.RUN_STEPS
         self._recent: deque[tuple[int, float]] = deque(maxlen=self.PROBE_STEPS)     # the run's last steps
         self.num_probes = 0
-        self._load = load or CoreLoad()
-        self._load_line = self._load.cpus - most + self.LOAD_CHANGE     # past it, fewer free cores than threads
+        self._load = load or CoreLoad(most)
+        self._load_line = self._load.cpus - most + self.LOAD_MARGIN     # past it, fewer free cores than threads
         self._probe_load: float | None = None                        # the cores others kept busy during the probe
 
     @property
@@ -140,16 +154,17 @@ class ThreadTuner:
             recent_tokens = sum(t for t, _ in self._recent)
             slower = (len(self._recent) == self.PROBE_STEPS
                       and sum(s for _, s in self._recent) > 2 * self._expected * recent_tokens)
-            if self._steps >= self._run_steps or slower or (self._steps % self.PROBE_STEPS == 0
-                                                            and self._load_changed(self._load.others())):
+            if self._steps >= self._run_steps or slower or (
+                    self._steps % self.PROBE_STEPS == 0 and self._load_changed(self._load.others(self.LOAD_WINDOW_S))):
                 self._start(probing=True)
 
     def _load_changed(self, now: float | None) -> bool:
-        """Whether other processes' load `now` is on the other side of the load line from the probe's, by a margin."""
-        then = self._probe_load
+        """Whether other processes' load `now` is past the load line, by LOAD_BAND, on the other side from the
+        probe's (the band keeps a reading's noise near the line from probing again and again)."""
+        then, line = self._probe_load, self._load_line
         if now is None or then is None:
             return False
-        return (now > self._load_line) != (then > self._load_line) and abs(now - then) > self.LOAD_CHANGE / 2
+        return now > line + self.LOAD_BAND if then <= line else now < line - self.LOAD_BAND
 
     def _start(self, probing: bool) -> None:
         self._probing = probing

@@ -73,8 +73,9 @@ class SpeculationGate:
 
     def closed_idle(self) -> bool:
         """Whether a step of a closed batch drafts nothing, whatever its sequences: the time model is fitted,
-        drafting does not pay and no probe is due. If so, the step is counted as `allowed` would count it, and
-        the caller need not look for the sequences that may draft (most steps, where drafting does not pay)."""
+        drafting does not pay and no probe is due. If so, the step is counted as a call of `allowed` would count
+        it, and the caller need not look for the sequences that may draft (most steps, where drafting does not
+        pay)."""
         if (self.fixed_s is None or (self._steps + 1) % self._probe_every == 0
                 or self.pays(0, closed=True)):
             return False
@@ -119,7 +120,7 @@ class SpeculationGate:
             sums[3] += tokens * seconds
         n = len(samples)
         var = sums[2] - sums[0] * sums[0] / n
-        if var <= 1e-9 * sums[2]:           # every step of one size (up to rounding)
+        if var < 0.25:                      # every step of one size (whole token counts: two sizes give >= 0.5)
             return
         slope = (sums[3] - sums[0] * sums[1] / n) / var
         self.per_token_s = max(slope, 1e-9)

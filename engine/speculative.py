@@ -164,7 +164,7 @@ class Speculation:
         self._slowest = None
         self._propose_s = None
         closed = closed and queued <= self._batch
-        if closed and self.gate.closed_idle():
+        if closed and any(map(can_speculate, running)) and self.gate.closed_idle():
             return
         decoding = [seq for seq in running if can_speculate(seq)]
         if closed and decoding:

@@ -13,11 +13,12 @@ mix of work), and compares their seconds per token. The faster runs the next ste
 after each probe that found the loser more than twice as slow (up to `MAX_RUN_STEPS`: a probe costs its slow
 steps), and again `RUN_STEPS` after a close one. A run whose seconds per token over its last `PROBE_STEPS` steps
 grow past twice what the probe measured for it probes again at once, and so does one in which the load changed:
-`CoreLoad` reads, every `PROBE_STEPS` steps, how many cores other processes keep busy on this process's CPUs, and
-a probe follows when that crosses the line past which they leave the tuner's threads fewer cores than threads
-(a busy process that comes or goes; measured in RESULTS.md: the timing rule alone missed a load that doubled the
-step time, and cannot see a load leave while one thread runs, its steps as fast as before). Only where the user left
-the count to torch (`cpu_threads=None`) on a CPU device, between the count torch had when the engine was built
+`CoreLoad` reads how many cores other processes keep busy on this process's CPUs (over `LOAD_WINDOW_S` at least,
+checked every `PROBE_STEPS` steps), and a probe follows when that passes, by `LOAD_BAND`, the line past which they
+leave the tuner's threads fewer cores than threads, on the other side from the probe's reading (a busy process
+that comes or goes; measured in RESULTS.md: the timing rule alone missed a load that doubled the step time, and
+cannot see a load leave while one thread runs, its steps as fast as before). Only where the user left the count
+to torch (`cpu_threads=None`) on a CPU device, between the count torch had when the engine was built
 (one per physical core, unless the user set another) and one. The engine reports no step that verified speculative
 drafts: such a step computes several times its neighbours' tokens in about their time.
 """

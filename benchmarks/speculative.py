@@ -4,7 +4,8 @@ Each prompt is a function from Python's own standard library (so every machine h
 a request to write it again and the start of the rewrite; a model that copies much of it lets n-gram drafts hold.
 Runs the default model (or --model) without and with `speculative_config`, interleaved (A, B, A, B: the machine
 is shared and noisy) for --pairs pairs, at batch 1 (requests one after another) and at batch 32 (all at once),
-and prints medians, spread, the ratio, and the acceptance rate and mean accepted length of the speculative runs.
+and prints medians, spread, the ratio (of the medians; and the median of the pairs' ratios, each pair run back
+to back), and the acceptance rate and mean accepted length of the speculative runs.
 Greedy by default; --temperature samples (seeded). The two engines' tokens are compared too: they must agree.
 `--workload random` gives prompts of random tokens instead (little to copy: the gate should switch drafting off).
 `--method draft_model` drafts with `--draft PATH`, or by default with the model's first `--draft-layers` layers
@@ -24,6 +25,7 @@ import inspect
 import json
 import random
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -138,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
                "mean_accepted_length": 1 + accepted / drafts if drafts else None,
                "draft_tokens": drafted}
         row["ratio"] = row["spec_tok_s"] / row["plain_tok_s"]
+        pairs = [b / a for a, b in zip(rates["plain"], rates["spec"])]      # each pair ran back to back
+        row["pair_ratio_median"] = statistics.median(pairs)
+        row["pairs_below_1"] = sum(r < 1 for r in pairs)
         results.append(row)
         print(json.dumps(row), flush=True)
     report.write(args.json, args, results)

@@ -96,14 +96,20 @@ def test_core_load_sees_a_busy_process():
     if load.others() is None and load.others() is None:
         pytest.skip("no /proc/stat here")
     assert load.others(min_seconds=60) is None      # too short a stretch: nothing yet, measured on from its start
-    time.sleep(0.5)
-    before = load.others()                          # whatever else runs on this machine
-    started = time.perf_counter()
-    while time.perf_counter() - started < 0.5:      # this process's own work
-        pass
-    spinning = load.others()
-    time.sleep(0.5)
-    assert spinning < max(before, load.others()) + 0.7
+
+    def own_work_counted() -> float:
+        """What this process's spinning adds to the reading, beside whatever else runs on the machine."""
+        time.sleep(0.5)
+        before = load.others()
+        started = time.perf_counter()
+        while time.perf_counter() - started < 0.5:
+            pass
+        spinning = load.others()
+        time.sleep(0.5)
+        return spinning - max(before, load.others())
+
+    # Counted, it would add about one core; a load that changes in the meantime may add some: one of three tries.
+    assert any(own_work_counted() < 0.5 for _ in range(3))
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)

@@ -27,11 +27,15 @@ class SpeculationGate:
 
     While it does not pay, one sequence (in a closed batch all the slowest, which alone can move it) still drafts
     now and then (after `PROBE_EVERY` steps, then twice as many each time up to `MAX_PROBE_EVERY`), to keep r and g
-    current at the cost of a few tokens; until the time model is fitted, every `PROBE_EVERY`-th step drafts
+    current at the cost of a few tokens. A closed batch's probe drafts for up to the whole batch, so its interval
+    grows on to `MAX_CLOSED_PROBE_EVERY`: in a closed batch of 32 random prompts, two probes a run of 128 steps
+    cost about 1% of it (benchmarks/RESULTS.md), where the probes that turn drafting back on come at the shorter
+    intervals, after steps where it paid. Until the time model is fitted, every `PROBE_EVERY`-th step drafts
     nothing, so that it sees steps of more than one size."""
 
     PROBE_EVERY = 8
     MAX_PROBE_EVERY = 64
+    MAX_CLOSED_PROBE_EVERY = 256
     WINDOW = 64                          # the recent steps the time model is fitted on
 
     def __init__(self) -> None:
@@ -68,7 +72,8 @@ class SpeculationGate:
             return batch
         if self._steps % self._probe_every:
             return 0
-        self._probe_every = min(2 * self._probe_every, self.MAX_PROBE_EVERY)     # while it keeps not paying
+        longest = self.MAX_CLOSED_PROBE_EVERY if closed else self.MAX_PROBE_EVERY
+        self._probe_every = min(2 * self._probe_every, longest)     # while it keeps not paying
         return batch if closed else 1
 
     def closed_idle(self) -> bool:

@@ -251,8 +251,10 @@ def test_gate_in_a_closed_batch_weighs_the_steps_its_slowest_sequences_gain(monk
     for _ in range(50):
         gate.observe_closed_step(0, 20, 0.001)      # ... but the slowest sequences never gained
     assert not gate.pays(32, closed=True)           # 0 * 10 ms < 20 * 0.1 ms + 1 ms
-    allowed = [gate.allowed(32, closed=True) for _ in range(256)]
+    allowed = [gate.allowed(32, closed=True) for _ in range(1024)]
     assert set(allowed) == {0, 32}                  # a probe drafts for all of them: only that can move the batch
+    probes = [i for i, n in enumerate(allowed) if n]
+    assert probes[-1] - probes[-2] == SpeculationGate.MAX_CLOSED_PROBE_EVERY > SpeculationGate.MAX_PROBE_EVERY
     for _ in range(50):
         gate.observe_closed_step(1, 40, 0.001)
     assert gate.pays(32, closed=True)               # 1 * 10 ms > 40 * 0.1 ms + 1 ms

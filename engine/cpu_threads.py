@@ -122,6 +122,7 @@ class ThreadTuner:
         self._load = load or CoreLoad(most)
         self._load_line = self._load.cpus - most + self.LOAD_MARGIN     # past it, fewer free cores than threads
         self._probe_load: float | None = None                        # the cores others kept busy during the probe
+        self._last_step = time.perf_counter()                         # when the last step ended
 
     @property
     def probing(self) -> bool:
@@ -129,13 +130,17 @@ class ThreadTuner:
         return self._probing
 
     def before_step(self) -> None:
-        """Choose this step's thread count."""
+        """Choose this step's thread count. After the engine sat idle for LOAD_WINDOW_S or more, the load is read
+        from here on: what other processes did while this one waited is not what its steps will meet."""
+        if time.perf_counter() - self._last_step > self.LOAD_WINDOW_S:
+            self._load.others()
         want = self.choices[self._steps % 2] if self._probing else self.current
         if torch.get_num_threads() != want:
             torch.set_num_threads(want)
 
     def after_step(self, tokens: int, seconds: float) -> None:
         """The step just chosen for computed `tokens` tokens in `seconds`."""
+        self._last_step = time.perf_counter()
         if tokens <= 0:
             return
         choice = torch.get_num_threads()

@@ -17,14 +17,16 @@ def restore_threads():
 
 
 class ScriptedLoad:
-    """Other processes' load as a test sets it, on a 2-core machine."""
+    """Other processes' load as a test sets it, on a 2-core machine; counts its readings."""
 
     cpus = 2
 
     def __init__(self, cores: float = 0.0) -> None:
         self.cores = cores
+        self.readings = 0
 
     def others(self, min_seconds: float = 0.0) -> float:
+        self.readings += 1
         return self.cores
 
 
@@ -83,6 +85,22 @@ def test_tuner_probes_when_another_process_comes_or_goes(restore_threads):
     load.cores = 0.0
     used = run_steps(tuner, 3 * ThreadTuner.PROBE_STEPS, idle)
     assert tuner.num_probes == 2 and used[-ThreadTuner.PROBE_STEPS:] == [2] * ThreadTuner.PROBE_STEPS
+
+
+def test_the_load_is_read_afresh_after_the_engine_sat_idle(restore_threads):
+    """A reading of the load that began before an idle stretch is dropped at the next step (a server between
+    requests): steps in quick succession read it only at the tuner's checks."""
+    import time
+
+    load = ScriptedLoad()
+    tuner = ThreadTuner(2, load)
+    run_steps(tuner, ThreadTuner.PROBE_STEPS + 3, {2: 1.0, 1: 1.4})        # a probe, then a run
+    readings = load.readings
+    run_steps(tuner, 10, {2: 1.0, 1: 1.4})
+    assert load.readings == readings                      # no check due within these steps, no gap
+    time.sleep(ThreadTuner.LOAD_WINDOW_S + 0.1)
+    run_steps(tuner, 1, {2: 1.0, 1: 1.4})
+    assert load.readings == readings + 1
 
 
 def test_core_load_sees_a_busy_process():

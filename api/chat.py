@@ -81,9 +81,14 @@ class _View:
         """Whether replies are read for tool calls (tools given and a choice other than none)."""
         return bool(self.body.tools) and self.body.effective_tool_choice not in (None, "none")
 
+    @property
+    def _named(self) -> bool:
+        """Whether tool_choice names the function to call (its reply then ends with "stop", as OpenAI's does)."""
+        return isinstance(self.body.effective_tool_choice, tools.NamedToolChoice)
+
     def _message(self, choice: CompletionOutput) -> tuple[dict, str | None]:
         """The reply's message (its thinking apart with a reasoning parser), and its finish reason ("tool_calls"
-        when it calls tools)."""
+        when it chose to call tools)."""
         thinking, text = reasoning.split(choice.text) if self.state.settings.reasoning_parser else (None, choice.text)
         message = {"role": "assistant", "content": text}
         if thinking is not None:
@@ -95,7 +100,7 @@ class _View:
         message["content"], calls = merge(reader.feed(text, final=True))
         if not calls:
             return message, choice.finish_reason
-        return {**message, "tool_calls": calls}, _finish(choice.finish_reason, True)
+        return {**message, "tool_calls": calls}, _finish(choice.finish_reason, not self._named)
 
     def _usage(self, choices: list[CompletionOutput]) -> dict:
         """usage, with the thinking's tokens in completion_tokens_details when a reasoning parser is set."""
@@ -182,7 +187,7 @@ class _View:
                     reader = readers[choice.index]
                     thinking = {"reasoning_content": delta["reasoning_content"]} if "reasoning_content" in delta else {}
                     deltas = ([thinking] if thinking else []) + reader.feed(delta.get("content", ""), ended)
-                    finish_reason = _finish(finish_reason, any(call.name for call in reader.calls))
+                    finish_reason = _finish(finish_reason, not self._named and any(call.name for call in reader.calls))
                 if not (deltas or finish_reason or has_logprobs or ids):
                     continue
                 last = output.finished and k == len(output.outputs) - 1
@@ -209,5 +214,5 @@ _NO_STOP = {"stop_reason": None, "matched_stop": None}
 
 
 def _finish(reason: str | None, calls: bool) -> str | None:
-    """A choice's finish reason: "tool_calls" when it ended naturally having called tools."""
+    """A choice's finish reason: "tool_calls" when it ended naturally having called tools of its own choice."""
     return "tool_calls" if calls and reason == "stop" else reason

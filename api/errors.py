@@ -85,15 +85,21 @@ def unsupported(param: str, detail: str = "") -> APIError:
                     "unsupported_parameter")
 
 
-def validation_error(errors: list[dict]) -> APIError:
-    """Turn pydantic's errors (FastAPI's RequestValidationError) into one 400 naming the first bad field."""
+def validation_error(errors: list[dict], body: object = None) -> APIError:
+    """Turn pydantic's errors (FastAPI's RequestValidationError) into one 400 naming the first bad field, read
+    against the request's `body` where given. Where that field is a union, pydantic reports each member it tried:
+    the error that reached deepest into the body names what the client got wrong (a tool_choice object without its
+    function, not "should be 'none', 'auto' or 'required'")."""
     if not errors:
         return bad_request("Invalid request body.")
-    error = errors[0]
+    field = errors[0].get("loc", ())[:2]
+    error = max((e for e in errors if e.get("loc", ())[:2] == field), key=lambda e: len(e.get("loc", ())))
     loc = [part for part in error.get("loc", ()) if part != "body"]
     kind = error.get("type", "")
+    if error.get("loc", ())[:1] != ("body",):
+        body = None
     if kind == "lone_surrogate":
-        param = ".".join(part for part in (_param_name(loc), error["ctx"]["where"]) if part)
+        param = ".".join(part for part in (_param_name(loc, body), error["ctx"]["where"]) if part)
         return bad_request(f"Invalid value for '{param}': {error['msg']}.", param)
     if kind == "json_invalid":
         return bad_request("The request body is not valid JSON: "
@@ -108,7 +114,7 @@ def validation_error(errors: list[dict]) -> APIError:
                 return bad_request("The request body is not valid JSON.")
             return bad_request("Send the JSON body with 'Content-Type: application/json'.")
         return bad_request("The request body must be a JSON object.")
-    param = _param_name(loc)
+    param = _param_name(loc, body, kind == "missing")
     if kind == "extra_forbidden":
         return unsupported(param)
     if kind == "unsupported":
@@ -120,17 +126,50 @@ def validation_error(errors: list[dict]) -> APIError:
     return bad_request(f"Invalid value for '{param}': {message}.", param)
 
 
-def _param_name(loc: list) -> str:
-    """('messages', 0, 'content') -> 'messages[0].content'; union member tags are dropped."""
+def _param_name(loc: list, body: object = None, missing: bool = False) -> str:
+    """('messages', 0, 'content') -> 'messages[0].content', without the names pydantic gives the members of a
+    union it tried (a discriminator's value such as 'json_schema', a type such as 'str' or 'NamedToolChoice').
+    Read against the request's `body`, a part is a field where the body has it on the way down, and the last part
+    is one where the body has it (lacks it, when the field is `missing`); without the body, by the names' look."""
+    path = _field_path(list(loc), body, missing) if isinstance(body, dict) else None
+    if path is None:
+        path = [part for part in loc if isinstance(part, int) or not _member_name(part)]
     name = ""
-    for part in loc:
-        if isinstance(part, int):
-            name += f"[{part}]"
-        elif "[" in part or part.startswith("constrained-") or part in ("str", "int", "float", "bool", "list", "dict"):
-            continue                      # the member of a union pydantic tried, not a field
-        else:
-            name += f".{part}" if name else part
+    for part in path:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else part
     return name
+
+
+def _field_path(loc: list, node: object, missing: bool) -> list | None:
+    """The parts of `loc` that are fields of `node` (the body, or a value in it), or None if none fits."""
+    if not loc:
+        return []
+    part, rest = loc[0], loc[1:]
+    if isinstance(node, dict) and isinstance(part, str):
+        child = node.get(part, _ABSENT)
+    elif isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node):
+        child = node[part]
+    else:
+        child = _ABSENT
+    if not rest:
+        if missing:
+            return [part] if isinstance(node, dict) and child is _ABSENT else None
+        if child is not _ABSENT:
+            return [part]
+        return None if isinstance(node, dict) else []      # a member's name, on a value that is no such member
+    if child is not _ABSENT:
+        below = _field_path(rest, child, missing)
+        if below is not None:
+            return [part, *below]
+    return None if isinstance(part, int) else _field_path(rest, node, missing)    # a member's name: skipped
+
+
+_ABSENT = object()
+
+
+def _member_name(part: str) -> bool:
+    """Whether a part of a location looks like the name pydantic gives a union's member, not like a field."""
+    return "[" in part or part.startswith("constrained-") or part in ("str", "int", "float", "bool", "list", "dict")
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -142,7 +181,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        error = validation_error(list(exc.errors()))
+        error = validation_error(list(exc.errors()), exc.body)
         return _ErrorResponse(shaped(request.url.path, 400, error.body()), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

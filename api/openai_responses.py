@@ -96,14 +96,14 @@ def _history(state: ServerState, previous: str | None) -> list[dict]:
 
 
 def _messages(given: str | list) -> list[dict]:
-    """`input` as chat-template messages: developer messages as system ones, function calls on the assistant's
-    message, their outputs as tool messages; reasoning items are not rendered."""
+    """`input` as chat-template messages (developer ones as the tokenizer renders them), function calls on the
+    assistant's message, their outputs as tool messages; reasoning items are not rendered."""
     if isinstance(given, str):
         return [{"role": "user", "content": given}]
     out: list[dict] = []
     for item in given:
         if isinstance(item, MessageItem):
-            out.append({"role": "system" if item.role == "developer" else item.role, "content": item.text()})
+            out.append({"role": item.role, "content": item.text()})
         elif isinstance(item, FunctionCallItem):
             call = {"id": item.call_id, "type": "function",
                     "function": {"name": item.name, "arguments": _arguments(item.arguments)}}

@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from api.errors import bad_request
+from api.errors import bad_request, unsupported
 from api.strict import StrictModel
 from api.structured import ResponseFormat, StructuredOutputs
 from api.tools import Tool, ToolCall, ToolChoice
@@ -296,6 +296,7 @@ class ChatCompletionRequest(SamplingRequest):
     add_generation_prompt: bool | None = None
     continue_final_message: bool | None = None
     echo: bool | None = None
+    store: bool | None = None            # OpenAI's: keep the completion for later; false (its default) is honoured
 
     @field_validator("chat_template_kwargs")
     @classmethod
@@ -330,6 +331,9 @@ class ChatCompletionRequest(SamplingRequest):
                 raise bad_request("tool_call_id is only allowed on tool messages.", f"messages[{i}].tool_call_id")
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("top_logprobs requires logprobs: true.", "top_logprobs")
+        if self.store:
+            raise unsupported("store", " (it keeps no chat completions: store: false is accepted, or use "
+                              "/v1/responses, which stores responses)")
         if self.continue_final_message and self.add_generation_prompt:
             raise bad_request("continue_final_message and add_generation_prompt cannot both be true.",
                               "continue_final_message")

@@ -82,9 +82,12 @@ class Tokenizer:
                     continue_final_message: bool = False, chat_template: str | None = None) -> str:
         """The prompt text of a conversation (and the tools the model may call), rendered with the checkpoint's
         chat template or `chat_template`, which also sees `template_kwargs` (e.g. Qwen3's enable_thinking).
-        continue_final_message leaves the last (assistant) message open, for the model to go on with."""
+        continue_final_message leaves the last (assistant) message open, for the model to go on with. OpenAI's
+        "developer" messages are system messages to a template that does not know the role (as in vLLM)."""
         if chat_template is None and not self.has_chat_template:
             raise ValueError("this model has no chat template, so chat messages cannot be rendered")
+        if "developer" not in str(chat_template or self.hf.chat_template):
+            messages = [{**m, "role": "system"} if m.get("role") == "developer" else m for m in messages]
         return self.hf.apply_chat_template(messages, tools=tools, tokenize=False, chat_template=chat_template,
                                            add_generation_prompt=add_generation_prompt,
                                            continue_final_message=continue_final_message, **(template_kwargs or {}))
@@ -122,9 +125,11 @@ class IncrementalDetokenizer:
         held: list[int] = []               # context tokens the stream holds back: the prompt ends inside a character
         for token_id in context_ids:       # primed token by token, emitting nothing
             held = [] if self._stream.step(self._backend, token_id) is not None else [*held, token_id]
-        # The whole characters among the held tokens (a space merged with the first byte, say) are prompt text
-        # that the stream will emit again with the first generated text: it is cut from there.
-        self._prompt_tail = self._backend.decode(held, skip_special_tokens=skip_special_tokens).rstrip("\ufffd")
+        # The held tokens' text (a space merged with the first byte of a character, say, or bytes that are no
+        # character, as U+FFFD) is prompt text that the stream will emit again with the first generated text: what
+        # that text begins with of it is cut from there. (Bytes that the generated ones complete to a character
+        # are not cut: their U+FFFD here differs from the character the stream emits.)
+        self._prompt_tail = self._backend.decode(held, skip_special_tokens=skip_special_tokens)
         self._pending: list[int] = []      # generated tokens whose text is still held back
         self.num_fed = 0                   # generated tokens given to the stream so far
 
@@ -189,7 +194,12 @@ class IncrementalDetokenizer:
         if self._pending:
             self._pending.clear()
         if self._prompt_tail:
-            text = text.removeprefix(self._prompt_tail)
+            common = 0
+            for held, emitted in zip(self._prompt_tail, text):
+                if held != emitted:
+                    break
+                common += 1
+            text = text[common:]
             self._prompt_tail = ""
         return text
 

@@ -106,7 +106,11 @@ def test_n_choices_and_roles(server, client):
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),     # auto needs a parser
     ({"tool_choice": "auto"}, "tool_choice"),
-    ({"response_format": {"type": "text", "json_schema": {"name": "x"}}}, "response_format.text.json_schema"),
+    ({"response_format": {"type": "text", "json_schema": {"name": "x"}}}, "response_format.json_schema"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),      # not the union's tag
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format.json_schema.name"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}, "strict": True}},
+     "response_format.strict"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content"),
@@ -121,6 +125,7 @@ def test_n_choices_and_roles(server, client):
     ({"chat_template": "{{ messages }}"}, "chat_template"),                  # not trusted by this server
     ({"prompt_logprobs": 1, "stream": True}, "prompt_logprobs"),
     ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+    ({"store": True}, "store"),                                             # nothing is kept
 ])
 def test_unsupported_or_invalid_chat_parameters(server, extra, param):
     r = server.post("/v1/chat/completions", {"model": server.model, "messages": MESSAGES, **extra})
@@ -129,9 +134,40 @@ def test_unsupported_or_invalid_chat_parameters(server, extra, param):
     assert error["param"] == param and error["type"] == "invalid_request_error"
 
 
-def test_response_format_text_is_accepted(server):
+def test_a_named_tool_choice_without_its_function_says_so(server):
+    """tool_choice is a string or an object: an object without `function` is reported as that, not as a string
+    that should be 'none', 'auto' or 'required' (the union's first member)."""
+    r = server.post("/v1/chat/completions", {"model": server.model, "messages": MESSAGES,
+                                             "tools": [{"type": "function", "function": {"name": "f"}}],
+                                             "tool_choice": {"type": "function"}})
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] == "tool_choice.function" and "Missing" in error["message"]
+
+
+def test_developer_messages_are_system_messages_to_a_template_without_the_role(server, client, hf_tokenizer):
+    """OpenAI's developer role reaches a template that does not know it as system (as vLLM renders it)."""
+    assert "developer" not in hf_tokenizer.chat_template
+    ids = [_chat(client, server.model, [{"role": role, "content": "Be brief."}, {"role": "user", "content": "hi"}],
+                 max_tokens=1, extra_body={"return_token_ids": True}).model_extra["prompt_token_ids"]
+           for role in ("developer", "system")]
+    assert ids[0] == ids[1]
+
+
+def test_templates_that_know_the_developer_role_see_it(main_checkpoint):
+    from engine.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(main_checkpoint, [])
+    messages = [{"role": "developer", "content": "a"}]
+    assert tokenizer.render_chat(messages, False, chat_template="{% for m in messages %}{{ m.role }}{% endfor %}") \
+        == "system"
+    knows = "{% for m in messages %}{{ 'developer' if m.role == 'developer' else 'other' }}{% endfor %}"
+    assert tokenizer.render_chat(messages, False, chat_template=knows) == "developer"
+
+
+def test_response_format_text_and_store_false_are_accepted(server):
     r = server.post("/v1/chat/completions", {"model": server.model, "messages": MESSAGES, "max_tokens": 2,
-                                             "response_format": {"type": "text"}, "tool_choice": "none"})
+                                             "response_format": {"type": "text"}, "tool_choice": "none",
+                                             "store": False})
     assert r.status_code == 200
     r = server.post("/v1/chat/completions", {"model": server.model, "messages": MESSAGES, "max_tokens": 2,
                                              "response_format": {"type": "text", "json_schema": None}})

@@ -17,6 +17,7 @@ from llm_kernels import KernelSet
 DEFAULT_MODEL = str(Path(__file__).parent / "assets" / "pycoder-tiny")
 
 Prompt = str | list[int]
+PromptInput = Prompt | dict          # and vLLM's {"prompt": text} or {"prompt_token_ids": ids}
 
 
 class LLM:
@@ -64,9 +65,10 @@ class LLM:
         """The checkpoint's Hugging Face tokenizer."""
         return self.engine.tokenizer.hf
 
-    def generate(self, prompts: Prompt | Seq[Prompt], sampling_params: SamplingParams | Seq[SamplingParams] | None
-                 = None, use_tqdm: bool = False) -> list[RequestOutput]:
-        """Generate for one prompt or a batch (strings or token-id lists); outputs come in prompt order.
+    def generate(self, prompts: PromptInput | Seq[PromptInput], sampling_params: SamplingParams
+                 | Seq[SamplingParams] | None = None, use_tqdm: bool = False) -> list[RequestOutput]:
+        """Generate for one prompt or a batch; outputs come in prompt order. A prompt is text, token ids, or
+        vLLM's prompt dicts: {"prompt": text} (TextPrompt) or {"prompt_token_ids": ids} (TokensPrompt).
 
         sampling_params: one for every prompt, or a list with one per prompt (default: SamplingParams()).
         """
@@ -75,15 +77,24 @@ class LLM:
         return self._run(batch, params, use_tqdm)
 
     def chat(self, messages: list[dict] | list[list[dict]],
-             sampling_params: SamplingParams | Seq[SamplingParams] | None = None, add_generation_prompt: bool = True,
-             use_tqdm: bool = False) -> list[RequestOutput]:
-        """Generate replies to one conversation or a batch, rendered with the checkpoint's chat template."""
+             sampling_params: SamplingParams | Seq[SamplingParams] | None = None, use_tqdm: bool = False, *,
+             chat_template: str | None = None, add_generation_prompt: bool = True,
+             continue_final_message: bool = False, tools: list[dict] | None = None,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """Generate replies to one conversation or a batch, rendered with the checkpoint's chat template (or
+        `chat_template`), which also sees `tools` and `chat_template_kwargs`; vLLM's arguments, in its order.
+        continue_final_message leaves the last (assistant) message open, for the model to go on with."""
+        if continue_final_message and add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         tokenizer = self.engine.tokenizer
-        batch = [tokenizer.encode_chat(conv, add_generation_prompt) for conv in conversations]
+        texts = [tokenizer.render_chat(conv, add_generation_prompt, tools, chat_template_kwargs,
+                                       continue_final_message=continue_final_message, chat_template=chat_template)
+                 for conv in conversations]
+        batch = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
         outputs = self._run(batch, _per_prompt(sampling_params, len(batch)), use_tqdm)
-        for output, conv in zip(outputs, conversations):
-            output.prompt = tokenizer.render_chat(conv, add_generation_prompt)
+        for output, text in zip(outputs, texts):
+            output.prompt = text
         return outputs
 
     def _run(self, prompts: list[Prompt], params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
@@ -106,13 +117,27 @@ class LLM:
         return [results[request_id] for request_id in ids]
 
 
-def _as_batch(prompts: Prompt | Seq[Prompt]) -> list[Prompt]:
-    if isinstance(prompts, str):
-        return [prompts]
+def _as_batch(prompts: PromptInput | Seq[PromptInput]) -> list[Prompt]:
+    """One prompt or a list of them, as text or token-id lists."""
+    if isinstance(prompts, (str, dict)):
+        return [_prompt(prompts)]
     prompts = list(prompts)
-    if prompts and all(isinstance(t, int) for t in prompts):
+    if prompts and not isinstance(prompts[0], (str, dict, list, tuple)):     # the token ids of one prompt
         return [prompts]
-    return prompts
+    return [_prompt(prompt) for prompt in prompts]
+
+
+def _prompt(prompt: PromptInput) -> Prompt:
+    """A prompt as text or token ids, from vLLM's prompt dicts too; a ValueError for what they may hold that this
+    engine cannot honour (multi-modal data, a cache salt)."""
+    if not isinstance(prompt, dict):
+        return prompt
+    if set(prompt) == {"prompt"} and isinstance(prompt["prompt"], str):
+        return prompt["prompt"]
+    if set(prompt) == {"prompt_token_ids"} and isinstance(prompt["prompt_token_ids"], (list, tuple)):
+        return list(prompt["prompt_token_ids"])
+    raise ValueError(f"a prompt dict holds either 'prompt' (text) or 'prompt_token_ids' (a list of token ids), "
+                     f"nothing else; got the keys {sorted(prompt)}")
 
 
 def _per_prompt(params: SamplingParams | Seq[SamplingParams] | None, count: int) -> list[SamplingParams]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import operator
 import random
 import time
 import weakref
@@ -138,7 +139,7 @@ class LLMEngine:
                 raise ValueError(f"{exc}: the context length is {self.max_model_len}, so no token could be "
                                  "generated") from None
         else:
-            text, token_ids = None, [int(t) for t in prompt]
+            text, token_ids = None, _token_ids(prompt)
         self._validate(token_ids, params)
         request = Request(request_id, text, token_ids, params, stream)
         if params.structured_outputs is not None:
@@ -283,3 +284,16 @@ class LLMEngine:
             prefix_cache_hits=self._prefix_hits,
             **(self.speculation.counters() if self.speculation is not None else {}),
         )
+
+
+def _token_ids(prompt: object) -> list[int]:
+    """A prompt's token ids as ints (numpy's and torch's integers too); a ValueError for anything else."""
+    try:
+        items = list(prompt)
+        token_ids = [operator.index(t) for t in items if not isinstance(t, bool)]
+    except TypeError:
+        items, token_ids = None, None
+    if token_ids is None or len(token_ids) != len(items):
+        raise ValueError(f"a prompt is a string or a list of token ids (ints), got {type(prompt).__name__} "
+                         f"{str(prompt)[:80]}")
+    return token_ids

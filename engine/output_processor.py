@@ -6,10 +6,12 @@ same rules: a stop among them ends it there, and the rest are dropped.
 A structured-output sequence first feeds the token to its grammar's matcher: the grammar's end (its stop token,
 EOS, drawn once the text is complete) ends the sequence with "stop", whatever ignore_eos says.
 
-Stop rules, in order, once `min_tokens` tokens exist: EOS (unless ignore_eos) and `stop_token_ids` end a
-sequence without adding their text; a stop string anywhere in the new text (also across token boundaries)
-cuts the text before it (or after it with include_stop_str_in_output). Then `max_tokens`, which already
-includes the end of the context, ends it with "length".
+Stop rules, in order, as vLLM's: EOS (unless ignore_eos) and `stop_token_ids` end a sequence without adding their
+text (unless include_stop_str_in_output; the sampler draws neither before `min_tokens` tokens exist); after
+`min_tokens` tokens, a stop string ending in the new text (it may begin earlier, across token boundaries) cuts the
+text before it (or after it with include_stop_str_in_output). Then `max_tokens`, which already includes the end of
+the context, ends it with "length". The stop reason is the stop string or stop token, or None for the tokenizer's
+EOS (the other EOS ids of generation_config.json are stop tokens, as in vLLM).
 
 Streamed outputs are deltas, and never carry text that could still turn out to be the start of a stop
 string: that tail is held back until it is not.
@@ -32,6 +34,7 @@ class OutputProcessor:
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(tokenizer.eos_token_ids)
+        self.primary_eos = tokenizer.hf.eos_token_id
 
     def process(self, step: StepOutput, now: float) -> list[Sequence]:
         """Record the step's prompt logprobs and new tokens; return the sequences that just finished."""
@@ -84,6 +87,8 @@ class OutputProcessor:
         may_stop = num_output >= params.min_tokens
         if may_stop and token in self.eos_token_ids and not params.ignore_eos:
             seq.finish_reason = "stop"
+            if token != self.primary_eos:       # generation_config's other EOS ids are stop tokens (as vLLM's)
+                seq.stop_reason = token
         elif may_stop and params.stop_token_ids and token in params.stop_token_ids:
             seq.finish_reason, seq.stop_reason = "stop", token
         else:
@@ -92,13 +97,13 @@ class OutputProcessor:
                 if text:
                     before = len(seq.text)
                     seq.text += text
-                    if may_stop and params.stop and _cut_at_stop(seq, before):
+                    if num_output > params.min_tokens and params.stop and _cut_at_stop(seq, before):
                         return True                     # the text ends at the stop string
             if num_output < seq.max_tokens:
                 return False
             seq.finish_reason = "length"
             return _finish_text(seq, num_output)
-        return _finish_text(seq, num_output - 1)       # the stop token's text is not added
+        return _finish_text(seq, num_output if params.include_stop_str_in_output else num_output - 1)
 
     def make_output(self, request: Request) -> RequestOutput | None:
         """The request's output now, or None if there is nothing to say. A streamed request gets what is new
@@ -129,12 +134,14 @@ def _timings(request: Request) -> dict[str, float]:
 
 
 def _grammar_ended(seq: Sequence, token: int) -> bool:
-    """Feed `token` to the sequence's matcher; True (finish reason "stop", the token's text not added) once the
-    grammar has ended, or if the token was not one the mask allowed (which only a bug can draw)."""
+    """Feed `token` to the sequence's matcher; True (finish reason "stop", the token's text added only with
+    include_stop_str_in_output) once the grammar has ended, or if the token was not one the mask allowed (which
+    only a bug can draw)."""
     if seq.matcher.accept_token(token) and not seq.matcher.is_terminated():
         return False
     seq.finish_reason = "stop"
-    return _finish_text(seq, len(seq.token_ids) - seq.num_prompt_tokens - 1)
+    num_output = len(seq.token_ids) - seq.num_prompt_tokens
+    return _finish_text(seq, num_output if seq.params.include_stop_str_in_output else num_output - 1)
 
 
 def _finish_text(seq: Sequence, num_text_tokens: int) -> bool:

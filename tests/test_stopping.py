@@ -60,6 +60,9 @@ def test_stop_token_ids(llm):
     assert choice.token_ids == tokens[:first + 1]
     assert choice.finish_reason == "stop" and choice.stop_reason == stop_id
     assert choice.text == llm.get_tokenizer().decode(tokens[:first], skip_special_tokens=True)
+    kept = llm.generate(PROMPTS[1], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True,
+                                                   stop_token_ids=[stop_id], include_stop_str_in_output=True))
+    assert kept[0].outputs[0].text == llm.get_tokenizer().decode(tokens[:first + 1], skip_special_tokens=True)
 
 
 def test_eos_stops_unless_ignored_and_min_tokens_suppresses_it(llm):
@@ -73,19 +76,42 @@ def test_eos_stops_unless_ignored_and_min_tokens_suppresses_it(llm):
     choice = llm.generate(PROMPTS[0], SamplingParams(max_tokens=10, logit_bias=force_eos,
                                                      ignore_eos=True))[0].outputs[0]
     assert choice.token_ids == [eos] * 10 and choice.finish_reason == "length"
+    for skip, text in ((True, ""), (False, llm.get_tokenizer().eos_token)):     # EOS's text, as vLLM shows it
+        choice = llm.generate(PROMPTS[0], SamplingParams(max_tokens=10, logit_bias=force_eos, skip_special_tokens=skip,
+                                                         include_stop_str_in_output=True))[0].outputs[0]
+        assert choice.token_ids == [eos] and choice.text == text and choice.stop_reason is None
+
+
+def test_generation_configs_other_eos_ids_are_stop_tokens():
+    """pycoder-tiny's generation_config.json ends on 0 (its tokenizer's EOS) or 2: as in vLLM, 2 is a stop token,
+    the stop reason."""
+    llm = LLM(DEFAULT_MODEL, max_num_seqs=2)
+    assert llm.get_tokenizer().eos_token_id == 0
+    for token, reason in ((0, None), (2, 2)):
+        choice = llm.generate("x = ", SamplingParams(max_tokens=5, logit_bias={token: 100.0}))[0].outputs[0]
+        assert choice.token_ids == [token] and choice.finish_reason == "stop" and choice.stop_reason == reason
 
 
 def test_min_tokens_holds_back_stop_strings(llm):
+    """As vLLM's: a stop string must end in text after the first min_tokens tokens (a stop token can only be drawn
+    after them too)."""
     prompt = PROMPTS[2]
     text, tokens = greedy_text(llm, prompt)
-    head = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=11, ignore_eos=True))[0].outputs[0].text
-    stop = readable_substring(head, 0, 1)           # occurs within the first 11 tokens' text
+    decode = llm.get_tokenizer().decode
+    k = next(k for k in range(12, 1, -1)            # k tokens whose text ends in a character new to it
+             if text.startswith(decode(tokens[:k])) and decode(tokens[:k])[-1].isalnum()
+             and decode(tokens[:k])[-1] not in decode(tokens[:k])[:-1])
+    head = decode(tokens[:k])
+    stop = head[-1]                                 # the k-th token's last character
     choice = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, stop=stop,
-                                                 min_tokens=12))[0].outputs[0]
-    at = text.find(stop, len(head))                 # only text from the 12th token on may stop it
-    assert len(choice.token_ids) >= 12
+                                                 min_tokens=k))[0].outputs[0]
+    at = text.find(stop, len(head))                 # only text from the (k + 1)-th token on may stop it
+    assert len(choice.token_ids) > k
     assert choice.text == (text if at == -1 else text[:at])
     assert choice.finish_reason == ("length" if at == -1 else "stop")
+    earlier = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, stop=stop,
+                                                  min_tokens=k - 1))[0].outputs[0]
+    assert earlier.text == head[:-1] and earlier.finish_reason == "stop"     # the k-th token may stop it
 
 
 def test_max_tokens_and_the_end_of_the_context(llm):
@@ -164,6 +190,20 @@ def test_a_prompt_ending_inside_a_character_is_not_emitted_again(llama_path):
         params = SamplingParams(temperature=0, max_tokens=1, logit_bias={last: 100.0}, stop=stop)
         out = llm.generate(ids[:-1], params)[0].outputs[0]
         assert out.token_ids == [last] and out.text == "😀" and out.finish_reason == "length", (stop, out)
+
+
+def test_prompt_bytes_that_are_no_character_stay_the_prompts(llama_path):
+    """A token-id prompt that ends in bytes that are no character (stray UTF-8 continuation bytes): their U+FFFD is
+    prompt text, not output. Oracle: the text of prompt + output, less the prompt's (transformers' decode)."""
+    llm = LLM(llama_path, max_num_seqs=2)
+    hf = llm.get_tokenizer()
+    stray = hf.convert_tokens_to_ids("\u0138")           # byte-level BPE's token for the lone byte 0xB8
+    assert hf.decode([stray]) == "\ufffd"
+    for tail in ([stray], [stray, stray]):
+        prompt = hf("x = 1\n", add_special_tokens=False)["input_ids"] + tail
+        out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))[0].outputs[0]
+        whole, before = (hf.decode(ids, skip_special_tokens=True) for ids in (prompt + out.token_ids, prompt))
+        assert whole.startswith(before) and out.text == whole[len(before):], (tail, out.text)
 
 
 @pytest.mark.parametrize("field, value", [

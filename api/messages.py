@@ -48,7 +48,8 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     check_model(state, body.model)
     llm = state.llm
     openai_tools = [tools.Tool.model_validate({"type": "function", "function": {
-        "name": t.name, "description": t.description, "parameters": t.input_schema}}) for t in body.tools or []]
+        "name": t.name, "description": t.description, "parameters": t.input_schema, "strict": t.strict}})
+        for t in body.tools or []]
     choice = _tool_choice(body) if openai_tools or body.tool_choice is not None else None   # none without tools: 400
     prompt = await asyncio.to_thread(_prompt, body, llm.tokenizer, openai_tools, llm.max_model_len)
     check_context(prompt, body.max_tokens, llm.max_model_len, None, "messages")

@@ -98,6 +98,7 @@ class AnthropicTool(StrictModel):
     name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
     description: str | None = None
     input_schema: dict[str, Any]
+    strict: bool | None = None           # calls must match input_schema (api/tools.py)
     type: Literal["custom"] | None = None
     cache_control: dict | None = None
 

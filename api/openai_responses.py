@@ -52,7 +52,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     history = _history(state, body.previous_response_id)
     conversation = history + _messages(body.input)
     chat_tools = [tools.Tool.model_validate({"type": "function", "function": {
-        "name": t.name, "description": t.description, "parameters": t.parameters}}) for t in body.tools or []]
+        "name": t.name, "description": t.description, "parameters": t.parameters, "strict": t.strict}})
+        for t in body.tools or []]
     choice = _tool_choice(body) if chat_tools or body.tool_choice is not None else None     # none without tools: 400
     system = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
     prompt = await asyncio.to_thread(_encode, llm.tokenizer, system + conversation, chat_tools, llm.max_model_len)
@@ -61,7 +62,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
                                   state.settings.tool_call_parser)
     form = _format(body)
     if form is not None and constraint is not None:
-        raise bad_request("A required or named tool_choice cannot be combined with text.format.", "tool_choice")
+        raise bad_request("A tool_choice that a grammar enforces (required, named, or auto with strict tools) cannot "
+                          "be combined with text.format.", "tool_choice")
     try:
         params = SamplingParams(max_tokens=body.max_output_tokens, structured_outputs=form or constraint,
                                 temperature=1.0 if body.temperature is None else body.temperature,

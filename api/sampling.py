@@ -146,8 +146,8 @@ def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None,
     logit_bias = {int(k): v for k, v in (request.logit_bias or {}).items()}
     structured = constraint(request.response_format, request.structured_outputs)
     if structured is not None and tool_constraint is not None:
-        raise bad_request("A required or named tool_choice cannot be combined with response_format or "
-                          "structured_outputs.", "tool_choice")
+        raise bad_request("A tool_choice that a grammar enforces (required, named, or auto with strict tools) cannot "
+                          "be combined with response_format or structured_outputs.", "tool_choice")
     for name, ids in (("logit_bias", list(logit_bias)), ("stop_token_ids", request.stop_token_ids or [])):
         if any(t >= vocab_size for t in ids):
             raise bad_request(f"{name} has token ids outside the vocabulary [0, {vocab_size}).", name)

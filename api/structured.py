@@ -60,13 +60,15 @@ ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat | Gr
 
 
 class StructuredOutputs(StrictModel):
-    """vLLM's `structured_outputs`: exactly one of json (a schema), regex, choice, grammar, json_object."""
+    """vLLM's `structured_outputs`: exactly one of json (a schema), regex, choice, grammar, json_object,
+    structural_tag."""
 
     json_: Annotated[dict | str | None, Field(alias="json")] = None
     regex: Annotated[str, Field(min_length=1)] | None = None
     choice: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
     grammar: Annotated[str, Field(min_length=1)] | None = None
     json_object: Literal[True] | None = None
+    structural_tag: Annotated[str, Field(min_length=1)] | None = None
 
     model_config = ConfigDict(populate_by_name=True, json_schema_extra={"minProperties": 1, "maxProperties": 1})
 
@@ -81,7 +83,7 @@ def constraint(response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat
         so = structured_outputs
         try:
             return StructuredOutputsParams(json=so.json_, regex=so.regex, choice=so.choice, grammar=so.grammar,
-                                           json_object=bool(so.json_object))
+                                           json_object=bool(so.json_object), structural_tag=so.structural_tag)
         except ValueError as exc:
             raise bad_request(str(exc), "structured_outputs") from None
     if isinstance(response_format, JsonObjectFormat):

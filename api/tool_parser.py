@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import uuid
 
-_OPEN, _CLOSE = "<tool_call>", "</tool_call>"
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"     # the hermes blocks
 
 
 class _Fields:
@@ -179,10 +179,10 @@ class CallReader:
         its object gives no name)."""
         text = self.text
         if self._block is not None:                      # the block's object has ended: find its </tool_call>
-            close = text.find(_CLOSE, self._pos)
+            close = text.find(CALL_CLOSE, self._pos)
             if close < 0 and not final:
                 return False
-            end = len(text) if close < 0 else close + len(_CLOSE)
+            end = len(text) if close < 0 else close + len(CALL_CLOSE)
             if self.calls[-1].name is None:              # not a call: the block is content as written
                 self.calls.pop()
                 self._content(deltas, end)
@@ -190,13 +190,13 @@ class CallReader:
                 self._content_end, self._after_call = end, True
             self._block, self._pos = None, end
             return True
-        opening = text.find(_OPEN, self._pos)
+        opening = text.find(CALL_OPEN, self._pos)
         if opening < 0:
-            held = 0 if final else _partial_suffix(text, _OPEN)
+            held = 0 if final else _partial_suffix(text, CALL_OPEN)
             self._content(deltas, len(text) - held, hold_space=not final or bool(self.calls))
             self._pos = max(self._pos, len(text) - held)
             return False
-        body = opening + len(_OPEN)
+        body = opening + len(CALL_OPEN)
         while body < len(text) and text[body].isspace():
             body += 1
         if body == len(text) and not final:
@@ -208,7 +208,7 @@ class CallReader:
             return True
         self._content(deltas, opening, hold_space=True)  # the whitespace before a call is not content
         self._block = opening
-        self.calls.append(_Call(_Fields(body, _CLOSE), "arguments"))
+        self.calls.append(_Call(_Fields(body, CALL_CLOSE), "arguments"))
         return True
 
     def _content(self, deltas: list[dict], end: int, hold_space: bool = False) -> None:

@@ -5,7 +5,9 @@ and the tool calls read back from the generated text.
   schemas, so the call is always valid: a named function's output is its arguments object; `required` outputs an
   array of `{"name", "parameters"}` calls (one at most unless parallel_tool_calls).
 - `"auto"` lets the model choose, and a tool-call parser reads its calls: `hermes`, the
-  `<tool_call>{"name": ..., "arguments": ...}</tool_call>` blocks of Qwen2.5/Qwen3 and Hermes models.
+  `<tool_call>{"name": ..., "arguments": ...}</tool_call>` blocks of Qwen2.5/Qwen3 and Hermes models. Where a tool
+  is `strict` (OpenAI's flag), a structural tag lets the model write freely, but once it opens a call, the call
+  must be one of the tools with arguments that match a strict tool's schema (as vLLM does).
 - `api/tool_parser.py` reads the calls from the text, as it is generated when streaming.
 - `"none"` is plain chat (the tools are still rendered, as vLLM does: the model knows them but does not call).
   Without tool_choice, tools mean `"auto"`, as OpenAI's default.
@@ -20,7 +22,7 @@ from pydantic import Field
 
 from api.errors import bad_request
 from api.strict import StrictModel
-from api.tool_parser import CallReader
+from api.tool_parser import CALL_CLOSE, CALL_OPEN, CallReader
 from engine.structured_output import StructuredOutputsParams
 
 PARSERS = ("hermes",)
@@ -75,18 +77,23 @@ class ToolCall(StrictModel):
 
 def constraint(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bool | None,
                parser: str | None) -> StructuredOutputsParams | None:
-    """The constraint that enforces the tool choice (None for auto and none); a 400 for a choice that cannot be
-    honoured: a function not among the tools, a choice without tools, auto without a tool-call parser."""
+    """The constraint that enforces the tool choice (None for none, and for auto unless a tool is strict); a 400
+    for a choice that cannot be honoured: a function not among the tools, a choice without tools, auto without a
+    tool-call parser."""
     if choice in (None, "none"):
         return None
     if not tools:
         raise bad_request("tool_choice requires tools.", "tool_choice")
+    schemas = {tool.function.name: tool.function.parameters or {"type": "object"} for tool in tools}
     if choice == "auto":
         if parser is None:
             raise bad_request("tool_choice 'auto' needs a tool-call parser: start the server with "
                               f"--tool-call-parser ({', '.join(PARSERS)}).", "tool_choice")
-        return None
-    schemas = {tool.function.name: tool.function.parameters or {"type": "object"} for tool in tools}
+        if not any(tool.function.strict for tool in tools):
+            return None
+        return StructuredOutputsParams(structural_tag=json.dumps(hermes_calls(
+            {tool.function.name: schemas[tool.function.name] if tool.function.strict else {"type": "object"}
+             for tool in tools})))
     if isinstance(choice, NamedToolChoice):
         if choice.function.name not in schemas:
             raise bad_request(f"tool_choice names {choice.function.name!r}, which is not among the tools.",
@@ -98,6 +105,14 @@ def constraint(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bo
     if parallel is False:
         array["maxItems"] = 1
     return StructuredOutputsParams(json=array)
+
+
+def hermes_calls(schemas: dict[str, dict]) -> dict:
+    """The structural tag (vLLM's form) of the hermes parser's calls: free text, in which `<tool_call>` opens a call
+    of one of the functions, written as Qwen's template writes it, whose arguments match the function's schema."""
+    structures = [{"begin": f'{CALL_OPEN}\n{{"name": {json.dumps(name)}, "arguments": ', "schema": schema,
+                   "end": f"}}\n{CALL_CLOSE}"} for name, schema in schemas.items()]
+    return {"type": "structural_tag", "structures": structures, "triggers": [CALL_OPEN]}
 
 
 def reader(choice: ToolChoice | None, parser: str | None, parallel: bool = True) -> CallReader:

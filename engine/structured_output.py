@@ -1,4 +1,5 @@
-"""Structured outputs: a request's constraint (JSON schema, regex, choice, grammar) as a token mask per step.
+"""Structured outputs: a request's constraint (JSON schema, regex, choice, grammar, structural tag) as a token mask
+per step.
 
 xgrammar does the grammar work: a constraint is parsed when the request arrives (an invalid one is a ValueError
 then), compiled against the tokenizer's vocabulary on a thread of its own (so a slow compile never stalls other
@@ -30,20 +31,26 @@ CACHE_SIZE = 256             # compiled grammars kept, most recently used first
 @dataclass(frozen=True)
 class StructuredOutputsParams:
     """One constraint on the generated text (vLLM's names): `json` (a JSON schema, dict or string), `regex`,
-    `choice` (one of these strings), `grammar` (EBNF/GBNF), or `json_object` (any JSON object)."""
+    `choice` (one of these strings), `grammar` (EBNF/GBNF), `json_object` (any JSON object), or
+    `structural_tag`: free text in which each of its triggers opens one of its structures, whose content must
+    match that structure's JSON schema (how strict tool calls are enforced while the model may also just talk). It
+    is vLLM's JSON string, `{"structures": [{"begin", "schema", "end"}], "triggers": [...]}`, or xgrammar's own
+    structural-tag format."""
 
     json: dict | str | None = None
     regex: str | None = None
     choice: list[str] | None = None
     grammar: str | None = None
     json_object: bool = False
+    structural_tag: str | None = None
 
     def __post_init__(self) -> None:
-        given = [name for name in ("json", "regex", "choice", "grammar") if getattr(self, name) is not None]
+        given = [name for name in ("json", "regex", "choice", "grammar", "structural_tag")
+                 if getattr(self, name) is not None]
         given += ["json_object"] if self.json_object else []
         if len(given) != 1:
-            raise ValueError("structured_outputs must set exactly one of json, regex, choice, grammar and "
-                             f"json_object; got {', '.join(given) or 'none'}")
+            raise ValueError("structured_outputs must set exactly one of json, regex, choice, grammar, json_object "
+                             f"and structural_tag; got {', '.join(given) or 'none'}")
         if self.choice is not None and (not self.choice or not all(isinstance(c, str) and c for c in self.choice)):
             raise ValueError("structured_outputs.choice must be a non-empty list of non-empty strings")
 
@@ -57,6 +64,8 @@ class StructuredOutputsParams:
             return "json_object", ""
         if self.choice is not None:
             return "choice", json.dumps(self.choice)
+        if self.structural_tag is not None:
+            return "structural_tag", self.structural_tag
         return ("regex", self.regex) if self.regex is not None else ("grammar", self.grammar)
 
     def parse(self) -> xgr.Grammar:
@@ -74,11 +83,26 @@ class StructuredOutputsParams:
                 return xgr.Grammar.from_ebnf("root ::= " + " | ".join(json.dumps(c) for c in self.choice))
             if kind == "regex":
                 return xgr.Grammar.from_regex(spec)
+            if kind == "structural_tag":
+                return _structural_tag(spec)
             return xgr.Grammar.from_ebnf(spec)
         except Exception as exc:              # xgrammar raises RuntimeError and its own errors
             raise ValueError(f"structured_outputs.{kind}: not a valid {kind.replace('_', ' ')}: "
                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
                              ) from None
+
+
+def _structural_tag(spec: str) -> xgr.Grammar:
+    """A structural tag's grammar: vLLM's form (structures and triggers, which every xgrammar since 0.1.20 takes)
+    or xgrammar's own (a newer xgrammar's)."""
+    import xgrammar as xgr
+
+    tag = json.loads(spec)
+    if not (isinstance(tag, dict) and "structures" in tag):
+        return xgr.Grammar.from_structural_tag(spec)
+    items = [xgr.StructuralTagItem(begin=s["begin"], schema=json.dumps(s["schema"]), end=s["end"])
+             for s in tag["structures"]]
+    return xgr.Grammar.from_structural_tag(items, tag["triggers"])
 
 
 class GrammarCompiler:

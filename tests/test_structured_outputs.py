@@ -137,3 +137,26 @@ def test_a_slow_compile_holds_up_no_other_request(llm, monkeypatch):
     assert "gone" not in finished
     blocks = engine.blocks
     assert blocks.num_free_blocks == blocks.num_blocks
+
+
+def test_a_structural_tag_constrains_what_each_trigger_opens(llm):
+    """Free text in which "x" (which the logit bias makes the model write wherever it may) opens an object of the
+    schema, closed by ";": the text is such objects, one after another, never "xxx..."."""
+    hf = llm.get_tokenizer()
+    x = hf.convert_tokens_to_ids("x")
+    tag = {"type": "structural_tag", "triggers": ["x"],
+           "structures": [{"begin": "x", "schema": {"type": "object", "additionalProperties": False,
+                                                    "required": ["n"], "properties": {"n": {"type": "integer"}}},
+                           "end": ";"}]}
+    so = StructuredOutputsParams(structural_tag=json.dumps(tag))
+    blank = {i: -100.0 for i in range(len(hf)) if not hf.decode([i]).strip()}    # JSON's optional whitespace
+    outputs = llm.generate(PROMPTS[:2], SamplingParams(structured_outputs=so, logit_bias={x: 30.0, **blank},
+                                                       temperature=1.0, seed=1, max_tokens=60, n=2))
+    for choice in (c for o in outputs for c in o.outputs):
+        calls = re.findall(r"x(\{.*?\});", choice.text)
+        assert calls and choice.text.startswith("x"), choice.text
+        for call in calls:
+            jsonschema.validate(json.loads(call), tag["structures"][0]["schema"])
+        assert re.fullmatch(r"(x\{[^;]*\};)*(x\{[^;]*)?", choice.text), choice.text
+    with pytest.raises(ValueError, match="structural_tag"):
+        llm.generate("x", SamplingParams(structured_outputs=StructuredOutputsParams(structural_tag="{not json")))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import openai
 import pytest
 from api_helpers import TIMEOUT, start_server, wait_ready
 
@@ -120,3 +121,22 @@ def test_auto_calls_after_the_thinking_stream_as_they_are_generated(thinker):
     assert parts[0].id and parts[0].function.name == "add" and parts[0].function.arguments == ""
     assert len(parts) > 2                   # the arguments came in fragments, as they were generated
     assert "".join(p.function.arguments for p in parts) == call.function.arguments
+
+
+def test_strict_tools_under_auto_are_enforced_not_ignored(thinker):
+    """A strict tool under auto is enforced by a grammar (tests/api/test_tools.py checks what it takes), so on chat
+    and on the Responses API, it cannot be combined with another constraint, as a required call cannot."""
+    strict = [{"type": "function", "function": {**TOOLS[0]["function"], "strict": True}}]
+    common = dict(model=_model(thinker), messages=[{"role": "user", "content": "Add 1 and 2"}], seed=3, max_tokens=20,
+                  tools=strict, tool_choice="auto")
+    assert thinker.chat.completions.create(**common).choices[0].finish_reason in ("stop", "length", "tool_calls")
+    with pytest.raises(openai.BadRequestError, match="strict tools"):
+        thinker.chat.completions.create(**common, extra_body={"structured_outputs": CALLING})
+    with pytest.raises(openai.BadRequestError, match="strict tools"):
+        thinker.chat.completions.create(**common, response_format={"type": "json_object"})
+    function = {"type": "function", **TOOLS[0]["function"]}
+    responses = dict(model=_model(thinker), input="Add 1 and 2", max_output_tokens=8, tool_choice="auto",
+                     text={"format": {"type": "json_object"}})
+    assert thinker.responses.create(tools=[function], **responses).status in ("completed", "incomplete")
+    with pytest.raises(openai.BadRequestError, match="strict tools"):
+        thinker.responses.create(tools=[{**function, "strict": True}], **responses)

@@ -65,6 +65,7 @@ def test_vllm_structured_outputs_on_completions_and_chat(server, client, structu
 
 @pytest.mark.parametrize(("body", "param"), [
     ({"structured_outputs": {"regex": "([a-z]"}}, None),
+    ({"structured_outputs": {"structural_tag": '{"structures": [{"begin": "x"}], "triggers": ["x"]}'}}, None),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}}, None),
     ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
     ({"structured_outputs": {"choice": ["a"]}, "response_format": {"type": "json_object"}}, "structured_outputs"),

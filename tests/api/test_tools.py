@@ -142,3 +142,37 @@ def test_the_client_raises_bad_request_for_auto_without_a_parser(server, client)
 
     with pytest.raises(openai.BadRequestError, match="needs a tool-call parser"):
         client.chat.completions.create(model=server.model, messages=MESSAGES, tools=TOOLS)     # auto by default
+
+
+def _accepts(hf_tokenizer, constraint, text: str, ends: bool = True) -> bool:
+    """Whether the grammar of `constraint` (compiled as the engine compiles it) takes `text`, ending there."""
+    from engine.structured_output import GrammarCompiler, GrammarState
+
+    eos = hf_tokenizer.eos_token_id
+    compiled = GrammarCompiler(hf_tokenizer, len(hf_tokenizer), [eos], hf_tokenizer.all_special_ids).submit(
+        constraint).result()
+    state = GrammarState(compiled)
+    ids = hf_tokenizer(text, add_special_tokens=False)["input_ids"] + ([eos] if ends else [])
+    return all(state.accept_token(token) for token in ids)
+
+
+def test_strict_tools_under_auto_constrain_the_calls_the_model_opens(hf_tokenizer):
+    """auto with a strict tool (OpenAI's `strict`, as vLLM honours it): the model may write anything, but a call it
+    opens must name a tool and, for a strict one, give arguments that match its schema."""
+    strict = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": True}}, TOOLS[1]]
+    constraint = tools_constraint(strict, "auto")
+    assert tools_constraint(TOOLS, "auto") is None                     # nothing strict: nothing enforced
+
+    def call(name: str, arguments: str) -> str:
+        return f'Sure.\n<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
+
+    assert _accepts(hf_tokenizer, constraint, "Just text, no call.")
+    assert _accepts(hf_tokenizer, constraint, call("get_weather", '{"city": "Paris", "days": 3}'))
+    assert _accepts(hf_tokenizer, constraint, call("add", '{"anything": "goes"}'))       # add is not strict
+    assert not _accepts(hf_tokenizer, constraint, call("get_weather", '{"city": "Paris", "days": 9}'), False)
+    assert not _accepts(hf_tokenizer, constraint, call("get_weather", '{"city": "Paris"}'), False)
+    assert not _accepts(hf_tokenizer, constraint, call("no_such_tool", "{}"), False)
+
+
+def tools_constraint(given: list[dict], choice: str):
+    return constraint([Tool.model_validate(t) for t in given], choice, None, "hermes")

@@ -53,7 +53,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     choice = _tool_choice(body) if openai_tools or body.tool_choice is not None else None   # none without tools: 400
     prompt = await asyncio.to_thread(_prompt, body, llm.tokenizer, openai_tools, llm.max_model_len)
     check_context(prompt, body.max_tokens, llm.max_model_len, None, "messages")
-    parallel = not (body.tool_choice and body.tool_choice.disable_parallel_tool_use)
+    parallel = not getattr(body.tool_choice, "disable_parallel_tool_use", None)
     constraint = tools.constraint(openai_tools or None, choice, parallel, state.settings.tool_call_parser)
     try:
         params = SamplingParams(max_tokens=body.max_tokens, temperature=_or(body.temperature, 1.0),
@@ -86,8 +86,6 @@ def _tool_choice(body: MessagesRequest) -> tools.ToolChoice:
         return "none"
     if given.type == "any":
         return "required"
-    if not given.name:
-        raise bad_request("tool_choice of type 'tool' needs the tool's name.", "tool_choice.name")
     return tools.NamedToolChoice.model_validate({"type": "function", "function": {"name": given.name}})
 
 
@@ -109,7 +107,10 @@ def _prompt(body: MessagesRequest, tokenizer, openai_tools: list, max_model_len:
             messages.append({"role": message.role, "content": text, **({"tool_calls": calls} if calls else {})})
     rendered_tools = [t.model_dump(exclude_none=True) for t in openai_tools] or None
     last = messages[-1] if messages else {}
-    prefill = last.get("role") == "assistant" and bool(last.get("content")) and "tool_calls" not in last
+    if last.get("role") == "assistant" and "tool_calls" not in last and not last.get("content"):
+        messages.pop()                  # an empty last assistant message: no prefill, the reply is a new turn
+        last = {}
+    prefill = last.get("role") == "assistant" and "tool_calls" not in last
     # A prefill: the reply continues the last assistant message's text.
     return conversation_prompt(tokenizer, messages, rendered_tools, max_model_len, "messages",
                                add_generation_prompt=not prefill, continue_final_message=prefill)
@@ -119,10 +120,10 @@ def _stop(finish_reason: str | None, stop_reason: str | int | None, calls: bool)
     """(Anthropic's stop_reason, stop_sequence)."""
     if finish_reason == "length":
         return "max_tokens", None
+    if isinstance(stop_reason, str):    # even inside a tool call, which it then cut short
+        return "stop_sequence", stop_reason
     if calls:
         return "tool_use", None
-    if isinstance(stop_reason, str):
-        return "stop_sequence", stop_reason
     return "end_turn", None
 
 

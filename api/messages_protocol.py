@@ -3,16 +3,16 @@ response shapes for /openapi.json.
 
 Content is text, and tool_use / tool_result blocks (and an earlier reply's thinking blocks, not rendered);
 images, documents and extended-thinking requests are refused by name. `system` may be a string or text blocks. A
-last assistant message is a prefill: the reply continues it.
+last assistant message is a prefill: the reply continues it (an empty one is dropped: the reply is a new turn).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.protocol import Empty
+from api.protocol import Empty, TextRequest
 from api.strict import StrictModel
 
 MAX_STOP_SEQUENCES = 16
@@ -93,22 +93,53 @@ class Message(StrictModel):
 
 
 class AnthropicTool(StrictModel):
-    """A tool the model may call: its name, description and input JSON schema."""
+    """A tool the model may call: its name, description and input JSON schema (an object's, as Anthropic's)."""
 
     name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
     description: str | None = None
-    input_schema: dict[str, Any]
+    input_schema: Annotated[dict[str, Any], Field(json_schema_extra={
+        "required": ["type"], "properties": {"type": {"const": "object"}}})]
     strict: bool | None = None           # calls must match input_schema (api/tools.py)
     type: Literal["custom"] | None = None
     cache_control: dict | None = None
 
+    @field_validator("input_schema")
+    @classmethod
+    def _object(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("type") != "object":
+            raise ValueError("must be the JSON schema of an object (type: 'object'), as a tool's input is one")
+        return value
 
-class AnthropicToolChoice(StrictModel):
-    """auto (the model chooses), any (it must call one), tool (that one), none."""
 
-    type: Literal["auto", "any", "tool", "none"]
-    name: str | None = None
+class AutoChoice(StrictModel):
+    """tool_choice auto: the model chooses."""
+
+    type: Literal["auto"]
     disable_parallel_tool_use: bool | None = None
+
+
+class AnyChoice(StrictModel):
+    """tool_choice any: it must call one of the tools."""
+
+    type: Literal["any"]
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolNameChoice(StrictModel):
+    """tool_choice tool: it must call the one named."""
+
+    type: Literal["tool"]
+    name: str
+    disable_parallel_tool_use: bool | None = None
+
+
+class NoneChoice(StrictModel):
+    """tool_choice none: it calls no tool."""
+
+    type: Literal["none"]
+
+
+AnthropicToolChoice = Annotated[AutoChoice | AnyChoice | ToolNameChoice | NoneChoice, Field(discriminator="type")]
 
 
 class Metadata(StrictModel):
@@ -117,8 +148,13 @@ class Metadata(StrictModel):
     user_id: str | None = None
 
 
-class MessagesRequest(StrictModel):
+class MessagesRequest(TextRequest):
     """POST /v1/messages."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": [      # a tool_choice but none needs tools
+        {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {
+            "required": ["type"], "properties": {"type": {"enum": ["auto", "any", "tool"]}}}}},
+         "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}}]})
 
     model: str
     max_tokens: Annotated[int, Field(ge=1)]

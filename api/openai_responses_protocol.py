@@ -114,7 +114,7 @@ class ResponsesRequest(StrictModel):
     """POST /v1/responses."""
 
     model: str
-    input: str | Annotated[list[Item], Field(min_length=1)]
+    input: Annotated[str, Field(min_length=1)] | Annotated[list[Item], Field(min_length=1)]
     instructions: str | None = None
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None

@@ -79,16 +79,9 @@ class StreamOptions(StrictModel):
     continuous_usage_stats: bool | None = None
 
 
-class SamplingRequest(StrictModel):
-    """The fields both endpoints share: sampling, stopping, streaming and the vLLM/Fireworks extensions. The
-    whole body, nested messages included, must be valid Unicode text (checked once, here)."""
-
-    RULES: ClassVar[list[dict]] = [
-        {"not": {"required": ["max_tokens", "max_completion_tokens"]}},
-        {"not": {"required": ["response_format", "structured_outputs"]}},
-        {"if": _present("stream_options", "object"),
-         "then": {"required": ["stream"], "properties": {"stream": {"const": True}}}}]
-    model_config = ConfigDict(json_schema_extra={"allOf": RULES})
+class TextRequest(StrictModel):
+    """A request body whose text, nested messages included, must be valid Unicode (checked once, here: a 400 naming
+    the field, as every API's bodies get)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -98,6 +91,17 @@ class SamplingRequest(StrictModel):
             raise PydanticCustomError("lone_surrogate", "the text holds a lone UTF-16 surrogate (an unpaired "
                                       "\\ud800-\\udfff escape), which is not valid Unicode", {"where": where})
         return data
+
+
+class SamplingRequest(TextRequest):
+    """The fields both endpoints share: sampling, stopping, streaming and the vLLM/Fireworks extensions."""
+
+    RULES: ClassVar[list[dict]] = [
+        {"not": {"required": ["max_tokens", "max_completion_tokens"]}},
+        {"not": {"required": ["response_format", "structured_outputs"]}},
+        {"if": _present("stream_options", "object"),
+         "then": {"required": ["stream"], "properties": {"stream": {"const": True}}}}]
+    model_config = ConfigDict(json_schema_extra={"allOf": RULES})
 
     model: str
     max_tokens: Annotated[int, Field(ge=0)] | None = None

@@ -78,8 +78,12 @@ class ToolCall(StrictModel):
 def constraint(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bool | None,
                parser: str | None) -> StructuredOutputsParams | None:
     """The constraint that enforces the tool choice (None for none, and for auto unless a tool is strict); a 400
-    for a choice that cannot be honoured: a function not among the tools, a choice without tools, auto without a
-    tool-call parser."""
+    for tools that share a name, and for a choice that cannot be honoured: a function not among the tools, a choice
+    without tools, auto without a tool-call parser."""
+    names = [tool.function.name for tool in tools or []]
+    if len(set(names)) < len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise bad_request(f"Tool names must be distinct; {twice!r} is given more than once.", "tools")
     if choice in (None, "none"):
         return None
     if not tools:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from api.errors import bad_request
 from api.protocol import ChatMessage, TokenIds
@@ -35,6 +35,10 @@ class TokenizeCompletionRequest(StrictModel):
 
 class TokenizeChatRequest(StrictModel):
     """/tokenize of a conversation, rendered as /v1/chat/completions renders it."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": [          # continuing the last message opens no turn
+        {"if": {"required": ["continue_final_message"], "properties": {"continue_final_message": {"const": True}}},
+         "then": {"required": ["add_generation_prompt"], "properties": {"add_generation_prompt": {"const": False}}}}]})
 
     model: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]

@@ -4,6 +4,9 @@ error shape and x-api-key auth."""
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import jsonschema
 import pytest
 from api_helpers import TIMEOUT
@@ -138,6 +141,40 @@ def test_a_last_assistant_message_is_continued(server, claude, client):
     same = client.chat.completions.create(model=server.model, max_tokens=6, temperature=0, messages=prefill,
                                           extra_body={"continue_final_message": True, "add_generation_prompt": False})
     assert r.content[0].text == same.choices[0].message.content
+    plain = claude.messages.create(model=server.model, max_tokens=6, messages=USER, extra_body=GREEDY)
+    for empty in ("", []):          # an empty last assistant message continues nothing: the reply is a new turn
+        r = claude.messages.create(model=server.model, max_tokens=6, extra_body=GREEDY,
+                                   messages=[*USER, {"role": "assistant", "content": empty}])
+        assert (r.content[0].text, r.usage.input_tokens) == (plain.content[0].text, plain.usage.input_tokens)
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"tool_choice": {"type": "any", "name": "get_weather"}}, "tool_choice.name"),      # only `tool` names one
+    ({"tool_choice": {"type": "none", "disable_parallel_tool_use": True}}, "tool_choice.disable_parallel_tool_use"),
+    ({"tool_choice": {"type": "tool"}}, "tool_choice.name"),
+    ({"tools": [{"name": "s", "input_schema": {"type": "string"}}]}, "tools[0].input_schema"),
+    ({"tools": TOOLS * 2}, "'get_weather' is given more than once"),                   # names must be distinct
+    ({"system": "\ud800"}, "system"),                                                  # a lone surrogate
+])
+def test_what_cannot_be_honoured_is_a_400_naming_it(server, change, named):
+    body = {"model": server.model, "max_tokens": 4, "messages": USER, "tools": TOOLS,
+            "tool_choice": {"type": "tool", "name": "get_weather"}, **change}
+    r = httpx.post(f"{server.url}/v1/messages", content=json.dumps(body), headers={"content-type": "application/json"})
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["type"] == "invalid_request_error" and named in error["message"], r.text
+
+
+def test_a_stop_sequence_inside_a_forced_call_is_the_stop_reason(server, claude):
+    forced = dict(model=server.model, max_tokens=120, messages=USER, tools=TOOLS, extra_body=GREEDY,
+                  tool_choice={"type": "tool", "name": "get_weather"})
+    r = claude.messages.create(**forced, stop_sequences=["city"])
+    assert (r.stop_reason, r.stop_sequence) == ("stop_sequence", "city")
+    assert claude.messages.create(**forced).stop_reason == "tool_use"
+
+
+def test_a_wrong_method_is_an_invalid_request(server):
+    r = httpx.get(f"{server.url}/v1/messages")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_blocks_come_back_in_the_order_they_were_generated_and_the_reply_can_be_sent_back():

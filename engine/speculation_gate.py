@@ -22,8 +22,9 @@ class SpeculationGate:
     as its slowest sequences need: drafting saves `fixed` seconds for each step by which a step moves the slowest
     sequences further than one token, and costs per_token for each rejected draft token plus the proposing. All
     three are measured per step that searched for drafts, recently (g steps gained, j tokens rejected, p seconds
-    of proposing), and it pays when g * fixed > j * per_token + p. (Accepted tokens of the other sequences only end
-    them sooner, which saves nothing: their tokens are computed anyway.)
+    of proposing; a step that moves only some of the slowest gains part of a step, see `Speculation.observe`), and
+    it pays when g * fixed > j * per_token + p. (Accepted tokens of the other
+    sequences only end them sooner, which saves nothing: their tokens are computed anyway.)
 
     While it does not pay, one sequence (in a closed batch all the slowest, which alone can move it) still drafts
     now and then (after `PROBE_EVERY` steps, then twice as many each time up to `MAX_PROBE_EVERY`), to keep r and g
@@ -143,9 +144,9 @@ class SpeculationGate:
             self._drafted = 0.95 * self._drafted + drafted
             self.drafts_per_seq = 0.8 * self.drafts_per_seq + 0.2 * drafted / seqs
 
-    def observe_closed_step(self, gained: int, rejected: int, propose_s: float) -> None:
+    def observe_closed_step(self, gained: float, rejected: int, propose_s: float) -> None:
         """A step of a closed batch that searched for drafts for `propose_s` seconds moved its slowest sequences
-        `gained` tokens further than one, and rejected `rejected` draft tokens."""
+        `gained` tokens further than one (a fraction: some of them moved), and rejected `rejected` draft tokens."""
         self.steps_gained = 0.8 * self.steps_gained + 0.2 * gained
         self.rejected_per_step = 0.8 * self.rejected_per_step + 0.2 * rejected
         self.propose_s_per_step = 0.8 * self.propose_s_per_step + 0.2 * propose_s

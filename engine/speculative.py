@@ -142,6 +142,7 @@ class Speculation:
         self._propose_s: float | None = None             # this step's search for drafts (None: none)
         self._picked: list[Sequence] = []                # the sequences given drafts this step
         self._token_bytes: dict[int, bytearray] = {}     # per sequence id, its tokens as int32 bytes so far
+        self._moves: dict[int, float] = {}      # per sequence id, how often it moved when slowest, recently
 
     def propose(self, running: list[Sequence], reserve: Callable[[Sequence, int], bool],
                 waiting: Collection[Sequence] = (), max_num_seqs: int | None = None, closed: bool = False) -> None:
@@ -214,9 +215,14 @@ class Speculation:
     def observe(self, tokens: int, seconds: float, seqs: list[Sequence], drafts: list[list[int]],
                 accepted: list[int]) -> None:
         """A step of `tokens` tokens took `seconds`; its sampled sequences `seqs` had `drafts` and accepted as many.
-        In a closed batch, after a search for drafts, the gate also learns the step's gain (the fewest tokens any of
-        the slowest sequences accepted: none if one of them had no drafts), its rejected drafts and its search's
-        time."""
+        In a closed batch, after a search for drafts, the gate also learns the step's gain, its rejected drafts and
+        its search's time. The gain is the fewest tokens any of the slowest sequences accepted if all of them
+        accepted some. Else it is a part of a step: a slowest sequence that moves ahead stays ahead, and the batch
+        gains the step once the last of them has moved, so the part is the chance that the least likely of them
+        moves on a step, each one's share of the recent steps it drafted in while slowest on which it did (`_moves`).
+        (Counting only whole steps, a batch of 32 equal sequences, all slowest at first, saw no gain in its first
+        probes and switched drafting off for a whole run of a code workload; counting the share of the slowest that
+        moved, drafting went on in a random workload whose slowest sequences never moved.)"""
         if self._propose_s is None and not any(drafts):    # no search, no drafts: only the step's time to learn
             self.gate.observe_step(tokens, len(drafts), seconds)
             return
@@ -231,8 +237,13 @@ class Speculation:
         self.gate.observe_acceptance(sum(map(bool, drafts)), drafted, sum(accepted))
         if self._slowest is not None and self._propose_s is not None:
             by_seq = dict(zip(seqs, accepted))
-            self.gate.observe_closed_step(min(by_seq.get(seq, 0) for seq in self._slowest), drafted - sum(accepted),
-                                          self._propose_s)
+            gains = [by_seq.get(seq, 0) for seq in self._slowest]
+            if len(self._moves) > 2 * len(seqs) + 64:
+                self._moves = {seq.seq_id: self._moves.get(seq.seq_id, 1.0) for seq in self._slowest}
+            for seq, n in zip(self._slowest, gains):
+                self._moves[seq.seq_id] = 0.5 * self._moves.get(seq.seq_id, 1.0) + (0.5 if n else 0.0)
+            gained = min(gains) if all(gains) else min(self._moves[seq.seq_id] for seq in self._slowest)
+            self.gate.observe_closed_step(gained, drafted - sum(accepted), self._propose_s)
 
     def counters(self) -> dict[str, int]:
         """The totals, under EngineStats' names."""

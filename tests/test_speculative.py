@@ -305,17 +305,18 @@ def test_gate_skips_the_search_of_idle_closed_steps_without_changing_its_decisio
 
 def test_in_a_closed_batch_only_the_slowest_sequences_draft(monkeypatch):
     """LLM.generate's batch is closed: a sequence more than num_speculative_tokens ahead of the slowest (waiting
-    ones included) does not draft, and the gate learns the fewest tokens the slowest accepted; a server's batch is
-    never closed."""
+    ones included) does not draft, and the gate learns the fewest tokens the slowest accepted, or while some do not
+    move, the chance that the least likely of them moves; a server's batch is never closed."""
     from engine.sequence import Request, Sequence
     from engine.speculative import Speculation
 
     config = SpeculativeConfig.parse(NGRAM)
     tokens = [1, 2, 3, 4] * 6
 
-    def seq(outputs: int) -> Sequence:
+    def seq(outputs: int, seq_id: int | None = None) -> Sequence:
         request = Request("r", None, tokens[:8], SamplingParams(max_tokens=30), stream=False)
-        s = Sequence(outputs, request, 0, tokens[:8 + outputs], seed=0, max_tokens=30, detokenizer=None)
+        s = Sequence(outputs if seq_id is None else seq_id, request, 0, tokens[:8 + outputs], seed=0, max_tokens=30,
+                     detokenizer=None)
         s.num_computed_tokens = len(s.token_ids) - 1
         return s
 
@@ -334,6 +335,20 @@ def test_in_a_closed_batch_only_the_slowest_sequences_draft(monkeypatch):
     speculation.observe(9, 0.01, [behind, near], [[3, 4, 1, 2]] * 2, [3, 1])
     assert gate.steps_gained == pytest.approx(0.8 * before[0] + 0.2 * 3)          # only `behind` is slowest
     assert gate.rejected_per_step == pytest.approx(0.8 * before[1] + 0.2 * 4)     # 8 drafted, 4 accepted
+    level = [seq(2, 100 + i) for i in range(4)]           # four slowest, 28 tokens left each
+    speculation = Speculation(config)
+    speculation.propose(level, lambda s, n: True, closed=True)
+    gate = speculation.gate
+    before = gate.steps_gained
+    for chance in (0.5, 0.25, 0.125):                     # the second of them never moves: it bounds the batch
+        speculation.propose(level, lambda s, n: True, closed=True)
+        before = gate.steps_gained
+        speculation.observe(20, 0.01, level, [[3, 4, 1, 2]] * 4, [2, 0, 4, 1])
+        assert gate.steps_gained == pytest.approx(0.8 * before + 0.2 * chance)
+    speculation.propose(level, lambda s, n: True, closed=True)
+    before = gate.steps_gained
+    speculation.observe(20, 0.01, level, [[3, 4, 1, 2]] * 4, [2, 3, 4, 1])
+    assert gate.steps_gained == pytest.approx(0.8 * before + 0.2 * 1)            # all moved: a whole step
 
 
 def test_through_the_server_with_the_openai_client(checkpoint_factory):

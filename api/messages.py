@@ -19,8 +19,11 @@ from api import reasoning, tools
 from api.errors import APIError, bad_request, shaped
 from api.messages_protocol import (
     AnthropicError,
+    Conversation,
+    CountTokensRequest,
     MessageResponse,
     MessagesRequest,
+    TokensCount,
     ToolResultBlock,
     ToolUseBlock,
 )
@@ -47,9 +50,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     state = server_state(request)
     check_model(state, body.model)
     llm = state.llm
-    openai_tools = [tools.Tool.model_validate({"type": "function", "function": {
-        "name": t.name, "description": t.description, "parameters": t.input_schema, "strict": t.strict}})
-        for t in body.tools or []]
+    openai_tools = _tools(body)
     choice = _tool_choice(body) if openai_tools or body.tool_choice is not None else None   # none without tools: 400
     prompt = await asyncio.to_thread(_prompt, body, llm.tokenizer, openai_tools, llm.max_model_len)
     check_context(prompt, body.max_tokens, llm.max_model_len, None, "messages")
@@ -62,10 +63,29 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     job = Job("msg", body.model, [prompt], params, 1, arrival=arrival)
-    view = _View(state, job, choice, parallel)
+    view = _View(state, job, choice, parallel, body.max_tokens)
     events = named_events(view.events(), _error_event) if body.stream else None
     return await answer(state, job, request, events,
                         lambda finals: view.message(finals[0]))
+
+
+@router.post("/v1/messages/count_tokens", response_model=TokensCount,
+             responses={status: {"model": AnthropicError, "description": ERRORS[status]} for status in (400, 404, 413)})
+async def count_tokens(body: CountTokensRequest, request: Request) -> dict:
+    """The prompt tokens of a messages request with this conversation and these tools (one that cannot fit the
+    context is the same 400 as there). The tool choice changes no token here."""
+    state = server_state(request)
+    check_model(state, body.model)
+    llm = state.llm
+    prompt = await asyncio.to_thread(_prompt, body, llm.tokenizer, _tools(body), llm.max_model_len)
+    return {"input_tokens": len(prompt.token_ids)}
+
+
+def _tools(body: Conversation) -> list[tools.Tool]:
+    """Anthropic's tools as the chat API's functions."""
+    return [tools.Tool.model_validate({"type": "function", "function": {
+        "name": t.name, "description": t.description, "parameters": t.input_schema, "strict": t.strict}})
+        for t in body.tools or []]
 
 
 def _or(value, default):
@@ -77,7 +97,7 @@ def _error_event(exc: APIError) -> dict:
     return shaped("/v1/messages", exc.status, exc.body())
 
 
-def _tool_choice(body: MessagesRequest) -> tools.ToolChoice:
+def _tool_choice(body: Conversation) -> tools.ToolChoice:
     """Anthropic's tool_choice as the chat API's: auto, any (required), tool (named), none."""
     given = body.tool_choice
     if given is None or given.type == "auto":
@@ -89,7 +109,7 @@ def _tool_choice(body: MessagesRequest) -> tools.ToolChoice:
     return tools.NamedToolChoice.model_validate({"type": "function", "function": {"name": given.name}})
 
 
-def _prompt(body: MessagesRequest, tokenizer, openai_tools: list, max_model_len: int) -> Prompt:
+def _prompt(body: Conversation, tokenizer, openai_tools: list, max_model_len: int) -> Prompt:
     """The conversation as the chat template renders it: the system prompt first, tool_use blocks as the
     assistant's tool calls, tool_result blocks as tool messages."""
     messages = [{"role": "system", "content": body.system_text()}] if body.system is not None else []
@@ -116,10 +136,12 @@ def _prompt(body: MessagesRequest, tokenizer, openai_tools: list, max_model_len:
                                add_generation_prompt=not prefill, continue_final_message=prefill)
 
 
-def _stop(finish_reason: str | None, stop_reason: str | int | None, calls: bool) -> tuple[str, str | None]:
-    """(Anthropic's stop_reason, stop_sequence)."""
+def _stop(finish_reason: str | None, stop_reason: str | int | None, calls: bool,
+          context_full: bool = False) -> tuple[str, str | None]:
+    """(Anthropic's stop_reason, stop_sequence); `context_full`: the reply ended at the end of the context, before
+    max_tokens."""
     if finish_reason == "length":
-        return "max_tokens", None
+        return ("model_context_window_exceeded" if context_full else "max_tokens"), None
     if isinstance(stop_reason, str):    # even inside a tool call, which it then cut short
         return "stop_sequence", stop_reason
     if calls:
@@ -131,8 +153,9 @@ class _View:
     """Renders a messages job's engine outputs as an Anthropic message, or as its event stream; both build their
     content blocks with one `_Blocks`, in the order they are generated."""
 
-    def __init__(self, state: ServerState, job: Job, choice: tools.ToolChoice | None, parallel: bool) -> None:
-        self.state, self.job = state, job
+    def __init__(self, state: ServerState, job: Job, choice: tools.ToolChoice | None, parallel: bool,
+                 max_tokens: int | None = None) -> None:
+        self.state, self.job, self.max_tokens = state, job, max_tokens
         choice = choice if choice not in (None, "none") else None
         self.reader = tools.reader(choice, state.settings.tool_call_parser, parallel) if choice else None
         self.split = reasoning.StreamSplit() if state.settings.reasoning_parser else None
@@ -155,15 +178,16 @@ class _View:
                 events += self.blocks.tool(part)
         return events
 
-    def _end(self, finish: str | None, stop_reason: str | int | None) -> tuple[str, str | None]:
-        return _stop(finish, stop_reason, any(b["type"] == "tool_use" for b in self.blocks.content))
+    def _end(self, finish: str | None, stop_reason: str | int | None, generated: int) -> tuple[str, str | None]:
+        return _stop(finish, stop_reason, any(b["type"] == "tool_use" for b in self.blocks.content),
+                     self.max_tokens is not None and generated < self.max_tokens)
 
     def message(self, final) -> dict:
         """The whole (non-streamed) message."""
         choice = final.outputs[0]
         self._feed(choice.text, True)
         self.blocks.close()
-        stop_reason, sequence = self._end(choice.finish_reason, choice.stop_reason)
+        stop_reason, sequence = self._end(choice.finish_reason, choice.stop_reason, len(choice.token_ids))
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.job.model,
                 "content": self.blocks.finished(), "stop_reason": stop_reason, "stop_sequence": sequence,
                 "usage": self._usage(len(choice.token_ids))}
@@ -185,7 +209,7 @@ class _View:
                     finish, stop_reason = choice.finish_reason, choice.stop_reason
         for event in self.blocks.close():
             yield event
-        reason, sequence = self._end(finish, stop_reason)
+        reason, sequence = self._end(finish, stop_reason, generated)
         yield {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
                "usage": self._usage(generated)}
         yield {"type": "message_stop"}

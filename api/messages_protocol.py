@@ -148,8 +148,8 @@ class Metadata(StrictModel):
     user_id: str | None = None
 
 
-class MessagesRequest(TextRequest):
-    """POST /v1/messages."""
+class Conversation(TextRequest):
+    """What a request renders into the prompt: the model, system prompt, messages and tools."""
 
     model_config = ConfigDict(json_schema_extra={"allOf": [      # a tool_choice but none needs tools
         {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {
@@ -157,16 +157,8 @@ class MessagesRequest(TextRequest):
          "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}}]})
 
     model: str
-    max_tokens: Annotated[int, Field(ge=1)]
     messages: Annotated[list[Message], Field(min_length=1)]
     system: str | list[TextBlock] | None = None
-    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
-    stop_sequences: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_SEQUENCES)] | None \
-        = None
-    stream: bool | None = False
-    metadata: Metadata | None = None
     tools: list[AnthropicTool] | None = None
     tool_choice: AnthropicToolChoice | None = None
 
@@ -175,6 +167,29 @@ class MessagesRequest(TextRequest):
         if self.system is None:
             return None
         return self.system if isinstance(self.system, str) else "".join(b.text for b in self.system)
+
+
+class MessagesRequest(Conversation):
+    """POST /v1/messages."""
+
+    max_tokens: Annotated[int, Field(ge=1)]
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    stop_sequences: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_SEQUENCES)] | None \
+        = None
+    stream: bool | None = False
+    metadata: Metadata | None = None
+
+
+class CountTokensRequest(Conversation):
+    """POST /v1/messages/count_tokens: the prompt a messages request with these fields would have."""
+
+
+class TokensCount(BaseModel):
+    """The prompt's tokens: system prompt, messages and tools, as the chat template renders them."""
+
+    input_tokens: int
 
 
 class AnthropicUsage(BaseModel):
@@ -194,7 +209,7 @@ class MessageResponse(BaseModel):
     role: Literal["assistant"]
     model: str
     content: list[dict[str, Any]]
-    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"] | None
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "model_context_window_exceeded"] | None
     stop_sequence: str | None
     usage: AnthropicUsage
 

@@ -197,3 +197,34 @@ def test_blocks_come_back_in_the_order_they_were_generated_and_the_reply_can_be_
     MessagesRequest.model_validate({"model": "m", "max_tokens": 4, "messages": [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": [
             b.model_dump(exclude_none=True) for b in message.content]}]})
+
+
+def test_count_tokens_is_the_prompt_of_the_same_request(server, claude):
+    conversation = dict(model=server.model, messages=USER, system="Be brief.", tools=TOOLS)
+    counted = claude.messages.count_tokens(**conversation)
+    r = claude.messages.create(**conversation, max_tokens=2, tool_choice={"type": "none"}, extra_body=GREEDY)
+    assert counted.input_tokens == r.usage.input_tokens + r.usage.cache_read_input_tokens > 0
+    assert claude.messages.count_tokens(model=server.model, messages=USER).input_tokens < counted.input_tokens
+    with pytest.raises(anthropic.NotFoundError):
+        claude.messages.count_tokens(model="not-this-one", messages=USER)
+
+
+def test_a_reply_the_context_ends_says_so(server, claude):
+    """A reply cut by the end of the context, before max_tokens, is model_context_window_exceeded (Anthropic's
+    stop reason for it); the prompt is sized with count_tokens to leave 3 tokens."""
+    context = httpx.get(f"{server.url}/v1/models").json()["data"][0]["max_model_len"]
+    unit = claude.messages.count_tokens(model=server.model, messages=[{"role": "user", "content": "ab " * 100}])
+    base = claude.messages.count_tokens(model=server.model, messages=[{"role": "user", "content": ""}])
+    per_unit = (unit.input_tokens - base.input_tokens) / 100
+    text = "ab " * int((context - base.input_tokens - 3) / per_unit)
+
+    def count(text: str) -> int:
+        return claude.messages.count_tokens(model=server.model, messages=[{"role": "user", "content": text}]
+                                            ).input_tokens
+
+    text = next(t for t in (text + " a" * k for k in range(8)) if count(t) == context - 3)
+    conversation = [{"role": "user", "content": text}]
+    r = claude.messages.create(model=server.model, messages=conversation, max_tokens=50, extra_body=GREEDY)
+    assert (r.stop_reason, r.usage.output_tokens) == ("model_context_window_exceeded", 3)
+    short = claude.messages.create(model=server.model, messages=conversation, max_tokens=2, extra_body=GREEDY)
+    assert (short.stop_reason, short.usage.output_tokens) == ("max_tokens", 2)

@@ -113,7 +113,7 @@ class Scheduler:
             seq = self.waiting[0]
             if seq.index > 0 and needs_prompt_logprobs(seq.request.seqs[0]):
                 break       # the prompt logprobs come first, so a streamed request sends them whole
-            cached = [] if needs_prompt_logprobs(seq) else self._prefix(seq, out)
+            cached, shared = ([], False) if needs_prompt_logprobs(seq) else self._prefix(seq, out)
             start = len(cached) * self.blocks.block_size
             count = min(seq.num_tokens - start, budget)
             reserve = self.admission_reserve if self.running else 0
@@ -123,7 +123,7 @@ class Scheduler:
             self.blocks.allocate(seq, start + count, cached)
             if seq.request.first_scheduled_time is None:
                 seq.request.first_scheduled_time = time.monotonic()
-            if seq.num_preemptions == 0:
+            if seq.num_preemptions == 0 and not shared:     # a sibling's shared blocks are no cache lookup
                 seq.request.num_cached_tokens = max(seq.request.num_cached_tokens, start)
                 out.prefix_queries += seq.num_tokens
                 out.prefix_hits += start
@@ -165,16 +165,17 @@ class Scheduler:
         self.blocks.allocate(seq, num_tokens)
         return True
 
-    def _prefix(self, seq: Sequence, out: SchedulerOutput) -> list[int]:
+    def _prefix(self, seq: Sequence, out: SchedulerOutput) -> tuple[list[int], bool]:
         """The blocks `seq` starts from: the longer of its cached prefix and, for a later choice of a prompt,
-        the prompt blocks its first choice has computed or computes in this step (`out`)."""
+        the prompt blocks its first choice has computed or computes in this step (`out`); and whether they are
+        the latter (shared, not found in the cache)."""
         cached = self.blocks.find_cached_prefix(seq)
         first = seq.request.seqs[0]
         if seq.index == 0 or first.finished or not first.block_table:
-            return cached
+            return cached, False
         covered = first.num_computed_tokens + sum(n for s, n in zip(out.seqs, out.num_new_tokens) if s is first)
         shared = self.blocks.sibling_prefix(seq, first, covered)
-        return shared if len(shared) > len(cached) else cached
+        return (shared, True) if len(shared) > len(cached) else (cached, False)
 
     def _make_room(self, seq: Sequence, num_tokens: int, out: SchedulerOutput) -> bool:
         """Preempt the newest running sequences until `seq` can hold `num_tokens`; False if `seq` itself was."""

@@ -8,7 +8,6 @@ response.completed, or response.incomplete when max_output_tokens cut the reply)
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,7 +25,7 @@ from api.openai_responses_protocol import (
     ResponseObject,
     ResponsesRequest,
 )
-from api.response_items import Items
+from api.response_items import Items, arguments
 from api.response_store import Stored
 from api.responses import errors, named_event_stream
 from api.runner import Job, answer, outputs
@@ -50,11 +49,12 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     check_model(state, body.model)
     llm = state.llm
     history = _history(state, body.previous_response_id)
-    conversation = history + _messages(body.input)
+    conversation = history + _messages(body.input, history)
     chat_tools = [tools.Tool.model_validate({"type": "function", "function": {
         "name": t.name, "description": t.description, "parameters": t.parameters, "strict": t.strict}})
         for t in body.tools or []]
-    choice = _tool_choice(body) if chat_tools or body.tool_choice is not None else None     # none without tools: 400
+    choice = _tool_choice(body) if chat_tools or body.tool_choice is not None else None     # without tools: 400
+    # (but "none", which asks for plain text)
     system = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
     prompt = await asyncio.to_thread(_encode, llm.tokenizer, system + conversation, chat_tools, llm.max_model_len)
     check_context(prompt, body.max_output_tokens, llm.max_model_len, None, "input")
@@ -97,9 +97,10 @@ def _history(state: ServerState, previous: str | None) -> list[dict]:
     return list(stored.messages)
 
 
-def _messages(given: str | list) -> list[dict]:
+def _messages(given: str | list, history: list[dict] = ()) -> list[dict]:
     """`input` as chat-template messages (developer ones as the tokenizer renders them), function calls on the
-    assistant's message, their outputs as tool messages; reasoning items are not rendered."""
+    assistant's message, their outputs as tool messages (a 400 for an output that answers no call, here or in
+    the `history` it continues); reasoning items are not rendered."""
     if isinstance(given, str):
         return [{"role": "user", "content": given}]
     out: list[dict] = []
@@ -108,21 +109,16 @@ def _messages(given: str | list) -> list[dict]:
             out.append({"role": item.role, "content": item.text()})
         elif isinstance(item, FunctionCallItem):
             call = {"id": item.call_id, "type": "function",
-                    "function": {"name": item.name, "arguments": _arguments(item.arguments)}}
+                    "function": {"name": item.name, "arguments": arguments(item.arguments)}}
             if not out or out[-1]["role"] != "assistant":
                 out.append({"role": "assistant", "content": ""})
             out[-1].setdefault("tool_calls", []).append(call)
         elif isinstance(item, FunctionCallOutputItem):
+            called = {c["id"] for m in [*history, *out] for c in m.get("tool_calls", ())}
+            if item.call_id not in called:
+                raise bad_request(f"No function call with call_id {item.call_id!r} precedes its output.", "input")
             out.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
     return out
-
-
-def _arguments(text: str) -> dict | str:
-    """Arguments as templates read them: the object where they are JSON."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def _tool_choice(body: ResponsesRequest) -> tools.ToolChoice:
@@ -179,7 +175,8 @@ class _View:
         cached = self.job.cached_tokens()
         generated = len(self.token_ids)
         thought = reasoning.reasoning_tokens(self.state.llm.tokenizer, self.token_ids) if self.split else 0
-        usage = {"input_tokens": self.job.prompt_tokens, "input_tokens_details": {"cached_tokens": cached},
+        usage = {"input_tokens": self.job.prompt_tokens,         # nothing is billed for writing the prefix cache
+                 "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
                  "output_tokens": generated, "output_tokens_details": {"reasoning_tokens": thought},
                  "total_tokens": self.job.prompt_tokens + generated}
         choice = b.tool_choice.model_dump() if isinstance(b.tool_choice, FunctionChoice) else \
@@ -193,13 +190,16 @@ class _View:
                 "previous_response_id": b.previous_response_id, "temperature": b.temperature, "top_p": b.top_p,
                 "tool_choice": choice, "tools": [t.model_dump(exclude_none=True) for t in b.tools or []],
                 "text": text, "truncation": "disabled", "store": b.store is not False, "metadata": b.metadata or {},
-                "user": b.user, "usage": usage if status != "in_progress" else None}
+                "user": b.user, "usage": usage if status != "in_progress" else None, "background": False,
+                "reasoning": {"effort": None, "summary": None}, "prompt_cache_key": b.prompt_cache_key,
+                "safety_identifier": b.safety_identifier,
+                "service_tier": "default" if b.service_tier is not None else None}
 
     def _finish(self, finish: str | None) -> tuple[list[dict], dict]:
         """The events that close the reply's items, and the final Response, kept in the store unless `store` is
         false."""
         events = self.items.text("") if not self.items.output else []     # no text: still an (empty) message
-        events += self.items.close()
+        events += self.items.close("incomplete" if finish == "length" else "completed")
         body = self._body("incomplete" if finish == "length" else "completed", finish)
         if self.body.store is not False:
             self.state.responses.put(self.id, Stored(body, self.conversation + self.items.messages()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.protocol import Empty
 from api.strict import StrictModel
@@ -94,13 +94,22 @@ class FunctionChoice(StrictModel):
 
 
 class TextFormat(StrictModel):
-    """text.format: plain text, any JSON object, or JSON matching `schema`."""
+    """text.format: plain text, any JSON object, or JSON matching `schema` (which, as OpenAI's, has a name)."""
+
+    model_config = ConfigDict(json_schema_extra={"if": {"properties": {"type": {"const": "json_schema"}}},
+                                                 "then": {"required": ["name", "schema"]}})
 
     type: Literal["text", "json_object", "json_schema"]
-    name: str | None = None
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
     schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
     strict: bool | None = None
     description: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> TextFormat:
+        if self.type == "json_schema" and self.name is None:
+            raise ValueError("a json_schema format needs its name")
+        return self
 
 
 class TextConfig(StrictModel):

@@ -4,7 +4,17 @@ stream, and keeps the items whole for the final response, which a non-streamed r
 
 from __future__ import annotations
 
+import json
 import uuid
+
+
+def arguments(text: str) -> dict | str:
+    """A call's arguments as chat templates read them: the object where they are JSON (as an explicit input item's
+    are, so that a previous_response_id renders as the same items sent again)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _id(prefix: str) -> str:
@@ -58,12 +68,12 @@ class Items:
         return [{"type": "response.function_call_arguments.delta", "item_id": self._open["id"],
                  "output_index": len(self.output) - 1, "delta": part["function"]["arguments"]}]
 
-    def close(self) -> list[dict]:
-        """Finish the open item, if any."""
+    def close(self, status: str = "completed") -> list[dict]:
+        """Finish the open item, if any: "completed", or "incomplete" when the reply was cut there."""
         item, self._open = self._open, None
         if item is None:
             return []
-        item["status"] = "completed"
+        item["status"] = status
         index, events = len(self.output) - 1, []
         if item["type"] == "message":
             part = item["content"][0]
@@ -86,6 +96,6 @@ class Items:
         """The reply as chat-template messages (for a later previous_response_id): its text and calls."""
         text = "".join(i["content"][0]["text"] for i in self.output if i["type"] == "message")
         calls = [{"id": i["call_id"], "type": "function", "function": {"name": i["name"],
-                                                                        "arguments": i["arguments"]}}
+                                                                        "arguments": arguments(i["arguments"])}}
                  for i in self.output if i["type"] == "function_call"]
         return [{"role": "assistant", "content": text, **({"tool_calls": calls} if calls else {})}]

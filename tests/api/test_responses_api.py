@@ -121,3 +121,44 @@ def test_the_store_is_bounded_by_count_and_bytes():
 def test_tool_choice_without_tools_is_a_400(server, client):
     with pytest.raises(openai.BadRequestError, match="tool_choice requires tools"):
         client.responses.create(model=server.model, input="x", max_output_tokens=1, tool_choice="required")
+
+
+def _strict(body: dict) -> None:
+    """`body` is a Response as the SDK types it, every field required there present (not only what it parses)."""
+    from openai.types.responses import Response
+
+    Response.model_validate(body, strict=False)
+    usage = body["usage"]
+    assert set(usage["input_tokens_details"]) >= {"cached_tokens", "cache_write_tokens"}, usage
+
+
+def test_responses_carry_every_field_the_sdk_requires_and_echo_what_was_set(server):
+    body = {"model": server.model, "input": "Hi", "max_output_tokens": 2, "service_tier": "auto",
+            "prompt_cache_key": "k", "safety_identifier": "u-1", "background": False, "reasoning": {}}
+    r = server.post("/v1/responses", body).json()
+    _strict(r)
+    assert (r["service_tier"], r["prompt_cache_key"], r["safety_identifier"], r["background"]) == (
+        "default", "k", "u-1", False)
+    assert r["status"] == "incomplete" and r["output"][0]["status"] == "incomplete"     # cut by max_output_tokens
+
+
+def test_a_cut_call_is_incomplete_and_a_chain_renders_as_its_items(server, client):
+    forced = dict(model=server.model, input="Weather in Oslo?", tools=TOOLS,
+                  tool_choice={"type": "function", "name": "get_weather"}, temperature=0)
+    cut = client.responses.create(**forced, max_output_tokens=3)
+    assert cut.status == "incomplete" and [i.status for i in cut.output] == ["incomplete"]
+    first = client.responses.create(**forced, max_output_tokens=120)
+    (call,) = first.output
+    assert call.status == "completed"
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny"}
+    chained = client.responses.create(model=server.model, tools=TOOLS, tool_choice="none", max_output_tokens=1,
+                                      previous_response_id=first.id, input=[output])
+    explicit = client.responses.create(model=server.model, tools=TOOLS, tool_choice="none", max_output_tokens=1,
+                                       input=[{"role": "user", "content": "Weather in Oslo?"}, call, output])
+    assert chained.usage.input_tokens == explicit.usage.input_tokens
+    with pytest.raises(openai.BadRequestError, match="call_id"):
+        client.responses.create(model=server.model, max_output_tokens=1,
+                                input=[{"type": "function_call_output", "call_id": "call_nope", "output": "x"}])
+    with pytest.raises(openai.BadRequestError, match="name"):
+        client.responses.create(model=server.model, input="x", max_output_tokens=1,
+                                text={"format": {"type": "json_schema", "schema": WEATHER}})

@@ -15,6 +15,7 @@ output would not contain), and for JSON, which never holds one raw, no token wit
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -87,9 +88,16 @@ class StructuredOutputsParams:
                 return _structural_tag(spec)
             return xgr.Grammar.from_ebnf(spec)
         except Exception as exc:              # xgrammar raises RuntimeError and its own errors
-            raise ValueError(f"structured_outputs.{kind}: not a valid {kind.replace('_', ' ')}: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            raise ValueError(f"structured_outputs.{kind}: not a valid {kind.replace('_', ' ')}: {_reason(exc)}"
                              ) from None
+
+
+def _reason(exc: Exception) -> str:
+    """What was wrong, in a line: xgrammar's message without its log prefix (time, C++ source file and line)."""
+    if isinstance(exc, KeyError):
+        return f"missing {exc}"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^\[[0-9:]+\]\s+\S+:\d+:\s*", "", text)
 
 
 def _structural_tag(spec: str) -> xgr.Grammar:

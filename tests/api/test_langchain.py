@@ -30,3 +30,12 @@ def test_with_structured_output_returns_a_valid_object(server):
     person = result["parsed"]
     assert isinstance(person, Person)
     jsonschema.validate(person.model_dump(), Person.model_json_schema())
+
+
+def test_bound_strict_tools_are_called_validly(server):
+    """bind_tools(strict=True) with a forced tool, as LangChain sends it: a valid call, ending with "stop"."""
+    bound = _chat(server).bind_tools([Person], tool_choice="Person", strict=True)
+    message = bound.invoke("Describe someone.")
+    (call,) = message.tool_calls
+    assert call["name"] == "Person" and message.response_metadata["finish_reason"] == "stop"
+    jsonschema.validate(call["args"], Person.model_json_schema())

@@ -51,7 +51,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     check_model(state, body.model)
     llm = state.llm
     openai_tools = _tools(body)
-    choice = _tool_choice(body) if openai_tools or body.tool_choice is not None else None   # none without tools: 400
+    choice = _tool_choice(body) if openai_tools or body.tool_choice is not None else None   # no tools: 400 but none
     prompt = await asyncio.to_thread(_prompt, body, llm.tokenizer, openai_tools, llm.max_model_len)
     check_context(prompt, body.max_tokens, llm.max_model_len, None, "messages")
     parallel = not getattr(body.tool_choice, "disable_parallel_tool_use", None)

@@ -89,6 +89,7 @@ def constraint(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bo
     if not tools:
         raise bad_request("tool_choice requires tools.", "tool_choice")
     schemas = {tool.function.name: tool.function.parameters or {"type": "object"} for tool in tools}
+    _check_enforceable(tools, choice, schemas)
     if choice == "auto":
         if parser is None:
             raise bad_request("tool_choice 'auto' needs a tool-call parser: start the server with "
@@ -109,6 +110,22 @@ def constraint(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bo
     if parallel is False:
         array["maxItems"] = 1
     return StructuredOutputsParams(json=array)
+
+
+def _check_enforceable(tools: list[Tool], choice: ToolChoice, schemas: dict[str, dict]) -> None:
+    """A 400 naming the tool whose parameters schema the choice would enforce (the named one; all, for required;
+    the strict ones, for auto) and the grammar cannot take: not the engine's error about a constraint the client
+    never sent."""
+    if isinstance(choice, NamedToolChoice):
+        enforced = [choice.function.name] if choice.function.name in schemas else []
+    else:
+        enforced = [t.function.name for t in tools if choice == "required" or t.function.strict]
+    for name in enforced:
+        try:
+            StructuredOutputsParams(json=schemas[name]).parse()
+        except ValueError as exc:
+            raise bad_request(f"The parameters schema of tool {name!r} cannot be enforced: "
+                              f"{str(exc).split(': ', 2)[-1]}", "tools") from None
 
 
 def hermes_calls(schemas: dict[str, dict]) -> dict:

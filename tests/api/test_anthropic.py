@@ -154,6 +154,8 @@ def test_a_last_assistant_message_is_continued(server, claude, client):
     ({"tool_choice": {"type": "tool"}}, "tool_choice.name"),
     ({"tools": [{"name": "s", "input_schema": {"type": "string"}}]}, "tools[0].input_schema"),
     ({"tools": TOOLS * 2}, "'get_weather' is given more than once"),                   # names must be distinct
+    ({"tools": [{"name": "get_weather", "input_schema": {"type": "object", "properties": {"a": {"type": "x"}}}}]},
+     "The parameters schema of tool 'get_weather' cannot be enforced"),
     ({"system": "\ud800"}, "system"),                                                  # a lone surrogate
 ])
 def test_what_cannot_be_honoured_is_a_400_naming_it(server, change, named):

@@ -104,6 +104,20 @@ def test_tool_choices_that_cannot_be_honoured_are_400(server, extra, message):
     assert r.json()["error"]["param"] == "tool_choice"
 
 
+def test_a_schema_that_cannot_be_enforced_is_a_400_naming_the_tool(server):
+    bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}
+    for tools, choice in (([bad], "required"), ([TOOLS[1], bad], {"type": "function", "function": {"name": "f"}})):
+        r = server.post("/v1/chat/completions", {"model": server.model, "messages": MESSAGES, "tools": tools,
+                                                 "tool_choice": choice, "max_tokens": 2})
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == "tools", r.text
+        assert error["message"].startswith("The parameters schema of tool 'f' cannot be enforced: Unsupported type")
+    r = server.post("/v1/chat/completions", {"model": server.model, "messages": MESSAGES, "tools": [TOOLS[1], bad],
+                                             "tool_choice": {"type": "function", "function": {"name": "add"}},
+                                             "max_tokens": 2})
+    assert r.status_code == 200, r.text                   # only the named tool's schema is enforced
+
+
 def test_tool_choice_none_is_plain_chat(server, client):
     r = client.chat.completions.create(model=server.model, messages=MESSAGES, tools=TOOLS, tool_choice="none",
                                        max_tokens=5)

@@ -25,7 +25,7 @@ from api.openai_responses_protocol import (
     ResponseObject,
     ResponsesRequest,
 )
-from api.response_items import Items, arguments
+from api.response_items import Items
 from api.response_store import Stored
 from api.responses import errors, named_event_stream
 from api.runner import Job, answer, outputs
@@ -109,7 +109,7 @@ def _messages(given: str | list, history: list[dict] = ()) -> list[dict]:
             out.append({"role": item.role, "content": item.text()})
         elif isinstance(item, FunctionCallItem):
             call = {"id": item.call_id, "type": "function",
-                    "function": {"name": item.name, "arguments": arguments(item.arguments)}}
+                    "function": {"name": item.name, "arguments": tools.template_arguments(item.arguments)}}
             if not out or out[-1]["role"] != "assistant":
                 out.append({"role": "assistant", "content": ""})
             out[-1].setdefault("tool_calls", []).append(call)

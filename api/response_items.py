@@ -4,17 +4,9 @@ stream, and keeps the items whole for the final response, which a non-streamed r
 
 from __future__ import annotations
 
-import json
 import uuid
 
-
-def arguments(text: str) -> dict | str:
-    """A call's arguments as chat templates read them: the object where they are JSON (as an explicit input item's
-    are, so that a previous_response_id renders as the same items sent again)."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+from api.tools import template_arguments
 
 
 def _id(prefix: str) -> str:
@@ -93,9 +85,10 @@ class Items:
         return self._open["type"] if self._open is not None else None
 
     def messages(self) -> list[dict]:
-        """The reply as chat-template messages (for a later previous_response_id): its text and calls."""
+        """The reply as chat-template messages (for a later previous_response_id): its text and calls, rendered as
+        the same items sent again as input would be."""
         text = "".join(i["content"][0]["text"] for i in self.output if i["type"] == "message")
-        calls = [{"id": i["call_id"], "type": "function", "function": {"name": i["name"],
-                                                                        "arguments": arguments(i["arguments"])}}
+        calls = [{"id": i["call_id"], "type": "function",
+                  "function": {"name": i["name"], "arguments": template_arguments(i["arguments"])}}
                  for i in self.output if i["type"] == "function_call"]
         return [{"role": "assistant", "content": text, **({"tool_calls": calls} if calls else {})}]

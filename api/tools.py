@@ -144,15 +144,17 @@ def reader(choice: ToolChoice | None, parser: str | None, parallel: bool = True)
     return CallReader("required" if choice == "required" else parser, max_calls=None if parallel else 1)
 
 
+def template_arguments(text: str) -> dict | str:
+    """A call's arguments as chat templates read them: the object where they are JSON (Hugging Face's templates
+    read `tool_call.function.arguments` as one), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def for_template(calls: list[ToolCall]) -> list[dict]:
-    """An assistant message's tool calls as chat templates expect them (arguments as an object where they are
-    JSON, as Hugging Face's templates read `tool_call.function.arguments`)."""
-    rendered = []
-    for call in calls:
-        try:
-            arguments = json.loads(call.function.arguments)
-        except ValueError:
-            arguments = call.function.arguments
-        rendered.append({"id": call.id, "type": "function",
-                         "function": {"name": call.function.name, "arguments": arguments}})
-    return rendered
+    """An assistant message's tool calls as chat templates expect them."""
+    return [{"id": call.id, "type": "function",
+             "function": {"name": call.function.name, "arguments": template_arguments(call.function.arguments)}}
+            for call in calls]

@@ -103,7 +103,7 @@ class OutputProcessor:
                 return False
             seq.finish_reason = "length"
             return _finish_text(seq, num_output)
-        return _finish_text(seq, num_output if params.include_stop_str_in_output else num_output - 1)
+        return _finish_at_stop_token(seq, num_output)
 
     def make_output(self, request: Request) -> RequestOutput | None:
         """The request's output now, or None if there is nothing to say. A streamed request gets what is new
@@ -140,7 +140,12 @@ def _grammar_ended(seq: Sequence, token: int) -> bool:
     if seq.matcher.accept_token(token) and not seq.matcher.is_terminated():
         return False
     seq.finish_reason = "stop"
-    num_output = len(seq.token_ids) - seq.num_prompt_tokens
+    return _finish_at_stop_token(seq, len(seq.token_ids) - seq.num_prompt_tokens)
+
+
+def _finish_at_stop_token(seq: Sequence, num_output: int) -> bool:
+    """A sequence ends on the last of its `num_output` tokens, a stop token: its text is added only with
+    include_stop_str_in_output (as vLLM's)."""
     return _finish_text(seq, num_output if seq.params.include_stop_str_in_output else num_output - 1)
 
 

@@ -23,8 +23,8 @@ class SpeculationGate:
     sequences further than one token, and costs per_token for each rejected draft token plus the proposing. All
     three are measured per step that searched for drafts, recently (g steps gained, j tokens rejected, p seconds
     of proposing; a step that moves only some of the slowest gains part of a step, see `Speculation.observe`), and
-    it pays when g * fixed > j * per_token + p. (Accepted tokens of the other
-    sequences only end them sooner, which saves nothing: their tokens are computed anyway.)
+    it pays when g * fixed > j * per_token + p. (Accepted tokens of the other sequences only end them sooner, which
+    saves nothing: their tokens are computed anyway.)
 
     While it does not pay, one sequence (in a closed batch all the slowest, which alone can move it) still drafts
     now and then (after `PROBE_EVERY` steps, then twice as many each time up to `MAX_PROBE_EVERY`), to keep r and g

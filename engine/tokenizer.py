@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 from tokenizers import Tokenizer as TokenizerBackend
@@ -194,12 +195,7 @@ class IncrementalDetokenizer:
         if self._pending:
             self._pending.clear()
         if self._prompt_tail:
-            common = 0
-            for held, emitted in zip(self._prompt_tail, text):
-                if held != emitted:
-                    break
-                common += 1
-            text = text[common:]
+            text = text[len(os.path.commonprefix((self._prompt_tail, text))):]
             self._prompt_tail = ""
         return text
 

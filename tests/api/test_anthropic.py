@@ -209,6 +209,9 @@ def test_count_tokens_is_the_prompt_of_the_same_request(server, claude):
     assert claude.messages.count_tokens(model=server.model, messages=USER).input_tokens < counted.input_tokens
     with pytest.raises(anthropic.NotFoundError):
         claude.messages.count_tokens(model="not-this-one", messages=USER)
+    with pytest.raises(anthropic.BadRequestError) as caught:                        # Anthropic's error shape
+        claude.messages.count_tokens(model=server.model, messages=[])
+    assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "invalid_request_error"
 
 
 def test_a_reply_the_context_ends_says_so(server, claude):

@@ -4,6 +4,7 @@ supported."""
 
 from __future__ import annotations
 
+import openai
 import pytest
 from api_helpers import hf_logprobs
 
@@ -132,6 +133,12 @@ def test_unsupported_or_invalid_chat_parameters(server, extra, param):
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+def test_store_through_the_client(server, client):
+    assert _chat(client, server.model, max_tokens=1, store=False).choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.BadRequestError, match="store"):
+        _chat(client, server.model, max_tokens=1, store=True)
 
 
 def test_a_named_tool_choice_without_its_function_says_so(server):

@@ -63,6 +63,12 @@ def test_vllm_structured_outputs_on_completions_and_chat(server, client, structu
     assert all(check(t) for t in texts), texts
 
 
+def test_an_invalid_structural_tag_is_a_400_through_the_client(server, client):
+    with pytest.raises(openai.BadRequestError, match="missing 'schema'"):
+        client.completions.create(model=server.model, prompt="x", max_tokens=2, extra_body={"structured_outputs": {
+            "structural_tag": '{"structures": [{"begin": "x"}], "triggers": ["x"]}'}})
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"structured_outputs": {"regex": "([a-z]"}}, None),
     ({"structured_outputs": {"structural_tag": '{"structures": [{"begin": "x"}], "triggers": ["x"]}'}}, None),

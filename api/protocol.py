@@ -24,6 +24,7 @@ from api.tools import Tool, ToolCall, ToolChoice
 MAX_N = 128
 MAX_LOGPROBS = 20
 MAX_STOP = 4
+MAX_BAD_WORDS = 128
 
 Probability = Annotated[float, Field(ge=0, le=1)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
@@ -132,6 +133,8 @@ class SamplingRequest(TextRequest):
     return_tokens_as_token_ids: bool | None = None
     prompt_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     truncate_prompt_tokens: Annotated[int, Field(ge=1)] | None = None
+    allowed_token_ids: TokenIds | None = None
+    bad_words: Annotated[list[Annotated[str, Field(pattern=r"\S")]], Field(max_length=MAX_BAD_WORDS)] | None = None
     perf_metrics_in_response: bool | None = None
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None

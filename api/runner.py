@@ -19,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from api.errors import APIError, bad_request
+from api.protocol import SamplingRequest
 from api.sampling import Prompt
 from api.state import ServerState
 from api.streaming import EventStreamResponse
@@ -85,8 +86,9 @@ def _as_api_error(exc: BaseException) -> BaseException:
         return APIError(429, str(exc), type="rate_limit_error")
     if isinstance(exc, EngineDeadError):
         return APIError(503, str(exc), type="server_error")
-    if isinstance(exc, ValueError):
-        return bad_request(str(exc))
+    if isinstance(exc, ValueError):        # the engine's messages begin with the field they are about
+        field = str(exc).split(" ", 1)[0]
+        return bad_request(str(exc), field if field in SamplingRequest.model_fields else None)
     return exc
 
 

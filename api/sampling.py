@@ -148,7 +148,8 @@ def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None,
     if structured is not None and tool_constraint is not None:
         raise bad_request("A tool_choice that a grammar enforces (required, named, or auto with strict tools) cannot "
                           "be combined with response_format or structured_outputs.", "tool_choice")
-    for name, ids in (("logit_bias", list(logit_bias)), ("stop_token_ids", request.stop_token_ids or [])):
+    for name, ids in (("logit_bias", list(logit_bias)), ("stop_token_ids", request.stop_token_ids or []),
+                      ("allowed_token_ids", request.allowed_token_ids or [])):
         if any(t >= vocab_size for t in ids):
             raise bad_request(f"{name} has token ids outside the vocabulary [0, {vocab_size}).", name)
     try:
@@ -161,6 +162,7 @@ def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None,
             ignore_eos=bool(request.ignore_eos), min_tokens=_or(request.min_tokens, 0), logprobs=logprobs,
             prompt_logprobs=prompt_logprobs, logit_bias=logit_bias or None,
             skip_special_tokens=_or(request.skip_special_tokens, True),
+            allowed_token_ids=request.allowed_token_ids, bad_words=request.bad_words,
             structured_outputs=structured or tool_constraint)
     except ValueError as exc:
         field = str(exc).split(" ", 1)[0]

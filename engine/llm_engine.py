@@ -142,6 +142,8 @@ class LLMEngine:
             text, token_ids = None, _token_ids(prompt)
         self._validate(token_ids, params)
         request = Request(request_id, text, token_ids, params, stream)
+        if params.bad_words:
+            request.bad_words_token_ids = self._bad_words(params.bad_words)
         if params.structured_outputs is not None:
             request.grammar = self.grammars.submit(params.structured_outputs)      # a ValueError if invalid
         if params.prompt_logprobs is not None:
@@ -192,9 +194,17 @@ class LLMEngine:
                              "so no token could be generated")
         if min(token_ids) < 0 or max(token_ids) >= vocab:
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        for name, ids in (("logit_bias", params.logit_bias or {}), ("stop_token_ids", params.stop_token_ids)):
+        for name, ids in (("logit_bias", params.logit_bias or {}), ("stop_token_ids", params.stop_token_ids),
+                          ("allowed_token_ids", params.allowed_token_ids or [])):
             if any(t >= vocab for t in ids):
                 raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab})")
+
+    def _bad_words(self, words: list[str]) -> list[list[int]]:
+        sequences = self.tokenizer.word_token_ids(words)
+        if any(t >= self.model_config.vocab_size for ids in sequences for t in ids):
+            raise ValueError(f"bad_words tokenize to token ids outside the model's vocabulary "
+                             f"[0, {self.model_config.vocab_size})")
+        return sequences
 
     def close(self) -> None:
         """Stop the tensor-parallel workers, if any (also done when the engine is collected or at exit)."""

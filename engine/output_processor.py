@@ -152,7 +152,9 @@ def _finish_at_stop_token(seq: Sequence, num_output: int) -> bool:
 def _finish_text(seq: Sequence, num_text_tokens: int) -> bool:
     """A sequence ends: its text becomes that of its first `num_text_tokens` generated tokens (those not yet
     detokenized are, at once), and what the detokenizer held back (it may end inside a multi-byte character).
-    Returns True (finished)."""
+    Returns True (finished). Without SamplingParams.detokenize the text stays empty."""
+    if not seq.params.detokenize:
+        return True
     start = seq.num_prompt_tokens
     seq.text += seq.detokenizer.finish(seq.token_ids[start:start + num_text_tokens])
     return True

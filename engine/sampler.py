@@ -1,4 +1,5 @@
-"""From logits to tokens: min_tokens, logit_bias, penalties and structured outputs' token masks, then the engine's
+"""From logits to tokens: min_tokens, allowed_token_ids, bad_words, logit_bias, penalties and structured outputs'
+token masks, then the engine's
 `sample` kernel, plus logprobs. Structured outputs' masks are filled on the host first, before anything waits for
 the logits: on a GPU the forward is still running then. (Not on a thread beside it: on the CPU, a second thread
 running torch ops kept its own OpenMP workers spinning, and every later step of the engine took 30% longer.)
@@ -86,6 +87,7 @@ class Sampler:
         rows = to_device(logprob_rows, torch.int64, device) if logprob_rows else None
         raw = torch.log_softmax(logits[rows], dim=-1) if rows is not None else None
         self._suppress_stops(logits, seqs)
+        self._restrict(logits, seqs)
         self._add_bias(logits, seqs)
         self._penalise(logits, seqs)
         if bitmask is not None:
@@ -117,12 +119,14 @@ class Sampler:
 
     @staticmethod
     def kernel_only(seqs: list[Sequence]) -> bool:
-        """Whether the `sample` kernel alone draws these sequences' tokens: no logprobs, token mask, logit bias,
-        penalty or min_tokens to apply first (a CUDA graph can then draw them, engine/cuda_graphs.py)."""
+        """Whether the `sample` kernel alone draws these sequences' tokens: no logprobs, token mask, allowed or
+        bad tokens, logit bias, penalty or min_tokens to apply first (a CUDA graph can then draw them,
+        engine/cuda_graphs.py)."""
         for seq in seqs:
             params = seq.params
             if (params.logprobs is not None or seq.matcher is not None or params.logit_bias or params.has_penalties
-                    or seq.num_output_tokens < params.min_tokens):
+                    or seq.num_output_tokens < params.min_tokens or params.allowed_token_ids is not None
+                    or seq.request.bad_words_token_ids):
                 return False
         return True
 
@@ -138,6 +142,21 @@ class Sampler:
             params = seq.params
             if params.min_tokens and seq.num_output_tokens < params.min_tokens:
                 banned = list(params.stop_token_ids) + ([] if params.ignore_eos else self.eos_token_ids)
+                if banned:
+                    logits[i, to_device(banned, torch.int64, logits.device)] = float("-inf")
+
+    def _restrict(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        """allowed_token_ids: every other token cannot be drawn. bad_words: neither can a token that would end
+        one of their token sequences after the tokens generated so far."""
+        for i, seq in enumerate(seqs):
+            allowed = seq.params.allowed_token_ids
+            if allowed is not None:
+                ids = to_device(allowed, torch.int64, logits.device)
+                kept = logits[i, ids]
+                logits[i] = float("-inf")
+                logits[i, ids] = kept
+            if seq.request.bad_words_token_ids:
+                banned = completing_tokens(seq.request.bad_words_token_ids, seq.output_token_ids)
                 if banned:
                     logits[i, to_device(banned, torch.int64, logits.device)] = float("-inf")
 
@@ -172,6 +191,17 @@ class Sampler:
             repetition,
         )
         logits[index] = sub
+
+
+def completing_tokens(sequences: list[list[int]], generated: list[int]) -> list[int]:
+    """The last tokens of those `sequences` whose other tokens are the end of `generated` (vLLM's bad_words
+    rule: a one-token sequence is always banned, a longer one only right after its beginning)."""
+    banned = []
+    for ids in sequences:
+        head = len(ids) - 1
+        if head <= len(generated) and (head == 0 or generated[-head:] == ids[:-1]):
+            banned.append(ids[-1])
+    return banned
 
 
 def _padded(rows: list[list[int]], device: torch.device) -> torch.Tensor:

@@ -24,6 +24,10 @@ class SamplingParams:
     were generated. logprobs k returns, per generated token, the k most likely tokens plus the sampled one;
     prompt_logprobs does the same for the prompt tokens. Logprobs are from the raw model distribution
     (before temperature, penalties and filters). logit_bias maps token id to a value added to its logit.
+    allowed_token_ids (vLLM's) keeps only those tokens drawable; bad_words (vLLM's) are words never completed:
+    each is tokenized as it would start the text and after a space, and the token that would end one of those
+    token sequences cannot be drawn right after the rest of it (matched against the generated tokens).
+    detokenize False leaves the output text empty (token ids only; stop strings then need it).
     structured_outputs constrains the text (a JSON schema, regex, choice or grammar; a dict of
     StructuredOutputsParams' fields is taken too): every sequence then matches it, and ends ("stop") when it is
     complete.
@@ -48,6 +52,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
     skip_special_tokens: bool = True
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    detokenize: bool = True
     structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
@@ -59,6 +66,9 @@ class SamplingParams:
         self.stop_token_ids = [int(t) for t in (self.stop_token_ids or [])]
         if self.logit_bias:
             self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+        if self.allowed_token_ids is not None:
+            self.allowed_token_ids = list(self.allowed_token_ids)
+        self.bad_words = list(dict.fromkeys(self.bad_words or []))
         self._validate()
 
     def _validate(self) -> None:
@@ -67,7 +77,7 @@ class SamplingParams:
                "max_tokens", "must be None or an integer >= 0", self.max_tokens)
         _check(self.temperature >= 0 and math.isfinite(self.temperature), "temperature", "must be finite and >= 0",
                self.temperature)
-        for name in ("include_stop_str_in_output", "ignore_eos", "skip_special_tokens"):
+        for name in ("include_stop_str_in_output", "ignore_eos", "skip_special_tokens", "detokenize"):
             _check(isinstance(getattr(self, name), bool), name, "must be True or False", getattr(self, name))
         _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
         _check(isinstance(self.top_k, int) and self.top_k >= -1, "top_k", "must be -1, 0 (off) or >= 1", self.top_k)
@@ -79,6 +89,13 @@ class SamplingParams:
         _check(self.seed is None or isinstance(self.seed, int), "seed", "must be None or an integer", self.seed)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings", self.stop)
         _check(all(t >= 0 for t in self.stop_token_ids), "stop_token_ids", "must be >= 0", self.stop_token_ids)
+        _check(self.detokenize or not self.stop, "stop", "strings need detokenize=True (they are matched on the text)",
+               self.stop)
+        allowed = self.allowed_token_ids
+        _check(allowed is None or (bool(allowed) and all(isinstance(t, int) and t >= 0 for t in allowed)),
+               "allowed_token_ids", "must be None or a non-empty list of token ids >= 0", allowed)
+        _check(all(isinstance(w, str) and w.strip() for w in self.bad_words), "bad_words",
+               "must be strings with more than whitespace", self.bad_words)
         _check(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens", "must be >= 0",
                self.min_tokens)
         _check(self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",

@@ -72,7 +72,7 @@ class Sequence:
     def __post_init__(self) -> None:
         self.params = self.request.params
         self.num_prompt_tokens = len(self.request.prompt_token_ids)
-        self.text_each_step = self.request.stream or bool(self.params.stop)
+        self.text_each_step = self.params.detokenize and (self.request.stream or bool(self.params.stop))
 
     @property
     def num_tokens(self) -> int:
@@ -112,6 +112,7 @@ class Request:
     first_scheduled_time: float | None = None     # time.monotonic(), as arrival_time and first_token_time
     first_token_time: float | None = None
     grammar: Future | None = None                 # the compiled structured-output grammar, while it compiles
+    bad_words_token_ids: list[list[int]] = field(default_factory=list)   # params.bad_words, tokenized
 
     @property
     def finished(self) -> bool:

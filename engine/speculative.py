@@ -15,8 +15,8 @@ same token as the step without speculation would: the draw depends only on (seed
 token-identical with and without speculation, greedy or sampled, whatever the batch, so the gate below may switch
 speculation on and off freely.
 
-Not every sequence speculates: structured outputs (the grammar must see each token first), penalties (they
-depend on the tokens before each row) and sequences still under `min_tokens` decode one token at a time.
+Not every sequence speculates: structured outputs (the grammar must see each token first), penalties and bad_words
+(they depend on the tokens before each row) and sequences still under `min_tokens` decode one token at a time.
 
 `SpeculationGate` (engine/speculation_gate.py) switches speculation off for a step when it would not pay: verifying
 k drafts costs k more tokens of compute per sequence, which is nearly free for a small batch and not for a large
@@ -122,7 +122,7 @@ def can_speculate(seq: Sequence) -> bool:
     """Whether `seq` is decoding and its sampling allows drafts (see the module docstring)."""
     params = seq.params
     return (seq.num_computed_tokens == seq.num_tokens - 1 and seq.matcher is None and not params.has_penalties
-            and seq.num_output_tokens >= params.min_tokens)
+            and seq.num_output_tokens >= params.min_tokens and not seq.request.bad_words_token_ids)
 
 
 class Speculation:

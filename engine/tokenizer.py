@@ -101,6 +101,21 @@ class Tokenizer:
                                 continue_final_message=continue_final_message, chat_template=chat_template)
         return self.encode(text, limit, add_special_tokens=False)
 
+    def word_token_ids(self, words: list[str]) -> list[list[int]]:
+        """The token sequences of SamplingParams.bad_words, as vLLM forms them: each word (leading spaces
+        stripped) as it starts the text, and after a space where that makes other tokens of the same number
+        (a word of its own, not the same first token)."""
+        sequences = []
+        for word in words:
+            alone = self.hf.encode(word.lstrip(), add_special_tokens=False)
+            if not alone:
+                raise ValueError(f"bad_words entries must tokenize to at least one token, got {word!r}")
+            sequences.append(alone)
+            spaced = self.hf.encode(" " + word.lstrip(), add_special_tokens=False)
+            if spaced and spaced[0] != alone[0] and len(spaced) == len(alone):
+                sequences.append(spaced)
+        return sequences
+
     def token_text(self, token_id: int) -> str:
         """The text of a single token (for logprobs), cached."""
         text = self._token_text.get(token_id)

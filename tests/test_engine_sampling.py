@@ -228,3 +228,71 @@ def test_each_request_parameter_reaches_the_kernel_as_its_own_contiguous_row(llm
     assert temperature.tolist() == [0.5, 1.5] and top_k.tolist() == [7, 0]
     assert top_p.tolist() == pytest.approx([0.8, 1.0]) and min_p.tolist() == pytest.approx([0.1, 0.0])
     assert seeds.tolist() == [3, -2] and (top_k.dtype, seeds.dtype) == (torch.int32, torch.int64)
+
+
+def _hf_generate(hf, llm, prompt: str, new_tokens: int, **kwargs) -> list[int]:
+    """transformers' greedy continuation of `prompt` with its own logits processors (`kwargs`), in float32."""
+    ids = llm.get_tokenizer()(prompt)["input_ids"]
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                          pad_token_id=llm.get_tokenizer().pad_token_id, **kwargs)
+    return out[0, len(ids):].tolist()
+
+
+def test_allowed_token_ids_match_transformers_prefix_constraint(llm, hf):
+    # The allowed tokens are those greedy decoding picks least: every step must choose among them instead.
+    unconstrained = set(llm.generate(PROMPTS[1], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
+                        [0].outputs[0].token_ids)
+    allowed = [t for t in range(5, 200, 7) if t not in unconstrained]
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, allowed_token_ids=allowed)
+    got = llm.generate(PROMPTS[1], params)[0].outputs[0].token_ids
+    assert got == _hf_generate(hf, llm, PROMPTS[1], 16, prefix_allowed_tokens_fn=lambda batch, ids: allowed)
+    sampled = llm.generate(PROMPTS[:3], SamplingParams(temperature=1.5, max_tokens=24, ignore_eos=True, seed=3,
+                                                        allowed_token_ids=allowed[:3]))
+    assert all(set(o.outputs[0].token_ids) <= set(allowed[:3]) for o in sampled)
+
+
+def test_bad_words_match_transformers_bad_words_ids(llm, hf):
+    # Ban words whose tokens greedy decoding produces: as transformers' bad_words_ids (the same rule, on a prompt
+    # whose own tokens cannot complete any of them), the last token of each is never drawn after the others.
+    tokenizer = llm.get_tokenizer()
+    free = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))[0].outputs[0]
+    words = [tokenizer.decode(free.token_ids[2:4]), tokenizer.decode(free.token_ids[9:10])]
+    sequences = llm.engine.tokenizer.word_token_ids(words)
+    assert free.token_ids[2:4] in sequences or free.token_ids[9:10] in sequences
+    for word in words:
+        assert llm.engine.tokenizer.word_token_ids([word])[0] == tokenizer.encode(word.lstrip(),
+                                                                                  add_special_tokens=False)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, bad_words=words)
+    got = llm.generate(PROMPTS[0], params)[0].outputs[0].token_ids
+    assert got != free.token_ids
+    assert got == _hf_generate(hf, llm, PROMPTS[0], 24, bad_words_ids=sequences)
+    for ids in sequences:
+        assert not any(got[i:i + len(ids)] == ids for i in range(len(got)))
+
+
+def test_detokenize_false_keeps_the_tokens_and_no_text(llm):
+    prompts = PROMPTS[:2]
+    text = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12))
+    ids = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, detokenize=False))
+    for a, b in zip(text, ids):
+        assert a.outputs[0].text and b.outputs[0].text == ""
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"allowed_token_ids": []}, "allowed_token_ids must be None or a non-empty list"),
+    ({"allowed_token_ids": [-1]}, "allowed_token_ids must be None or a non-empty list"),
+    ({"bad_words": ["  "]}, "bad_words must be strings with more than whitespace"),
+    ({"detokenize": False, "stop": ["\n"]}, "stop strings need detokenize=True"),
+    ({"detokenize": 0}, "detokenize must be True or False"),
+])
+def test_vllm_fields_are_validated(fields, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**fields)
+
+
+def test_allowed_token_ids_outside_the_vocabulary_are_refused(llm):
+    with pytest.raises(ValueError, match=r"allowed_token_ids has token ids outside the vocabulary"):
+        llm.generate(PROMPTS[0], SamplingParams(allowed_token_ids=[1, 10**6]))
+    assert_all_blocks_free(llm)

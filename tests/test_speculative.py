@@ -188,14 +188,21 @@ def test_sampled_tokens_are_the_same(checkpoint_factory):
 
 
 def test_sequences_whose_sampling_needs_each_token_do_not_draft(checkpoint_factory):
-    """Penalties and min_tokens depend on the tokens before each position: those sequences decode one by one."""
+    """Penalties, bad_words and min_tokens depend on the tokens before each position: those sequences decode one
+    by one. allowed_token_ids does not: those sequences draft."""
     path = repetitive(checkpoint_factory)
     plain, spec = LLM(path, max_model_len=128), LLM(path, max_model_len=128, speculative_config=NGRAM)
     for params in (SamplingParams(temperature=0, max_tokens=24, presence_penalty=0.5),
                    SamplingParams(temperature=0, max_tokens=24, repetition_penalty=1.2),
+                   SamplingParams(temperature=0, max_tokens=24, bad_words=["the", "def"]),
                    SamplingParams(temperature=0, max_tokens=24, min_tokens=24)):
         assert outputs(spec, PROMPTS, params) == outputs(plain, PROMPTS, params)
         assert spec.engine.stats().spec_num_drafts == 0
+    common = sorted({t for out in outputs(plain, PROMPTS, SamplingParams(temperature=0, max_tokens=24))
+                     for t in out[0][0]})
+    allowed = SamplingParams(temperature=0, max_tokens=24, allowed_token_ids=common[::2])
+    assert outputs(spec, PROMPTS, allowed) == outputs(plain, PROMPTS, allowed)
+    assert spec.engine.stats().spec_num_drafts > 0
 
 
 def test_max_tokens_and_context_bound_the_drafts(checkpoint_factory):

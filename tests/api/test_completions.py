@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import httpx
+import openai
 import pytest
 import torch
 from api_helpers import TIMEOUT, hf_greedy, hf_logprobs, strict_json
@@ -300,3 +301,36 @@ def test_a_bos_the_tokenizer_added_has_no_width_in_the_echo():
     assert echo_offsets(tokenizer, Prompt(ids, text)) == [0, 0, 1, 2, 12]
     assert echo_text(tokenizer, Prompt(ids)) == "<|endoftext|>" + text
     assert echo_offsets(tokenizer, Prompt(ids)) == [0, 13, 14, 15, 25]
+
+
+def test_allowed_token_ids_and_bad_words(server, client, hf_model, hf_tokenizer):
+    # vLLM's two extensions: greedy decoding restricted to allowed_token_ids is transformers' greedy among them;
+    # a bad word's tokens never appear in a row, on either endpoint.
+    prompt_ids = hf_tokenizer(PROMPT).input_ids
+    free = _greedy(client, server.model, PROMPT, 12).choices[0].model_dump()["token_ids"]
+    allowed = sorted({t for t in range(3, 300, 11)} - set(free))
+    r = _greedy(client, server.model, PROMPT, 12, allowed_token_ids=allowed)
+    with torch.no_grad():
+        expected = hf_model.generate(torch.tensor([prompt_ids]), max_new_tokens=12, do_sample=False,
+                                     eos_token_id=None, pad_token_id=hf_tokenizer.pad_token_id,
+                                     prefix_allowed_tokens_fn=lambda batch, ids: allowed)[0, len(prompt_ids):]
+    assert r.choices[0].model_dump()["token_ids"] == expected.tolist()
+    word = hf_tokenizer.decode(free[1:3])
+    banned = hf_tokenizer.encode(word.lstrip(), add_special_tokens=False)
+    for generated in (_greedy(client, server.model, PROMPT, 12, bad_words=[word]).choices[0].model_dump(),
+                      client.chat.completions.create(
+                          model=server.model, messages=[{"role": "user", "content": PROMPT}], max_tokens=12,
+                          temperature=0, extra_body={"bad_words": [word], "return_token_ids": True,
+                                                     "ignore_eos": True}).choices[0].model_dump()):
+        ids = generated["token_ids"]
+        assert not any(ids[i:i + len(banned)] == banned for i in range(len(ids)))
+    assert _greedy(client, server.model, PROMPT, 12, bad_words=[word]).choices[0].model_dump()["token_ids"] != free
+
+
+@pytest.mark.parametrize("extra, param", [({"allowed_token_ids": [10**6]}, "allowed_token_ids"),
+                                          ({"allowed_token_ids": []}, "allowed_token_ids"),
+                                          ({"bad_words": [" "]}, "bad_words[0]")])
+def test_allowed_token_ids_and_bad_words_refused(server, client, extra, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        _greedy(client, server.model, PROMPT, 4, **extra)
+    assert info.value.body["param"] == param

@@ -130,6 +130,9 @@ def _prompt(body: Conversation, tokenizer, openai_tools: list, max_model_len: in
     if last.get("role") == "assistant" and "tool_calls" not in last and not last.get("content"):
         messages.pop()                  # an empty last assistant message: no prefill, the reply is a new turn
         last = {}
+        if not messages:
+            raise bad_request("The conversation is empty: its only message is an assistant turn with no text or "
+                              "tool_use (thinking blocks are not rendered).", "messages")
     prefill = last.get("role") == "assistant" and "tool_calls" not in last
     # A prefill: the reply continues the last assistant message's text.
     return conversation_prompt(tokenizer, messages, rendered_tools, max_model_len, "messages",

@@ -1,9 +1,10 @@
 """Request body of the Anthropic Messages API, POST /v1/messages (strict: unknown fields are 400s), and its
 response shapes for /openapi.json.
 
-Content is text, and tool_use / tool_result blocks (and an earlier reply's thinking blocks, not rendered);
-images, documents and extended-thinking requests are refused by name. `system` may be a string or text blocks. A
-last assistant message is a prefill: the reply continues it (an empty one is dropped: the reply is a new turn).
+Content is text, and tool_use / tool_result blocks, paired as Anthropic requires (and an earlier reply's thinking
+blocks, not rendered); images, documents and extended-thinking requests are refused by name. `system` may be a
+string or text blocks. A last assistant message is a prefill: the reply continues it (an empty one is dropped: the
+reply is a new turn).
 """
 
 from __future__ import annotations
@@ -161,6 +162,46 @@ class Conversation(TextRequest):
     system: str | list[TextBlock] | None = None
     tools: list[AnthropicTool] | None = None
     tool_choice: AnthropicToolChoice | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _tool_blocks_pair(cls, messages: list[Message]) -> list[Message]:
+        """Anthropic's rules for tool blocks: tool_use only in assistant messages, each id once; tool_result only
+        in user messages, before their other blocks, each answering a tool_use of the message before; and every
+        tool_use answered in the next message when there is one."""
+        seen: set[str] = set()
+        unanswered: tuple[int, list[str]] | None = None
+        for i, message in enumerate(messages):
+            blocks = message.content if isinstance(message.content, list) else []
+            calls = [b.id for b in blocks if isinstance(b, ToolUseBlock)]
+            answered = set()
+            for j, block in enumerate(blocks):
+                where = f"messages.{i}.content.{j}"
+                if isinstance(block, ToolUseBlock):
+                    if message.role != "assistant":
+                        raise ValueError(f"{where}: `tool_use` blocks can only be in assistant messages")
+                    if block.id in seen:
+                        raise ValueError(f"{where}: `tool_use` ids must be unique, {block.id!r} is repeated")
+                    seen.add(block.id)
+                elif isinstance(block, ToolResultBlock):
+                    if message.role != "user":
+                        raise ValueError(f"{where}: `tool_result` blocks can only be in user messages")
+                    if any(not isinstance(b, ToolResultBlock) for b in blocks[:j]):
+                        raise ValueError(f"{where}: `tool_result` blocks must come first in a message's content, "
+                                         "before any other block")
+                    if unanswered is None or block.tool_use_id not in unanswered[1]:
+                        raise ValueError(f"{where}: unexpected `tool_use_id` found in `tool_result` blocks: "
+                                         f"{block.tool_use_id}. Each `tool_result` block must have a corresponding "
+                                         "`tool_use` block in the previous message")
+                    answered.add(block.tool_use_id)
+            if unanswered is not None:
+                missing = [call for call in unanswered[1] if call not in answered]
+                if missing:
+                    raise ValueError(f"messages.{unanswered[0]}: `tool_use` ids were found without `tool_result` "
+                                     f"blocks immediately after: {', '.join(missing)}. Each `tool_use` block must "
+                                     "have a corresponding `tool_result` block in the next message")
+            unanswered = (i, calls) if calls else None
+        return messages
 
     def system_text(self) -> str | None:
         """The system prompt as one string (None when there is none)."""

@@ -94,8 +94,8 @@ class SamplingParams:
         allowed = self.allowed_token_ids
         _check(allowed is None or (bool(allowed) and all(isinstance(t, int) and t >= 0 for t in allowed)),
                "allowed_token_ids", "must be None or a non-empty list of token ids >= 0", allowed)
-        _check(all(isinstance(w, str) and w.strip() for w in self.bad_words), "bad_words",
-               "must be strings with more than whitespace", self.bad_words)
+        _check(all(isinstance(w, str) and w for w in self.bad_words), "bad_words", "must be non-empty strings",
+               self.bad_words)
         _check(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens", "must be >= 0",
                self.min_tokens)
         _check(self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",

@@ -103,15 +103,16 @@ class Tokenizer:
 
     def word_token_ids(self, words: list[str]) -> list[list[int]]:
         """The token sequences of SamplingParams.bad_words, as vLLM forms them: each word (leading spaces
-        stripped) as it starts the text, and after a space where that makes other tokens of the same number
-        (a word of its own, not the same first token)."""
+        stripped, unless it is only spaces) as it starts the text, and after a space where that makes other
+        tokens of the same number (a word of its own, not the same first token)."""
         sequences = []
         for word in words:
-            alone = self.hf.encode(word.lstrip(), add_special_tokens=False)
+            word = word.lstrip() or word
+            alone = self.hf.encode(word, add_special_tokens=False)
             if not alone:
                 raise ValueError(f"bad_words entries must tokenize to at least one token, got {word!r}")
             sequences.append(alone)
-            spaced = self.hf.encode(" " + word.lstrip(), add_special_tokens=False)
+            spaced = self.hf.encode(" " + word, add_special_tokens=False)
             if spaced and spaced[0] != alone[0] and len(spaced) == len(alone):
                 sequences.append(spaced)
         return sequences

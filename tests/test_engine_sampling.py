@@ -283,7 +283,7 @@ def test_detokenize_false_keeps_the_tokens_and_no_text(llm):
 @pytest.mark.parametrize("fields, message", [
     ({"allowed_token_ids": []}, "allowed_token_ids must be None or a non-empty list"),
     ({"allowed_token_ids": [-1]}, "allowed_token_ids must be None or a non-empty list"),
-    ({"bad_words": ["  "]}, "bad_words must be strings with more than whitespace"),
+    ({"bad_words": [""]}, "bad_words must be non-empty strings"),
     ({"detokenize": False, "stop": ["\n"]}, "stop strings need detokenize=True"),
     ({"detokenize": 0}, "detokenize must be True or False"),
 ])

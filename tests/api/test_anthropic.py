@@ -157,6 +157,8 @@ def test_a_last_assistant_message_is_continued(server, claude, client):
     ({"tools": [{"name": "get_weather", "input_schema": {"type": "object", "properties": {"a": {"type": "x"}}}}]},
      "The parameters schema of tool 'get_weather' cannot be enforced"),
     ({"system": "\ud800"}, "system"),                                                  # a lone surrogate
+    ({"messages": [{"role": "assistant", "content": [{"type": "thinking", "thinking": "Hm."}]}]},
+     "The conversation is empty"),
 ])
 def test_what_cannot_be_honoured_is_a_400_naming_it(server, change, named):
     body = {"model": server.model, "max_tokens": 4, "messages": USER, "tools": TOOLS,
@@ -233,3 +235,35 @@ def test_a_reply_the_context_ends_says_so(server, claude):
     assert (r.stop_reason, r.usage.output_tokens) == ("model_context_window_exceeded", 3)
     short = claude.messages.create(model=server.model, messages=conversation, max_tokens=2, extra_body=GREEDY)
     assert (short.stop_reason, short.usage.output_tokens) == ("max_tokens", 2)
+
+
+_USE = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo", "days": 1}}
+_RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny."}
+_ASKED = [{"role": "user", "content": "Weather in Oslo?"}, {"role": "assistant", "content": [_USE]}]
+
+
+@pytest.mark.parametrize(("messages", "said"), [
+    ([{"role": "user", "content": [_USE]}], "messages.0.content.0: `tool_use` blocks can only be in assistant"),
+    ([*USER, {"role": "assistant", "content": [_RESULT]}],
+     "messages.1.content.0: `tool_result` blocks can only be in user messages"),
+    ([{"role": "user", "content": [_RESULT]}], "messages.0.content.0: unexpected `tool_use_id` found in "
+                                               "`tool_result` blocks: toolu_1"),
+    ([*_ASKED, {"role": "user", "content": [{**_RESULT, "tool_use_id": "toolu_2"}]}],
+     "unexpected `tool_use_id` found in `tool_result` blocks: toolu_2"),
+    ([*_ASKED, {"role": "user", "content": "And tomorrow?"}],
+     "messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: toolu_1"),
+    ([*_ASKED, {"role": "user", "content": [{"type": "text", "text": "Here:"}, _RESULT]}],
+     "messages.2.content.1: `tool_result` blocks must come first"),
+    ([*USER, {"role": "assistant", "content": [_USE, _USE]}, {"role": "user", "content": [_RESULT]}],
+     "messages.1.content.1: `tool_use` ids must be unique"),
+])
+def test_tool_blocks_out_of_place_are_refused_as_anthropic_does(server, claude, messages, said):
+    for call in (claude.messages.create, claude.messages.count_tokens):
+        extra = {"max_tokens": 4} if call == claude.messages.create else {}
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            call(model=server.model, messages=messages, tools=TOOLS, tool_choice={"type": "none"}, **extra)
+        assert said in caught.value.body["error"]["message"]
+    answered = [*_ASKED, {"role": "user", "content": [_RESULT, {"type": "text", "text": "Thanks."}]}]
+    r = claude.messages.create(model=server.model, max_tokens=4, messages=answered, tools=TOOLS,
+                               tool_choice={"type": "none"})
+    assert r.stop_reason in ("end_turn", "max_tokens")

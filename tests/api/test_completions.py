@@ -329,7 +329,7 @@ def test_allowed_token_ids_and_bad_words(server, client, hf_model, hf_tokenizer)
 
 @pytest.mark.parametrize("extra, param", [({"allowed_token_ids": [10**6]}, "allowed_token_ids"),
                                           ({"allowed_token_ids": []}, "allowed_token_ids"),
-                                          ({"bad_words": [" "]}, "bad_words[0]")])
+                                          ({"bad_words": [""]}, "bad_words[0]")])
 def test_allowed_token_ids_and_bad_words_refused(server, client, extra, param):
     with pytest.raises(openai.BadRequestError) as info:
         _greedy(client, server.model, PROMPT, 4, **extra)

@@ -54,7 +54,8 @@ def _prepare(body: Any, vocab_size: int) -> Any:
     tokens and choices at most, token ids inside its vocabulary, the rules across fields that the schema does not
     state (best_of >= n, min_tokens <= max_tokens, prompt_logprobs not streamed, continue_final_message with a
     last assistant message and without add_generation_prompt, chat_template only on a server that trusts it,
-    truncate_prompt_tokens below the context), and structured outputs that are valid constraints (a regex,
+    truncate_prompt_tokens below the context, no Anthropic tool_use / tool_result blocks, whose pairing across
+    messages is a rule the schema cannot state), and structured outputs that are valid constraints (a regex,
     grammar or JSON schema's validity is not a JSON Schema property)."""
     if not isinstance(body, dict):
         return body
@@ -75,8 +76,9 @@ def _prepare(body: Any, vocab_size: int) -> Any:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt and not isinstance(prompt[0], str):
         body["prompt"] = _in_vocabulary(prompt, vocab_size)
-    if isinstance(body.get("stop_token_ids"), list):
-        body["stop_token_ids"] = _in_vocabulary(body["stop_token_ids"], vocab_size)
+    for key in ("stop_token_ids", "allowed_token_ids"):
+        if isinstance(body.get(key), list):
+            body[key] = _in_vocabulary(body[key], vocab_size)
     if isinstance(body.get("structured_outputs"), dict):            # valid constraints, cheap to compile
         body["structured_outputs"] = {"choice": ["a", "b"]}
     if body.get("structured_outputs") or (isinstance(body.get("response_format"), dict)
@@ -88,6 +90,10 @@ def _prepare(body: Any, vocab_size: int) -> Any:
     if isinstance(response_format, dict) and isinstance(response_format.get("json_schema"), dict):
         response_format["json_schema"]["schema"] = {"type": "object", "properties": {"a": {"type": "boolean"}},
                                                     "required": ["a"], "additionalProperties": False}
+    for message in body.get("messages") if isinstance(body.get("messages"), list) else ():
+        if isinstance(message, dict) and isinstance(message.get("content"), list):    # pairs the schema cannot say
+            message["content"] = [{"type": "text", "text": "x"} if isinstance(b, dict) and b.get("type") in (
+                "tool_use", "tool_result") else b for b in message["content"]]
     if body.get("tools") or body.get("tool_choice"):                # tool schemas are arbitrary: plain chat
         body["tool_choice"] = "none"
     if isinstance(body.get("logit_bias"), dict):

@@ -136,6 +136,7 @@ def test_stream_usage(server, endpoint, options):
     else:
         path, body = "/v1/completions", {"prompt": PROMPTS}
     body = {**body, "model": server.model, "n": 2, "max_tokens": 7, "temperature": 1.0, "seed": 3}
+    server.post(path, body)                  # the prompt is then in the prefix cache (cached_tokens), as below
     expected = server.post(path, body).json()["usage"]
     if options is not None:
         body["stream_options"] = options

@@ -45,14 +45,18 @@ class ModelConfig:
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> ModelConfig:
-        """Parse `path/config.json`."""
-        raw = json.loads((Path(path) / "config.json").read_text())
+        """Parse `path/config.json`, with the defaults transformers' class for its model_type gives the fields it
+        leaves out."""
+        raw = _with_defaults(path, json.loads((Path(path) / "config.json").read_text()))
         archs = raw.get("architectures") or []
         heads = raw["num_attention_heads"]
         rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
         rope = rope.get("full_attention", rope)        # per layer type (Gemma 3): the global layers' are the model's
         rope_theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type in ("llama3", "yarn") and raw.get("original_max_position_embeddings"):
+            # transformers' own rule: a top-level value (Phi-3's layout) wins over the one among the parameters
+            rope = {**rope, "original_max_position_embeddings": raw["original_max_position_embeddings"]}
         eos = raw.get("eos_token_id")
         model_type = raw.get("model_type", "")
         # transformers' defaults where a config leaves a field out: Qwen's windows are off unless switched on.
@@ -92,6 +96,18 @@ class ModelConfig:
         )
 
 
+def _with_defaults(path: str | os.PathLike, raw: dict) -> dict:
+    """config.json with the values transformers' config class adds to it (each architecture's own defaults:
+    Mixtral's and Gemma 3's RoPE bases, Gemma 3's window and attention scale, Qwen2's max_window_layers, and RoPE
+    parameters in the form that transformers version reads); as it is if transformers cannot parse it."""
+    try:
+        import transformers
+        full = transformers.AutoConfig.from_pretrained(str(path)).to_dict()
+    except Exception:               # an unknown model_type: the architecture check names the problem
+        return raw
+    return {**raw, **{key: value for key, value in full.items() if value is not None}}
+
+
 @dataclass(slots=True)
 class EngineConfig:
     """What `LLM(...)` was asked for, validated; `resolve` fills in what depends on the model and device."""
@@ -123,10 +139,10 @@ class EngineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len!r}")
-        if self.kv_cache_blocks is not None and self.kv_cache_blocks < 1:
-            raise ValueError(f"kv_cache_blocks must be >= 1, got {self.kv_cache_blocks!r}")
+        for name, low in (("max_model_len", 2), ("kv_cache_blocks", 1)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise ValueError(f"{name} must be None or an integer >= {low}, got {value!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
         if self.device != "auto" and _device_type(self.device) not in ("cpu", "cuda"):

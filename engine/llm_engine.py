@@ -198,6 +198,12 @@ class LLMEngine:
                           ("allowed_token_ids", params.allowed_token_ids or [])):
             if any(t >= vocab for t in ids):
                 raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab})")
+        if params.min_tokens:           # the sampler bans the stop tokens until then: something must be left
+            banned = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.tokenizer.eos_token_ids))
+            drawable = set(range(vocab)) if params.allowed_token_ids is None else set(params.allowed_token_ids)
+            if drawable <= banned:
+                raise ValueError("min_tokens leaves no token to draw: every token allowed is a stop token "
+                                 "(stop_token_ids or EOS), which cannot be drawn before min_tokens tokens")
 
     def _bad_words(self, words: list[str]) -> list[list[int]]:
         sequences = self.tokenizer.word_token_ids(words)

@@ -100,6 +100,9 @@ class Sampler:
         seeds, positions = to_device([kernel.seeds, kernel.drawn_at], torch.int64, device).unbind()
         top_k = to_device(kernel.top_k, torch.int32, device)
         drawn = self.kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, positions)
+        # Masks that leave a row nothing (a grammar and allowed_token_ids that share no token) make its
+        # probabilities NaN, whose draw may land past the vocabulary: a valid id keeps the engine running.
+        drawn = drawn.clamp_(max=self.vocab_size - 1)
         top = None
         if raw is not None:
             ks = [seqs[i].params.logprobs for i in logprob_rows]

@@ -58,18 +58,43 @@ class SamplingParams:
     structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         if isinstance(self.structured_outputs, dict):
-            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+            try:
+                self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+            except TypeError as exc:
+                raise ValueError(f"structured_outputs: {exc}") from None
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
-        self.stop_token_ids = [int(t) for t in (self.stop_token_ids or [])]
+        self.stop_token_ids = list(self.stop_token_ids or [])
         if self.logit_bias:
-            self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+            self.logit_bias = {k: float(v) for k, v in self.logit_bias.items()}
         if self.allowed_token_ids is not None:
             self.allowed_token_ids = list(self.allowed_token_ids)
         self.bad_words = list(dict.fromkeys(self.bad_words or []))
         self._validate()
+
+    def _check_types(self) -> None:
+        """A ValueError naming the field whose value has the wrong type (a bool is no number here: logprobs=True
+        would be 1)."""
+        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+            _check(_is_number(getattr(self, name)), name, "must be a number", getattr(self, name))
+        for name in ("n", "top_k", "min_tokens"):
+            _check(_is_int(getattr(self, name)), name, "must be an integer", getattr(self, name))
+        for name in ("max_tokens", "seed", "logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            _check(value is None or _is_int(value), name, "must be None or an integer", value)
+        _check(self.stop is None or isinstance(self.stop, str) or _list_of(self.stop, str), "stop",
+               "must be None, a string or a list of strings", self.stop)
+        for name in ("stop_token_ids", "allowed_token_ids"):
+            value = getattr(self, name)
+            _check(value is None or _list_of(value, int), name, "must be None or a list of token ids", value)
+        _check(self.bad_words is None or _list_of(self.bad_words, str), "bad_words",
+               "must be None or a list of strings", self.bad_words)
+        bias = self.logit_bias
+        _check(bias is None or (isinstance(bias, dict) and all(_is_int(k) and _is_number(v) for k, v in bias.items())),
+               "logit_bias", "must be None or a dict of token id to number", bias)
 
     def _validate(self) -> None:
         _check(isinstance(self.n, int) and self.n >= 1, "n", "must be an integer >= 1", self.n)
@@ -124,6 +149,21 @@ class SamplingParams:
     def has_penalties(self) -> bool:
         """Whether any of the three penalties is active."""
         return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _list_of(value: object, kind: type) -> bool:
+    """A list or tuple of `kind` (ints: not bools)."""
+    if not isinstance(value, (list, tuple)):
+        return False
+    return all(_is_int(v) for v in value) if kind is int else all(isinstance(v, kind) for v in value)
 
 
 def _check(ok: bool, name: str, rule: str, value: object) -> None:

@@ -124,9 +124,12 @@ class Scheduler:
             if seq.request.first_scheduled_time is None:
                 seq.request.first_scheduled_time = time.monotonic()
             if seq.num_preemptions == 0 and not shared:     # a sibling's shared blocks are no cache lookup
-                seq.request.num_cached_tokens = max(seq.request.num_cached_tokens, start)
+                # A later choice may find in the cache the blocks its first choice computed: no hit of the request
+                # beyond what the first choice found there.
+                hits = start if seq.index == 0 else min(start, seq.request.num_cached_tokens)
+                seq.request.num_cached_tokens = max(seq.request.num_cached_tokens, hits)
                 out.prefix_queries += seq.num_tokens
-                out.prefix_hits += start
+                out.prefix_hits += hits
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.add(seq, count)

@@ -25,9 +25,10 @@ def checkpoint_factory(tmp_path_factory):
     cache: dict[tuple, Path] = {}
 
     def make(arch: str = "llama", **options) -> str:
-        key = (arch, tuple(sorted(options.items(), key=lambda kv: kv[0])))
+        items = sorted(options.items(), key=lambda kv: kv[0])
+        key = (arch, repr(items))            # options may be dicts (rope_parameters)
         if key not in cache:
-            name = "-".join([arch] + [f"{k}={v}" for k, v in key[1]]).replace("/", "_")
+            name = "-".join([arch] + [f"{k}={v}" for k, v in items]).replace("/", "_")[:80]
             cache[key] = build_checkpoint(tmp_path_factory.mktemp(name), arch, **options)
         return str(cache[key])
 

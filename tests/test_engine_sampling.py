@@ -64,6 +64,11 @@ def test_n_choices_share_the_prompt_blocks(llama_path, prefix_caching):
     expected = hf_greedy(llama_path, prompt)[:8]
     assert all(c.token_ids == expected for c in out.outputs)
     assert_all_blocks_free(llm)
+    # One choice at a time: the later ones find the first's blocks in the cache, which is no hit of the request's.
+    one_at_a_time = LLM(llama_path, block_size=4, enable_prefix_caching=prefix_caching, max_num_seqs=1)
+    alone = one_at_a_time.generate(prompt, params)[0]
+    assert one_at_a_time.engine.stats().prefix_cache_hits == 0 == alone.num_cached_tokens
+    assert all(c.token_ids == expected for c in alone.outputs)
     # Another request for the same prompt: with prefix caching on, each of its choices finds the first request's
     # blocks in the cache (cache hits); without it, they share their first choice's blocks again (no hits).
     again = llm.generate(prompt, params)[0]
@@ -286,6 +291,16 @@ def test_detokenize_false_keeps_the_tokens_and_no_text(llm):
     ({"bad_words": [""]}, "bad_words must be non-empty strings"),
     ({"detokenize": False, "stop": ["\n"]}, "stop strings need detokenize=True"),
     ({"detokenize": 0}, "detokenize must be True or False"),
+    ({"logprobs": True}, "logprobs must be None or an integer"),          # a bool is no count: it crashed a step
+    ({"prompt_logprobs": True}, "prompt_logprobs must be None or an integer"),
+    ({"temperature": None}, "temperature must be a number"),
+    ({"min_p": "0.1"}, "min_p must be a number"),
+    ({"stop": 5}, "stop must be None, a string or a list of strings"),
+    ({"stop_token_ids": [1.7]}, "stop_token_ids must be None or a list of token ids"),
+    ({"logit_bias": [1]}, "logit_bias must be None or a dict"),
+    ({"logit_bias": {1: None}}, "logit_bias must be None or a dict"),
+    ({"structured_outputs": {"bogus": 1}}, "structured_outputs: "),
+    ({"structured_outputs": {"choice": "abc"}}, "choice must be a non-empty list"),
 ])
 def test_vllm_fields_are_validated(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -295,4 +310,18 @@ def test_vllm_fields_are_validated(fields, message):
 def test_allowed_token_ids_outside_the_vocabulary_are_refused(llm):
     with pytest.raises(ValueError, match=r"allowed_token_ids has token ids outside the vocabulary"):
         llm.generate(PROMPTS[0], SamplingParams(allowed_token_ids=[1, 10**6]))
+    assert_all_blocks_free(llm)
+
+
+@pytest.mark.parametrize("fields", [{"allowed_token_ids": [0]}, {"stop_token_ids": list(range(1, 400))}],
+                         ids=["only-eos-allowed", "every-token-stops"])
+def test_min_tokens_that_leave_nothing_to_draw_are_refused(llm, fields):
+    """Before min_tokens, EOS and the stop tokens cannot be drawn: where nothing else is left the request is a
+    ValueError (it drew EOS anyway, greedy, or a token past the vocabulary that crashed the next step)."""
+    assert llm.get_tokenizer().eos_token_id == 0 and llm.engine.model_config.vocab_size == len(llm.get_tokenizer())
+    with pytest.raises(ValueError, match="min_tokens leaves no token to draw"):
+        llm.generate(PROMPTS[0], SamplingParams(min_tokens=3, max_tokens=5, **fields))
+    out = llm.generate(PROMPTS[0], SamplingParams(min_tokens=3, max_tokens=5, ignore_eos=True, seed=1,
+                                                  allowed_token_ids=[0, 5]))[0].outputs[0]
+    assert set(out.token_ids) <= {0, 5} and len(out.token_ids) == 5
     assert_all_blocks_free(llm)

@@ -106,6 +106,13 @@ def test_cpu_threads_must_be_a_positive_integer(llama_path, threads):
         EngineConfig(model=llama_path, cpu_threads=threads)
 
 
+@pytest.mark.parametrize("field, value", [("max_model_len", 2.5), ("max_model_len", "64"), ("max_model_len", 1),
+                                          ("kv_cache_blocks", 0), ("kv_cache_blocks", True)])
+def test_lengths_and_block_counts_must_be_integers(llama_path, field, value):
+    with pytest.raises(ValueError, match=f"{field} must be None or an integer"):
+        EngineConfig(model=llama_path, **{field: value})
+
+
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "meta", "tpu", ""])
 def test_a_device_that_is_not_cpu_or_cuda_is_a_value_error(llama_path, device):
     with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):

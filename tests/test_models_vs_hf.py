@@ -220,7 +220,11 @@ def test_prompt_logprobs_match_transformers(checkpoint_factory, arch):
     """The model's log-probabilities themselves, not only its argmax: every prompt position's logprob of the next
     prompt token against transformers' (a long prompt, past every sliding window; Gemma 3's soft-capping, scales
     and local RoPE change these values even where they leave the greedy tokens alone)."""
-    path = checkpoint_factory(arch)
+    assert_prompt_logprobs_match(checkpoint_factory(arch))
+
+
+def assert_prompt_logprobs_match(path: str) -> None:
+    """Every position's logprob of the next token of a long prompt equals transformers' (within 1e-4)."""
     prompt = list(range(3, 300, 2)) + list(range(4, 120, 3))
     out = LLM(path, max_num_batched_tokens=64).generate([prompt], SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
     with torch.no_grad():
@@ -249,3 +253,49 @@ def test_gemma_rms_norm_rounds_as_transformers_in_bfloat16():
     assert torch.equal(ours(x), theirs(x))
     out, summed = ours(x, residual)
     assert torch.equal(summed, x + residual) and torch.equal(out, theirs(x + residual))
+
+
+def _edited(source: str, target, drop: tuple[str, ...] = (), **add) -> str:
+    """A copy of the checkpoint at `source` in `target` whose config.json lacks the keys `drop` and has `add`."""
+    import json
+    import shutil
+
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    config = json.loads((target / "config.json").read_text())
+    for key in drop:
+        config.pop(key, None)
+    config.update(add)
+    (target / "config.json").write_text(json.dumps(config))
+    return str(target)
+
+
+GEMMA_LOCAL_LINEAR = {"sliding_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0},
+                      "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}
+
+
+@pytest.mark.parametrize("arch, options, drop, add", [
+    ("gemma3", {"rope_parameters": GEMMA_LOCAL_LINEAR}, (), {}),          # the local layers' own RoPE scaling
+    ("gemma3", {"attention_bias": True}, (), {}),
+    ("gemma3", {}, ("sliding_window", "query_pre_attn_scalar"), {}),      # transformers' defaults: 4096, 256
+    ("mixtral", {}, ("rope_theta", "rope_parameters", "rope_scaling"), {}),      # Mixtral's base is 1e6
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 8}, ("max_window_layers", "layer_types"), {}),
+    ("llama3", {}, (), {"original_max_position_embeddings": 16}),         # a top-level value wins (Phi-3's layout)
+], ids=["gemma3-local-rope-scaling", "gemma3-attention-bias", "gemma3-default-window-and-scale",
+        "mixtral-default-rope-base", "qwen2-default-max-window-layers", "llama3-top-level-original-length"])
+def test_config_variants_match_transformers(checkpoint_factory, tmp_path, arch, options, drop, add):
+    """Config fields a checkpoint leaves out take the defaults of transformers' class for its model_type, and
+    fields the tests' tiny models do not set are honoured (each of these gave other tokens before)."""
+    path = _edited(checkpoint_factory(arch, **options), tmp_path, drop, **add)
+    assert_matches_hf(LLM(path), path, PROMPTS[:4])
+    assert_prompt_logprobs_match(path)
+
+
+@pytest.mark.parametrize("arch, options, field", [
+    ("llama", {"hidden_act": "gelu_pytorch_tanh"}, "hidden_act 'gelu_pytorch_tanh'"),
+    ("qwen3-moe", {"hidden_act": "relu"}, "hidden_act 'relu'"),
+    ("llama", {"mlp_bias": True}, "mlp_bias"),
+    ("gemma3", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+])
+def test_config_values_the_models_cannot_honour_are_refused(checkpoint_factory, arch, options, field):
+    with pytest.raises(ValueError, match=field):
+        LLM(checkpoint_factory(arch, **options))

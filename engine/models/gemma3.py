@@ -70,8 +70,8 @@ class Gemma3DecoderLayer(torch.nn.Module):
         super().__init__()
         eps = cfg.rms_norm_eps
         self.local = window > 0
-        self.self_attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, False,
-                                   cfg.attention_bias, eps, kernels, tp, window)
+        self.self_attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                                   cfg.attention_bias, cfg.attention_bias, eps, kernels, tp, window)
         self.self_attn.q_norm = GemmaRMSNorm(cfg.head_dim, eps, kernels)
         self.self_attn.k_norm = GemmaRMSNorm(cfg.head_dim, eps, kernels)
         self.self_attn.scale = cfg.raw.get("query_pre_attn_scalar", cfg.head_dim) ** -0.5
@@ -95,8 +95,11 @@ class Gemma3Model(torch.nn.Module):
         super().__init__()
         local = (cfg.raw.get("rope_parameters") or {}).get("sliding_attention") or {}
         theta = local.get("rope_theta", cfg.raw.get("rope_local_base_freq", 10000.0))
+        local_type = local.get("rope_type", "default")
+        local_scaling = None if local_type == "default" else {
+            **local, "max_position_embeddings": cfg.max_position_embeddings}
         self.rotary = {False: RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling),
-                       True: RotaryEmbedding(cfg.head_dim, max_positions, theta, None)}
+                       True: RotaryEmbedding(cfg.head_dim, max_positions, theta, local_scaling)}
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
         self.embed_scale = cfg.hidden_size ** 0.5
         self.layers = torch.nn.ModuleList(Gemma3DecoderLayer(cfg, window, kernels, tp)
@@ -122,6 +125,8 @@ class Gemma3ForCausalLM(LlamaForCausalLM):
         if activation != "gelu_pytorch_tanh" or cfg.raw.get("attn_logit_softcapping"):
             raise ValueError(f"Gemma 3 with hidden_activation {activation!r} or attention logit soft-capping is not "
                              "supported (gelu_pytorch_tanh and no attention soft-capping are)")
+        if cfg.raw.get("use_bidirectional_attention"):
+            raise ValueError("Gemma 3 with use_bidirectional_attention is not supported (this engine is causal)")
         self.model = Gemma3Model(cfg, max_positions, kernels, tp)
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, tp)
         if cfg.tie_word_embeddings:

@@ -104,6 +104,7 @@ class LlamaForCausalLM(torch.nn.Module):
 
     def __init__(self, cfg: ModelConfig, max_positions: int, kernels: KernelSet, tp: TensorParallel) -> None:
         super().__init__()
+        _check_supported(cfg)
         self.model = DecoderModel(cfg, max_positions, self.qkv_bias or cfg.attention_bias, self.qk_norm, kernels,
                                   tp, lambda layer: self.feed_forward(cfg, layer, kernels, tp))
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, tp)
@@ -133,3 +134,13 @@ class LlamaForCausalLM(torch.nn.Module):
     def attention_layers(self) -> list[Attention]:
         """The attention modules, in layer order, so the runner can hand each its KV cache."""
         return [layer.self_attn for layer in self.model.layers]
+
+
+def _check_supported(cfg: ModelConfig) -> None:
+    """A ValueError naming a config field whose value these models would not honour (they run SwiGLU MLPs
+    without biases)."""
+    if cfg.hidden_act != "silu":
+        raise ValueError(f"hidden_act {cfg.hidden_act!r} is not supported for {cfg.architecture} (only 'silu': "
+                         "the MLP kernels are SwiGLU)")
+    if cfg.raw.get("mlp_bias"):
+        raise ValueError(f"mlp_bias is not supported for {cfg.architecture}")

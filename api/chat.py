@@ -41,14 +41,15 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
                           "--trust-request-chat-template to allow it.", "chat_template")
     llm = state.llm
     prompt = await asyncio.to_thread(chat_prompt, body, llm.tokenizer, llm.max_model_len)   # as completions
-    max_tokens = body.max_tokens_requested(None)
+    max_tokens = body.max_tokens_requested(llm.sampling_defaults.get("max_tokens"))
     check_context(prompt, max_tokens, llm.max_model_len, body.context_length_exceeded_behavior, "messages")
     top = (body.top_logprobs or 0) if body.logprobs else None
     parser = state.settings.tool_call_parser
     tool_constraint = tools.constraint(body.tools, body.effective_tool_choice, body.parallel_tool_calls, parser)
     params = sampling_params(body, n=body.n or 1, max_tokens=max_tokens, logprobs=top,
                              prompt_logprobs=body.prompt_logprobs,
-                             vocab_size=state.vocab_size, tool_constraint=tool_constraint)
+                             vocab_size=state.vocab_size, defaults=llm.sampling_defaults,
+                             tool_constraint=tool_constraint)
     job = Job("chatcmpl", body.model, [prompt], params, params.n, arrival=arrival)
     view = _View(state, job, body)
     return await answer(state, job, request, framed(view.events()) if body.stream else None,

@@ -53,7 +53,10 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     engine.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     engine.add_argument("--max-num-seqs", type=int, default=256, help="sequences running at once")
     engine.add_argument("--max-num-batched-tokens", type=int, default=2048, help="tokens per engine step")
-    engine.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
+    engine.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                        help="reuse the KV of shared prompt prefixes (vLLM's spelling)")
+    engine.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                        help="disable prefix caching (the same as --no-enable-prefix-caching)")
     engine.add_argument("--seed", type=int, default=0, help="seeds requests that do not set one")
     engine.add_argument("--enforce-eager", action="store_true",
                         help="run every step eagerly (by default decode steps replay CUDA graphs on a GPU with the "
@@ -71,6 +74,13 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
                         help='speculative decoding, as vLLM\'s: \'{"method": "ngram", "num_speculative_tokens": 5, '
                              '"prompt_lookup_max": 4}\' or \'{"method": "draft_model", "model": PATH, '
                              '"num_speculative_tokens": 3}\' (default: none); output is the same without it')
+    engine.add_argument("--generation-config", default="auto", metavar="auto|vllm|DIR",
+                        help="default sampling parameters for the fields a request leaves out, as vLLM's: auto (the "
+                             "model's generation_config.json: temperature, top_p, top_k, min_p, penalties, "
+                             "max_new_tokens), vllm (none), or a directory with a generation_config.json")
+    engine.add_argument("--override-generation-config", type=_json_object, default=None, metavar="JSON",
+                        help='fields set on top of the generation config, e.g. \'{"temperature": 0.5}\' '
+                             '(default: none)')
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-seqs", type=int, default=1024,
                         help="sequences that may wait beyond the running batch; more get 429")
@@ -81,6 +91,8 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     limits.add_argument("--shutdown-timeout", type=_seconds, default=5.0,
                         help="on SIGTERM, seconds the requests in flight may run before they are cut (0: cut at "
                              "once); new requests get 503 meanwhile")
+    p.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help="vLLM's flag for tool_choice 'auto': it needs --tool-call-parser, which alone enables it here")
     p.add_argument("--tool-call-parser", default=None, choices=TOOL_CALL_PARSERS,
                    help="how tool calls are read from the model's text for tool_choice 'auto' (hermes: "
                         "<tool_call>{json}</tool_call>, Qwen2.5/Qwen3 and Hermes models); without it, 'auto' is a 400")
@@ -88,9 +100,17 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
                    help="put a chat reply's thinking in reasoning_content (qwen3: <think>...</think>)")
     p.add_argument("--return-tokens-as-token-ids", action="store_true",
                    help="write every logprob token as token_id:N (a request can ask with return_tokens_as_token_ids)")
+    p.add_argument("--chat-template", default=None, metavar="FILE|TEMPLATE",
+                   help="the chat template for every request, instead of the model's: a file, or the Jinja text "
+                        "itself (default: the checkpoint's)")
     p.add_argument("--trust-request-chat-template", action="store_true",
                    help="render a chat request's own chat_template (without it, such a request is a 400)")
-    p.add_argument("--root-path", default="", help="the path prefix a proxy serves this server under")
+    p.add_argument("--root-path", default="", help="the path prefix a proxy serves this server under (default: none)")
+    cors = p.add_argument_group("CORS (as vLLM's: every origin by default)")
+    cors.add_argument("--allowed-origins", type=_json_list, default=["*"], metavar="JSON")
+    cors.add_argument("--allowed-methods", type=_json_list, default=["*"], metavar="JSON")
+    cors.add_argument("--allowed-headers", type=_json_list, default=["*"], metavar="JSON")
+    cors.add_argument("--allow-credentials", action="store_true")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
@@ -114,6 +134,27 @@ def _json_object(value: str) -> dict:
     if not isinstance(parsed, dict):
         raise argparse.ArgumentTypeError(f"{value!r} is not a JSON object")
     return parsed
+
+
+def _json_list(value: str) -> list[str]:
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, list) or not all(isinstance(item, str) for item in parsed):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a JSON list of strings, e.g. '[\"*\"]'")
+    return parsed
+
+
+def chat_template_text(value: str) -> str:
+    """--chat-template: the file's text where `value` names a file, else `value` itself if it is a Jinja
+    template (as vLLM's), else a ValueError."""
+    path = Path(value)
+    if path.is_file():
+        return path.read_text()
+    if "{{" in value or "{%" in value:
+        return value
+    raise ValueError(f"--chat-template {value!r} is neither a file nor a Jinja template")
 
 
 def _device(value: str) -> str:
@@ -152,10 +193,11 @@ def engine_options(args: argparse.Namespace) -> dict:
     """AsyncLLM's keyword options from the command line."""
     return dict(dtype=args.dtype, device=args.device, max_model_len=args.max_model_len, block_size=args.block_size,
                 kv_cache_blocks=args.kv_cache_blocks, max_num_seqs=args.max_num_seqs,
-                max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=not args.no_prefix_caching,
+                max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=args.enable_prefix_caching,
                 seed=args.seed, cuda_graphs=False if args.enforce_eager else None, cpu_threads=args.cpu_threads,
                 kernels=args.kernels, tensor_parallel_size=args.tensor_parallel_size,
-                speculative_config=args.speculative_config, max_queued_seqs=args.max_queued_seqs)
+                speculative_config=args.speculative_config, generation_config=args.generation_config,
+                override_generation_config=args.override_generation_config, max_queued_seqs=args.max_queued_seqs)
 
 
 def server_settings(args: argparse.Namespace, model: str):
@@ -168,7 +210,10 @@ def server_settings(args: argparse.Namespace, model: str):
                           args.tool_call_parser, args.reasoning_parser,
                           return_tokens_as_token_ids=args.return_tokens_as_token_ids,
                           trust_request_chat_template=args.trust_request_chat_template,
-                          root_path=args.root_path.rstrip("/"))
+                          root_path=args.root_path.rstrip("/"),
+                          chat_template=None if args.chat_template is None else chat_template_text(args.chat_template),
+                          cors={"allow_origins": args.allowed_origins, "allow_methods": args.allowed_methods,
+                                "allow_headers": args.allowed_headers, "allow_credentials": args.allow_credentials})
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -209,10 +254,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.model is not None and not is_checkpoint(args.model):
         parser.error(f"--model {args.model!r} is not a checkpoint directory (no config.json)")
-    if args.cpu_threads is not None and args.cpu_threads < 1:
-        parser.error(f"--cpu-threads must be >= 1, got {args.cpu_threads}")
-    if args.tensor_parallel_size < 1:
-        parser.error(f"--tensor-parallel-size must be >= 1, got {args.tensor_parallel_size}")
+    bounds = [("--cpu-threads", args.cpu_threads, 1), ("--tensor-parallel-size", args.tensor_parallel_size, 1),
+              ("--max-num-seqs", args.max_num_seqs, 1), ("--max-num-batched-tokens", args.max_num_batched_tokens, 1),
+              ("--block-size", args.block_size, 1), ("--max-model-len", args.max_model_len, 2),
+              ("--kv-cache-blocks", args.kv_cache_blocks, 1), ("--max-queued-seqs", args.max_queued_seqs, 0),
+              ("--max-request-bytes", args.max_request_bytes, 1)]
+    for flag, value, low in bounds:
+        if value is not None and value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        parser.error("--enable-auto-tool-choice needs --tool-call-parser (hermes)")
+    if args.generation_config not in ("auto", "vllm") and not Path(args.generation_config).is_dir():
+        parser.error(f"--generation-config must be auto, vllm or a directory, got {args.generation_config!r}")
+    if args.chat_template is not None:
+        try:
+            chat_template_text(args.chat_template)
+        except (ValueError, OSError) as exc:
+            parser.error(str(exc))
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
     if args.tensor_parallel_size > 1 and launched:

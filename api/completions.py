@@ -46,7 +46,8 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     logprobs = body.logprobs if body.logprobs is not None else (0 if best_of > n else None)
     wanted = [k for k in (body.logprobs if body.echo else None, body.prompt_logprobs) if k is not None]
     params = sampling_params(body, n=best_of, max_tokens=max_tokens, logprobs=logprobs,
-                             prompt_logprobs=max(wanted) if wanted else None, vocab_size=state.vocab_size)
+                             prompt_logprobs=max(wanted) if wanted else None, vocab_size=state.vocab_size,
+                             defaults=llm.sampling_defaults)
     job = Job("cmpl", body.model, prompts, params, n, arrival=arrival)
     view = _View(state, job, body)
     return await answer(state, job, request, framed(view.events()) if body.stream else None, view.response)

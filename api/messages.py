@@ -29,7 +29,7 @@ from api.messages_protocol import (
 )
 from api.responses import ERRORS, named_event_stream
 from api.runner import Job, answer, outputs
-from api.sampling import Prompt, check_context, conversation_prompt
+from api.sampling import Prompt, check_context, conversation_prompt, or_defaults
 from api.state import ServerState, check_model, server_state
 from api.streaming import named_events
 from engine.sampling_params import SamplingParams
@@ -57,9 +57,10 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     parallel = not getattr(body.tool_choice, "disable_parallel_tool_use", None)
     constraint = tools.constraint(openai_tools or None, choice, parallel, state.settings.tool_call_parser)
     try:
-        params = SamplingParams(max_tokens=body.max_tokens, temperature=_or(body.temperature, 1.0),
-                                top_p=_or(body.top_p, 1.0), top_k=body.top_k or -1, stop=body.stop_sequences,
-                                structured_outputs=constraint)
+        sent = or_defaults(llm.sampling_defaults, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
+                           min_p=None, presence_penalty=None, frequency_penalty=None, repetition_penalty=None)
+        params = SamplingParams(max_tokens=body.max_tokens, stop=body.stop_sequences, structured_outputs=constraint,
+                                **sent)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     job = Job("msg", body.model, [prompt], params, 1, arrival=arrival)
@@ -86,10 +87,6 @@ def _tools(body: Conversation) -> list[tools.Tool]:
     return [tools.Tool.model_validate({"type": "function", "function": {
         "name": t.name, "description": t.description, "parameters": t.input_schema, "strict": t.strict}})
         for t in body.tools or []]
-
-
-def _or(value, default):
-    return default if value is None else value
 
 
 def _error_event(exc: APIError) -> dict:

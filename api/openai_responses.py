@@ -29,7 +29,7 @@ from api.response_items import Items
 from api.response_store import Stored
 from api.responses import errors, named_event_stream
 from api.runner import Job, answer, outputs
-from api.sampling import Prompt, check_context, conversation_prompt
+from api.sampling import Prompt, check_context, conversation_prompt, or_defaults
 from api.state import ServerState, check_model, server_state
 from api.streaming import named_events
 from engine.sampling_params import SamplingParams
@@ -57,7 +57,9 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     # (but "none", which asks for plain text)
     system = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
     prompt = await asyncio.to_thread(_encode, llm.tokenizer, system + conversation, chat_tools, llm.max_model_len)
-    check_context(prompt, body.max_output_tokens, llm.max_model_len, None, "input")
+    max_tokens = body.max_output_tokens if body.max_output_tokens is not None else \
+        llm.sampling_defaults.get("max_tokens")
+    check_context(prompt, max_tokens, llm.max_model_len, None, "input")
     constraint = tools.constraint(chat_tools or None, choice, body.parallel_tool_calls,
                                   state.settings.tool_call_parser)
     form = _format(body)
@@ -65,9 +67,9 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         raise bad_request("A tool_choice that a grammar enforces (required, named, or auto with strict tools) cannot "
                           "be combined with text.format.", "tool_choice")
     try:
-        params = SamplingParams(max_tokens=body.max_output_tokens, structured_outputs=form or constraint,
-                                temperature=1.0 if body.temperature is None else body.temperature,
-                                top_p=1.0 if body.top_p is None else body.top_p)
+        sent = or_defaults(llm.sampling_defaults, temperature=body.temperature, top_p=body.top_p, top_k=None,
+                           min_p=None, presence_penalty=None, frequency_penalty=None, repetition_penalty=None)
+        params = SamplingParams(max_tokens=max_tokens, structured_outputs=form or constraint, **sent)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     job = Job("resp", body.model, [prompt], params, 1, arrival=arrival)

@@ -138,11 +138,23 @@ def context_exceeded(max_model_len: int, exc: PromptTooLongError, param: str) ->
                     f"{param}.", param, "context_length_exceeded")
 
 
+# The neutral value of each field a model's generation_config.json may give a default (engine/sampling_params.py).
+_NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "min_p": 0.0, "presence_penalty": 0.0,
+            "frequency_penalty": 0.0, "repetition_penalty": 1.0}
+
+
+def or_defaults(defaults: dict, **sent) -> dict:
+    """Each sampling field as the request sent it, or where it did not (None), the model's default from its
+    generation config (`defaults`, AsyncLLM.sampling_defaults), else the neutral value: as vLLM's server does."""
+    return {name: value if value is not None else defaults.get(name, _NEUTRAL[name]) for name, value in sent.items()}
+
+
 def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None, logprobs: int | None,
-                    prompt_logprobs: int | None, vocab_size: int,
+                    prompt_logprobs: int | None, vocab_size: int, defaults: dict,
                     tool_constraint: StructuredOutputsParams | None = None) -> SamplingParams:
-    """The engine's SamplingParams for a request (its ValueError becomes a 400 naming the field);
-    `tool_constraint` enforces a required or named tool call (api/tools.py)."""
+    """The engine's SamplingParams for a request (its ValueError becomes a 400 naming the field), the fields it
+    leaves out from the model's `defaults`; `tool_constraint` enforces a required or named tool call
+    (api/tools.py)."""
     logit_bias = {int(k): v for k, v in (request.logit_bias or {}).items()}
     structured = constraint(request.response_format, request.structured_outputs)
     if structured is not None and tool_constraint is not None:
@@ -154,10 +166,11 @@ def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None,
             raise bad_request(f"{name} has token ids outside the vocabulary [0, {vocab_size}).", name)
     try:
         return SamplingParams(
-            n=n, max_tokens=max_tokens, temperature=_or(request.temperature, 1.0), top_p=_or(request.top_p, 1.0),
-            top_k=_or(request.top_k, -1), min_p=_or(request.min_p, 0.0),
-            presence_penalty=_or(request.presence_penalty, 0.0), frequency_penalty=_or(request.frequency_penalty, 0.0),
-            repetition_penalty=_or(request.repetition_penalty, 1.0), seed=request.seed, stop=request.stop,
+            n=n, max_tokens=max_tokens, **or_defaults(
+                defaults, temperature=request.temperature, top_p=request.top_p, top_k=request.top_k,
+                min_p=request.min_p, presence_penalty=request.presence_penalty,
+                frequency_penalty=request.frequency_penalty, repetition_penalty=request.repetition_penalty),
+            seed=request.seed, stop=request.stop,
             stop_token_ids=request.stop_token_ids, include_stop_str_in_output=bool(request.include_stop_str_in_output),
             ignore_eos=bool(request.ignore_eos), min_tokens=_or(request.min_tokens, 0), logprobs=logprobs,
             prompt_logprobs=prompt_logprobs, logit_bias=logit_bias or None,

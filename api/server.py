@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from api import chat, completions, messages, openai_responses, utility
@@ -47,6 +48,7 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)    # before reading bodies
+    app.add_middleware(CORSMiddleware, **settings.cors)          # preflights answered before the key is asked for
     app.add_middleware(TrailingSlashMiddleware)                             # outermost
     return app
 

@@ -30,6 +30,9 @@ class ServerSettings:
     return_tokens_as_token_ids: bool = False  # logprob tokens written token_id:N for every request
     trust_request_chat_template: bool = False  # a request's chat_template is rendered (else it is a 400)
     root_path: str = ""                      # the prefix a proxy serves this server under
+    chat_template: str | None = None         # --chat-template: every request's template instead of the model's
+    cors: dict = field(default_factory=lambda: {    # CORSMiddleware's options; vLLM's defaults: every origin
+        "allow_origins": ["*"], "allow_methods": ["*"], "allow_headers": ["*"], "allow_credentials": False})
 
 
 @dataclass(slots=True)
@@ -46,7 +49,9 @@ class ServerState:
 
     @classmethod
     def build(cls, llm: AsyncLLM, settings: ServerSettings) -> ServerState:
-        """Everything derived from the engine."""
+        """Everything derived from the engine (whose tokenizer then renders with --chat-template, if given)."""
+        if settings.chat_template is not None:
+            llm.tokenizer.hf.chat_template = settings.chat_template
         return cls(llm, settings, TokenTable(llm.tokenizer.hf), Metrics(llm))
 
     @property

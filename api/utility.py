@@ -47,6 +47,7 @@ class TokenizeChatRequest(StrictModel):
     add_special_tokens: bool = False
     return_token_strs: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    chat_template: Annotated[str, Field(min_length=1)] | None = None   # as chat's: with --trust-request-chat-template
     tools: list[Tool] | None = None
 
 
@@ -89,11 +90,15 @@ async def tokenize(body: TokenizeCompletionRequest | TokenizeChatRequest, reques
         if body.continue_final_message and body.add_generation_prompt:
             raise bad_request("continue_final_message and add_generation_prompt cannot both be true.",
                               "continue_final_message")
+        if body.chat_template is not None and not state.settings.trust_request_chat_template:
+            raise bad_request("This server does not render a request's own chat_template; start it with "
+                              "--trust-request-chat-template to allow it.", "chat_template")
         messages, tools = template_inputs(body.messages, body.tools)
 
         def render() -> list[int]:
             text = tokenizer.render_chat(messages, body.add_generation_prompt, tools, body.chat_template_kwargs,
-                                         continue_final_message=body.continue_final_message)
+                                         continue_final_message=body.continue_final_message,
+                                         chat_template=body.chat_template)
             return tokenizer.encode(text, add_special_tokens=body.add_special_tokens)
         try:
             ids = await asyncio.to_thread(render)

@@ -71,6 +71,7 @@ class AsyncLLM:
         self.model_config = self._engine.model_config
         self.tokenizer = self._engine.tokenizer      # safe to use for encoding and decoding from any thread
         self.max_model_len: int = self._engine.max_model_len
+        self.sampling_defaults: dict = self._engine.sampling_defaults     # from generation_config.json
 
     # ---- the asyncio side -------------------------------------------------------------------------------
 

@@ -128,9 +128,16 @@ class EngineConfig:
     kernels: str | KernelSet | None = None
     tensor_parallel_size: int = 1
     speculative_config: dict | SpeculativeConfig | None = None
+    generation_config: str = "auto"                 # vLLM's: "auto", "vllm", or a directory (sampling_params.py)
+    override_generation_config: dict | None = None
 
     def __post_init__(self) -> None:
         self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
+        if self.generation_config not in ("auto", "vllm") and not Path(self.generation_config).is_dir():
+            raise ValueError(f"generation_config must be 'auto', 'vllm' or a directory, got {self.generation_config!r}")
+        if self.override_generation_config is not None and not isinstance(self.override_generation_config, dict):
+            raise ValueError("override_generation_config must be a dict, got "
+                             f"{self.override_generation_config!r}")
         if not (Path(self.model) / "config.json").is_file():
             raise ValueError(f"model: {self.model!r} is not a checkpoint directory with a config.json")
         if self.dtype != "auto" and self.dtype not in _DTYPES:

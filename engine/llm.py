@@ -41,6 +41,10 @@ class LLM:
     speculative_config: speculative decoding, as vLLM's: {"method": "ngram", "num_speculative_tokens": k,
     "prompt_lookup_max": n, "prompt_lookup_min": m} or {"method": "draft_model", "model": PATH,
     "num_speculative_tokens": k}; output is token-identical to decoding without it (see engine/speculative.py).
+    generation_config: where default sampling parameters come from, as vLLM's: "auto" (the checkpoint's
+    generation_config.json), "vllm" (none: SamplingParams' own), or a directory with a generation_config.json;
+    override_generation_config: fields set on top ({"temperature": 0.5}). They apply where no SamplingParams is
+    given here, and to the fields a server's request leaves out.
     """
 
     def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "auto",
@@ -48,18 +52,26 @@ class LLM:
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
                  seed: int = 0, cuda_graphs: bool | None = None, cpu_threads: int | None = None,
                  kernels: str | KernelSet | None = None, tensor_parallel_size: int = 1,
-                 speculative_config: dict | None = None) -> None:
+                 speculative_config: dict | None = None, generation_config: str = "auto",
+                 override_generation_config: dict | None = None) -> None:
         self.engine = LLMEngine(EngineConfig(
             model=model or DEFAULT_MODEL, dtype=dtype, device=device, max_model_len=max_model_len,
             block_size=block_size, kv_cache_blocks=kv_cache_blocks, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, enable_prefix_caching=enable_prefix_caching, seed=seed,
             cuda_graphs=cuda_graphs, cpu_threads=cpu_threads, kernels=kernels,
-            tensor_parallel_size=tensor_parallel_size, speculative_config=speculative_config))
+            tensor_parallel_size=tensor_parallel_size, speculative_config=speculative_config,
+            generation_config=generation_config, override_generation_config=override_generation_config))
         self._ids = itertools.count()
 
     def close(self) -> None:
         """Stop the engine's tensor-parallel worker processes (a no-op with one rank)."""
         self.engine.close()
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams() with the fields the checkpoint's generation_config.json sets (its temperature, top_p,
+        top_k, min_p, penalties, max_new_tokens as max_tokens), as vLLM's; `generation_config="vllm"` leaves them
+        out."""
+        return SamplingParams(**self.engine.sampling_defaults)
 
     def get_tokenizer(self):
         """The checkpoint's Hugging Face tokenizer."""
@@ -70,10 +82,11 @@ class LLM:
         """Generate for one prompt or a batch; outputs come in prompt order. A prompt is text, token ids, or
         vLLM's prompt dicts: {"prompt": text} (TextPrompt) or {"prompt_token_ids": ids} (TokensPrompt).
 
-        sampling_params: one for every prompt, or a list with one per prompt (default: SamplingParams()).
+        sampling_params: one for every prompt, or a list with one per prompt (default:
+        `get_default_sampling_params()`).
         """
         batch = _as_batch(prompts)
-        params = _per_prompt(sampling_params, len(batch))
+        params = _per_prompt(sampling_params, len(batch), self.get_default_sampling_params())
         return self._run(batch, params, use_tqdm)
 
     def chat(self, messages: list[dict] | list[list[dict]],
@@ -92,7 +105,8 @@ class LLM:
                                        continue_final_message=continue_final_message, chat_template=chat_template)
                  for conv in conversations]
         batch = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
-        outputs = self._run(batch, _per_prompt(sampling_params, len(batch)), use_tqdm)
+        outputs = self._run(batch, _per_prompt(sampling_params, len(batch), self.get_default_sampling_params()),
+                            use_tqdm)
         for output, text in zip(outputs, texts):
             output.prompt = text
         return outputs
@@ -140,9 +154,10 @@ def _prompt(prompt: PromptInput) -> Prompt:
                      f"nothing else; got the keys {sorted(prompt)}")
 
 
-def _per_prompt(params: SamplingParams | Seq[SamplingParams] | None, count: int) -> list[SamplingParams]:
+def _per_prompt(params: SamplingParams | Seq[SamplingParams] | None, count: int,
+                default: SamplingParams) -> list[SamplingParams]:
     if params is None:
-        return [SamplingParams()] * count
+        return [default] * count
     if isinstance(params, SamplingParams):
         return [params] * count
     params = list(params)

@@ -20,7 +20,7 @@ from engine.draft_model import DraftModel, kv_share
 from engine.model_runner import ModelRunner
 from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import SamplingParams, generation_defaults
 from engine.scheduler import Scheduler
 from engine.sequence import Request, Sequence, SequenceStatus, derive_seed
 from engine.speculative import Speculation
@@ -61,6 +61,12 @@ class LLMEngine:
         self.model_config = ModelConfig.from_dir(config.model)
         self.max_model_len = config.resolved_max_model_len(self.model_config)
         self.tokenizer = Tokenizer(config.model, self.model_config.eos_token_ids)
+        # Default SamplingParams fields from generation_config.json (vLLM's --generation-config): the API's for
+        # fields a request leaves out, and LLM.get_default_sampling_params.
+        self.sampling_defaults = generation_defaults(config.model, config.generation_config,
+                                                     config.override_generation_config)
+        if self.sampling_defaults:
+            logger.info("sampling defaults from the generation config: %s", self.sampling_defaults)
         eos = self.tokenizer.eos_token_ids
         serve_if_launched_worker(config)
         self.workers: TPWorkers | None = None

@@ -169,3 +169,34 @@ def _list_of(value: object, kind: type) -> bool:
 def _check(ok: bool, name: str, rule: str, value: object) -> None:
     if not ok:
         raise ValueError(f"{name} {rule}, got {value!r}")
+
+
+# The generation_config.json fields that become default SamplingParams (vLLM's list), by their Hugging Face names.
+GENERATION_FIELDS = ("repetition_penalty", "presence_penalty", "frequency_penalty", "temperature", "top_k", "top_p",
+                     "min_p", "max_new_tokens")
+
+
+def generation_defaults(model: str, source: str = "auto", overrides: dict | None = None) -> dict:
+    """The SamplingParams fields a checkpoint's generation_config.json sets, as vLLM's `--generation-config`
+    reads them: source "auto" reads the model's, a directory that one's, "vllm" none; `overrides` (Hugging Face
+    names, GENERATION_FIELDS) go on top. Only values that differ from transformers' own defaults count (Hugging
+    Face's top_k 50 is no choice of the model's); max_new_tokens is max_tokens here. A ValueError for an override
+    that is not such a field, or a value SamplingParams refuses."""
+    unknown = sorted(set(overrides or {}) - set(GENERATION_FIELDS))
+    if unknown:
+        raise ValueError(f"override_generation_config: {', '.join(unknown)} cannot be overridden; the fields that "
+                         f"become sampling defaults are {', '.join(GENERATION_FIELDS)}")
+    config = {}
+    if source != "vllm":
+        from transformers import GenerationConfig
+
+        try:
+            config = GenerationConfig.from_pretrained(model if source == "auto" else source).to_diff_dict()
+        except OSError:                  # no generation_config.json
+            config = {}
+    config.update(overrides or {})
+    defaults = {name: config[name] for name in GENERATION_FIELDS if config.get(name) is not None}
+    if "max_new_tokens" in defaults:
+        defaults["max_tokens"] = defaults.pop("max_new_tokens")
+    SamplingParams(**defaults)           # a ValueError naming a field the model's file sets out of range
+    return defaults

@@ -54,6 +54,15 @@ def test_help_imports_nothing_heavy(tmp_path):
     (["--port", "eighty"], "argument --port: invalid int value: 'eighty'"),
     (["--model", "/no/such/checkpoint"], "--model '/no/such/checkpoint' is not a checkpoint directory"),
     (["--cpu-threads", "0"], "--cpu-threads must be >= 1, got 0"),
+    (["--max-queued-seqs", "-1"], "--max-queued-seqs must be >= 0, got -1"),        # a server that refused all
+    (["--max-request-bytes", "0"], "--max-request-bytes must be >= 1, got 0"),
+    (["--max-num-seqs", "0"], "--max-num-seqs must be >= 1, got 0"),
+    (["--max-model-len", "1"], "--max-model-len must be >= 2, got 1"),
+    (["--enable-auto-tool-choice"], "--enable-auto-tool-choice needs --tool-call-parser"),
+    (["--generation-config", "/no/such/dir"], "--generation-config must be auto, vllm or a directory"),
+    (["--chat-template", "chatml"], "--chat-template 'chatml' is neither a file nor a Jinja template"),
+    (["--allowed-origins", "*"], "argument --allowed-origins: '*' is not a JSON list of strings"),
+    (["--override-generation-config", "[]"], "argument --override-generation-config: '[]' is not a JSON object"),
 ])
 def test_a_bad_argument_is_one_error_line(tmp_path, args, message):
     run = _probe(*args, tmp_path=tmp_path)
@@ -100,3 +109,23 @@ def test_console_script_name_is_the_prog(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["/repo/api/__main__.py"])
     assert cli._prog() == "python -m api"
     assert cli.build_parser("triton-serve").format_usage().startswith("usage: triton-serve")
+
+
+def test_vllm_spellings_reach_the_engine_and_the_server(tmp_path):
+    parse = cli.build_parser().parse_args
+    assert cli.engine_options(parse([]))["enable_prefix_caching"] is True
+    for flags in (["--no-enable-prefix-caching"], ["--no-prefix-caching"]):
+        assert cli.engine_options(parse(flags))["enable_prefix_caching"] is False
+    options = cli.engine_options(parse(["--generation-config", "vllm", "--override-generation-config",
+                                        '{"temperature": 0.5}']))
+    assert (options["generation_config"], options["override_generation_config"]) == ("vllm", {"temperature": 0.5})
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    args = parse(["--chat-template", str(template), "--allowed-origins", '["https://a.example"]',
+                  "--allow-credentials"])
+    settings = cli.server_settings(args, str(tmp_path))
+    assert settings.chat_template == template.read_text()
+    assert settings.cors == {"allow_origins": ["https://a.example"], "allow_methods": ["*"], "allow_headers": ["*"],
+                             "allow_credentials": True}
+    assert cli.server_settings(parse(["--chat-template", "{{ messages[0].content }}"]), str(tmp_path)).chat_template \
+        == "{{ messages[0].content }}"

@@ -80,6 +80,11 @@ def wait_ready(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
     raise RuntimeError(f"the server did not get ready in {timeout}s:\n{log.read_text(errors='replace')}")
 
 
+def asgi_client(app) -> httpx.AsyncClient:
+    """An httpx client of `app` in-process (no socket)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=TIMEOUT)
+
+
 def sse_events(response: httpx.Response) -> list:
     """The `data:` payloads of an SSE body (parsed JSON, or the string '[DONE]'), checking the framing."""
     text = response.text

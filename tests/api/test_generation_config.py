@@ -9,9 +9,8 @@ import asyncio
 import json
 import shutil
 
-import httpx
 import pytest
-from api_helpers import TIMEOUT
+from api_helpers import asgi_client
 
 from api import ServerSettings, create_app
 from engine import LLM, AsyncLLM, SamplingParams
@@ -55,8 +54,7 @@ def test_requests_take_the_defaults_for_the_fields_they_leave_out(tuned):
         llm = AsyncLLM(tuned)
         try:
             app = create_app(llm, ServerSettings("tuned"))
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
-                                         timeout=TIMEOUT) as client:
+            async with asgi_client(app) as client:
                 async def chat(**fields):
                     body = {"model": "tuned", "messages": [{"role": "user", "content": "hi"}], "seed": 7,
                             "ignore_eos": True, "return_token_ids": True, **fields}
@@ -92,8 +90,7 @@ def test_a_server_chat_template_and_cors(llama_path):
                                       cors={"allow_origins": ["https://a.example"], "allow_methods": ["POST"],
                                             "allow_headers": ["*"], "allow_credentials": False})
             app = create_app(llm, settings)
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
-                                         timeout=TIMEOUT) as client:
+            async with asgi_client(app) as client:
                 body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
                 tokens = (await client.post("/tokenize", json=body)).json()["tokens"]
                 assert tokens == llm.tokenizer.encode("[user] hi\n", add_special_tokens=False)
@@ -108,8 +105,7 @@ def test_a_server_chat_template_and_cors(llama_path):
                 refused = await client.post("/tokenize", json=own)
                 assert refused.status_code == 400 and refused.json()["error"]["param"] == "chat_template"
             trusting = create_app(llm, ServerSettings("tiny", trust_request_chat_template=True))
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=trusting), base_url="http://t",
-                                         timeout=TIMEOUT) as client:
+            async with asgi_client(trusting) as client:
                 tokens = (await client.post("/tokenize", json=own)).json()["tokens"]
                 assert tokens == llm.tokenizer.encode("hi!", add_special_tokens=False)
         finally:

@@ -39,7 +39,9 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     """The command line."""
     p = _Parser(prog=prog, description=__doc__.split("\n")[0], formatter_class=_DefaultsHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint directory (default: the built-in default model)")
-    p.add_argument("--served-model-name", default=None, help="the name clients send (default: the directory name)")
+    p.add_argument("--served-model-name", default=None, nargs="+", metavar="NAME",
+                   help="the name clients send, or several (each is accepted, /v1/models lists them all; default: "
+                        "the directory name)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (or set API_KEY)")
@@ -205,12 +207,12 @@ def server_settings(args: argparse.Namespace, model: str):
     environment variable) and the body size limit, as an api.state.ServerSettings."""
     from api.state import ServerSettings
 
-    name = args.served_model_name or Path(model).resolve().name
-    return ServerSettings(name, args.api_key or os.environ.get("API_KEY") or None, args.max_request_bytes,
+    names = args.served_model_name or [Path(model).resolve().name]
+    return ServerSettings(names[0], args.api_key or os.environ.get("API_KEY") or None, args.max_request_bytes,
                           args.tool_call_parser, args.reasoning_parser,
                           return_tokens_as_token_ids=args.return_tokens_as_token_ids,
                           trust_request_chat_template=args.trust_request_chat_template,
-                          root_path=args.root_path.rstrip("/"),
+                          root_path=args.root_path.rstrip("/"), aliases=tuple(names[1:]),
                           chat_template=None if args.chat_template is None else chat_template_text(args.chat_template),
                           cors={"allow_origins": args.allowed_origins, "allow_methods": args.allowed_methods,
                                 "allow_headers": args.allowed_headers, "allow_credentials": args.allow_credentials})

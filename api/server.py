@@ -12,7 +12,7 @@ from api.metrics import CONTENT_TYPE
 from api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, TrailingSlashMiddleware
 from api.openapi import document
 from api.responses import HealthResponse, ModelList, errors
-from api.state import ServerSettings, ServerState, model_card, server_state
+from api.state import ServerSettings, ServerState, model_card, served_names, server_state
 from engine.async_llm import AsyncLLM
 
 
@@ -55,7 +55,8 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
 
 async def list_models(request: Request) -> JSONResponse:
     """The served model."""
-    return JSONResponse({"object": "list", "data": [model_card(server_state(request))]})
+    state = server_state(request)
+    return JSONResponse({"object": "list", "data": [model_card(state, name) for name in served_names(state.settings)]})
 
 
 async def health(request: Request) -> JSONResponse:

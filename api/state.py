@@ -18,7 +18,8 @@ DEFAULT_MAX_REQUEST_BYTES = 8 << 20
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    """served_model_name: the name clients send as `model`. api_key: required as a Bearer token on /v1 when
+    """served_model_name: the name clients send as `model` (and `aliases`, more names for it, as vLLM's several
+    --served-model-name). api_key: required as a Bearer token on /v1 when
     set. max_request_bytes: larger bodies get 413. tool_call_parser: how tool calls are read for tool_choice
     "auto" (None: auto is refused)."""
 
@@ -31,6 +32,7 @@ class ServerSettings:
     trust_request_chat_template: bool = False  # a request's chat_template is rendered (else it is a 400)
     root_path: str = ""                      # the prefix a proxy serves this server under
     chat_template: str | None = None         # --chat-template: every request's template instead of the model's
+    aliases: tuple[str, ...] = ()           # other names the model answers to (listed after the first)
     cors: dict = field(default_factory=lambda: {    # CORSMiddleware's options; vLLM's defaults: every origin
         "allow_origins": ["*"], "allow_methods": ["*"], "allow_headers": ["*"], "allow_credentials": False})
 
@@ -63,9 +65,14 @@ class ServerState:
 SYSTEM_FINGERPRINT = "triton-serve-0.1.0"
 
 
-def model_card(state: ServerState) -> dict:
-    """The served model as /v1/models lists it."""
-    return {"id": state.settings.served_model_name, "object": "model", "created": state.created,
+def served_names(settings: ServerSettings) -> list[str]:
+    """Every name the model answers to, the first (served_model_name) first."""
+    return [settings.served_model_name, *(a for a in settings.aliases if a != settings.served_model_name)]
+
+
+def model_card(state: ServerState, name: str | None = None) -> dict:
+    """The served model as /v1/models lists it (under `name`, one of its names; default the first)."""
+    return {"id": name or state.settings.served_model_name, "object": "model", "created": state.created,
             "owned_by": "triton-serve", "max_model_len": state.llm.max_model_len}
 
 
@@ -75,7 +82,8 @@ def server_state(request: Request) -> ServerState:
 
 
 def check_model(state: ServerState, model: str) -> None:
-    """404 model_not_found unless `model` is the served model's name."""
-    if model != state.settings.served_model_name:
+    """404 model_not_found unless `model` is one of the served model's names."""
+    names = served_names(state.settings)
+    if model not in names:
         raise APIError(404, f"The model '{model}' does not exist; this server serves "
-                       f"'{state.settings.served_model_name}'.", "model", "model_not_found")
+                       f"{', '.join(repr(n) for n in names)}.", "model", "model_not_found")

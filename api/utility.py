@@ -124,10 +124,10 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> JSONResponse:
 
 @router.get("/v1/models/{model:path}", response_model=None, responses={200: {"model": ModelCard}, **errors(404, 500)})
 async def retrieve_model(model: str, request: Request) -> JSONResponse:
-    """The served model's card; 404 model_not_found for any other name."""
+    """The served model's card under that name; 404 model_not_found for a name it does not answer to."""
     state = server_state(request)
     check_model(state, model)
-    return JSONResponse(model_card(state))
+    return JSONResponse(model_card(state, model))
 
 
 @router.get("/version", response_model=VersionResponse, responses=errors(500))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import TIMEOUT
+from api_helpers import TIMEOUT, asgi_client
 
 import api.cli as cli
 import engine
@@ -244,3 +244,29 @@ def test_a_stopping_server_takes_no_new_work(llama_path):
     assert completion.status_code == 503 and "shutting down" in completion.json()["error"]["message"]
     assert health.status_code == 503
     assert used == 0
+
+
+def test_several_served_names(llama_path):
+    """vLLM's `--served-model-name a b`: each name is accepted and listed, the first first; any other is a 404."""
+    args = cli.build_parser().parse_args(["--model", llama_path, "--served-model-name", "coder", "coder-v2"])
+    settings = cli.server_settings(args, llama_path)
+    assert (settings.served_model_name, settings.aliases) == ("coder", ("coder-v2",))
+
+    async def main():
+        llm = AsyncLLM(llama_path)
+        try:
+            async with asgi_client(create_app(llm, settings)) as http:
+                listed = (await http.get("/v1/models")).json()["data"]
+                assert [card["id"] for card in listed] == ["coder", "coder-v2"]
+                assert (await http.get("/v1/models/coder-v2")).json()["id"] == "coder-v2"
+                for name in ("coder", "coder-v2"):
+                    r = await http.post("/v1/completions", json={"model": name, "prompt": "x", "max_tokens": 2})
+                    assert r.status_code == 200 and r.json()["model"] == name
+                missing = await http.post("/v1/completions", json={"model": "other", "prompt": "x"})
+                assert missing.status_code == 404
+                assert missing.json()["error"]["message"] == \
+                    "The model 'other' does not exist; this server serves 'coder', 'coder-v2'."
+        finally:
+            llm.shutdown()
+
+    asyncio.run(main())

@@ -238,7 +238,10 @@ class TextPart(StrictModel):
 class ChatMessage(StrictModel):
     """One message. Assistant messages copied back from a response may carry the response-only fields
     (refusal, function_call, ...) as null or empty; with a value they are rejected. An assistant message may carry
-    the tool calls it made (and then leave out its content); a tool message answers one by its tool_call_id."""
+    the tool calls it made (and then leave out its content); a tool message answers one by its tool_call_id. Its
+    reasoning_content (this server's, sent back) reaches the chat template, which may render it (Qwen3's does for
+    the turns after the last user message); `parsed`, the openai SDK's parse helpers' copy of the content as an
+    object, is accepted as they send it and not rendered (the content is)."""
 
     RULES: ClassVar[list[dict]] = [
         {"if": {"properties": {"role": {"const": "assistant"}}},
@@ -257,6 +260,8 @@ class ChatMessage(StrictModel):
     function_call: Annotated[dict, Empty] | None = None
     audio: Annotated[dict, Empty] | None = None
     annotations: Annotated[list, Empty] | None = None
+    reasoning_content: str | None = None
+    parsed: Any = None
 
     @field_validator("content", mode="before")
     @classmethod

@@ -111,6 +111,8 @@ def template_inputs(messages: list[ChatMessage], tools: list[Tool] | None) -> tu
             entry["tool_call_id"] = message.tool_call_id
         if message.tool_calls:
             entry["tool_calls"] = for_template(message.tool_calls)
+        if message.reasoning_content is not None:
+            entry["reasoning_content"] = message.reasoning_content
         rendered.append(entry)
     return rendered, [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
 

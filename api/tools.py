@@ -16,7 +16,7 @@ and the tool calls read back from the generated text.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -61,18 +61,22 @@ ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class CalledFunction(StrictModel):
-    """The function called and its arguments, a JSON string."""
+    """The function called and its arguments, a JSON string (and `parsed_arguments`, the openai SDK's parse
+    helpers' copy of them as an object, accepted as they send it back; the arguments are what counts)."""
 
     name: str
     arguments: str
+    parsed_arguments: Any = None
 
 
 class ToolCall(StrictModel):
-    """A call in an assistant message (sent back by the client with the conversation)."""
+    """A call in an assistant message (sent back by the client with the conversation; `index`, a streamed
+    delta's, as the SDK's stream helpers keep it)."""
 
     id: str
     type: Literal["function"]
     function: CalledFunction
+    index: Annotated[int, Field(ge=0)] | None = None
 
 
 def constraint(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bool | None,

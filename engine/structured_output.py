@@ -75,6 +75,10 @@ class StructuredOutputsParams:
         import xgrammar as xgr  # here, not at import: it takes half a second
 
         kind, spec = self.key
+        ignored = _ignored_rule(self.json if kind == "json" else {"pattern": spec} if kind == "regex" else None)
+        if ignored is not None:
+            raise ValueError(f"structured_outputs.{kind}: {ignored}, which the grammar cannot enforce (xgrammar would "
+                             "ignore it)")
         try:
             if kind == "json":            # the schema as given: its property order is the output's
                 schema = self.json if isinstance(self.json, str) else json.dumps(self.json)
@@ -91,6 +95,43 @@ class StructuredOutputsParams:
         except Exception as exc:              # xgrammar raises RuntimeError and its own errors
             raise ValueError(f"structured_outputs.{kind}: not a valid {kind.replace('_', ' ')}: {_reason(exc)}"
                              ) from None
+
+
+_LOOKAROUND = ("(?=", "(?!", "(?<=", "(?<!")
+
+
+def _ignored_rule(schema: object, path: str = "") -> str | None:
+    """Where a JSON schema (or a regex, as {"pattern": ...}) asks for what xgrammar would silently leave out: a
+    string's minLength/maxLength beside a pattern or format, a number's multipleOf, a lookaround in a pattern. None
+    if nothing (a schema that is not JSON is left to xgrammar's own error)."""
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except ValueError:
+            return None
+    if isinstance(schema, list):
+        for i, item in enumerate(schema):
+            found = _ignored_rule(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
+    if not isinstance(schema, dict):
+        return None
+    where = f"at {path}" if path else "at the top"
+    lengths = [key for key in ("minLength", "maxLength") if key in schema]
+    shaped = [key for key in ("pattern", "format") if isinstance(schema.get(key), str)]
+    if lengths and shaped:
+        return f"{where}, {' and '.join(lengths)} beside a {shaped[0]}"
+    if "multipleOf" in schema and schema.get("type") == "number":
+        return f"{where}, multipleOf on a number"
+    if any(mark in str(schema.get("pattern", "")) for mark in _LOOKAROUND):
+        return f"{where}, a lookaround assertion in the pattern"
+    for key, value in schema.items():
+        if isinstance(value, (dict, list)) and key not in ("enum", "const", "default", "examples"):
+            found = _ignored_rule(value, f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+    return None
 
 
 def _reason(exc: Exception) -> str:

@@ -97,6 +97,12 @@ def test_stop_strings_still_cut(llm):
     (dict(regex="([a-z]"), "structured_outputs.regex: not a valid regex: Regex parsing error at position 7"),
     (dict(grammar="root ::= ("), "structured_outputs.grammar"),
     (dict(structural_tag='{"structures": [{"begin": "x"}], "triggers": ["x"]}'), "missing 'schema'"),
+    # What xgrammar would leave out (with a warning on stderr) is refused, not ignored:
+    (dict(json={"type": "object", "properties": {"s": {"type": "string", "pattern": "^[a-z]+$", "maxLength": 5}}}),
+     "at properties.s, maxLength beside a pattern, which the grammar cannot enforce"),
+    (dict(json={"type": "string", "format": "email", "minLength": 3}), "minLength beside a format"),
+    (dict(json={"type": "array", "items": {"type": "number", "multipleOf": 0.5}}), "at items, multipleOf"),
+    (dict(regex="(?=a)[a-z]+"), "a lookaround assertion"),
 ])
 def test_invalid_constraints_are_refused_before_queueing(llm, so, message):
     """Refused with what was wrong in a line: xgrammar's reason, without its log prefix (time, C++ file, line)."""

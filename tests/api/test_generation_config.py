@@ -108,6 +108,14 @@ def test_a_server_chat_template_and_cors(llama_path):
             async with asgi_client(trusting) as client:
                 tokens = (await client.post("/tokenize", json=own)).json()["tokens"]
                 assert tokens == llm.tokenizer.encode("hi!", add_special_tokens=False)
+                # A reply sent back: its reasoning_content reaches the template; the SDK's `parsed` is accepted.
+                thinking = {**own, "chat_template": "{% for m in messages %}{{ m.reasoning_content }}|"
+                                                    "{{ m.content }};{% endfor %}",
+                            "messages": [{"role": "user", "content": "hi"},
+                                         {"role": "assistant", "content": "{}", "reasoning_content": "hm",
+                                          "parsed": {}}]}
+                tokens = (await client.post("/tokenize", json=thinking)).json()["tokens"]
+                assert llm.tokenizer.decode(tokens, skip_special_tokens=False) == "|hi;hm|{};"
         finally:
             llm.shutdown()
 

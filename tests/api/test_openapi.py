@@ -55,8 +55,8 @@ def _prepare(body: Any, vocab_size: int) -> Any:
     state (best_of >= n, min_tokens <= max_tokens, prompt_logprobs not streamed, continue_final_message with a
     last assistant message and without add_generation_prompt, chat_template only on a server that trusts it,
     truncate_prompt_tokens below the context, no Anthropic tool_use / tool_result blocks, whose pairing across
-    messages is a rule the schema cannot state), and structured outputs that are valid constraints (a regex,
-    grammar or JSON schema's validity is not a JSON Schema property)."""
+    messages is a rule the schema cannot state, distinct tool names), and structured outputs that are valid
+    constraints (a regex, grammar or JSON schema's validity is not a JSON Schema property)."""
     if not isinstance(body, dict):
         return body
     body = _integral(body)
@@ -96,6 +96,10 @@ def _prepare(body: Any, vocab_size: int) -> Any:
                 "tool_use", "tool_result") else b for b in message["content"]]
     if body.get("tools") or body.get("tool_choice"):                # tool schemas are arbitrary: plain chat
         body["tool_choice"] = "none"
+    for i, tool in enumerate(body.get("tools") if isinstance(body.get("tools"), list) else ()):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):      # distinct names
+            function["name"] = f"{function['name'][:50]}_{i}"
     if isinstance(body.get("logit_bias"), dict):
         body["logit_bias"] = {str(int(k) % vocab_size) if k.isdigit() else k: v for k, v in body["logit_bias"].items()}
     return body

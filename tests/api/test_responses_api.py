@@ -103,6 +103,14 @@ def test_what_cannot_be_honoured_is_a_400(server, client):
     with pytest.raises(openai.BadRequestError, match="not supported"):
         client.responses.create(model=server.model, max_output_tokens=1,
                                 input=[{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}])
+    # An item's error is about the item's own kind (it named a message's `type` before)
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}", "parsed_arguments": {}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=server.model, max_output_tokens=1, input=[
+            {"role": "user", "content": "x"}, call, {"type": "function_call_output", "call_id": "c1", "output": "1"}])
+    assert caught.value.body["param"] == "input[1].parsed_arguments"
+    assert caught.value.body["message"] == "Unsupported parameter: 'input[1].parsed_arguments' is not supported by " \
+                                           "this server."
 
 
 def test_the_store_is_bounded_by_count_and_bytes():

@@ -190,3 +190,28 @@ def test_strict_tools_under_auto_constrain_the_calls_the_model_opens(hf_tokenize
 
 def tools_constraint(given: list[dict], choice: str):
     return constraint([Tool.model_validate(t) for t in given], choice, None, "hermes")
+
+
+def test_the_sdks_parse_helpers_messages_can_be_sent_back(server, client):
+    """The openai SDK's tool loop: a message from `chat.completions.parse` (its tool calls carry
+    `parsed_arguments`, the message `parsed`) or from `chat.completions.stream` (calls with `index`) is appended
+    to the conversation as it is (the SDK sends those fields: they were 400s)."""
+    import openai
+    import pydantic
+
+    class Add(pydantic.BaseModel):
+        a: int
+        b: int
+
+    forced = dict(model=server.model, tools=[openai.pydantic_function_tool(Add)], max_tokens=40, seed=3,
+                  tool_choice={"type": "function", "function": {"name": "Add"}})
+    parsed = client.chat.completions.parse(messages=MESSAGES, **forced).choices[0].message
+    (call,) = parsed.tool_calls
+    assert isinstance(call.function.parsed_arguments, Add)
+    with client.chat.completions.stream(messages=MESSAGES, **forced) as stream:
+        streamed = stream.get_final_completion().choices[0].message
+    for message in (parsed, streamed):
+        conversation = [*MESSAGES, message, {"role": "tool", "tool_call_id": message.tool_calls[0].id,
+                                             "content": "5"}]
+        reply = client.chat.completions.create(model=server.model, messages=conversation, max_tokens=4)
+        assert reply.choices[0].finish_reason in ("stop", "length")

@@ -49,12 +49,14 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     engine.add_argument("--dtype", default="auto", choices=DTYPES, metavar="DTYPE",
                         help="auto, float32, float16 or bfloat16 (or fp32, fp16, bf16, half, float)")
     engine.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda or cuda:N")
-    engine.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    engine.add_argument("--max-model-len", type=_count, default=None,
+                        help="context length, as 4096, 4k (4000) or 4K (4096) (default: the model's)")
     engine.add_argument("--kv-cache-blocks", type=int, default=None,
                         help="KV blocks (default: room for max-num-seqs x max-model-len tokens, within memory)")
     engine.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     engine.add_argument("--max-num-seqs", type=int, default=256, help="sequences running at once")
-    engine.add_argument("--max-num-batched-tokens", type=int, default=2048, help="tokens per engine step")
+    engine.add_argument("--max-num-batched-tokens", type=_count, default=2048,
+                        help="tokens per engine step (2048, 2k or 2K as for --max-model-len)")
     engine.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                         help="reuse the KV of shared prompt prefixes (vLLM's spelling)")
     engine.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
@@ -116,6 +118,18 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
+
+
+_SUFFIXES = {"k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}
+
+
+def _count(value: str) -> int:
+    """An integer, or vLLM's human-readable form: 25.6k (decimal k, m, g) or 32K (binary K, M, G; whole numbers)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgKMG]?)", value.strip())
+    if match is None or ("." in match[1] and match[2] not in ("k", "m", "g")):     # decimals: decimal suffixes
+        raise argparse.ArgumentTypeError(f"{value!r} is not a count: use an integer, or one like 4k (4000) or 4K "
+                                         "(4096)")
+    return int(float(match[1]) * _SUFFIXES[match[2]]) if match[2] else int(match[1])
 
 
 def _seconds(value: str) -> float:

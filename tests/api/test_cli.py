@@ -63,6 +63,7 @@ def test_help_imports_nothing_heavy(tmp_path):
     (["--chat-template", "chatml"], "--chat-template 'chatml' is neither a file nor a Jinja template"),
     (["--allowed-origins", "*"], "argument --allowed-origins: '*' is not a JSON list of strings"),
     (["--override-generation-config", "[]"], "argument --override-generation-config: '[]' is not a JSON object"),
+    (["--max-model-len", "1.5K"], "argument --max-model-len: '1.5K' is not a count"),
 ])
 def test_a_bad_argument_is_one_error_line(tmp_path, args, message):
     run = _probe(*args, tmp_path=tmp_path)
@@ -114,6 +115,9 @@ def test_console_script_name_is_the_prog(monkeypatch):
 def test_vllm_spellings_reach_the_engine_and_the_server(tmp_path):
     parse = cli.build_parser().parse_args
     assert cli.engine_options(parse([]))["enable_prefix_caching"] is True
+    lengths = [cli.engine_options(parse(["--max-model-len", text]))["max_model_len"] for text in ("4096", "4k", "4K",
+                                                                                                  "2.5k")]
+    assert lengths == [4096, 4000, 4096, 2500]
     for flags in (["--no-enable-prefix-caching"], ["--no-prefix-caching"]):
         assert cli.engine_options(parse(flags))["enable_prefix_caching"] is False
     options = cli.engine_options(parse(["--generation-config", "vllm", "--override-generation-config",

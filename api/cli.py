@@ -44,7 +44,9 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
                         "the directory name)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (or set API_KEY)")
+    p.add_argument("--api-key", default=None, nargs="+", metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1, one of several if given several (or set "
+                        "API_KEY) (default: none)")
     engine = p.add_argument_group("engine")
     engine.add_argument("--dtype", default="auto", choices=DTYPES, metavar="DTYPE",
                         help="auto, float32, float16 or bfloat16 (or fp32, fp16, bf16, half, float)")
@@ -222,11 +224,13 @@ def server_settings(args: argparse.Namespace, model: str):
     from api.state import ServerSettings
 
     names = args.served_model_name or [Path(model).resolve().name]
-    return ServerSettings(names[0], args.api_key or os.environ.get("API_KEY") or None, args.max_request_bytes,
+    keys = args.api_key or [key for key in [os.environ.get("API_KEY")] if key]
+    return ServerSettings(names[0], keys[0] if keys else None, args.max_request_bytes,
                           args.tool_call_parser, args.reasoning_parser,
                           return_tokens_as_token_ids=args.return_tokens_as_token_ids,
                           trust_request_chat_template=args.trust_request_chat_template,
                           root_path=args.root_path.rstrip("/"), aliases=tuple(names[1:]),
+                          more_api_keys=tuple(keys[1:]),
                           chat_template=None if args.chat_template is None else chat_template_text(args.chat_template),
                           cors={"allow_origins": args.allowed_origins, "allow_methods": args.allowed_methods,
                                 "allow_headers": args.allowed_headers, "allow_credentials": args.allow_credentials})

@@ -29,23 +29,22 @@ def route_path(scope: Scope) -> str:
 
 
 class ApiKeyMiddleware:
-    """Every /v1 route requires `Authorization: Bearer <api_key>` (compared in constant time); the Anthropic
-    Messages API also takes it as `x-api-key: <api_key>`, as Anthropic's clients send it."""
+    """Every /v1 route requires `Authorization: Bearer <key>` for one of `api_keys` (compared in constant time);
+    the Anthropic Messages API also takes it as `x-api-key: <key>`, as Anthropic's clients send it."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_keys: list[str]) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-        self.key = api_key.encode()
+        self.keys = [key.encode() for key in api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)
         if scope["type"] == "http" and (path == "/v1" or path.startswith("/v1/")):
             headers = dict(scope["headers"])
             given = headers.get(b"authorization", b"")
-            ok = hmac.compare_digest(given, self.expected)
+            ok = self._known(given.removeprefix(b"Bearer ")) and given.startswith(b"Bearer ")
             if is_anthropic(path) and not ok:
                 given = headers.get(b"x-api-key", given)
-                ok = hmac.compare_digest(given, self.key)
+                ok = self._known(given)
             if not ok:
                 how = "'x-api-key: <key>' or " if is_anthropic(path) else ""
                 message = "Incorrect API key provided." if given else \
@@ -54,6 +53,10 @@ class ApiKeyMiddleware:
                                  [(b"www-authenticate", b"Bearer")], path)
                 return
         await self.app(scope, receive, send)
+
+    def _known(self, given: bytes) -> bool:
+        """Whether `given` is one of the keys: each compared in constant time, all of them every time."""
+        return sum(hmac.compare_digest(given, key) for key in self.keys) > 0
 
 
 class BodyLimitMiddleware:

@@ -47,7 +47,7 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
     document(app, api_key=bool(settings.api_key))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)    # before reading bodies
+        app.add_middleware(ApiKeyMiddleware, api_keys=[settings.api_key, *settings.more_api_keys])    # before bodies
     app.add_middleware(CORSMiddleware, **settings.cors)          # preflights answered before the key is asked for
     app.add_middleware(TrailingSlashMiddleware)                             # outermost
     return app

@@ -270,3 +270,25 @@ def test_several_served_names(llama_path):
             llm.shutdown()
 
     asyncio.run(main())
+
+
+def test_several_api_keys(llama_path):
+    """vLLM's `--api-key k1 k2`: each key is accepted (as a Bearer token, or Anthropic's x-api-key), others 401."""
+    settings = cli.server_settings(cli.build_parser().parse_args(["--api-key", "k1", "k2"]), llama_path)
+    assert (settings.api_key, settings.more_api_keys) == ("k1", ("k2",))
+
+    async def main():
+        llm = AsyncLLM(llama_path)
+        try:
+            async with asgi_client(create_app(llm, settings)) as http:
+                for headers, status in (({}, 401), ({"Authorization": "Bearer k1"}, 200),
+                                        ({"Authorization": "Bearer k2"}, 200), ({"Authorization": "Bearer k3"}, 401),
+                                        ({"Authorization": "k2"}, 401)):
+                    assert (await http.get("/v1/models", headers=headers)).status_code == status, headers
+                body = {"model": settings.served_model_name, "messages": [{"role": "user", "content": "x"}]}
+                assert (await http.post("/v1/messages/count_tokens", json=body,
+                                        headers={"x-api-key": "k2"})).status_code == 200
+        finally:
+            llm.shutdown()
+
+    asyncio.run(main())

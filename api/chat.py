@@ -18,7 +18,7 @@ from api.perf_metrics import perf_metrics
 from api.protocol import ChatCompletionRequest
 from api.responses import ChatCompletionChunk, ChatCompletionResponse, generation_responses
 from api.runner import Job, answer, outputs
-from api.sampling import chat_prompt, check_context, sampling_params
+from api.sampling import capped, chat_prompt, check_context, sampling_params
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
 from api.stops import stop_fields
 from api.streaming import StreamUsage, framed, usage
@@ -41,7 +41,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
                           "--trust-request-chat-template to allow it.", "chat_template")
     llm = state.llm
     prompt = await asyncio.to_thread(chat_prompt, body, llm.tokenizer, llm.max_model_len)   # as completions
-    max_tokens = body.max_tokens_requested(llm.sampling_defaults.get("max_tokens"))
+    max_tokens = capped(body.max_tokens_requested(llm.sampling_defaults.get("max_tokens")), llm.max_tokens_cap)
     check_context(prompt, max_tokens, llm.max_model_len, body.context_length_exceeded_behavior, "messages")
     top = (body.top_logprobs or 0) if body.logprobs else None
     parser = state.settings.tool_call_parser

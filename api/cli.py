@@ -112,8 +112,9 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     p.add_argument("--trust-request-chat-template", action="store_true",
                    help="render a chat request's own chat_template (without it, such a request is a 400)")
     p.add_argument("--root-path", default="", help="the path prefix a proxy serves this server under (default: none)")
-    cors = p.add_argument_group("CORS (as vLLM's: every origin by default)")
-    cors.add_argument("--allowed-origins", type=_json_list, default=["*"], metavar="JSON")
+    cors = p.add_argument_group("CORS (as vLLM's: no cross-origin browser access by default)")
+    cors.add_argument("--allowed-origins", type=_json_list, default=[], metavar="JSON",
+                      help='origins browsers may call from, e.g. \'["https://app.example"]\' or \'["*"]\'')
     cors.add_argument("--allowed-methods", type=_json_list, default=["*"], metavar="JSON")
     cors.add_argument("--allowed-headers", type=_json_list, default=["*"], metavar="JSON")
     cors.add_argument("--allow-credentials", action="store_true")

@@ -16,7 +16,7 @@ from api.perf_metrics import perf_metrics
 from api.protocol import CompletionRequest
 from api.responses import CompletionResponse, generation_responses
 from api.runner import Job, answer, outputs
-from api.sampling import check_context, completion_prompts, sampling_params
+from api.sampling import capped, check_context, completion_prompts, sampling_params
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
 from api.stops import stop_fields
 from api.streaming import StreamUsage, framed, usage
@@ -37,7 +37,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     llm = state.llm
     # Off the event loop, though the tokenizer's work is bounded by the context length (it releases the GIL).
     prompts = await asyncio.to_thread(completion_prompts, body, llm.tokenizer, state.vocab_size, llm.max_model_len)
-    max_tokens = body.max_tokens_requested(DEFAULT_MAX_TOKENS)
+    max_tokens = capped(body.max_tokens_requested(DEFAULT_MAX_TOKENS), llm.max_tokens_cap)
     for prompt in prompts:
         check_context(prompt, max_tokens, llm.max_model_len, body.context_length_exceeded_behavior, "prompt")
     n = body.n or 1

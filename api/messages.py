@@ -29,7 +29,7 @@ from api.messages_protocol import (
 )
 from api.responses import ERRORS, named_event_stream
 from api.runner import Job, answer, outputs
-from api.sampling import Prompt, check_context, conversation_prompt, or_defaults
+from api.sampling import Prompt, capped, check_context, conversation_prompt, or_defaults
 from api.state import ServerState, check_model, server_state
 from api.streaming import named_events
 from engine.sampling_params import SamplingParams
@@ -59,8 +59,8 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     try:
         sent = or_defaults(llm.sampling_defaults, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
                            min_p=None, presence_penalty=None, frequency_penalty=None, repetition_penalty=None)
-        params = SamplingParams(max_tokens=body.max_tokens, stop=body.stop_sequences, structured_outputs=constraint,
-                                **sent)
+        params = SamplingParams(max_tokens=capped(body.max_tokens, llm.max_tokens_cap), stop=body.stop_sequences,
+                                structured_outputs=constraint, **sent)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     job = Job("msg", body.model, [prompt], params, 1, arrival=arrival)

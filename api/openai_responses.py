@@ -29,7 +29,7 @@ from api.response_items import Items
 from api.response_store import Stored
 from api.responses import errors, named_event_stream
 from api.runner import Job, answer, outputs
-from api.sampling import Prompt, check_context, conversation_prompt, or_defaults
+from api.sampling import Prompt, capped, check_context, conversation_prompt, or_defaults
 from api.state import ServerState, check_model, server_state
 from api.streaming import named_events
 from engine.sampling_params import SamplingParams
@@ -57,8 +57,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     # (but "none", which asks for plain text)
     system = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
     prompt = await asyncio.to_thread(_encode, llm.tokenizer, system + conversation, chat_tools, llm.max_model_len)
-    max_tokens = body.max_output_tokens if body.max_output_tokens is not None else \
-        llm.sampling_defaults.get("max_tokens")
+    max_tokens = capped(body.max_output_tokens if body.max_output_tokens is not None else
+                        llm.sampling_defaults.get("max_tokens"), llm.max_tokens_cap)
     check_context(prompt, max_tokens, llm.max_model_len, None, "input")
     constraint = tools.constraint(chat_tools or None, choice, body.parallel_tool_calls,
                                   state.settings.tool_call_parser)

@@ -149,6 +149,13 @@ class SamplingRequest(TextRequest):
                 raise ValueError(f"values must be in [-100, 100], got {bias} for token {key}")
         return value
 
+    @field_validator("bad_words", mode="before")
+    @classmethod
+    def _bad_words(cls, value: Any) -> Any:
+        """Repeats are one word (as vLLM counts them), before the limit on their number."""
+        return list(dict.fromkeys(value)) if isinstance(value, list) and all(isinstance(w, str) for w in value) \
+            else value
+
     @field_validator("stop", mode="before")
     @classmethod
     def _stop(cls, value: Any) -> Any:
@@ -240,8 +247,9 @@ class ChatMessage(StrictModel):
     (refusal, function_call, ...) as null or empty; with a value they are rejected. An assistant message may carry
     the tool calls it made (and then leave out its content); a tool message answers one by its tool_call_id. Its
     reasoning_content (this server's, sent back) reaches the chat template, which may render it (Qwen3's does for
-    the turns after the last user message); `parsed`, the openai SDK's parse helpers' copy of the content as an
-    object, is accepted as they send it and not rendered (the content is)."""
+    the turns after the last user message; `reasoning`, vLLM's name for it, is taken the same); `parsed`, the
+    openai SDK's parse helpers' copy of the content as an object, is accepted as they send it and not rendered (the
+    content is)."""
 
     RULES: ClassVar[list[dict]] = [
         {"if": {"properties": {"role": {"const": "assistant"}}},
@@ -261,6 +269,7 @@ class ChatMessage(StrictModel):
     audio: Annotated[dict, Empty] | None = None
     annotations: Annotated[list, Empty] | None = None
     reasoning_content: str | None = None
+    reasoning: str | None = None         # vLLM's name for it in replies: the same, for the template
     parsed: Any = None
 
     @field_validator("content", mode="before")

@@ -111,8 +111,9 @@ def template_inputs(messages: list[ChatMessage], tools: list[Tool] | None) -> tu
             entry["tool_call_id"] = message.tool_call_id
         if message.tool_calls:
             entry["tool_calls"] = for_template(message.tool_calls)
-        if message.reasoning_content is not None:
-            entry["reasoning_content"] = message.reasoning_content
+        reasoning = message.reasoning_content if message.reasoning_content is not None else message.reasoning
+        if reasoning is not None:                  # under both names, as vLLM hands it to templates
+            entry["reasoning_content"] = entry["reasoning"] = reasoning
         rendered.append(entry)
     return rendered, [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
 
@@ -143,6 +144,14 @@ def context_exceeded(max_model_len: int, exc: PromptTooLongError, param: str) ->
 # The neutral value of each field a model's generation_config.json may give a default (engine/sampling_params.py).
 _NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "min_p": 0.0, "presence_penalty": 0.0,
             "frequency_penalty": 0.0, "repetition_penalty": 1.0}
+
+
+def capped(max_tokens: int | None, cap: int | None) -> int | None:
+    """A request's max_tokens within the server-wide limit of --generation-config DIR or
+    --override-generation-config's max_new_tokens (AsyncLLM.max_tokens_cap), as vLLM's."""
+    if cap is None:
+        return max_tokens
+    return cap if max_tokens is None else min(max_tokens, cap)
 
 
 def or_defaults(defaults: dict, **sent) -> dict:

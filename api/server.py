@@ -48,7 +48,7 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_keys=[settings.api_key, *settings.more_api_keys])    # before bodies
-    app.add_middleware(CORSMiddleware, **settings.cors)          # preflights answered before the key is asked for
+    app.add_middleware(CORSMiddleware, **settings.cors)    # preflights answered (or refused) before the key is asked
     app.add_middleware(TrailingSlashMiddleware)                             # outermost
     return app
 

@@ -34,8 +34,8 @@ class ServerSettings:
     chat_template: str | None = None         # --chat-template: every request's template instead of the model's
     aliases: tuple[str, ...] = ()           # other names the model answers to (listed after the first)
     more_api_keys: tuple[str, ...] = ()     # --api-key k1 k2: every one is accepted
-    cors: dict = field(default_factory=lambda: {    # CORSMiddleware's options; vLLM's defaults: every origin
-        "allow_origins": ["*"], "allow_methods": ["*"], "allow_headers": ["*"], "allow_credentials": False})
+    cors: dict = field(default_factory=lambda: {    # CORSMiddleware's options; vLLM's defaults: no other origin
+        "allow_origins": [], "allow_methods": ["*"], "allow_headers": ["*"], "allow_credentials": False})
 
 
 @dataclass(slots=True)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Discriminator, Field, Tag
 
 from api.errors import bad_request
 from api.protocol import ChatMessage, TokenIds
@@ -51,6 +51,17 @@ class TokenizeChatRequest(StrictModel):
     tools: list[Tool] | None = None
 
 
+def _tokenize_kind(value: Any) -> str:
+    """Which /tokenize request a body is: a conversation where it has messages, else a prompt."""
+    has = "messages" in value if isinstance(value, dict) else hasattr(value, "messages")
+    return "chat" if has else "prompt"
+
+
+# Chosen by the body's shape, so an error names the field of that kind (not "missing prompt" for a bad message).
+TokenizeRequest = Annotated[Annotated[TokenizeCompletionRequest, Tag("prompt")]
+                            | Annotated[TokenizeChatRequest, Tag("chat")], Discriminator(_tokenize_kind)]
+
+
 class TokenizeResponse(StrictModel):
     """The token ids, their count, the context length, and (return_token_strs) each token's string."""
 
@@ -80,7 +91,7 @@ class VersionResponse(StrictModel):
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=errors(400, 404, 413, 500))
-async def tokenize(body: TokenizeCompletionRequest | TokenizeChatRequest, request: Request) -> JSONResponse:
+async def tokenize(body: TokenizeRequest, request: Request) -> JSONResponse:
     """The token ids of a prompt, or of a conversation rendered with the chat template."""
     state = server_state(request)
     if body.model is not None:

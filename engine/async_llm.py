@@ -72,6 +72,7 @@ class AsyncLLM:
         self.tokenizer = self._engine.tokenizer      # safe to use for encoding and decoding from any thread
         self.max_model_len: int = self._engine.max_model_len
         self.sampling_defaults: dict = self._engine.sampling_defaults     # from generation_config.json
+        self.max_tokens_cap: int | None = self._engine.max_tokens_cap      # a server request's limit, if any
 
     # ---- the asyncio side -------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from engine.draft_model import DraftModel, kv_share
 from engine.model_runner import ModelRunner
 from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams, generation_defaults
+from engine.sampling_params import SamplingParams, generation_cap, generation_defaults
 from engine.scheduler import Scheduler
 from engine.sequence import Request, Sequence, SequenceStatus, derive_seed
 from engine.speculative import Speculation
@@ -65,8 +65,11 @@ class LLMEngine:
         # fields a request leaves out, and LLM.get_default_sampling_params.
         self.sampling_defaults = generation_defaults(config.model, config.generation_config,
                                                      config.override_generation_config)
+        self.max_tokens_cap = generation_cap(config.generation_config, config.override_generation_config,
+                                             self.sampling_defaults)
         if self.sampling_defaults:
-            logger.info("sampling defaults from the generation config: %s", self.sampling_defaults)
+            logger.info("sampling defaults from the generation config: %s (server requests generate at most %s "
+                        "tokens)", self.sampling_defaults, self.max_tokens_cap or "their max_tokens")
         eos = self.tokenizer.eos_token_ids
         serve_if_launched_worker(config)
         self.workers: TPWorkers | None = None
@@ -150,6 +153,7 @@ class LLMEngine:
         request = Request(request_id, text, token_ids, params, stream)
         if params.bad_words:
             request.bad_words_token_ids = self._bad_words(params.bad_words)
+        self._check_drawable(params, request.bad_words_token_ids)
         if params.structured_outputs is not None:
             request.grammar = self.grammars.submit(params.structured_outputs)      # a ValueError if invalid
         if params.prompt_logprobs is not None:
@@ -204,12 +208,25 @@ class LLMEngine:
                           ("allowed_token_ids", params.allowed_token_ids or [])):
             if any(t >= vocab for t in ids):
                 raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab})")
+
+    def _check_drawable(self, params: SamplingParams, bad_words: list[list[int]]) -> None:
+        """A ValueError where the bans leave no token to draw from the first step on: one-token bad words (banned
+        always) and, before min_tokens, the stop tokens, against allowed_token_ids (or the vocabulary)."""
+        vocab = self.model_config.vocab_size
+        allowed = params.allowed_token_ids
+
+        def covers(banned: set[int]) -> bool:       # (the ids are known to be inside the vocabulary)
+            return set(allowed) <= banned if allowed is not None else len(banned) >= vocab
+
+        always = {ids[0] for ids in bad_words if len(ids) == 1}
+        if covers(always):
+            raise ValueError("bad_words leave no token to draw: they ban every token allowed_token_ids allows")
         if params.min_tokens:           # the sampler bans the stop tokens until then: something must be left
-            banned = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.tokenizer.eos_token_ids))
-            drawable = set(range(vocab)) if params.allowed_token_ids is None else set(params.allowed_token_ids)
-            if drawable <= banned:
+            stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.tokenizer.eos_token_ids))
+            if covers(always | stops):
                 raise ValueError("min_tokens leaves no token to draw: every token allowed is a stop token "
-                                 "(stop_token_ids or EOS), which cannot be drawn before min_tokens tokens")
+                                 "(stop_token_ids or EOS), which cannot be drawn before min_tokens tokens, or a "
+                                 "bad word")
 
     def _bad_words(self, words: list[str]) -> list[list[int]]:
         sequences = self.tokenizer.word_token_ids(words)

@@ -86,13 +86,14 @@ class Sampler:
         logprob_rows = [i for i, seq in enumerate(seqs) if seq.params.logprobs is not None]
         rows = to_device(logprob_rows, torch.int64, device) if logprob_rows else None
         raw = torch.log_softmax(logits[rows], dim=-1) if rows is not None else None
-        self._suppress_stops(logits, seqs)
-        self._restrict(logits, seqs)
+        banning = self._suppress_stops(logits, seqs) + self._restrict(logits, seqs)
         self._add_bias(logits, seqs)
         self._penalise(logits, seqs)
         if bitmask is not None:
             self.kernels.apply_token_bitmask(logits, tensor_to_device(bitmask, device),
                                              to_device(mask_rows, torch.int64, device))
+        if banning or mask_rows:
+            self._end_dead_rows(logits, banning + mask_rows)
         kernel = self.kernel_rows(seqs, offsets)
         # Parameter-major: each parameter is a contiguous row, which the kernels read without a copy.
         temperature, top_p, min_p = to_device([kernel.temperature, kernel.top_p, kernel.min_p], torch.float32,
@@ -139,18 +140,23 @@ class Sampler:
             self._batch = structured_output.batch_matcher(self._device)
         return structured_output.fill_bitmask(states, self.vocab_size, self._batch)
 
-    def _suppress_stops(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        """Before min_tokens are out, EOS (unless ignored) and the stop token ids cannot be drawn."""
+    def _suppress_stops(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        """Before min_tokens are out, EOS (unless ignored) and the stop token ids cannot be drawn. Returns the rows
+        it banned tokens of."""
+        rows = []
         for i, seq in enumerate(seqs):
             params = seq.params
             if params.min_tokens and seq.num_output_tokens < params.min_tokens:
                 banned = list(params.stop_token_ids) + ([] if params.ignore_eos else self.eos_token_ids)
                 if banned:
                     logits[i, to_device(banned, torch.int64, logits.device)] = float("-inf")
+                    rows.append(i)
+        return rows
 
-    def _restrict(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    def _restrict(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         """allowed_token_ids: every other token cannot be drawn. bad_words: neither can a token that would end
-        one of their token sequences after the tokens generated so far."""
+        one of their token sequences after the tokens generated so far. Returns the rows it banned tokens of."""
+        rows = []
         for i, seq in enumerate(seqs):
             allowed = seq.params.allowed_token_ids
             if allowed is not None:
@@ -158,10 +164,22 @@ class Sampler:
                 kept = logits[i, ids]
                 logits[i] = float("-inf")
                 logits[i, ids] = kept
+                rows.append(i)
             if seq.request.bad_words_token_ids:
                 banned = completing_tokens(seq.request.bad_words_token_ids, seq.output_token_ids)
                 if banned:
                     logits[i, to_device(banned, torch.int64, logits.device)] = float("-inf")
+                    rows.append(i)
+        return rows
+
+    def _end_dead_rows(self, logits: torch.Tensor, rows: list[int]) -> None:
+        """A row whose bans and masks left no token (allowed_token_ids that a grammar or a bad word's completion
+        excludes, say: what add_request can foresee it refuses) draws EOS, which ends it, instead of a token it
+        banned. On the device, without waiting for it."""
+        index = to_device(sorted(set(rows)), torch.int64, logits.device)
+        eos = self.eos_token_ids[0] if self.eos_token_ids else 0
+        dead = torch.isneginf(logits[index].amax(dim=-1))
+        logits[index, eos] = torch.where(dead, torch.zeros_like(dead, dtype=logits.dtype), logits[index, eos])
 
     def _add_bias(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         for i, seq in enumerate(seqs):

@@ -9,6 +9,7 @@ from engine.structured_output import StructuredOutputsParams
 from llm_kernels.reference.sampling import is_greedy
 
 MAX_LOGPROBS = 20
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -100,7 +101,8 @@ class SamplingParams:
         _check(isinstance(self.n, int) and self.n >= 1, "n", "must be an integer >= 1", self.n)
         _check(self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 0),
                "max_tokens", "must be None or an integer >= 0", self.max_tokens)
-        _check(self.temperature >= 0 and math.isfinite(self.temperature), "temperature", "must be finite and >= 0",
+        _check(0 <= self.temperature <= _FLOAT32_MAX, "temperature",
+               f"must be >= 0 and finite as the samplers' float32 holds it (at most {_FLOAT32_MAX:.4g})",
                self.temperature)
         for name in ("include_stop_str_in_output", "ignore_eos", "skip_special_tokens", "detokenize"):
             _check(isinstance(getattr(self, name), bool), name, "must be True or False", getattr(self, name))
@@ -156,7 +158,14 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """An int or float (not a bool) that a float holds (10**400 is no number the samplers can use)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _list_of(value: object, kind: type) -> bool:
@@ -182,7 +191,7 @@ def generation_defaults(model: str, source: str = "auto", overrides: dict | None
     names, GENERATION_FIELDS) go on top. Only values that differ from transformers' own defaults count (Hugging
     Face's top_k 50 is no choice of the model's); max_new_tokens is max_tokens here. A ValueError for an override
     that is not such a field, or a value SamplingParams refuses."""
-    unknown = sorted(set(overrides or {}) - set(GENERATION_FIELDS))
+    unknown = sorted(str(key) for key in set(overrides or {}) - set(GENERATION_FIELDS))
     if unknown:
         raise ValueError(f"override_generation_config: {', '.join(unknown)} cannot be overridden; the fields that "
                          f"become sampling defaults are {', '.join(GENERATION_FIELDS)}")
@@ -200,3 +209,11 @@ def generation_defaults(model: str, source: str = "auto", overrides: dict | None
         defaults["max_tokens"] = defaults.pop("max_new_tokens")
     SamplingParams(**defaults)           # a ValueError naming a field the model's file sets out of range
     return defaults
+
+
+def generation_cap(source: str, overrides: dict | None, defaults: dict) -> int | None:
+    """The most tokens any server request may generate, as vLLM's: the max_new_tokens of a `--generation-config
+    DIR`, or of `--override-generation-config` (the model's own file only gives a default, `generation_defaults`)."""
+    if source not in ("auto", "vllm"):
+        return defaults.get("max_tokens")
+    return (overrides or {}).get("max_new_tokens")

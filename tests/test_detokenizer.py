@@ -170,6 +170,8 @@ def test_byte_fallback_edge_cases(tmp_path):
     assert one_by_one(tokenizer, context, [tid("▁"), tid("x")], True) == " x"
     ok = [tid(t) for t in ("<s>", "o", "k", "<0x59>", "<0xC0>")]
     assert one_by_one(tokenizer, ok, [tid("▁")] * 3, True) == "   "
+    after_specials = [tid("o"), tid("k")] + [tid("</s>")] * 20           # more than the context's reach
+    assert one_by_one(tokenizer, after_specials, [tid("▁"), tid("x")], True) == " x"
     nichi = [tid(t) for t in ("▁", "<0xE6>", "<0x97>")]                 # " " and two bytes of 日 (E6 97 A5)
     assert one_by_one(tokenizer, nichi, [tid("<0xA5>")], True) == "日"
     assert one_by_one(tokenizer, nichi, [tid("<0xA5>"), tid("<0xE6>")], True) == "日\ufffd"

@@ -301,6 +301,9 @@ def test_detokenize_false_keeps_the_tokens_and_no_text(llm):
     ({"logit_bias": {1: None}}, "logit_bias must be None or a dict"),
     ({"structured_outputs": {"bogus": 1}}, "structured_outputs: "),
     ({"structured_outputs": {"choice": "abc"}}, "choice must be a non-empty list"),
+    ({"temperature": 10**400}, "temperature must be a number"),                   # no float holds it
+    ({"logit_bias": {5: 10**400}}, "logit_bias must be None or a dict"),
+    ({"temperature": 1e39}, "temperature must be >= 0 and finite as the samplers' float32 holds it"),
 ])
 def test_vllm_fields_are_validated(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -313,15 +316,32 @@ def test_allowed_token_ids_outside_the_vocabulary_are_refused(llm):
     assert_all_blocks_free(llm)
 
 
-@pytest.mark.parametrize("fields", [{"allowed_token_ids": [0]}, {"stop_token_ids": list(range(1, 400))}],
-                         ids=["only-eos-allowed", "every-token-stops"])
-def test_min_tokens_that_leave_nothing_to_draw_are_refused(llm, fields):
-    """Before min_tokens, EOS and the stop tokens cannot be drawn: where nothing else is left the request is a
-    ValueError (it drew EOS anyway, greedy, or a token past the vocabulary that crashed the next step)."""
+@pytest.mark.parametrize("fields, message", [
+    ({"min_tokens": 3, "allowed_token_ids": [0]}, "min_tokens leaves no token to draw"),
+    ({"min_tokens": 3, "stop_token_ids": list(range(1, 400))}, "min_tokens leaves no token to draw"),
+    ({"allowed_token_ids": [17], "bad_words": ["<one token 17>"]}, "bad_words leave no token to draw"),
+    ({"min_tokens": 3, "allowed_token_ids": [0, 17], "bad_words": ["<one token 17>"]}, "min_tokens leaves no token"),
+], ids=["only-eos-allowed", "every-token-stops", "every-allowed-token-bad", "bad-or-stop"])
+def test_bans_that_leave_nothing_to_draw_are_refused(llm, fields, message):
+    """Before min_tokens, EOS and the stop tokens cannot be drawn, one-token bad words never: where nothing else
+    is left the request is a ValueError (it drew EOS anyway, greedy, or a token past the vocabulary that crashed
+    the next step)."""
     assert llm.get_tokenizer().eos_token_id == 0 and llm.engine.model_config.vocab_size == len(llm.get_tokenizer())
-    with pytest.raises(ValueError, match="min_tokens leaves no token to draw"):
-        llm.generate(PROMPTS[0], SamplingParams(min_tokens=3, max_tokens=5, **fields))
+    word = llm.get_tokenizer().decode([17])
+    assert llm.engine.tokenizer.word_token_ids([word])[0] == [17]
+    fields = {**fields, "bad_words": [word]} if "bad_words" in fields else fields
+    with pytest.raises(ValueError, match=message):
+        llm.generate(PROMPTS[0], SamplingParams(max_tokens=5, **fields))
     out = llm.generate(PROMPTS[0], SamplingParams(min_tokens=3, max_tokens=5, ignore_eos=True, seed=1,
                                                   allowed_token_ids=[0, 5]))[0].outputs[0]
     assert set(out.token_ids) <= {0, 5} and len(out.token_ids) == 5
+    assert_all_blocks_free(llm)
+
+
+def test_a_row_its_bans_empty_on_the_way_draws_eos(llm):
+    """Bans add_request cannot foresee (allowed tokens a grammar excludes) leave a row nothing: it draws EOS, which
+    ends it, not a token it banned (it drew a token past the vocabulary, or one of the banned)."""
+    out = llm.generate(PROMPTS[0], SamplingParams(temperature=1.0, seed=1, max_tokens=5, allowed_token_ids=[5, 6],
+                                                  structured_outputs={"choice": ["yes", "no"]}))[0].outputs[0]
+    assert (out.token_ids, out.finish_reason) == ([0], "stop")
     assert_all_blocks_free(llm)

@@ -131,5 +131,6 @@ def test_vllm_spellings_reach_the_engine_and_the_server(tmp_path):
     assert settings.chat_template == template.read_text()
     assert settings.cors == {"allow_origins": ["https://a.example"], "allow_methods": ["*"], "allow_headers": ["*"],
                              "allow_credentials": True}
+    assert cli.server_settings(parse([]), str(tmp_path)).cors["allow_origins"] == []    # vLLM 0.32: none
     assert cli.server_settings(parse(["--chat-template", "{{ messages[0].content }}"]), str(tmp_path)).chat_template \
         == "{{ messages[0].content }}"

@@ -45,6 +45,10 @@ def test_llm_defaults_come_from_the_generation_config(tuned):
                                                    "temperature": 0.5}
     with pytest.raises(ValueError, match="override_generation_config: do_sample cannot be overridden"):
         LLM(tuned, override_generation_config={"do_sample": False})
+    with pytest.raises(ValueError, match="override_generation_config: 1 cannot be overridden"):
+        LLM(tuned, override_generation_config={1: 2})
+    with pytest.raises(ValueError, match="temperature must be a number"):
+        LLM(tuned, override_generation_config={"temperature": 10**400})
     with pytest.raises(ValueError, match="generation_config must be 'auto', 'vllm' or a directory"):
         LLM(tuned, generation_config="/no/such/dir")
 
@@ -116,7 +120,45 @@ def test_a_server_chat_template_and_cors(llama_path):
                                           "parsed": {}}]}
                 tokens = (await client.post("/tokenize", json=thinking)).json()["tokens"]
                 assert llm.tokenizer.decode(tokens, skip_special_tokens=False) == "|hi;hm|{};"
+                reply = thinking["messages"][1]                     # vLLM's replies call it `reasoning`
+                thinking["messages"][1] = {"role": "assistant", "content": "{}", "reasoning": "hm"}
+                tokens = (await client.post("/tokenize", json=thinking)).json()["tokens"]
+                assert llm.tokenizer.decode(tokens, skip_special_tokens=False) == "|hi;hm|{};"
+                thinking["messages"][1] = {**reply, "colour": "red"}        # an error names the message's field
+                error = (await client.post("/tokenize", json=thinking)).json()["error"]
+                assert error["param"] == "messages[1].colour"
+            default = create_app(llm, ServerSettings("tiny"))             # vLLM 0.32: no other origin by default
+            async with asgi_client(default) as client:
+                preflight = await client.options("/v1/chat/completions", headers={
+                    "Origin": "https://a.example", "Access-Control-Request-Method": "POST"})
+                assert preflight.status_code == 400 and "access-control-allow-origin" not in preflight.headers
+                words = {"model": "tiny", "prompt": "x", "max_tokens": 2, "bad_words": ["a"] * 129}
+                assert (await client.post("/v1/completions", json=words)).status_code == 200    # one word
         finally:
             llm.shutdown()
 
     asyncio.run(main())
+
+
+def test_a_generation_config_directory_or_override_caps_every_request(tuned, tmp_path):
+    """vLLM's rule: max_new_tokens from --override-generation-config (or from --generation-config DIR) limits every
+    request, max_tokens sent or not; the model's own file only gives the default."""
+    async def main(**options):
+        llm = AsyncLLM(tuned, **options)
+        try:
+            async with asgi_client(create_app(llm, ServerSettings("tuned"))) as client:
+                counts = []
+                for path, body in (("/v1/completions", {"prompt": PROMPT}),
+                                   ("/v1/completions", {"prompt": PROMPT, "max_tokens": 9}),
+                                   ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                             "max_tokens": 9})):
+                    r = await client.post(path, json={"model": "tuned", "ignore_eos": True, **body})
+                    counts.append(r.json()["usage"]["completion_tokens"])
+                return counts
+        finally:
+            llm.shutdown()
+
+    assert asyncio.run(main()) == [16, 9, 9]                        # the model's own max_new_tokens: a default
+    assert asyncio.run(main(override_generation_config={"max_new_tokens": 3})) == [3, 3, 3]
+    (tmp_path / "generation_config.json").write_text(json.dumps({"max_new_tokens": 4}))
+    assert asyncio.run(main(generation_config=str(tmp_path))) == [4, 4, 4]

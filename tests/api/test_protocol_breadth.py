@@ -225,7 +225,7 @@ def test_the_api_key_guards_the_root_path_too():
     app = FastAPI()
     app.root_path = "/prefix"                       # as api/server.py sets --root-path
     app.add_api_route("/v1/models", lambda: {"ok": True}, methods=["GET"])
-    app.add_middleware(ApiKeyMiddleware, api_key="secret")
+    app.add_middleware(ApiKeyMiddleware, api_keys=["secret"])
     http = TestClient(app)
     for path in ("/v1/models", "/prefix/v1/models"):
         assert http.get(path).status_code == 401, path

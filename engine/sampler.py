@@ -1,8 +1,8 @@
 """From logits to tokens: min_tokens, allowed_token_ids, bad_words, logit_bias, penalties and structured outputs'
-token masks, then the engine's
-`sample` kernel, plus logprobs. Structured outputs' masks are filled on the host first, before anything waits for
-the logits: on a GPU the forward is still running then. (Not on a thread beside it: on the CPU, a second thread
-running torch ops kept its own OpenMP workers spinning, and every later step of the engine took 30% longer.)
+token masks, then the engine's `sample` kernel, plus logprobs. Structured outputs' masks are filled on the host
+first, before anything waits for the logits: on a GPU the forward is still running then. (Not on a thread beside
+it: on the CPU, a second thread running torch ops kept its own OpenMP workers spinning, and every later step of the
+engine took 30% longer.) A row that its bans leave no token draws EOS.
 
 Logprobs are the log-softmax of the raw logits, before any of the processing (vLLM's default), so they
 describe the model rather than the sampling settings.

@@ -176,6 +176,7 @@ class IncrementalDetokenizer:
                 if not str(error).startswith(_INVALID_PREFIX):
                     raise
                 self._stream = DecodeStream(skip_special_tokens=self._skip_special)
+                held = []                  # what the old stream held is not this one's
                 emitted = self._stream.step(self._backend, token_id)
             held = [] if emitted is not None else [*held, token_id]
         # The held tokens' text (a space merged with the first byte of a character, say, or bytes that are no

@@ -40,9 +40,9 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description=__doc__.split("\n")[0], formatter_class=_DefaultsHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint directory (default: the built-in default model)")
     p.add_argument("--served-model-name", default=None, nargs="+", metavar="NAME",
-                   help="the name clients send, or several (each is accepted, /v1/models lists them all; default: "
-                        "the directory name)")
-    p.add_argument("--host", default="127.0.0.1")
+                   help="the name clients send, or several: each is accepted, /v1/models lists them all "
+                        "(default: the directory name)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--api-key", default=None, nargs="+", metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1, one of several if given several (or set "
@@ -118,7 +118,8 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     cors.add_argument("--allowed-methods", type=_json_list, default=["*"], metavar="JSON")
     cors.add_argument("--allowed-headers", type=_json_list, default=["*"], metavar="JSON")
     cors.add_argument("--allow-credentials", action="store_true")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="the server's log level (warning and error hide the 'ready' line)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
 

@@ -51,10 +51,10 @@ class ToolResultBlock(StrictModel):
     toolset_name: Annotated[str, Empty] | None = None
 
     def text(self) -> str:
-        """The result as one string."""
+        """The result as one string (text blocks a line each, as vLLM joins them)."""
         if self.content is None:
             return ""
-        return self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
+        return self.content if isinstance(self.content, str) else "\n".join(b.text for b in self.content)
 
 
 class ThinkingBlock(StrictModel):

@@ -185,11 +185,12 @@ class _View:
             b.tool_choice or "auto"
         text = b.text.model_dump(by_alias=True, exclude_none=True) if b.text is not None else \
             {"format": {"type": "text"}}
+        used = self.job.params          # what ran: the request's values, or the model's defaults (as OpenAI echoes)
         return {"id": self.id, "object": "response", "created_at": self.created, "status": status, "error": None,
                 "incomplete_details": {"reason": "max_output_tokens"} if finish == "length" else None,
-                "instructions": b.instructions, "max_output_tokens": b.max_output_tokens, "model": self.job.model,
+                "instructions": b.instructions, "max_output_tokens": used.max_tokens, "model": self.job.model,
                 "output": self.items.output, "parallel_tool_calls": b.parallel_tool_calls is not False,
-                "previous_response_id": b.previous_response_id, "temperature": b.temperature, "top_p": b.top_p,
+                "previous_response_id": b.previous_response_id, "temperature": used.temperature, "top_p": used.top_p,
                 "tool_choice": choice, "tools": [t.model_dump(exclude_none=True) for t in b.tools or []],
                 "text": text, "truncation": "disabled", "store": b.store is not False, "metadata": b.metadata or {},
                 "user": b.user, "usage": usage if status != "in_progress" else None, "background": False,

@@ -267,3 +267,12 @@ def test_tool_blocks_out_of_place_are_refused_as_anthropic_does(server, claude, 
     r = claude.messages.create(model=server.model, max_tokens=4, messages=answered, tools=TOOLS,
                                tool_choice={"type": "none"})
     assert r.stop_reason in ("end_turn", "max_tokens")
+
+
+def test_a_tool_results_text_blocks_are_lines():
+    """As vLLM renders them: a tool_result's text blocks joined a line each."""
+    from api.messages_protocol import ToolResultBlock
+
+    result = ToolResultBlock(type="tool_result", tool_use_id="t", content=[{"type": "text", "text": "a"},
+                                                                         {"type": "text", "text": "b"}])
+    assert result.text() == "a\nb"

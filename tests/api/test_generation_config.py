@@ -79,6 +79,7 @@ def test_requests_take_the_defaults_for_the_fields_they_leave_out(tuned):
                         "message"]["content"]                             # greedy either way: top_k 1
                 response = (await client.post("/v1/responses", json={"model": "tuned", "input": "hi"})).json()
                 assert response["usage"]["output_tokens"] <= 5
+                assert (response["max_output_tokens"], response["temperature"]) == (5, 1.0)    # what ran
         finally:
             llm.shutdown()
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from api.protocol import Empty, TextRequest
 from api.strict import StrictModel
@@ -23,7 +24,7 @@ class TextBlock(StrictModel):
     """A text content block. The fields a response's block carries back (citations) are accepted empty."""
 
     type: Literal["text"]
-    text: str
+    text: Annotated[str, Field(min_length=1)]           # Anthropic's: text content blocks must be non-empty
     cache_control: dict | None = None      # accepted: this server's prefix cache needs no hint
     citations: Annotated[list, Empty] | None = None
 
@@ -104,6 +105,15 @@ class AnthropicTool(StrictModel):
     type: Literal["custom"] | None = None
     cache_control: dict | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _custom_only(cls, value: Any) -> Any:
+        kind = value.get("type") if isinstance(value, dict) else None
+        if isinstance(kind, str) and kind != "custom":        # server tools: web_search_..., bash_..., ...
+            raise PydanticCustomError("unsupported", "tools of type '{kind}' are not supported by this server (only "
+                                      "custom tools, with an input_schema)", {"kind": kind})
+        return value
+
     @field_validator("input_schema")
     @classmethod
     def _object(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +159,20 @@ class Metadata(StrictModel):
     user_id: str | None = None
 
 
+def _check_content(message: Message, i: int, last: bool) -> None:
+    """Anthropic's rules for content (text blocks are never empty, TextBlock says): every message has content
+    except a last assistant one (an empty prefill); a last assistant message does not end in whitespace."""
+    blocks = message.content if isinstance(message.content, list) else []
+    prefill = last and message.role == "assistant"
+    if not prefill and (message.content == "" or message.content == []):
+        raise ValueError(f"messages.{i}: all messages must have non-empty content except for the optional final "
+                         "assistant message")
+    text = message.content if isinstance(message.content, str) else "".join(
+        b.text for b in blocks if isinstance(b, TextBlock))
+    if prefill and text and text != text.rstrip():
+        raise ValueError("final assistant content cannot end with trailing whitespace")
+
+
 class Conversation(TextRequest):
     """What a request renders into the prompt: the model, system prompt, messages and tools."""
 
@@ -172,6 +196,7 @@ class Conversation(TextRequest):
         seen: set[str] = set()
         unanswered: tuple[int, list[str]] | None = None
         for i, message in enumerate(messages):
+            _check_content(message, i, last=i == len(messages) - 1)
             blocks = message.content if isinstance(message.content, list) else []
             calls = [b.id for b in blocks if isinstance(b, ToolUseBlock)]
             answered = set()
@@ -213,7 +238,7 @@ class Conversation(TextRequest):
 class MessagesRequest(Conversation):
     """POST /v1/messages."""
 
-    max_tokens: Annotated[int, Field(ge=1)]
+    max_tokens: Annotated[int, Field(ge=0)]        # 0: the prompt only (Anthropic's cache pre-warming)
     temperature: Annotated[float, Field(ge=0, le=1)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None

@@ -1,10 +1,13 @@
 """Plain ASGI middleware (no BaseHTTPMiddleware, which would get in the way of streaming and of disconnect
-detection): the API key check on /v1 routes, the request body size limit, and paths with a trailing slash."""
+detection): the API key check on /v1 routes, the request body size limit, paths with a trailing slash, and the
+request id on every response."""
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -122,3 +125,30 @@ class TrailingSlashMiddleware:
             trimmed = path.rstrip("/") or "/"
             scope = {**scope, "path": trimmed, "raw_path": trimmed.encode()}
         await self.app(scope, receive, send)
+
+
+_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Every response carries its request's id, as OpenAI's (`x-request-id`) and, on the Anthropic routes, as
+    Anthropic's (`request-id`), which the official clients expose (`_request_id`, an error's `request_id`). A
+    client's own `X-Request-Id` is kept (as vLLM's), else one is made."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"")
+        request_id = given if _CLIENT_ID.fullmatch(given) else f"req_{uuid.uuid4().hex}".encode()
+        names = [b"x-request-id", *([b"request-id"] if is_anthropic(route_path(scope)) else [])]
+
+        async def with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *((n, request_id) for n in names)]}
+            await send(message)
+
+        await self.app(scope, receive, with_id)

@@ -32,6 +32,7 @@ from api.runner import Job, answer, outputs
 from api.sampling import Prompt, capped, check_context, conversation_prompt, or_defaults
 from api.state import ServerState, check_model, server_state
 from api.streaming import named_events
+from api.structured import checked
 from engine.sampling_params import SamplingParams
 from engine.structured_output import StructuredOutputsParams
 
@@ -138,7 +139,7 @@ def _format(body: ResponsesRequest) -> StructuredOutputsParams | None:
         return StructuredOutputsParams(json_object=True)
     if form.schema_ is None:
         raise bad_request("text.format of type json_schema needs its schema.", "text.format.schema")
-    return StructuredOutputsParams(json=form.schema_)
+    return checked(StructuredOutputsParams(json=form.schema_), "text.format.schema")
 
 
 def _encode(tokenizer, messages: list[dict], chat_tools: list, max_model_len: int) -> Prompt:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from api.protocol import Empty
+from api.protocol import Empty, Metadata
 from api.strict import StrictModel
 
 
@@ -144,7 +144,7 @@ class ResponsesRequest(StrictModel):
     tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     user: str | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None

@@ -34,6 +34,9 @@ TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 Texts = Annotated[list[Text], Field(min_length=1)]
 LogitBias = Annotated[dict[Annotated[str, Field(pattern=r"^[0-9]+$")], Annotated[float, Field(ge=-100, le=100)]],
                       Field(json_schema_extra={"additionalProperties": False})]
+# OpenAI's limits: 16 pairs, keys of 64 characters, values of 512.
+Metadata = Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+                     Field(max_length=16)]
 Empty = Field(max_length=0)        # a response-only or unsupported field: accepted empty (or null), never with a value
 
 
@@ -118,7 +121,7 @@ class SamplingRequest(TextRequest):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     # vLLM / Fireworks extensions
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Probability | None = None

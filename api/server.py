@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from api import chat, completions, messages, openai_responses, utility
 from api.errors import envelope, install_handlers
 from api.metrics import CONTENT_TYPE
-from api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, TrailingSlashMiddleware
+from api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestIdMiddleware, TrailingSlashMiddleware
 from api.openapi import document
 from api.responses import HealthResponse, ModelList, errors
 from api.state import ServerSettings, ServerState, model_card, served_names, server_state
@@ -49,7 +49,8 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_keys=[settings.api_key, *settings.more_api_keys])    # before bodies
     app.add_middleware(CORSMiddleware, **settings.cors)    # preflights answered (or refused) before the key is asked
-    app.add_middleware(TrailingSlashMiddleware)                             # outermost
+    app.add_middleware(TrailingSlashMiddleware)
+    app.add_middleware(RequestIdMiddleware)                                 # outermost: on every response
     return app
 
 

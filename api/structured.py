@@ -82,14 +82,26 @@ def constraint(response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat
     if structured_outputs is not None:
         so = structured_outputs
         try:
-            return StructuredOutputsParams(json=so.json_, regex=so.regex, choice=so.choice, grammar=so.grammar,
-                                           json_object=bool(so.json_object), structural_tag=so.structural_tag)
+            params = StructuredOutputsParams(json=so.json_, regex=so.regex, choice=so.choice, grammar=so.grammar,
+                                             json_object=bool(so.json_object), structural_tag=so.structural_tag)
         except ValueError as exc:
             raise bad_request(str(exc), "structured_outputs") from None
+        return checked(params, "structured_outputs")
     if isinstance(response_format, JsonObjectFormat):
         return StructuredOutputsParams(json_object=True)
     if isinstance(response_format, JsonSchemaFormat):
-        return StructuredOutputsParams(json=response_format.json_schema.schema_)
+        return checked(StructuredOutputsParams(json=response_format.json_schema.schema_),
+                       "response_format.json_schema.schema")
     if isinstance(response_format, GrammarFormat):
-        return StructuredOutputsParams(grammar=response_format.grammar)
+        return checked(StructuredOutputsParams(grammar=response_format.grammar), "response_format.grammar")
     return None
+
+
+def checked(params: StructuredOutputsParams, param: str) -> StructuredOutputsParams:
+    """`params` if its constraint is a valid one, else a 400 naming the request's field `param` (the engine would
+    refuse it naming structured_outputs, which this request did not send)."""
+    try:
+        params.parse()
+    except ValueError as exc:
+        raise bad_request(str(exc), param) from None
+    return params

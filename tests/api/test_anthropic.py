@@ -221,7 +221,7 @@ def test_a_reply_the_context_ends_says_so(server, claude):
     stop reason for it); the prompt is sized with count_tokens to leave 3 tokens."""
     context = httpx.get(f"{server.url}/v1/models").json()["data"][0]["max_model_len"]
     unit = claude.messages.count_tokens(model=server.model, messages=[{"role": "user", "content": "ab " * 100}])
-    base = claude.messages.count_tokens(model=server.model, messages=[{"role": "user", "content": ""}])
+    base = claude.messages.count_tokens(model=server.model, messages=[{"role": "user", "content": "a"}])
     per_unit = (unit.input_tokens - base.input_tokens) / 100
     text = "ab " * int((context - base.input_tokens - 3) / per_unit)
 
@@ -276,3 +276,35 @@ def test_a_tool_results_text_blocks_are_lines():
     result = ToolResultBlock(type="tool_result", tool_use_id="t", content=[{"type": "text", "text": "a"},
                                                                          {"type": "text", "text": "b"}])
     assert result.text() == "a\nb"
+
+
+@pytest.mark.parametrize(("messages", "said"), [
+    ([{"role": "user", "content": ""}], "messages.0: all messages must have non-empty content"),
+    ([{"role": "user", "content": []}], "messages.0: all messages must have non-empty content"),
+    ([{"role": "user", "content": [{"type": "text", "text": ""}]}], "messages[0].content[0].text"),
+    ([*USER, {"role": "assistant", "content": "Sure "}], "final assistant content cannot end with trailing whitespace"),
+])
+def test_empty_content_is_refused_as_anthropic_does(server, claude, messages, said):
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude.messages.create(model=server.model, max_tokens=4, messages=messages)
+    assert said in caught.value.body["error"]["message"]
+
+
+def test_server_tool_types_are_refused_by_type(server, claude):
+    with pytest.raises(anthropic.BadRequestError, match="tools of type 'web_search_20250305' are not supported"):
+        claude.messages.create(model=server.model, max_tokens=4, messages=USER,
+                               tools=[{"type": "web_search_20250305", "name": "web_search"}])
+
+
+def test_request_ids_and_max_tokens_zero(server, claude, client):
+    """Every response carries its request id where the official clients read it (Anthropic's `request-id`,
+    OpenAI's `x-request-id`; a client's own X-Request-Id is kept); max_tokens 0 answers the prompt alone."""
+    r = claude.messages.create(model=server.model, max_tokens=0, messages=USER)
+    assert r._request_id.startswith("req_")
+    assert (r.content, r.stop_reason, r.usage.output_tokens) == ([], "max_tokens", 0)
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        claude.messages.create(model="other", max_tokens=1, messages=USER)
+    assert caught.value.request_id.startswith("req_")
+    assert client.models.list()._request_id.startswith("req_")
+    own = httpx.get(f"{server.url}/v1/models", headers={"X-Request-Id": "trace-7"})
+    assert own.headers["x-request-id"] == "trace-7" and "request-id" not in own.headers

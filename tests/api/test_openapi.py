@@ -55,7 +55,8 @@ def _prepare(body: Any, vocab_size: int) -> Any:
     state (best_of >= n, min_tokens <= max_tokens, prompt_logprobs not streamed, continue_final_message with a
     last assistant message and without add_generation_prompt, chat_template only on a server that trusts it,
     truncate_prompt_tokens below the context, no Anthropic tool_use / tool_result blocks, whose pairing across
-    messages is a rule the schema cannot state, distinct tool names), and structured outputs that are valid
+    messages is a rule the schema cannot state, no empty message and no prefill ending in whitespace, distinct tool
+    names), and structured outputs that are valid
     constraints (a regex, grammar or JSON schema's validity is not a JSON Schema property)."""
     if not isinstance(body, dict):
         return body
@@ -90,7 +91,17 @@ def _prepare(body: Any, vocab_size: int) -> Any:
     if isinstance(response_format, dict) and isinstance(response_format.get("json_schema"), dict):
         response_format["json_schema"]["schema"] = {"type": "object", "properties": {"a": {"type": "boolean"}},
                                                     "required": ["a"], "additionalProperties": False}
-    for message in body.get("messages") if isinstance(body.get("messages"), list) else ():
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    for message in messages:                     # Anthropic's: content, and no whitespace at a prefill's end
+        if isinstance(message, dict) and message.get("content") in ("", []):
+            message["content"] = "x"
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    if isinstance(last.get("content"), str):
+        last["content"] = last["content"].rstrip() or "x"
+    for block in last.get("content") if isinstance(last.get("content"), list) else ():
+        if isinstance(block, dict) and isinstance(block.get("text"), str):
+            block["text"] = block["text"].rstrip() or "x"
+    for message in messages:
         if isinstance(message, dict) and isinstance(message.get("content"), list):    # pairs the schema cannot say
             message["content"] = [{"type": "text", "text": "x"} if isinstance(b, dict) and b.get("type") in (
                 "tool_use", "tool_result") else b for b in message["content"]]

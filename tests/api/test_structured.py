@@ -70,9 +70,14 @@ def test_an_invalid_structural_tag_is_a_400_through_the_client(server, client):
 
 
 @pytest.mark.parametrize(("body", "param"), [
-    ({"structured_outputs": {"regex": "([a-z]"}}, None),
-    ({"structured_outputs": {"structural_tag": '{"structures": [{"begin": "x"}], "triggers": ["x"]}'}}, None),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}}, None),
+    ({"structured_outputs": {"regex": "([a-z]"}}, "structured_outputs"),
+    ({"structured_outputs": {"structural_tag": '{"structures": [{"begin": "x"}], "triggers": ["x"]}'}},
+     "structured_outputs"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+     "response_format.json_schema.schema"),
+    ({"response_format": {"type": "grammar", "grammar": "root ::= ("}}, "response_format.grammar"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),                  # OpenAI's: 16 pairs at most
+    ({"metadata": {"k": "v" * 513}}, "metadata.k"),
     ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
     ({"structured_outputs": {"choice": ["a"]}, "response_format": {"type": "json_object"}}, "structured_outputs"),
     ({"response_format": {"type": "xml"}}, "response_format"),
@@ -83,8 +88,7 @@ def test_invalid_constraints_are_400(server, body, param):
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error"
-    if param is not None:
-        assert error["param"] == param
+    assert error["param"] == param
 
 
 def test_the_client_raises_bad_request(server, client):

@@ -257,7 +257,9 @@ class ChatMessage(StrictModel):
     RULES: ClassVar[list[dict]] = [
         {"if": {"properties": {"role": {"const": "assistant"}}},
          "else": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}}},
-        {"if": {"properties": {"role": {"const": "tool"}}}, "else": {"properties": {"tool_call_id": {"type": "null"}}}},
+        {"if": {"properties": {"role": {"const": "tool"}}},
+         "then": {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string"}}},
+         "else": {"properties": {"tool_call_id": {"type": "null"}}}},
         {"if": {"properties": {"role": {"const": "assistant"}}},
          "else": {"properties": {"tool_calls": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}}}]
     model_config = ConfigDict(json_schema_extra={"allOf": RULES})
@@ -353,6 +355,9 @@ class ChatCompletionRequest(SamplingRequest):
                 raise bad_request("tool_calls are only allowed on assistant messages.", f"messages[{i}].tool_calls")
             if message.tool_call_id is not None and message.role != "tool":
                 raise bad_request("tool_call_id is only allowed on tool messages.", f"messages[{i}].tool_call_id")
+            if message.tool_call_id is None and message.role == "tool":        # OpenAI's rule
+                raise bad_request(f"Missing required parameter: 'messages[{i}].tool_call_id' (a tool message "
+                                  "answers a call by its id).", f"messages[{i}].tool_call_id")
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("top_logprobs requires logprobs: true.", "top_logprobs")
         if self.store:

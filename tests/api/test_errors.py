@@ -72,6 +72,8 @@ def test_cross_field_rules(server):
         "min_tokens"
     assert _error(server.post("/v1/completions", {key: v for key, v in body.items() if key != "prompt"}), 400)[
         "param"] == "prompt"
+    chat = {"model": server.model, "messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "1"}]}
+    assert _error(server.post("/v1/chat/completions", chat), 400)["param"] == "messages[1].tool_call_id"  # OpenAI's
 
 
 @pytest.mark.parametrize("field, value", [("suffix", "tail"), ("functions", []), ("service_tier", "auto")])

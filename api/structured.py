@@ -1,12 +1,15 @@
 """Structured outputs in a request body: OpenAI's `response_format` (text, json_object, json_schema), Fireworks'
 grammar format, and vLLM's `structured_outputs` object, turned into the engine's StructuredOutputsParams.
 
-The constraint's own validity (a schema xgrammar can compile, a regex, a grammar) is checked by the engine when
-the request is added; its ValueError is the 400.
+The constraint's own validity (a schema xgrammar can take, a regex, a grammar) is checked here, so that its 400
+names the request's own field (the engine would name structured_outputs); `constraint_error` keeps the verdicts
+of recent constraints, so that a request repeating one (the same tools or schema every time) is not parsed again
+on the event loop before the engine's own parse.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
@@ -100,8 +103,27 @@ def constraint(response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat
 def checked(params: StructuredOutputsParams, param: str) -> StructuredOutputsParams:
     """`params` if its constraint is a valid one, else a 400 naming the request's field `param` (the engine would
     refuse it naming structured_outputs, which this request did not send)."""
-    try:
-        params.parse()
-    except ValueError as exc:
-        raise bad_request(str(exc), param) from None
+    error = constraint_error(params)
+    if error is not None:
+        raise bad_request(error, param)
     return params
+
+
+_VERDICTS: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+_VERDICTS_KEPT = 256
+
+
+def constraint_error(params: StructuredOutputsParams) -> str | None:
+    """Why the constraint is not a valid one (the engine's ValueError), or None; remembered for the last
+    _VERDICTS_KEPT constraints (called on the event loop only)."""
+    key = params.key
+    if key not in _VERDICTS:
+        try:
+            params.parse()
+            _VERDICTS[key] = None
+        except ValueError as exc:
+            _VERDICTS[key] = str(exc)
+        while len(_VERDICTS) > _VERDICTS_KEPT:
+            _VERDICTS.popitem(last=False)
+    _VERDICTS.move_to_end(key)
+    return _VERDICTS[key]

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from api.errors import bad_request
 from api.strict import StrictModel
+from api.structured import constraint_error
 from api.tool_parser import CALL_CLOSE, CALL_OPEN, CallReader
 from engine.structured_output import StructuredOutputsParams
 
@@ -125,11 +126,10 @@ def _check_enforceable(tools: list[Tool], choice: ToolChoice, schemas: dict[str,
     else:
         enforced = [t.function.name for t in tools if choice == "required" or t.function.strict]
     for name in enforced:
-        try:
-            StructuredOutputsParams(json=schemas[name]).parse()
-        except ValueError as exc:
+        error = constraint_error(StructuredOutputsParams(json=schemas[name]))
+        if error is not None:
             raise bad_request(f"The parameters schema of tool {name!r} cannot be enforced: "
-                              f"{str(exc).split(': ', 2)[-1]}", "tools") from None
+                              f"{error.split(': ', 2)[-1]}", "tools")
 
 
 def hermes_calls(schemas: dict[str, dict]) -> dict:

@@ -94,3 +94,22 @@ def test_invalid_constraints_are_400(server, body, param):
 def test_the_client_raises_bad_request(server, client):
     with pytest.raises(openai.BadRequestError, match="structured_outputs.regex"):
         client.completions.create(model=server.model, prompt="x", extra_body={"structured_outputs": {"regex": "("}})
+
+
+def test_constraint_verdicts_are_remembered_and_bounded(monkeypatch):
+    """A constraint a request repeats is not parsed again on the event loop; the verdicts kept are bounded."""
+    from api import structured
+    from engine.structured_output import StructuredOutputsParams
+
+    calls = []
+    real = StructuredOutputsParams.parse
+    monkeypatch.setattr(StructuredOutputsParams, "parse", lambda self: calls.append(self.key) or real(self))
+    monkeypatch.setattr(structured, "_VERDICTS", type(structured._VERDICTS)())
+    monkeypatch.setattr(structured, "_VERDICTS_KEPT", 2)
+    bad = StructuredOutputsParams(regex="([a-z]")
+    assert structured.constraint_error(bad).startswith("structured_outputs.regex: not a valid regex")
+    assert structured.constraint_error(StructuredOutputsParams(regex="([a-z]")) == structured.constraint_error(bad)
+    assert structured.constraint_error(StructuredOutputsParams(regex="a")) is None
+    assert len(calls) == 2
+    structured.constraint_error(StructuredOutputsParams(regex="b"))          # the oldest verdict goes
+    assert list(structured._VERDICTS) == [("regex", "a"), ("regex", "b")]

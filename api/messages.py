@@ -57,8 +57,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     parallel = not getattr(body.tool_choice, "disable_parallel_tool_use", None)
     constraint = tools.constraint(openai_tools or None, choice, parallel, state.settings.tool_call_parser)
     try:
-        sent = or_defaults(llm.sampling_defaults, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
-                           min_p=None, presence_penalty=None, frequency_penalty=None, repetition_penalty=None)
+        sent = or_defaults(llm.sampling_defaults, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k)
         params = SamplingParams(max_tokens=capped(body.max_tokens, llm.max_tokens_cap), stop=body.stop_sequences,
                                 structured_outputs=constraint, **sent)
     except ValueError as exc:

@@ -68,8 +68,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         raise bad_request("A tool_choice that a grammar enforces (required, named, or auto with strict tools) cannot "
                           "be combined with text.format.", "tool_choice")
     try:
-        sent = or_defaults(llm.sampling_defaults, temperature=body.temperature, top_p=body.top_p, top_k=None,
-                           min_p=None, presence_penalty=None, frequency_penalty=None, repetition_penalty=None)
+        sent = or_defaults(llm.sampling_defaults, temperature=body.temperature, top_p=body.top_p)
         params = SamplingParams(max_tokens=max_tokens, structured_outputs=form or constraint, **sent)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc

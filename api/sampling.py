@@ -155,9 +155,11 @@ def capped(max_tokens: int | None, cap: int | None) -> int | None:
 
 
 def or_defaults(defaults: dict, **sent) -> dict:
-    """Each sampling field as the request sent it, or where it did not (None), the model's default from its
-    generation config (`defaults`, AsyncLLM.sampling_defaults), else the neutral value: as vLLM's server does."""
-    return {name: value if value is not None else defaults.get(name, _NEUTRAL[name]) for name, value in sent.items()}
+    """Every sampling field a generation config may set (`_NEUTRAL`'s): as the request sent it, or where it did
+    not (None, or a field its API lacks), the model's default from its generation config (`defaults`,
+    AsyncLLM.sampling_defaults), else the neutral value: as vLLM's server does."""
+    return {name: sent[name] if sent.get(name) is not None else defaults.get(name, neutral)
+            for name, neutral in _NEUTRAL.items()}
 
 
 def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None, logprobs: int | None,

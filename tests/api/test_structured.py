@@ -94,6 +94,15 @@ def test_invalid_constraints_are_400(server, body, param):
 def test_the_client_raises_bad_request(server, client):
     with pytest.raises(openai.BadRequestError, match="structured_outputs.regex"):
         client.completions.create(model=server.model, prompt="x", extra_body={"structured_outputs": {"regex": "("}})
+    with pytest.raises(openai.BadRequestError) as caught:          # OpenAI's limit on metadata: 16 pairs
+        client.chat.completions.create(model=server.model, messages=MESSAGES, max_tokens=1,
+                                       metadata={f"k{i}": "v" for i in range(17)})
+    assert caught.value.body["param"] == "metadata"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=server.model, messages=MESSAGES, max_tokens=1, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "^a+$",
+                                                                        "maxLength": 3}}})
+    assert caught.value.body["param"] == "response_format.json_schema.schema"
 
 
 def test_constraint_verdicts_are_remembered_and_bounded(monkeypatch):

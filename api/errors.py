@@ -26,21 +26,18 @@ class APIError(Exception):
     """An error to send to the client as the envelope, with its HTTP status."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str | None = None) -> None:
+                 type: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
         self.type = type or _TYPES.get(status, "server_error")
+        self.headers = headers
 
     def body(self) -> dict:
         """The envelope."""
         return envelope(self.message, self.type, self.param, self.code)
-
-    def response(self) -> JSONResponse:
-        """The envelope as a JSON response."""
-        return _ErrorResponse(self.body(), status_code=self.status)
 
 
 class _ErrorResponse(JSONResponse):
@@ -53,8 +50,10 @@ class _ErrorResponse(JSONResponse):
 
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                     404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error",
-                    413: "request_too_large",
-                    429: "rate_limit_error", 503: "overloaded_error"}
+                    413: "request_too_large", 503: "overloaded_error", 529: "overloaded_error"}
+OVERLOADED = 529
+"""Anthropic's status for an API that is temporarily overloaded: what this server's only 429, a full waiting queue,
+is on `/v1/messages` (there 429 would say the client's account exceeded a rate limit)."""
 
 
 def is_anthropic(path: str) -> bool:
@@ -62,11 +61,16 @@ def is_anthropic(path: str) -> bool:
     return "/v1/messages" in path
 
 
+def status_for(path: str, status: int) -> int:
+    """The HTTP status of an error on `path`: a full queue (429) is Anthropic's 529 overloaded on `/v1/messages`."""
+    return OVERLOADED if status == 429 and is_anthropic(path) else status
+
+
 def shaped(path: str, status: int, body: dict) -> dict:
     """An error envelope in the shape of the API that `path` belongs to."""
     if not is_anthropic(path):
         return body
-    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"),
+    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status_for(path, status), "api_error"),
                                        "message": body["error"]["message"]}}
 
 
@@ -178,7 +182,9 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return _ErrorResponse(shaped(request.url.path, exc.status, exc.body()), status_code=exc.status)
+        path = request.url.path
+        return _ErrorResponse(shaped(path, exc.status, exc.body()), status_code=status_for(path, exc.status),
+                              headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -40,7 +40,7 @@ router = APIRouter()
 RESPONSES = {200: named_event_stream(MessageResponse, "MessageStreamEvent",
                                      "The message, or with `stream: true` its events"),
              **{status: {"model": AnthropicError, "description": ERRORS[status]}
-                for status in (400, 404, 413, 429, 500, 503)}}
+                for status in (400, 404, 413, 500, 503, 529)}}
 
 
 @router.post("/v1/messages", response_model=None, responses=RESPONSES)

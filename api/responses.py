@@ -244,8 +244,9 @@ class HealthResponse(BaseModel):
 ERRORS = {400: "Invalid request: bad JSON, wrong types, out-of-range or unsupported parameters, a rule across "
                "fields, token ids outside the vocabulary, context too long",
           401: "Missing or wrong API key", 404: "Unknown model", 413: "Request body too large",
-          429: "Server overloaded: the waiting queue is full", 500: "Unexpected server error",
-          503: "The engine is not running"}
+          429: "Server overloaded: the waiting queue is full (retry after the `retry-after` header's seconds)",
+          500: "Unexpected server error", 503: "The engine is not running",
+          529: "Overloaded: the waiting queue is full (Anthropic's status for it; retry after `retry-after`)"}
 
 
 def errors(*statuses: int) -> dict[int | str, dict]:

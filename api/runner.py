@@ -83,7 +83,7 @@ async def submit(state: ServerState, job: Job) -> None:
 
 def _as_api_error(exc: BaseException) -> BaseException:
     if isinstance(exc, EngineOverloadedError):
-        return APIError(429, str(exc), type="rate_limit_error")
+        return APIError(429, str(exc), type="rate_limit_error", headers={"retry-after": "1"})
     if isinstance(exc, EngineDeadError):
         return APIError(503, str(exc), type="server_error")
     if isinstance(exc, ValueError):        # the engine's messages begin with the field they are about

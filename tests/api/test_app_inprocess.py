@@ -94,23 +94,45 @@ def test_prompts_are_tokenized_off_the_event_loop(llama_path, monkeypatch):
 
 
 def test_full_waiting_queue_is_429(llama_path):
+    """A full queue is 429 with `retry-after`, and Anthropic's 529 overloaded_error on /v1/messages (the anthropic
+    SDK's OverloadedError), so that clients back off and retry."""
+    import anthropic
+    import httpx2  # the anthropic SDK's fork of httpx
+    import openai
+
     async def main():
         llm = AsyncLLM(llama_path, max_num_seqs=2, max_queued_seqs=2)
+        app = create_app(llm, ServerSettings("tiny"))
         try:
-            async with _serve(llm) as http:
+            async with asgi_client(app) as http, httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app),
+                                                                     base_url="http://test") as http2:
                 busy = await llm.add_request("hello", SamplingParams(n=3, max_tokens=200, ignore_eos=True))
                 body = {"model": "tiny", "prompt": "hi", "n": 2, "max_tokens": 2}
                 rejected = await http.post("/v1/completions", json=body)
                 too_big = await http.post("/v1/completions", json={**body, "n": 5})
                 too_many_candidates = await http.post("/v1/completions", json={**body, "n": 1, "best_of": 5})
+                chat = openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http, max_retries=0)
+                with pytest.raises(openai.RateLimitError) as openai_error:
+                    await chat.chat.completions.create(model="tiny", n=2, max_tokens=2,
+                                                       messages=[{"role": "user", "content": "hi"}])
+                claude = anthropic.AsyncAnthropic(base_url="http://test", api_key="x", http_client=http2,
+                                                  max_retries=0)
+                await llm.add_request("hello", SamplingParams(max_tokens=200, ignore_eos=True))   # 4 of 4 now
+                with pytest.raises(anthropic.OverloadedError) as anthropic_error:
+                    await claude.messages.create(model="tiny", max_tokens=2,
+                                                 messages=[{"role": "user", "content": "hi"}])
                 await llm.abort(busy.request_id)
                 accepted = await http.post("/v1/completions", json=body)
-                return rejected, too_big, too_many_candidates, accepted
+                return rejected, too_big, too_many_candidates, accepted, openai_error.value, anthropic_error.value
         finally:
             llm.shutdown()
 
-    rejected, too_big, too_many_candidates, accepted = asyncio.run(main())
+    rejected, too_big, too_many_candidates, accepted, openai_error, anthropic_error = asyncio.run(main())
     assert rejected.status_code == 429 and rejected.json()["error"]["type"] == "rate_limit_error"
+    assert rejected.headers["retry-after"] == "1"
+    assert openai_error.status_code == 429 and openai_error.response.headers["retry-after"] == "1"
+    assert anthropic_error.status_code == 529 and anthropic_error.response.headers["retry-after"] == "1"
+    assert anthropic_error.body["error"]["type"] == "overloaded_error"
     assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "n"     # can never fit
     assert too_many_candidates.status_code == 400 and too_many_candidates.json()["error"]["param"] == "best_of"
     assert accepted.status_code == 200 and accepted.json()["usage"]["completion_tokens"] <= 4

@@ -212,7 +212,7 @@ def test_named_event_streams_end_a_failure_with_their_apis_error_event():
 
     anthropic = asyncio.run(frames(APIError(429, "busy"), messages._error_event, False))
     assert anthropic == [("ping", {"type": "ping"}),
-                         ("error", {"type": "error", "error": {"type": "rate_limit_error", "message": "busy"}})]
+                         ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})]
     unexpected = asyncio.run(frames(RuntimeError("boom"), messages._error_event, False))
     assert unexpected[-1][1]["error"]["type"] == "api_error"
     responses = asyncio.run(frames(RuntimeError("boom"), openai_responses._error_event, True))

@@ -62,6 +62,7 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
     engine.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                         help="reuse the KV of shared prompt prefixes (vLLM's spelling)")
     engine.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                        default=argparse.SUPPRESS,
                         help="disable prefix caching (the same as --no-enable-prefix-caching)")
     engine.add_argument("--seed", type=int, default=0, help="seeds requests that do not set one")
     engine.add_argument("--enforce-eager", action="store_true",
@@ -96,7 +97,7 @@ def build_parser(prog: str = "python -m api") -> argparse.ArgumentParser:
                              "disconnected (0: no limit; responses are never timed)")
     limits.add_argument("--shutdown-timeout", type=_seconds, default=5.0,
                         help="on SIGTERM, seconds the requests in flight may run before they are cut (0: cut at "
-                             "once); new requests get 503 meanwhile")
+                             "once); meanwhile new connections are refused")
     p.add_argument("--enable-auto-tool-choice", action="store_true",
                    help="vLLM's flag for tool_choice 'auto': it needs --tool-call-parser, which alone enables it here")
     p.add_argument("--tool-call-parser", default=None, choices=TOOL_CALL_PARSERS,

@@ -43,6 +43,16 @@ class ModelConfig:
     layer_windows: list[int]            # per layer: its sliding window (0: it attends the whole context)
     raw: dict = field(default_factory=dict)      # config.json as read: what one architecture alone reads (Gemma 3)
 
+    @property
+    def max_context(self) -> int:
+        """The positions the model takes: `max_position_embeddings`, times the factor of linear RoPE scaling (as vLLM
+        derives it: positions interpolated by the factor reach that far). Gemma 3's limit is the scaled one already;
+        YaRN's and llama3's are too, and dynamic NTK rescales only beyond the limit, which the engine does not."""
+        rope = self.rope_scaling or {}
+        if rope.get("rope_type") == "linear" and "gemma3" not in self.raw.get("model_type", ""):
+            return int(self.max_position_embeddings * rope["factor"])
+        return self.max_position_embeddings
+
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> ModelConfig:
         """Parse `path/config.json`, with the defaults transformers' class for its model_type gives the fields it
@@ -208,9 +218,9 @@ class EngineConfig:
         return model.dtype if device.type == "cuda" else torch.float32
 
     def resolved_max_model_len(self, model: ModelConfig) -> int:
-        """The context length: the user's, which may not exceed the model's positions (a sliding window does not
-        cap it: the attention kernels apply it)."""
-        limit = model.max_position_embeddings
+        """The context length: the user's, which may not exceed the model's positions (`ModelConfig.max_context`;
+        a sliding window does not cap it: the attention kernels apply it)."""
+        limit = model.max_context
         if self.max_model_len is None:
             return limit
         if self.max_model_len > limit:

@@ -45,8 +45,8 @@ class DraftModel:
         if model_config.vocab_size != target.model_config.vocab_size:
             raise ValueError(f"speculative_config: the draft model's vocabulary ({model_config.vocab_size} tokens) "
                              f"is not the target's ({target.model_config.vocab_size})")
-        if model_config.max_position_embeddings < target.max_model_len:
-            raise ValueError(f"speculative_config: the draft model has {model_config.max_position_embeddings} "
+        if model_config.max_context < target.max_model_len:
+            raise ValueError(f"speculative_config: the draft model has {model_config.max_context} "
                              f"positions, fewer than the context length {target.max_model_len}")
         draft_config = replace(config, model=path, kv_cache_blocks=target.num_blocks, cuda_graphs=False,
                                speculative_config=None, cpu_threads=None)

@@ -215,6 +215,22 @@ def test_a_sliding_window_does_not_cap_the_context(checkpoint_factory):
     assert out.outputs[0].token_ids == hf_greedy(path, prompt)
 
 
+def test_linear_rope_scaling_extends_the_context(checkpoint_factory):
+    """Linear RoPE interpolates positions by its factor, so the context is max_position_embeddings x factor (vLLM's
+    rule): 128 positions scaled by 2 serve a 230-token prompt as transformers does. Dynamic NTK does not extend it."""
+    linear = checkpoint_factory("llama", max_position_embeddings=128,
+                                rope_scaling={"rope_type": "linear", "factor": 2.0})
+    llm = LLM(linear, max_num_batched_tokens=64)
+    assert llm.engine.max_model_len == 256
+    prompt = tuple(range(3, 233))
+    assert llm.generate([list(prompt)], greedy())[0].outputs[0].token_ids == hf_greedy(linear, prompt)
+    dynamic = checkpoint_factory("llama", max_position_embeddings=128,
+                                 rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    assert LLM(dynamic, max_num_batched_tokens=64).engine.max_model_len == 128
+    with pytest.raises(ValueError, match="exceeds the model's limit of 128"):
+        LLM(dynamic, max_model_len=256)
+
+
 @pytest.mark.parametrize("arch", ["gemma3", "mistral-window", "qwen3-yarn", "mixtral", "qwen3-moe"])
 def test_prompt_logprobs_match_transformers(checkpoint_factory, arch):
     """The model's log-probabilities themselves, not only its argmax: every prompt position's logprob of the next

@@ -120,6 +120,8 @@ def test_vllm_spellings_reach_the_engine_and_the_server(tmp_path):
     assert lengths == [4096, 4000, 4096, 2500]
     for flags in (["--no-enable-prefix-caching"], ["--no-prefix-caching"]):
         assert cli.engine_options(parse(flags))["enable_prefix_caching"] is False
+    help_text = " ".join(cli.build_parser().format_help().split())
+    assert "prefix-caching) --seed" in help_text        # no "(default: True)" on the negative flag
     options = cli.engine_options(parse(["--generation-config", "vllm", "--override-generation-config",
                                         '{"temperature": 0.5}']))
     assert (options["generation_config"], options["override_generation_config"]) == ("vllm", {"temperature": 0.5})

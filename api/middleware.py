@@ -1,6 +1,6 @@
 """Plain ASGI middleware (no BaseHTTPMiddleware, which would get in the way of streaming and of disconnect
-detection): the API key check on /v1 routes, the request body size limit, paths with a trailing slash, and the
-request id on every response."""
+detection): the API key check on /v1 routes, the request body size limit, paths with a trailing slash, the
+request id on every response, and the count of HTTP responses by route and status."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import envelope, is_anthropic, shaped
+from api.metrics import Metrics
 
 
 async def send_error(send: Send, status: int, message: str, type: str, code: str | None = None,
@@ -123,7 +124,7 @@ class TrailingSlashMiddleware:
         path = scope.get("path", "")
         if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
             trimmed = path.rstrip("/") or "/"
-            scope = {**scope, "path": trimmed, "raw_path": trimmed.encode()}
+            scope.update(path=trimmed, raw_path=trimmed.encode())     # in place: the router's "route" shows outside
         await self.app(scope, receive, send)
 
 
@@ -152,3 +153,30 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, with_id)
+
+
+class HttpMetricsMiddleware:
+    """Counts every HTTP response by method, route template and status (`Metrics.http_requests`), the middleware's
+    own answers (401, 413, CORS) included. The template is the one the router matched (its `scope["route"]`); a
+    request no route matched is counted as 'other', so that clients cannot grow the metric without bound."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.counter = metrics.http_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def noting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting)
+        finally:
+            handler = getattr(scope.get("route"), "path", "other")
+            self.counter.labels(scope["method"], handler, str(status[0])).inc()

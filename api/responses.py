@@ -241,6 +241,12 @@ class HealthResponse(BaseModel):
     status: Literal["ok"]
 
 
+class LoadResponse(BaseModel):
+    """GET /load: the engine requests in flight."""
+
+    server_load: int
+
+
 ERRORS = {400: "Invalid request: bad JSON, wrong types, out-of-range or unsupported parameters, a rule across "
                "fields, token ids outside the vocabulary, context too long",
           401: "Missing or wrong API key", 404: "Unknown model", 413: "Request body too large",

@@ -78,7 +78,6 @@ async def submit(state: ServerState, job: Job) -> None:
     if errors:
         abort(state, job)
         raise _as_api_error(errors[0])
-    state.metrics.prompt_tokens.inc(job.prompt_tokens)
 
 
 def _as_api_error(exc: BaseException) -> BaseException:

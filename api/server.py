@@ -9,9 +9,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from api import chat, completions, messages, openai_responses, utility
 from api.errors import envelope, install_handlers
 from api.metrics import CONTENT_TYPE
-from api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestIdMiddleware, TrailingSlashMiddleware
+from api.middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    HttpMetricsMiddleware,
+    RequestIdMiddleware,
+    TrailingSlashMiddleware,
+)
 from api.openapi import document
-from api.responses import HealthResponse, ModelList, errors
+from api.responses import HealthResponse, LoadResponse, ModelList, errors
 from api.state import ServerSettings, ServerState, model_card, served_names, server_state
 from engine.async_llm import AsyncLLM
 
@@ -42,6 +48,10 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
                       responses={200: {"model": ModelList}, **errors(500)})
     app.add_api_route("/health", health, methods=["GET"], response_model=None,
                       responses={200: {"model": HealthResponse}, **errors(500, 503)})
+    app.add_api_route("/ping", health, methods=["GET", "POST"], response_model=None,     # SageMaker's health check
+                      responses={200: {"model": HealthResponse}, **errors(500, 503)})
+    app.add_api_route("/load", load, methods=["GET"], response_model=None,
+                      responses={200: {"model": LoadResponse}, **errors(500)})
     app.add_api_route("/metrics", metrics, methods=["GET"], response_model=None, response_class=PlainTextResponse,
                       responses={200: {"description": "Prometheus text exposition format"}, **errors(500)})
     document(app, api_key=bool(settings.api_key))
@@ -50,7 +60,8 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
         app.add_middleware(ApiKeyMiddleware, api_keys=[settings.api_key, *settings.more_api_keys])    # before bodies
     app.add_middleware(CORSMiddleware, **settings.cors)    # preflights answered (or refused) before the key is asked
     app.add_middleware(TrailingSlashMiddleware)
-    app.add_middleware(RequestIdMiddleware)                                 # outermost: on every response
+    app.add_middleware(RequestIdMiddleware)                                 # on every response
+    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.server.metrics)
     return app
 
 
@@ -69,6 +80,11 @@ async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
     return JSONResponse(envelope(f"The engine is not running: {state.llm.error!r}", "server_error"),
                         status_code=503)
+
+
+async def load(request: Request) -> JSONResponse:
+    """vLLM's load report for routers: the engine requests in flight (accepted and not yet ended)."""
+    return JSONResponse({"server_load": server_state(request).llm.num_requests})
 
 
 async def metrics(request: Request) -> Response:

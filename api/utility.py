@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Discriminator, Field, Tag
 
 from api.errors import bad_request
-from api.protocol import ChatMessage, TokenIds
+from api.protocol import ChatMessage, TokenId
 from api.responses import ModelCard, errors
 from api.sampling import template_inputs
 from api.state import check_model, model_card, server_state
@@ -75,7 +75,7 @@ class DetokenizeRequest(StrictModel):
     """/detokenize: token ids to text."""
 
     model: str | None = None
-    tokens: TokenIds
+    tokens: list[TokenId]           # none at all: "" (as vLLM)
 
 
 class DetokenizeResponse(StrictModel):
@@ -128,7 +128,7 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> JSONResponse:
     state = server_state(request)
     if body.model is not None:
         check_model(state, body.model)
-    if max(body.tokens) >= state.vocab_size:
+    if max(body.tokens, default=0) >= state.vocab_size:
         raise bad_request(f"Token ids must be below the vocabulary size {state.vocab_size}.", "tokens")
     return JSONResponse({"prompt": state.llm.tokenizer.decode(body.tokens, skip_special_tokens=False)})
 

@@ -52,10 +52,15 @@ class Server:
         return httpx.post(f"{self.url}{path}", json=body, **kwargs)
 
     def metrics(self) -> dict[str, float]:
-        """Samples of /metrics by name (histograms as name_count / name_sum)."""
+        """Samples of /metrics by name (histograms as name_count / name_sum; a labelled one as
+        'name{label="value"}'), buckets left out."""
         text = httpx.get(f"{self.url}/metrics", timeout=TIMEOUT).text
-        return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
-                if not s.labels}
+        return {s.name + _labels(s.labels): s.value for family in text_string_to_metric_families(text)
+                for s in family.samples if not s.name.endswith("_bucket")}
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
 
 
 def start_server(args: list[str], log: Path) -> subprocess.Popen:

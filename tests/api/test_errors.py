@@ -151,13 +151,24 @@ def test_models_health_metrics_openapi(server):
     assert "messages" in schemas["ChatCompletionRequest"]["properties"]
 
 
-def test_token_counters_follow_usage(server, client):
+def test_token_counters_count_sequences_as_vllm(server, client):
+    """The metrics' unit is the sequence (vLLM's): 2 prompts x n=2 are 4 of everything, prompt tokens included,
+    which the prefix cache's lookups agree with."""
     before = server.metrics()
     r = client.completions.create(model=server.model, prompt=["a b c", "def"], n=2, max_tokens=5,
                                   extra_body={"ignore_eos": True})
     after = server.metrics()
-    assert after["triton_serve_prompt_tokens_total"] - before["triton_serve_prompt_tokens_total"] == \
-        r.usage.prompt_tokens
-    assert after["triton_serve_generation_tokens_total"] - before["triton_serve_generation_tokens_total"] == 20
-    assert after["triton_serve_time_to_first_token_seconds_count"] - \
-        before["triton_serve_time_to_first_token_seconds_count"] == 2          # one per prompt
+
+    def grew(name: str) -> float:
+        return after[f"triton_serve_{name}"] - before.get(f"triton_serve_{name}", 0.0)
+
+    assert grew("prompt_tokens_total") == 2 * r.usage.prompt_tokens == grew("prefix_cache_queries_total")
+    assert grew("generation_tokens_total") == 20
+    for name in ("time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds",
+                 "request_prefill_time_seconds", "request_decode_time_seconds", "request_inference_time_seconds",
+                 "request_time_per_output_token_seconds", "request_prompt_tokens", "request_generation_tokens"):
+        assert grew(f"{name}_count") == 4, name
+    assert grew("inter_token_latency_seconds_count") == 4 * 4            # the tokens after each first one
+    assert grew("request_generation_tokens_sum") == 20
+    assert grew("request_max_num_generation_tokens_count") == 2 and grew("request_max_num_generation_tokens_sum") == 10
+    assert grew('request_success_total{finished_reason="length"}') == 4

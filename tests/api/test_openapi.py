@@ -25,7 +25,8 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.cont
 OPERATIONS = [("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
               ("GET", "/v1/models/{model}"), ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/version"),
               ("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"), ("POST", "/v1/responses"),
-              ("GET", "/v1/responses/{response_id}"), ("GET", "/health"), ("GET", "/metrics")]
+              ("GET", "/v1/responses/{response_id}"), ("GET", "/health"), ("GET", "/ping"), ("POST", "/ping"),
+              ("GET", "/load"), ("GET", "/metrics")]
 
 
 @pytest.fixture(scope="module")

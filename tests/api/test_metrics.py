@@ -1,0 +1,100 @@
+"""/metrics as vLLM's dashboards read it: per-sequence units, prompt tokens once prefilled, HTTP responses by route
+and status, the process's own metrics; and the small endpoints routers and load balancers call (/ping, /load)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from api_helpers import asgi_client
+from prometheus_client.parser import text_string_to_metric_families
+
+from api import ServerSettings, create_app
+from api.metrics import Metrics
+from engine import AsyncLLM
+from engine.llm_engine import EngineStats
+from engine.outputs import CompletionOutput, RequestOutput
+
+
+class _IdleEngine:
+    """What the metrics read of an AsyncLLM at a scrape."""
+
+    is_alive = True
+
+    def stats(self) -> EngineStats:
+        return EngineStats(0, 0, 10, 0, 0, 0, 0)
+
+
+def _samples(metrics: Metrics) -> dict[str, float]:
+    text = metrics.render().decode()
+    return {s.name + repr(sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _output(*choices: CompletionOutput, finished: bool = False, **times: float) -> RequestOutput:
+    return RequestOutput("r", None, [1, 2, 3], list(choices), finished, metrics=times)
+
+
+def test_a_sequence_counts_its_prompt_once_prefilled_and_each_of_its_tokens_gaps():
+    """Prompt tokens count per sequence at its first token (never for one cut while it waited); a delta holding
+    several tokens adds an inter-token sample for each; each sequence's end is observed once."""
+    metrics = Metrics(_IdleEngine())
+    cut = metrics.timer(arrival=0.0)
+    cut.observe(_output(CompletionOutput(0, "", [], finish_reason="abort"), finished=True, arrival_time=0.0))
+    timer = metrics.timer(arrival=0.0)
+    timer.observe(_output(CompletionOutput(0, "a", [5]), CompletionOutput(1, "b", [6])))
+    timer.observe(_output(CompletionOutput(0, "cde", [7, 8, 9], finish_reason="length")))
+    timer.observe(_output(CompletionOutput(1, "f", [10], finish_reason="stop"), finished=True, arrival_time=0.0,
+                          first_scheduled_time=0.0, first_token_time=0.0))
+    got = _samples(metrics)
+    assert got["triton_serve_prompt_tokens_total[]"] == 2 * 3         # two sequences, none for the cut one
+    assert got["triton_serve_generation_tokens_total[]"] == 6
+    assert got["triton_serve_time_to_first_token_seconds_count[]"] == 2
+    assert got["triton_serve_inter_token_latency_seconds_count[]"] == 3 + 1
+    assert got["triton_serve_e2e_request_latency_seconds_count[]"] == 2 + 1
+    assert got["triton_serve_request_time_per_output_token_seconds_count[]"] == 2
+    assert got["triton_serve_request_generation_tokens_sum[]"] == 6
+    assert got["triton_serve_request_max_num_generation_tokens_sum[]"] == 4
+    reasons = {reason: got[f"triton_serve_request_success_total[('finished_reason', '{reason}')]"]
+               for reason in ("stop", "length", "abort")}
+    assert reasons == {"stop": 1, "length": 1, "abort": 1}
+
+
+def test_http_responses_process_metrics_ping_and_load(llama_path):
+    async def main():
+        llm = AsyncLLM(llama_path)
+        try:
+            async with asgi_client(create_app(llm, ServerSettings("tiny"))) as http:
+                idle = await http.get("/metrics")
+                pings = [await http.get("/ping"), await http.post("/ping")]
+                load = await http.get("/load")
+                empty = await http.post("/detokenize", json={"tokens": []})
+                await http.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
+                await http.post("/v1/completions/", json={"model": "tiny", "prompt": "hi", "max_tokens": -1})
+                await http.get("/v1/completions")
+                await http.get("/no/such/path/42")
+                await http.get("/v1/models/tiny")
+                text = (await http.get("/metrics")).text
+                return idle.text, pings, load, empty, text
+        finally:
+            llm.shutdown()
+
+    idle, pings, load, empty, text = asyncio.run(main())
+    assert [p.status_code for p in pings] == [200, 200] and pings[0].json() == {"status": "ok"}
+    assert load.json() == {"server_load": 0}
+    assert (empty.status_code, empty.json()) == (200, {"prompt": ""})
+    for reason in ("stop", "length", "abort"):                 # listed before any request finished
+        assert f'triton_serve_request_success_total{{finished_reason="{reason}"}} 0.0' in idle
+    assert "process_resident_memory_bytes" in idle and "python_gc_objects_collected_total" in idle
+    assert "triton_serve_kv_cache_usage_perc 0.0" in idle
+    http = {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "triton_serve_http_requests_total"}
+
+    def count(method: str, handler: str, status: int) -> float:
+        return http.get((("handler", handler), ("method", method), ("status", str(status))), 0.0)
+
+    assert count("POST", "/v1/completions", 200) == 1
+    assert count("POST", "/v1/completions", 400) == 1           # the trailing slash is the same route
+    assert count("GET", "/v1/completions", 405) == 1
+    assert count("GET", "other", 404) == 1                       # an unknown path: never its own label
+    assert count("GET", "/v1/models/{model:path}", 200) == 1
+    assert count("GET", "/metrics", 200) == 1 and count("POST", "/ping", 200) == 1

@@ -22,6 +22,7 @@ from api.sampling import capped, chat_prompt, check_context, sampling_params
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
 from api.stops import stop_fields
 from api.streaming import StreamUsage, framed, usage
+from api.structured import constraint
 from api.tool_parser import merge
 from engine.outputs import CompletionOutput, RequestOutput
 
@@ -45,7 +46,10 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     check_context(prompt, max_tokens, llm.max_model_len, body.context_length_exceeded_behavior, "messages")
     top = (body.top_logprobs or 0) if body.logprobs else None
     parser = state.settings.tool_call_parser
-    tool_constraint = tools.constraint(body.tools, body.effective_tool_choice, body.parallel_tool_calls, parser)
+    form = constraint(body.response_format, body.structured_outputs)
+    form_param = "response_format" if body.response_format is not None else "structured_outputs"
+    tool_constraint = tools.constraint(body.tools, body.effective_tool_choice, body.parallel_tool_calls, parser,
+                                       form, form_param)
     params = sampling_params(body, n=body.n or 1, max_tokens=max_tokens, logprobs=top,
                              prompt_logprobs=body.prompt_logprobs,
                              vocab_size=state.vocab_size, defaults=llm.sampling_defaults,

@@ -32,7 +32,9 @@ from api.runner import Job, answer, outputs
 from api.sampling import Prompt, capped, check_context, conversation_prompt, or_defaults
 from api.state import ServerState, check_model, server_state
 from api.streaming import named_events
+from api.structured import checked
 from engine.sampling_params import SamplingParams
+from engine.structured_output import StructuredOutputsParams
 
 router = APIRouter()
 
@@ -55,7 +57,10 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     prompt = await asyncio.to_thread(_prompt, body, llm.tokenizer, openai_tools, llm.max_model_len)
     check_context(prompt, body.max_tokens, llm.max_model_len, None, "messages")
     parallel = not getattr(body.tool_choice, "disable_parallel_tool_use", None)
-    constraint = tools.constraint(openai_tools or None, choice, parallel, state.settings.tool_call_parser)
+    given = body.output_config.format if body.output_config else None
+    form = checked(StructuredOutputsParams(json=given.schema_), "output_config.format.schema") if given else None
+    constraint = tools.constraint(openai_tools or None, choice, parallel, state.settings.tool_call_parser, form,
+                                  "output_config.format")
     try:
         sent = or_defaults(llm.sampling_defaults, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k)
         params = SamplingParams(max_tokens=capped(body.max_tokens, llm.max_tokens_cap), stop=body.stop_sequences,

@@ -235,6 +235,22 @@ class Conversation(TextRequest):
         return self.system if isinstance(self.system, str) else "".join(b.text for b in self.system)
 
 
+class JsonOutputFormat(StrictModel):
+    """`output_config.format`: the reply's text is JSON matching `schema` (Anthropic's structured outputs); tool
+    calls stay possible under the tool choice."""
+
+    type: Literal["json_schema"]
+    schema_: Annotated[dict[str, Any], Field(alias="schema")]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class OutputConfig(StrictModel):
+    """`output_config`: the reply's format (`effort`, how hard a Claude model works, is not taken here)."""
+
+    format: JsonOutputFormat | None = None
+
+
 class MessagesRequest(Conversation):
     """POST /v1/messages."""
 
@@ -246,10 +262,14 @@ class MessagesRequest(Conversation):
         = None
     stream: bool | None = False
     metadata: Metadata | None = None
+    output_config: OutputConfig | None = None
 
 
 class CountTokensRequest(Conversation):
-    """POST /v1/messages/count_tokens: the prompt a messages request with these fields would have."""
+    """POST /v1/messages/count_tokens: the prompt a messages request with these fields would have (an output format
+    adds no tokens to it here)."""
+
+    output_config: OutputConfig | None = None
 
 
 class TokensCount(BaseModel):

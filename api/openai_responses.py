@@ -62,14 +62,10 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
                         llm.sampling_defaults.get("max_tokens"), llm.max_tokens_cap)
     check_context(prompt, max_tokens, llm.max_model_len, None, "input")
     constraint = tools.constraint(chat_tools or None, choice, body.parallel_tool_calls,
-                                  state.settings.tool_call_parser)
-    form = _format(body)
-    if form is not None and constraint is not None:
-        raise bad_request("A tool_choice that a grammar enforces (required, named, or auto with strict tools) cannot "
-                          "be combined with text.format.", "tool_choice")
+                                  state.settings.tool_call_parser, _format(body), "text.format")
     try:
         sent = or_defaults(llm.sampling_defaults, temperature=body.temperature, top_p=body.top_p)
-        params = SamplingParams(max_tokens=max_tokens, structured_outputs=form or constraint, **sent)
+        params = SamplingParams(max_tokens=max_tokens, structured_outputs=constraint, **sent)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     job = Job("resp", body.model, [prompt], params, 1, arrival=arrival)

@@ -166,13 +166,10 @@ def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None,
                     prompt_logprobs: int | None, vocab_size: int, defaults: dict,
                     tool_constraint: StructuredOutputsParams | None = None) -> SamplingParams:
     """The engine's SamplingParams for a request (its ValueError becomes a 400 naming the field), the fields it
-    leaves out from the model's `defaults`; `tool_constraint` enforces a required or named tool call
-    (api/tools.py)."""
+    leaves out from the model's `defaults`; `tool_constraint`, where the request has tools, is the reply's
+    constraint under its tool choice and output format (`api.tools.constraint`), else the format's."""
     logit_bias = {int(k): v for k, v in (request.logit_bias or {}).items()}
-    structured = constraint(request.response_format, request.structured_outputs)
-    if structured is not None and tool_constraint is not None:
-        raise bad_request("A tool_choice that a grammar enforces (required, named, or auto with strict tools) cannot "
-                          "be combined with response_format or structured_outputs.", "tool_choice")
+    structured = tool_constraint or constraint(request.response_format, request.structured_outputs)
     for name, ids in (("logit_bias", list(logit_bias)), ("stop_token_ids", request.stop_token_ids or []),
                       ("allowed_token_ids", request.allowed_token_ids or [])):
         if any(t >= vocab_size for t in ids):

@@ -101,10 +101,12 @@ def constraint(response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat
 
 
 def checked(params: StructuredOutputsParams, param: str) -> StructuredOutputsParams:
-    """`params` if its constraint is a valid one, else a 400 naming the request's field `param` (the engine would
-    refuse it naming structured_outputs, which this request did not send)."""
+    """`params` if its constraint is a valid one, else a 400 naming the request's field `param`, in its message too
+    (the engine's names structured_outputs, which a request with a response format did not send)."""
     error = constraint_error(params)
     if error is not None:
+        if param != "structured_outputs":
+            error = error.replace(f"structured_outputs.{params.key[0]}", param, 1)
         raise bad_request(error, param)
     return params
 

@@ -81,16 +81,25 @@ class ToolCall(StrictModel):
 
 
 def constraint(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bool | None,
-               parser: str | None) -> StructuredOutputsParams | None:
-    """The constraint that enforces the tool choice (None for none, and for auto unless a tool is strict); a 400
-    for tools that share a name, and for a choice that cannot be honoured: a function not among the tools, a choice
-    without tools, auto without a tool-call parser."""
+               parser: str | None, form: StructuredOutputsParams | None = None,
+               form_param: str = "response_format") -> StructuredOutputsParams | None:
+    """The constraint of the reply under the tool choice and the request's output constraint `form`, None for
+    none. `form_param` names where `form` came from: OpenAI's `response_format` (or the Responses API's
+    `text.format`) is the format of a text answer; vLLM's `structured_outputs` is the grammar of the whole reply.
+
+    Without a choice (or with none) the reply is `form`. A required or named call is all a reply can be: its
+    grammar alone (a text format has no text to apply to; a whole-reply grammar conflicts with it: 400). Under
+    auto: free text with calls whose arguments match the strict tools' schemas (None if no tool is strict); with a
+    text format, either text in that format or one or more calls, as OpenAI answers; with a whole-reply grammar,
+    that grammar (calls only as it writes them, as in vLLM). A 400 for tools that share a name, and for a choice
+    that cannot be honoured: a function not among the tools, a choice without tools, auto without a tool-call
+    parser."""
     names = [tool.function.name for tool in tools or []]
     if len(set(names)) < len(names):
         twice = next(name for name in names if names.count(name) > 1)
         raise bad_request(f"Tool names must be distinct; {twice!r} is given more than once.", "tools")
     if choice in (None, "none"):
-        return None
+        return form
     if not tools:
         raise bad_request("tool_choice requires tools.", "tool_choice")
     schemas = {tool.function.name: tool.function.parameters or {"type": "object"} for tool in tools}
@@ -99,11 +108,17 @@ def constraint(tools: list[Tool] | None, choice: ToolChoice | None, parallel: bo
         if parser is None:
             raise bad_request("tool_choice 'auto' needs a tool-call parser: start the server with "
                               f"--tool-call-parser ({', '.join(PARSERS)}).", "tool_choice")
+        arguments = {tool.function.name: schemas[tool.function.name] if tool.function.strict else {"type": "object"}
+                     for tool in tools}
+        if form is not None:
+            return form if form_param == "structured_outputs" else \
+                _text_or_calls(form, form_param, arguments, parallel is not False)
         if not any(tool.function.strict for tool in tools):
             return None
-        return StructuredOutputsParams(structural_tag=json.dumps(hermes_calls(
-            {tool.function.name: schemas[tool.function.name] if tool.function.strict else {"type": "object"}
-             for tool in tools})))
+        return StructuredOutputsParams(structural_tag=json.dumps(hermes_calls(arguments)))
+    if form is not None and form_param == "structured_outputs":
+        raise bad_request("structured_outputs is the grammar of the whole reply, and so is a tool_choice that forces a "
+                          "call (required or named): send one of them.", "structured_outputs")
     if isinstance(choice, NamedToolChoice):
         if choice.function.name not in schemas:
             raise bad_request(f"tool_choice names {choice.function.name!r}, which is not among the tools.",
@@ -130,6 +145,31 @@ def _check_enforceable(tools: list[Tool], choice: ToolChoice, schemas: dict[str,
         if error is not None:
             raise bad_request(f"The parameters schema of tool {name!r} cannot be enforced: "
                               f"{error.split(': ', 2)[-1]}", "tools")
+
+
+def _text_or_calls(form: StructuredOutputsParams, param: str, arguments: dict[str, dict],
+                   parallel: bool) -> StructuredOutputsParams:
+    """xgrammar's structural tag for a reply that is either text in `form` (a JSON schema, any JSON object or a
+    grammar: what a response_format is) or hermes calls (one, unless `parallel`) whose arguments match
+    `arguments`' schemas."""
+    kind, spec = form.key
+    if kind == "json":
+        schema = json.loads(form.json) if isinstance(form.json, str) else form.json      # its own property order
+        text = {"type": "json_schema", "json_schema": schema}
+    elif kind == "json_object":
+        text = {"type": "json_schema", "json_schema": {"type": "object"}}
+    else:
+        text = {"type": "grammar", "grammar": spec}
+    tags = [{"type": "tag", "begin": s["begin"], "content": {"type": "json_schema", "json_schema": s["schema"]},
+             "end": s["end"]} for s in hermes_calls(arguments)["structures"]]
+    calls = {"type": "tags_with_separator", "tags": tags, "separator": "\n", "at_least_one": True,
+             "stop_after_first": not parallel}
+    tag = StructuredOutputsParams(structural_tag=json.dumps(
+        {"type": "structural_tag", "format": {"type": "or", "elements": [text, calls]}}))
+    error = constraint_error(tag)
+    if error is not None:
+        raise bad_request(f"The {param} cannot be combined with the tools: {error.split(': ', 1)[-1]}", param)
+    return tag
 
 
 def hermes_calls(schemas: dict[str, dict]) -> dict:

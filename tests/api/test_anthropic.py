@@ -308,3 +308,31 @@ def test_request_ids_and_max_tokens_zero(server, claude, client):
     assert client.models.list()._request_id.startswith("req_")
     own = httpx.get(f"{server.url}/v1/models", headers={"X-Request-Id": "trace-7"})
     assert own.headers["x-request-id"] == "trace-7" and "request-id" not in own.headers
+
+
+def test_output_config_format_is_json_that_matches_the_schema(server, claude):
+    """Anthropic's structured outputs (`output_config.format`), through the SDK's `messages.parse`, which
+    validates the reply into the model; a forced tool still answers with the call; effort is refused by name."""
+    from typing import Literal
+
+    import pydantic
+
+    class Forecast(pydantic.BaseModel):        # the SDK drops what Anthropic's schemas lack (lengths, bounds)
+        city: Literal["Paris", "Rome"]
+        sunny: bool
+
+    parsed = claude.messages.parse(model=server.model, max_tokens=200, messages=USER, output_format=Forecast)
+    assert parsed.stop_reason == "end_turn" and isinstance(parsed.parsed_output, Forecast)
+    forced = claude.messages.create(model=server.model, max_tokens=200, messages=USER, tools=TOOLS,
+                                    tool_choice={"type": "tool", "name": "get_weather"},
+                                    output_config={"format": {"type": "json_schema", "schema": WEATHER}})
+    (call,) = [block for block in forced.content if block.type == "tool_use"]
+    jsonschema.validate(call.input, WEATHER)
+    with pytest.raises(anthropic.BadRequestError, match="output_config.effort"):
+        claude.messages.create(model=server.model, max_tokens=4, messages=USER, output_config={"effort": "low"})
+    with pytest.raises(anthropic.BadRequestError, match="output_config.format.schema"):
+        claude.messages.create(model=server.model, max_tokens=4, messages=USER,
+                               output_config={"format": {"type": "json_schema", "schema": {"type": "nope"}}})
+    counted = claude.messages.count_tokens(model=server.model, messages=USER,
+                                           output_config={"format": {"type": "json_schema", "schema": WEATHER}})
+    assert counted.input_tokens == claude.messages.count_tokens(model=server.model, messages=USER).input_tokens

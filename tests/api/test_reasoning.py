@@ -5,6 +5,7 @@ is made to think and call with a structured-output regex; chat_template_kwargs r
 
 from __future__ import annotations
 
+import json
 import re
 
 import openai
@@ -123,20 +124,24 @@ def test_auto_calls_after_the_thinking_stream_as_they_are_generated(thinker):
     assert "".join(p.function.arguments for p in parts) == call.function.arguments
 
 
-def test_strict_tools_under_auto_are_enforced_not_ignored(thinker):
-    """A strict tool under auto is enforced by a grammar (tests/api/test_tools.py checks what it takes), so on chat
-    and on the Responses API, it cannot be combined with another constraint, as a required call cannot."""
+def test_strict_tools_under_auto_with_an_output_format_answer_in_it_or_call(thinker):
+    """A strict tool under auto with an output format (the OpenAI Agents SDK's default for an agent with tools and
+    an output type): the reply is text in the format or calls (tests/api/test_tools.py checks the grammar), on
+    chat and on the Responses API alike. vLLM's structured_outputs is the whole reply's grammar instead, which a
+    forced call cannot be combined with."""
     strict = [{"type": "function", "function": {**TOOLS[0]["function"], "strict": True}}]
-    common = dict(model=_model(thinker), messages=[{"role": "user", "content": "Add 1 and 2"}], seed=3, max_tokens=20,
-                  tools=strict, tool_choice="auto")
-    assert thinker.chat.completions.create(**common).choices[0].finish_reason in ("stop", "length", "tool_calls")
-    with pytest.raises(openai.BadRequestError, match="strict tools"):
-        thinker.chat.completions.create(**common, extra_body={"structured_outputs": CALLING})
-    with pytest.raises(openai.BadRequestError, match="strict tools"):
-        thinker.chat.completions.create(**common, response_format={"type": "json_object"})
-    function = {"type": "function", **TOOLS[0]["function"]}
-    responses = dict(model=_model(thinker), input="Add 1 and 2", max_output_tokens=8, tool_choice="auto",
-                     text={"format": {"type": "json_object"}})
-    assert thinker.responses.create(tools=[function], **responses).status in ("completed", "incomplete")
-    with pytest.raises(openai.BadRequestError, match="strict tools"):
-        thinker.responses.create(tools=[{**function, "strict": True}], **responses)
+    common = dict(model=_model(thinker), messages=[{"role": "user", "content": "Add 1 and 2"}], seed=3,
+                  max_tokens=200, tools=strict, tool_choice="auto")
+    message = thinker.chat.completions.create(**common, response_format={"type": "json_object"}).choices[0].message
+    assert message.tool_calls or isinstance(json.loads(message.content), dict)
+    whole = thinker.chat.completions.create(**common, extra_body={"structured_outputs": {"regex": "(yes|no)"}})
+    assert whole.choices[0].message.content in ("yes", "no")
+    with pytest.raises(openai.BadRequestError, match="whole reply"):
+        thinker.chat.completions.create(**{**common, "tool_choice": "required"},
+                                        extra_body={"structured_outputs": {"regex": "(yes|no)"}})
+    function = {"type": "function", **TOOLS[0]["function"], "strict": True}
+    reply = thinker.responses.create(model=_model(thinker), input="Add 1 and 2", max_output_tokens=200,
+                                     tool_choice="auto", tools=[function], text={"format": {"type": "json_object"}})
+    assert reply.status == "completed"
+    assert any(item.type == "function_call" for item in reply.output) or isinstance(json.loads(reply.output_text),
+                                                                                      dict)

@@ -96,7 +96,6 @@ def test_a_conversation_with_calls_and_results_renders_through_the_template(serv
     ({"tools": TOOLS, "tool_choice": "auto"}, "needs a tool-call parser"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "not among the tools"),
     ({"tool_choice": "required"}, "requires tools"),
-    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "cannot be combined"),
 ])
 def test_tool_choices_that_cannot_be_honoured_are_400(server, extra, message):
     r = server.post("/v1/chat/completions", {"model": server.model, "messages": MESSAGES, **extra})
@@ -188,8 +187,47 @@ def test_strict_tools_under_auto_constrain_the_calls_the_model_opens(hf_tokenize
     assert not _accepts(hf_tokenizer, constraint, call("no_such_tool", "{}"), False)
 
 
-def tools_constraint(given: list[dict], choice: str):
-    return constraint([Tool.model_validate(t) for t in given], choice, None, "hermes")
+def tools_constraint(given: list[dict], choice: str, form=None, parallel: bool | None = None):
+    return constraint([Tool.model_validate(t) for t in given], choice, parallel, "hermes", form)
+
+
+def test_under_auto_with_an_output_format_a_reply_is_formatted_text_or_calls(hf_tokenizer):
+    """auto with response_format (as OpenAI answers it, and agent frameworks send it with strict tools): the reply
+    is text in the format, or one or more calls (their arguments valid for a strict tool), nothing else."""
+    from engine.structured_output import StructuredOutputsParams
+
+    answer = {"type": "object", "required": ["answer"], "additionalProperties": False,
+              "properties": {"answer": {"type": "string", "maxLength": 8}}}
+    strict = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": True}}, TOOLS[1]]
+    call = '<tool_call>\n{{"name": "{}", "arguments": {}}}\n</tool_call>'.format
+    weather, add = call("get_weather", '{"city": "Paris", "days": 3}'), call("add", '{"x": 1}')
+    for given in (strict, TOOLS):                        # strict tools or not: the format holds either way
+        both = tools_constraint(given, "auto", StructuredOutputsParams(json=answer))
+        assert _accepts(hf_tokenizer, both, '{"answer": "yes"}')
+        assert _accepts(hf_tokenizer, both, weather) and _accepts(hf_tokenizer, both, weather + "\n" + add)
+        assert not _accepts(hf_tokenizer, both, "Just text, no call.", False)
+        assert not _accepts(hf_tokenizer, both, '{"answer": "far too long"}', False)
+    strict_both = tools_constraint(strict, "auto", StructuredOutputsParams(json=answer))
+    assert not _accepts(hf_tokenizer, strict_both, call("get_weather", '{"city": "Paris", "days": 9}'), False)
+    single = tools_constraint(strict, "auto", StructuredOutputsParams(json_object=True), parallel=False)
+    assert _accepts(hf_tokenizer, single, weather) and not _accepts(hf_tokenizer, single, weather + "\n" + add)
+    grammar = tools_constraint(TOOLS, "auto", StructuredOutputsParams(grammar='root ::= "yes" | "no"'))
+    assert _accepts(hf_tokenizer, grammar, "no") and not _accepts(hf_tokenizer, grammar, "maybe", False)
+    assert _accepts(hf_tokenizer, grammar, weather)
+    whole = StructuredOutputsParams(regex="(yes|no)")       # structured_outputs: the whole reply's grammar (vLLM)
+    assert constraint([Tool.model_validate(t) for t in TOOLS], "auto", None, "hermes", whole,
+                      "structured_outputs") == whole
+    required = tools_constraint(TOOLS, "required", StructuredOutputsParams(json=answer))
+    assert required == tools_constraint(TOOLS, "required")       # a forced call has no text to format
+
+
+def test_a_forced_call_with_an_output_format_is_a_call(server, client):
+    """required or named with response_format (OpenAI accepts it; a call is all the reply can be)."""
+    for choice in ("required", {"type": "function", "function": {"name": "add"}}):
+        r = client.chat.completions.create(model=server.model, messages=MESSAGES, tools=TOOLS, tool_choice=choice,
+                                           seed=4, max_tokens=150, response_format={"type": "json_object"})
+        assert r.choices[0].message.tool_calls and r.choices[0].message.content is None
+        _valid(r.choices[0].message.tool_calls)
 
 
 def test_the_sdks_parse_helpers_messages_can_be_sent_back(server, client):

@@ -151,7 +151,7 @@ def _text_or_calls(form: StructuredOutputsParams, param: str, arguments: dict[st
                    parallel: bool) -> StructuredOutputsParams:
     """xgrammar's structural tag for a reply that is either text in `form` (a JSON schema, any JSON object or a
     grammar: what a response_format is) or hermes calls (one, unless `parallel`) whose arguments match
-    `arguments`' schemas."""
+    `arguments`' schemas. Its "or" of the two needs xgrammar 0.1.34 or newer (setup.cfg's floor)."""
     kind, spec = form.key
     if kind == "json":
         schema = json.loads(form.json) if isinstance(form.json, str) else form.json      # its own property order

@@ -57,7 +57,12 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     choice = _tool_choice(body) if chat_tools or body.tool_choice is not None else None     # without tools: 400
     # (but "none", which asks for plain text)
     system = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
-    prompt = await asyncio.to_thread(_encode, llm.tokenizer, system + conversation, chat_tools, llm.max_model_len)
+    if body.truncation == "auto":
+        prompt, conversation = await asyncio.to_thread(_fitted, llm.tokenizer, system, conversation, chat_tools,
+                                                       llm.max_model_len)
+    else:
+        prompt = await asyncio.to_thread(_encode, llm.tokenizer, system + conversation, chat_tools,
+                                         llm.max_model_len)
     max_tokens = capped(body.max_output_tokens if body.max_output_tokens is not None else
                         llm.sampling_defaults.get("max_tokens"), llm.max_tokens_cap)
     check_context(prompt, max_tokens, llm.max_model_len, None, "input")
@@ -142,6 +147,36 @@ def _encode(tokenizer, messages: list[dict], chat_tools: list, max_model_len: in
     return conversation_prompt(tokenizer, messages, rendered, max_model_len, "input")
 
 
+def _fitted(tokenizer, system: list[dict], conversation: list[dict], chat_tools: list,
+            max_model_len: int) -> tuple[Prompt, list[dict]]:
+    """truncation "auto": the prompt with as few of the conversation's first messages dropped as lets it fit the
+    context (OpenAI drops items from the start; the instructions stay), and the messages kept. A tool result is
+    never kept without the call before it. Found by bisection: a few renders, not one per message."""
+    starts = [i for i, message in enumerate(conversation) if message["role"] != "tool"]
+
+    def attempt(i: int) -> Prompt | None:
+        try:
+            return _encode(tokenizer, system + conversation[starts[i]:], chat_tools, max_model_len)
+        except APIError as exc:
+            if exc.code != "context_length_exceeded":
+                raise
+            return None
+
+    low, high = 0, len(starts) - 1
+    best = attempt(high) if starts else None
+    if best is None:                          # not even the last message fits: the 400 names the input
+        return _encode(tokenizer, system + conversation[starts[-1] if starts else 0:], chat_tools,
+                       max_model_len), conversation
+    while low < high:                         # the first start that fits lies in [low, high]
+        middle = (low + high) // 2
+        prompt = attempt(middle)
+        if prompt is None:
+            low = middle + 1
+        else:
+            high, best = middle, prompt
+    return best, conversation[starts[high]:]
+
+
 class _View:
     """Renders a responses job as the Response object, or as its event stream; stores it when asked."""
 
@@ -188,7 +223,8 @@ class _View:
                 "output": self.items.output, "parallel_tool_calls": b.parallel_tool_calls is not False,
                 "previous_response_id": b.previous_response_id, "temperature": used.temperature, "top_p": used.top_p,
                 "tool_choice": choice, "tools": [t.model_dump(exclude_none=True) for t in b.tools or []],
-                "text": text, "truncation": "disabled", "store": b.store is not False, "metadata": b.metadata or {},
+                "text": text, "truncation": b.truncation or "disabled", "store": b.store is not False,
+                "metadata": b.metadata or {},
                 "user": b.user, "usage": usage if status != "in_progress" else None, "background": False,
                 "reasoning": {"effort": None, "summary": None}, "prompt_cache_key": b.prompt_cache_key,
                 "safety_identifier": b.safety_identifier,

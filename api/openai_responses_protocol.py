@@ -148,7 +148,7 @@ class ResponsesRequest(StrictModel):
     user: str | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
-    truncation: Literal["disabled"] | None = None
+    truncation: Literal["disabled", "auto"] | None = None      # auto: the conversation's first items dropped to fit
     include: Annotated[list, Empty] | None = None
     reasoning: Annotated[dict, Empty] | None = None
     background: Literal[False] | None = None

@@ -170,3 +170,31 @@ def test_a_cut_call_is_incomplete_and_a_chain_renders_as_its_items(server, clien
     with pytest.raises(openai.BadRequestError, match="name"):
         client.responses.create(model=server.model, input="x", max_output_tokens=1,
                                 text={"format": {"type": "json_schema", "schema": WEATHER}})
+
+
+def test_truncation_auto_drops_the_first_items_until_the_input_fits(server, client):
+    """truncation "auto" (OpenAI's): the conversation's first items are dropped, as few as can be, until the input
+    fits the context (1024 tokens here); a function_call_output is never kept without its call. The kept input is
+    the longest suffix that fits with truncation disabled."""
+    long = " ".join(f"word{i}" for i in range(120))
+    call = {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city": "Rome"}'}
+    items = [{"role": "user", "content": "A " + long}, call,
+             {"type": "function_call_output", "call_id": "c1", "output": "B " + long},
+             {"role": "user", "content": "C " + long}, {"role": "assistant", "content": "D " + long},
+             {"role": "user", "content": "E " + long}]
+    common = dict(model=server.model, instructions="Be brief.", max_output_tokens=1, tools=TOOLS,
+                  tool_choice="none")
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.responses.create(input=items, **common)
+    auto = client.responses.create(input=items, truncation="auto", **common)
+    assert auto.truncation == "auto" and auto.status in ("completed", "incomplete")
+    fits = []
+    for start in range(len(items)):
+        if items[start].get("type") == "function_call_output":
+            continue
+        try:
+            fits.append(client.responses.create(input=items[start:], **common).usage.input_tokens)
+            break
+        except openai.BadRequestError:
+            continue
+    assert fits and auto.usage.input_tokens == fits[0] < 1024

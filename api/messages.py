@@ -137,7 +137,8 @@ def _prompt(body: Conversation, tokenizer, openai_tools: list, max_model_len: in
     prefill = last.get("role") == "assistant" and "tool_calls" not in last
     # A prefill: the reply continues the last assistant message's text.
     return conversation_prompt(tokenizer, messages, rendered_tools, max_model_len, "messages",
-                               add_generation_prompt=not prefill, continue_final_message=prefill)
+                               add_generation_prompt=not prefill, continue_final_message=prefill,
+                               template_kwargs=body.template_kwargs())
 
 
 def _stop(finish_reason: str | None, stop_reason: str | int | None, calls: bool,

@@ -2,7 +2,7 @@
 response shapes for /openapi.json.
 
 Content is text, and tool_use / tool_result blocks, paired as Anthropic requires (and an earlier reply's thinking
-blocks, not rendered); images, documents and extended-thinking requests are refused by name. `system` may be a
+blocks, not rendered); images and documents are refused by name, and so is a thinking budget. `system` may be a
 string or text blocks. A last assistant message is a prefill: the reply continues it (an empty one is dropped: the
 reply is a new turn).
 """
@@ -173,8 +173,24 @@ def _check_content(message: Message, i: int, last: bool) -> None:
         raise ValueError("final assistant content cannot end with trailing whitespace")
 
 
+class ThinkingAdaptive(StrictModel):
+    """`thinking: {"type": "adaptive"}`: the model thinks as much as it chooses (its chat template's default)."""
+
+    type: Literal["adaptive"]
+
+
+class ThinkingDisabled(StrictModel):
+    """`thinking: {"type": "disabled"}`: rendered with `enable_thinking: false`, which thinking models' templates
+    (Qwen3's) honour by closing the thinking before the reply starts."""
+
+    type: Literal["disabled"]
+
+
+Thinking = Annotated[ThinkingAdaptive | ThinkingDisabled, Field(discriminator="type")]
+
+
 class Conversation(TextRequest):
-    """What a request renders into the prompt: the model, system prompt, messages and tools."""
+    """What a request renders into the prompt: the model, system prompt, messages, tools and whether it thinks."""
 
     model_config = ConfigDict(json_schema_extra={"allOf": [      # a tool_choice but none needs tools
         {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {
@@ -186,6 +202,20 @@ class Conversation(TextRequest):
     system: str | list[TextBlock] | None = None
     tools: list[AnthropicTool] | None = None
     tool_choice: AnthropicToolChoice | None = None
+    thinking: Thinking | None = None
+
+    def template_kwargs(self) -> dict | None:
+        """What `thinking` asks of the chat template."""
+        return {"enable_thinking": False} if isinstance(self.thinking, ThinkingDisabled) else None
+
+    @field_validator("thinking", mode="before")
+    @classmethod
+    def _no_budget(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("type") == "enabled":     # a budget this server cannot enforce
+            raise PydanticCustomError("unsupported", "thinking of type 'enabled' (a budget_tokens) is not supported "
+                                      "by this server; send thinking.type 'adaptive' (the model thinks as it "
+                                      "chooses) or 'disabled'")
+        return value
 
     @field_validator("messages")
     @classmethod

@@ -336,3 +336,43 @@ def test_output_config_format_is_json_that_matches_the_schema(server, claude):
     counted = claude.messages.count_tokens(model=server.model, messages=USER,
                                            output_config={"format": {"type": "json_schema", "schema": WEATHER}})
     assert counted.input_tokens == claude.messages.count_tokens(model=server.model, messages=USER).input_tokens
+
+
+def test_thinking_adaptive_and_disabled_reach_the_template_and_a_budget_is_refused(llama_path, tmp_path):
+    """`thinking: disabled` renders with enable_thinking false (Qwen3's templates then close the thinking before
+    the reply), `adaptive` leaves the template's default; a budget_tokens cannot be enforced here: 400 by name."""
+    import asyncio
+    import shutil
+
+    import httpx2
+
+    from api import ServerSettings, create_app
+    from engine import AsyncLLM
+
+    path = tmp_path / "thinks"
+    shutil.copytree(llama_path, path)
+    template = path / "chat_template.jinja"
+    closed = "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}"
+    template.write_text(template.read_text() + closed)
+
+    async def main():
+        llm = AsyncLLM(str(path))
+        app = create_app(llm, ServerSettings("tiny"))
+        try:
+            async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://test") as http:
+                claude = anthropic.AsyncAnthropic(base_url="http://test", api_key="x", http_client=http, max_retries=0)
+                counts = [(await claude.messages.count_tokens(model="tiny", messages=USER, **extra)).input_tokens
+                          for extra in ({}, {"thinking": {"type": "adaptive"}}, {"thinking": {"type": "disabled"}})]
+                reply = await claude.messages.create(model="tiny", max_tokens=3, messages=USER,
+                                                     thinking={"type": "disabled"})
+                with pytest.raises(anthropic.BadRequestError, match="thinking") as refused:
+                    await claude.messages.create(model="tiny", max_tokens=2000, messages=USER,
+                                                 thinking={"type": "enabled", "budget_tokens": 1024})
+                return counts, reply, refused.value
+        finally:
+            llm.shutdown()
+
+    counts, reply, refused = asyncio.run(main())
+    assert counts[0] == counts[1] < counts[2]           # the closed thinking's tokens are in the prompt
+    assert reply.usage.input_tokens + (reply.usage.cache_read_input_tokens or 0) == counts[2]
+    assert "budget_tokens" in str(refused)

@@ -38,8 +38,9 @@ def gumbel_noise(seed, position, tokens, N_ROUNDS: tl.constexpr):
                                zero + ((position >> 32) & 0xFFFFFFFF).to(tl.uint32), zero,
                                (seed & 0xFFFFFFFF).to(tl.uint32), ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32),
                                N_ROUNDS)
-    # 24 random bits to the centre of one of 2**24 bins of (0, 1), so neither log below sees 0 or 1.
-    u = (word >> 8).to(tl.float32) * (1.0 / 16777216.0) + (0.5 / 16777216.0)
+    # 23 random bits to the centre of one of 2**23 bins of (0, 1), so neither log below sees 0 or 1: the largest,
+    # 1 - 2**-24, is a float32 below 1 (with 24 bits it would be 1 - 2**-25, which rounds to 1.0: +inf noise).
+    u = (word >> 9).to(tl.float32) * (1.0 / 8388608.0) + (0.5 / 8388608.0)
     return -tl.log(-tl.log(u))
 
 
@@ -152,8 +153,10 @@ def gather(row_ptr, start, end, temperature, x_max, inv_z, floor, lower, upper, 
 @triton.jit
 def gumbel_argmax(row_ptr, start, end, temperature, x_max, inv_z, threshold, seed, position, fallback,
                   PHILOX_ROUNDS: tl.constexpr, BLOCK: tl.constexpr):
-    """Over the span's kept tokens (p >= threshold and p > 0): the largest logits / T + Gumbel noise, the first
-    token holding it (`fallback` if none is kept) and how many are kept. Tiles with no kept token skip the noise."""
+    """Over the span's kept tokens (p >= threshold and p > 0): the largest logits / T - x_max + Gumbel noise, the
+    first token holding it (`fallback` if none is kept) and how many are kept. Tiles with no kept token skip the
+    noise. The noise goes on logits / T less their max, where float32 resolves it: on logits / T themselves (up to
+    1e6 and more at a temperature near 1e-5) tied tokens' noisy scores would round to ties, won by the first."""
     best_score = tl.full((), float("-inf"), tl.float32)
     drawn = tl.zeros((), tl.int32) + fallback
     kept_count = tl.zeros((), tl.int32)
@@ -164,7 +167,7 @@ def gumbel_argmax(row_ptr, start, end, temperature, x_max, inv_z, threshold, see
         kept_count += kept_here
         if kept_here > 0:
             gumbel = gumbel_noise(seed, position, offs, PHILOX_ROUNDS)
-            score = tl.where(kept, scaled(logits, temperature) + gumbel, float("-inf"))
+            score = tl.where(kept, (scaled(logits, temperature) - x_max) + gumbel, float("-inf"))
             tile_best = tl.max(score, axis=0)
             if tile_best > best_score:
                 drawn = tl.min(tl.where(score == tile_best, offs, end), axis=0)

@@ -31,6 +31,7 @@ from engine.sequence import Sequence
 from engine.speculative import accepted_length
 from engine.step_inputs import StepChannel, StepInputs
 from engine.transfer import tensor_to_device, to_device
+from llm_kernels import backend as kernel_backends
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +110,15 @@ class ModelRunner:
         device and that backend (None: what `llm_kernels.use` or LLM_KERNELS_BACKEND says now). Eager steps and
         CUDA graphs run the same ones, whatever `use` says later. A backend that cannot run on the device is refused."""
         chosen = self.config.kernels
-        if isinstance(chosen, llm_kernels.KernelSet):
-            kernels = chosen
-        else:
-            try:
+        try:
+            if isinstance(chosen, llm_kernels.KernelSet):      # its backends must run here (a set for "cuda" on a CPU)
+                kernel_backends.resolve(self.device, chosen.backend)
+                kernel_backends.resolve_layer_ops(self.device, chosen.layer_ops)
+                kernels = chosen
+            else:
                 kernels = llm_kernels.select(self.device, chosen)
-            except RuntimeError as exc:
-                raise ValueError(f"device {self.device}: {exc}") from exc
+        except RuntimeError as exc:
+            raise ValueError(f"device {self.device}: {exc}") from exc
         logger.info("kernels: %s (layer ops: %s)", kernels.backend, kernels.layer_ops)
         return kernels
 

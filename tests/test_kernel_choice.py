@@ -71,3 +71,6 @@ def test_a_backend_that_cannot_run_is_refused_before_the_weights_load(llama_path
         LLM(llama_path, device="cpu", kernels="triton")
     with pytest.raises(ValueError, match="kernels must be one of auto, triton, cpu, torch"):
         LLM(llama_path, device="cpu", kernels="fast")
+    cuda_set = dataclasses.replace(llm_kernels.select("cuda"), paged_attention=ref_attention.paged_attention)
+    with pytest.raises(ValueError, match="needs TRITON_INTERPRET=1"):       # a set for another device: refused too
+        LLM(llama_path, device="cpu", kernels=cuda_set)

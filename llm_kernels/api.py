@@ -3,8 +3,8 @@
 Each function runs Triton, a C kernel for the CPU (paged attention's decodes) or the torch reference, as
 `llm_kernels.select` picks for the tensor's device and the configured backend. The engine does not come through
 here: it holds the `KernelSet` it selected once. The contract is the same for every backend, so a researcher can
-swap in a kernel of their own (a `KernelSet` field, or a function of `llm_kernels.triton_ops`) and check it
-against `llm_kernels.reference` with the tests.
+swap in a kernel of their own (a `KernelSet` field) and check it against `llm_kernels.reference` with
+`LLM_KERNELS_CANDIDATE=module:their_set python -m pytest tests/test_kernel_contract.py`.
 """
 
 from __future__ import annotations

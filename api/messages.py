@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -274,9 +275,21 @@ def _tool_id(call_id: str) -> str:
 
 
 def _object(arguments: str) -> dict:
-    """A call's input: its arguments' JSON object, or {} for arguments cut short."""
+    """A call's input: its arguments' JSON object, or {} for arguments cut short or not JSON. NaN, Infinity and
+    numbers past float's range are not JSON (Python's parser would take them, and the reply could not be sent)."""
     try:
-        value = json.loads(arguments)
+        value = json.loads(arguments, parse_constant=_not_json, parse_float=_finite)
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _not_json(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is past float's range")
+    return value

@@ -15,6 +15,8 @@ mean accepted length 1 + accepted / drafts.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import time
 
 from prometheus_client import (
@@ -26,7 +28,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engine.async_llm import AsyncLLM
@@ -40,6 +42,28 @@ _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 
 _REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
 _TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
 FINISH_REASONS = ("stop", "length", "abort")      # listed at 0 from the start, so that rate() of one is never empty
+
+
+class Batched:
+    """A Prometheus histogram that takes several equal observations at once: the tokens of one output share its
+    gap, and observing them one by one cost the event loop about 2 us a token (a non-streamed reply of 32,000
+    tokens, 60 ms). Updated on the event loop only."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.bounds = name, documentation, buckets
+        self.counts = [0] * (len(buckets) + 1)              # the last: above every bound
+        self.sum = 0.0
+
+    def observe(self, value: float, times: int = 1) -> None:
+        """`times` observations of `value`."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += times
+        self.sum += value * times
+
+    def collect(self):
+        cumulative = list(itertools.accumulate(self.counts))
+        buckets = [(repr(float(bound)), count) for bound, count in zip(self.bounds, cumulative)]
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=[*buckets, ("+Inf", cumulative[-1])],
+                                    sum_value=self.sum)
 
 
 class _EngineCollector:
@@ -86,8 +110,9 @@ class Metrics:
                                          registry=self.registry)
         self.ttft = Histogram(f"{PREFIX}_time_to_first_token_seconds", "From arrival to the first generated token",
                               buckets=_TTFT_BUCKETS, registry=self.registry)
-        self.itl = Histogram(f"{PREFIX}_inter_token_latency_seconds", "Between consecutive tokens of a sequence",
-                             buckets=_ITL_BUCKETS, registry=self.registry)
+        self.itl = Batched(f"{PREFIX}_inter_token_latency_seconds", "Between consecutive tokens of a sequence",
+                           _ITL_BUCKETS)
+        self.registry.register(self.itl)
         self.tpot = Histogram(f"{PREFIX}_request_time_per_output_token_seconds",
                               "A sequence's decode time per token after its first", buckets=_ITL_BUCKETS,
                               registry=self.registry)
@@ -149,14 +174,14 @@ class RequestTimer:
                 m.generation_tokens.inc(tokens)
                 self.generated[i] = self.generated.get(i, 0) + tokens
                 last = self.last.get(i)
+                last, gaps = self.last.get(i), tokens
                 if last is None:
                     m.prompt_tokens.inc(prompt)
                     stamp = output.metrics.get("first_token_time")       # a finished output has the engine's
                     m.ttft.observe(max(0.0, (now if stamp is None else stamp) - self.arrival))
-                    last, tokens = stamp, tokens - 1      # the gaps after the first token: known from the stamp
-                if last is not None:
-                    for _ in range(tokens):
-                        m.itl.observe(max(0.0, now - last) / tokens)
+                    last, gaps = stamp, tokens - 1     # the gaps after the first token: known from the stamp only
+                if last is not None and gaps:
+                    m.itl.observe(max(0.0, now - last) / gaps, gaps)
                 self.last[i] = now
             if choice.finish_reason is not None and i not in self.ended:
                 if i not in self.last and choice.finish_reason != "abort":

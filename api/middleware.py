@@ -157,8 +157,8 @@ class RequestIdMiddleware:
 
 class HttpMetricsMiddleware:
     """Counts every HTTP response by method, route template and status (`Metrics.http_requests`), the middleware's
-    own answers (401, 413, CORS) included. The template is the one the router matched (its `scope["route"]`); a
-    request no route matched is counted as 'other', so that clients cannot grow the metric without bound."""
+    own answers (401, 413, CORS) included. The route is the template the router matched (`_handler`); a request
+    no route matched is counted as 'other', so that clients cannot grow the metric without bound."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -178,5 +178,13 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, noting)
         finally:
-            handler = getattr(scope.get("route"), "path", "other")
-            self.counter.labels(scope["method"], handler, str(status[0])).inc()
+            self.counter.labels(scope["method"], _handler(scope), str(status[0])).inc()
+
+
+def _handler(scope: Scope) -> str:
+    """The template of the route the router matched (FastAPI's `scope["route"]`); for a plain Starlette route
+    (FastAPI's own /openapi.json), which sets only the endpoint, its path, which has no parameters; else 'other'."""
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    return route_path(scope) if "endpoint" in scope else "other"

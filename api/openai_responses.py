@@ -57,14 +57,14 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     choice = _tool_choice(body) if chat_tools or body.tool_choice is not None else None     # without tools: 400
     # (but "none", which asks for plain text)
     system = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
+    max_tokens = capped(body.max_output_tokens if body.max_output_tokens is not None else
+                        llm.sampling_defaults.get("max_tokens"), llm.max_tokens_cap)
     if body.truncation == "auto":
         prompt, conversation = await asyncio.to_thread(_fitted, llm.tokenizer, system, conversation, chat_tools,
-                                                       llm.max_model_len)
+                                                       llm.max_model_len, max_tokens or 1)
     else:
         prompt = await asyncio.to_thread(_encode, llm.tokenizer, system + conversation, chat_tools,
                                          llm.max_model_len)
-    max_tokens = capped(body.max_output_tokens if body.max_output_tokens is not None else
-                        llm.sampling_defaults.get("max_tokens"), llm.max_tokens_cap)
     check_context(prompt, max_tokens, llm.max_model_len, None, "input")
     constraint = tools.constraint(chat_tools or None, choice, body.parallel_tool_calls,
                                   state.settings.tool_call_parser, _format(body), "text.format")
@@ -147,27 +147,35 @@ def _encode(tokenizer, messages: list[dict], chat_tools: list, max_model_len: in
     return conversation_prompt(tokenizer, messages, rendered, max_model_len, "input")
 
 
-def _fitted(tokenizer, system: list[dict], conversation: list[dict], chat_tools: list,
-            max_model_len: int) -> tuple[Prompt, list[dict]]:
-    """truncation "auto": the prompt with as few of the conversation's first messages dropped as lets it fit the
-    context (OpenAI drops items from the start; the instructions stay), and the messages kept. A tool result is
-    never kept without the call before it. Found by bisection: a few renders, not one per message."""
-    starts = [i for i, message in enumerate(conversation) if message["role"] != "tool"]
+def _fitted(tokenizer, system: list[dict], conversation: list[dict], chat_tools: list, max_model_len: int,
+            room: int) -> tuple[Prompt, list[dict]]:
+    """truncation "auto": the prompt with as few of the conversation's first messages dropped as leave `room`
+    tokens of the context for the reply (OpenAI drops items from the start; the instructions stay), and the
+    messages kept. What is kept starts at a user message (templates that alternate roles need one first, and a
+    tool result never outlives its call). The whole conversation is tried first; then a bisection over the user
+    messages, a few renders rather than one per message. If even the last user turn leaves no room, it is kept
+    as it is (400 if it does not fit at all)."""
+    starts = [0] + [i for i, message in enumerate(conversation) if message["role"] == "user" and i > 0]
 
     def attempt(i: int) -> Prompt | None:
         try:
-            return _encode(tokenizer, system + conversation[starts[i]:], chat_tools, max_model_len)
+            prompt = _encode(tokenizer, system + conversation[starts[i]:], chat_tools, max_model_len)
         except APIError as exc:
             if exc.code != "context_length_exceeded":
                 raise
             return None
+        return prompt if len(prompt.token_ids) + room <= max_model_len else None
 
-    low, high = 0, len(starts) - 1
-    best = attempt(high) if starts else None
-    if best is None:                          # not even the last message fits: the 400 names the input
-        return _encode(tokenizer, system + conversation[starts[-1] if starts else 0:], chat_tools,
-                       max_model_len), conversation
-    while low < high:                         # the first start that fits lies in [low, high]
+    whole = attempt(0)
+    if whole is not None:
+        return whole, conversation
+    last = len(starts) - 1
+    best = attempt(last) if last else None
+    if best is None:
+        kept = conversation[starts[last]:]
+        return _encode(tokenizer, system + kept, chat_tools, max_model_len), kept
+    low, high = 1, last                       # the first start that fits lies in [low, high]
+    while low < high:
         middle = (low + high) // 2
         prompt = attempt(middle)
         if prompt is None:

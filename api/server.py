@@ -48,8 +48,9 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
                       responses={200: {"model": ModelList}, **errors(500)})
     app.add_api_route("/health", health, methods=["GET"], response_model=None,
                       responses={200: {"model": HealthResponse}, **errors(500, 503)})
-    app.add_api_route("/ping", health, methods=["GET", "POST"], response_model=None,     # SageMaker's health check
-                      responses={200: {"model": HealthResponse}, **errors(500, 503)})
+    for method in ("GET", "POST"):                                                    # SageMaker's health check
+        app.add_api_route("/ping", health, methods=[method], response_model=None, operation_id=f"ping_{method}",
+                          responses={200: {"model": HealthResponse}, **errors(500, 503)})
     app.add_api_route("/load", load, methods=["GET"], response_model=None,
                       responses={200: {"model": LoadResponse}, **errors(500)})
     app.add_api_route("/metrics", metrics, methods=["GET"], response_model=None, response_class=PlainTextResponse,

@@ -15,6 +15,7 @@ and the tool calls read back from the generated text.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Any, Literal
 
@@ -154,14 +155,13 @@ def _text_or_calls(form: StructuredOutputsParams, param: str, arguments: dict[st
     `arguments`' schemas. Its "or" of the two needs xgrammar 0.1.34 or newer (setup.cfg's floor)."""
     kind, spec = form.key
     if kind == "json":
-        schema = json.loads(form.json) if isinstance(form.json, str) else form.json      # its own property order
-        text = {"type": "json_schema", "json_schema": schema}
+        text = _compact_json(json.loads(form.json) if isinstance(form.json, str) else form.json, param)
     elif kind == "json_object":
-        text = {"type": "json_schema", "json_schema": {"type": "object"}}
+        text = _compact_json({"type": "object"}, param)
     else:
         text = {"type": "grammar", "grammar": spec}
-    tags = [{"type": "tag", "begin": s["begin"], "content": {"type": "json_schema", "json_schema": s["schema"]},
-             "end": s["end"]} for s in hermes_calls(arguments)["structures"]]
+    tags = [{"type": "tag", "begin": s["begin"], "content": _compact_json(s["schema"], "tools"), "end": s["end"]}
+            for s in hermes_calls(arguments)["structures"]]
     calls = {"type": "tags_with_separator", "tags": tags, "separator": "\n", "at_least_one": True,
              "stop_after_first": not parallel}
     tag = StructuredOutputsParams(structural_tag=json.dumps(
@@ -170,6 +170,24 @@ def _text_or_calls(form: StructuredOutputsParams, param: str, arguments: dict[st
     if error is not None:
         raise bad_request(f"The {param} cannot be combined with the tools: {error.split(': ', 1)[-1]}", param)
     return tag
+
+
+def _compact_json(schema: dict, param: str) -> dict:
+    """A structural-tag element of JSON matching `schema`, written as the engine writes a JSON constraint alone
+    (its own property order, no whitespace beyond one space after ',' and ':'): a structural tag's own json_schema
+    element would allow any run of whitespace, which a model can repeat until max_tokens."""
+    try:
+        return {"type": "grammar", "grammar": _json_grammar(json.dumps(schema))}
+    except Exception as exc:           # a schema the API's checks let through but xgrammar refuses
+        raise bad_request(f"The {param} schema cannot be enforced: {exc}", param) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _json_grammar(schema: str) -> str:
+    """The EBNF of compact JSON matching `schema` (remembered: requests repeat their schemas)."""
+    import xgrammar as xgr
+
+    return str(xgr.Grammar.from_json_schema(schema, any_whitespace=False))
 
 
 def hermes_calls(schemas: dict[str, dict]) -> dict:

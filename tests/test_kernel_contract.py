@@ -27,11 +27,16 @@ from llm_kernels.reference import token_bitmask as ref_token_bitmask
 
 
 def _candidates() -> dict[str, llm_kernels.KernelSet]:
+    """The named candidate, else the sets this machine runs that are not the references themselves: the CPU's
+    (its C attention kernel) and, with a GPU, Triton's."""
     named = os.environ.get("LLM_KERNELS_CANDIDATE")
     if named:
         module, _, attribute = named.partition(":")
         return {named: getattr(importlib.import_module(module), attribute)}
-    return {backend: llm_kernels.select("cpu", backend) for backend in ("cpu", "torch")}
+    sets = {"cpu": llm_kernels.select("cpu", "cpu")}
+    if torch.cuda.is_available():
+        sets["triton"] = llm_kernels.select("cuda", "triton")
+    return sets
 
 
 CANDIDATES = _candidates()

@@ -376,3 +376,14 @@ def test_thinking_adaptive_and_disabled_reach_the_template_and_a_budget_is_refus
     assert counts[0] == counts[1] < counts[2]           # the closed thinking's tokens are in the prompt
     assert reply.usage.input_tokens + (reply.usage.cache_read_input_tokens or 0) == counts[2]
     assert "budget_tokens" in str(refused)
+
+
+def test_a_calls_input_is_json_or_nothing():
+    """A call's arguments become its tool_use input only where they are JSON: NaN, Infinity and numbers past
+    float's range (which Python's parser takes) made a reply that could not be sent (a 500, seen in a soak run)."""
+    from api import messages
+
+    assert messages._object('{"a": 1.5, "b": [1e308, -2]}') == {"a": 1.5, "b": [1e308, -2]}
+    for text in ('{"a": NaN}', '{"a": -Infinity}', '{"a": 1e999}', '{"a": [1, 2', '[1, 2]'):
+        assert messages._object(text) == {}, text
+    json.dumps(messages._object('{"a": 1e999}'), allow_nan=False)

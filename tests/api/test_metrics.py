@@ -73,6 +73,7 @@ def test_http_responses_process_metrics_ping_and_load(llama_path):
                 await http.get("/v1/completions")
                 await http.get("/no/such/path/42")
                 await http.get("/v1/models/tiny")
+                await http.get("/openapi.json")
                 text = (await http.get("/metrics")).text
                 return idle.text, pings, load, empty, text
         finally:
@@ -96,5 +97,31 @@ def test_http_responses_process_metrics_ping_and_load(llama_path):
     assert count("POST", "/v1/completions", 400) == 1           # the trailing slash is the same route
     assert count("GET", "/v1/completions", 405) == 1
     assert count("GET", "other", 404) == 1                       # an unknown path: never its own label
-    assert count("GET", "/v1/models/{model:path}", 200) == 1
+    assert count("GET", "/v1/models/{model:path}", 200) == 1 and count("GET", "/openapi.json", 200) == 1
     assert count("GET", "/metrics", 200) == 1 and count("POST", "/ping", 200) == 1
+
+
+def test_a_batched_histogram_renders_as_the_same_observations_one_by_one():
+    """The inter-token histogram takes a merged output's equal gaps at once; its exposition is prometheus_client's
+    own Histogram's for the same observations (edges included: a value on a bound counts as below it)."""
+    from prometheus_client import CollectorRegistry, Histogram
+    from prometheus_client.exposition import generate_latest
+
+    from api.metrics import Batched
+
+    bounds = (0.001, 0.01, 0.1, 1.0)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    batched = Batched("gap_seconds", "Gaps", bounds)
+    ours.register(batched)
+    one_by_one = Histogram("gap_seconds", "Gaps", buckets=bounds, registry=theirs)
+    for value, times in ((0.0005, 3), (0.01, 2), (0.5, 1), (7.0, 4)):
+        batched.observe(value, times)
+        for _ in range(times):
+            one_by_one.observe(value)
+
+    def samples(registry) -> dict:
+        text = generate_latest(registry).decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text)
+                for s in family.samples if not s.name.endswith("_created")}
+
+    assert samples(ours) == samples(theirs)

@@ -190,7 +190,7 @@ def test_truncation_auto_drops_the_first_items_until_the_input_fits(server, clie
     assert auto.truncation == "auto" and auto.status in ("completed", "incomplete")
     fits = []
     for start in range(len(items)):
-        if items[start].get("type") == "function_call_output":
+        if items[start].get("role") != "user":           # kept input starts at a user message
             continue
         try:
             fits.append(client.responses.create(input=items[start:], **common).usage.input_tokens)
@@ -198,3 +198,31 @@ def test_truncation_auto_drops_the_first_items_until_the_input_fits(server, clie
         except openai.BadRequestError:
             continue
     assert fits and auto.usage.input_tokens == fits[0] < 1024
+
+
+def test_truncation_keeps_room_for_the_reply_starts_at_a_user_turn_and_renders_little():
+    """The kept messages leave max_output_tokens of room, start at a user message (templates that alternate roles
+    refuse anything else), and a conversation that fits is rendered once."""
+    from api.openai_responses import _fitted
+    from engine.tokenizer import PromptTooLongError
+
+    class Counting:                       # one token per character; refuses a first turn that is not the user's
+        renders = 0
+
+        def encode_chat(self, messages, add_generation_prompt, limit, *args, **kwargs):
+            Counting.renders += 1
+            if next(m for m in messages if m["role"] != "system")["role"] != "user":
+                raise ValueError("Conversation roles must alternate user/assistant/user/assistant/...")
+            size = sum(len(m["content"]) for m in messages)
+            if limit is not None and size > limit:
+                raise PromptTooLongError(size, limit, True)
+            return [1] * size
+
+    turns = [{"role": role, "content": "x" * 30} for role in ("user", "assistant") * 6]
+    system = [{"role": "system", "content": "s"}]
+    prompt, kept = _fitted(Counting(), system, turns, [], 400, 1)
+    assert (len(prompt.token_ids), kept, Counting.renders) == (361, turns, 1)
+    prompt, kept = _fitted(Counting(), system, turns, [], 400, 250)
+    assert kept == turns[8:] and len(prompt.token_ids) + 250 <= 400 < len(prompt.token_ids) + 60 + 250
+    prompt, kept = _fitted(Counting(), system, turns, [], 100, 500)      # no room anywhere: the last user turn
+    assert kept == turns[10:] and len(prompt.token_ids) == 61

@@ -207,6 +207,8 @@ def test_under_auto_with_an_output_format_a_reply_is_formatted_text_or_calls(hf_
         assert _accepts(hf_tokenizer, both, weather) and _accepts(hf_tokenizer, both, weather + "\n" + add)
         assert not _accepts(hf_tokenizer, both, "Just text, no call.", False)
         assert not _accepts(hf_tokenizer, both, '{"answer": "far too long"}', False)
+        assert not _accepts(hf_tokenizer, both, '{"answer"\n  :\t"yes"}', False)      # as compact as JSON alone
+        assert not _accepts(hf_tokenizer, both, weather.replace(": 3", ":     3"), False)
     strict_both = tools_constraint(strict, "auto", StructuredOutputsParams(json=answer))
     assert not _accepts(hf_tokenizer, strict_both, call("get_weather", '{"city": "Paris", "days": 9}'), False)
     single = tools_constraint(strict, "auto", StructuredOutputsParams(json_object=True), parallel=False)

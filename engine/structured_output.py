@@ -186,7 +186,9 @@ class GrammarCompiler:
         if self._compiler is None:
             tokenizer, vocab_size, stops = self._tokenizer
             info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stops)
-            self._compiler = xgr.GrammarCompiler(info)
+            # Our cache (CACHE_SIZE, by constraint) bounds what is kept: xgrammar's own keeps every grammar it ever
+            # compiled, without limit (a server's memory grew with each distinct schema).
+            self._compiler = xgr.GrammarCompiler(info, cache_enabled=False)
             control = [i for i, text in enumerate(info.decoded_vocab) if any(byte < 0x20 for byte in text)]
             self._keeps = (keep_mask(self._special, vocab_size), keep_mask(self._special + control, vocab_size))
         return Compiled(self._compiler.compile_grammar(grammar), self._keeps[is_json])

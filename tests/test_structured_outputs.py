@@ -169,3 +169,16 @@ def test_a_structural_tag_constrains_what_each_trigger_opens(llm):
         assert re.fullmatch(r"(x\{[^;]*\};)*(x\{[^;]*)?", choice.text), choice.text
     with pytest.raises(ValueError, match="structural_tag"):
         llm.generate("x", SamplingParams(structured_outputs=StructuredOutputsParams(structural_tag="{not json")))
+
+
+def test_only_the_engines_bounded_cache_keeps_compiled_grammars(llm, monkeypatch):
+    """Compiled grammars are kept by constraint in the engine's cache of CACHE_SIZE (the oldest go first), and
+    nowhere else: xgrammar's compiler keeps every grammar it compiled unless told not to (a server's memory grew
+    with each distinct schema in a soak run)."""
+    grammars = llm.engine.grammars
+    monkeypatch.setattr(so_module, "CACHE_SIZE", 2)
+    for i in range(4):
+        schema = {"type": "object", "properties": {f"field{i}": {"type": "integer"}}, "required": [f"field{i}"]}
+        grammars.submit(StructuredOutputsParams(json=schema)).result()
+    assert len(grammars._cache) == 2
+    assert grammars._compiler.get_cache_size_bytes() == 0

@@ -155,7 +155,7 @@ class Metrics:
 class RequestTimer:
     """Observes one engine request's outputs, per sequence (see the module's docstring)."""
 
-    __slots__ = ("metrics", "arrival", "last", "generated", "ended")
+    __slots__ = ("metrics", "arrival", "last", "generated", "ended", "unstamped")
 
     def __init__(self, metrics: Metrics, arrival: float) -> None:
         self.metrics = metrics
@@ -163,6 +163,7 @@ class RequestTimer:
         self.last: dict[int, float] = {}          # per sequence: when its latest tokens reached the server
         self.generated: dict[int, int] = {}
         self.ended: dict[int, float] = {}         # per sequence: when its finish reached the server
+        self.unstamped: dict[int, tuple[float, int]] = {}   # a first output of several tokens: when, how many gaps
 
     def observe(self, output: RequestOutput) -> None:
         """Record a delta output (or a non-streamed request's only output)."""
@@ -179,7 +180,9 @@ class RequestTimer:
                     m.prompt_tokens.inc(prompt)
                     stamp = output.metrics.get("first_token_time")       # a finished output has the engine's
                     m.ttft.observe(max(0.0, (now if stamp is None else stamp) - self.arrival))
-                    last, gaps = stamp, tokens - 1     # the gaps after the first token: known from the stamp only
+                    last, gaps = stamp, tokens - 1     # the gaps after the first token: known from the stamp,
+                    if last is None and gaps:          # which the request's last output brings
+                        self.unstamped[i] = (now, gaps)
                 if last is not None and gaps:
                     m.itl.observe(max(0.0, now - last) / gaps, gaps)
                 self.last[i] = now
@@ -195,6 +198,8 @@ class RequestTimer:
         m, times = self.metrics, output.metrics
         arrived, scheduled, first = (times.get(key) for key in ("arrival_time", "first_scheduled_time",
                                                                    "first_token_time"))
+        for seen, gaps in self.unstamped.values() if first is not None else ():
+            m.itl.observe(max(0.0, seen - first) / gaps, gaps)
         for i, ended in self.ended.items():
             generated = self.generated.get(i, 0)
             m.e2e.observe(max(0.0, ended - self.arrival))

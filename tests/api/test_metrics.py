@@ -59,6 +59,17 @@ def test_a_sequence_counts_its_prompt_once_prefilled_and_each_of_its_tokens_gaps
     assert reasons == {"stop": 1, "length": 1, "abort": 1}
 
 
+def test_a_first_output_of_several_tokens_counts_its_gaps_once_the_stamp_arrives():
+    """Outputs merged while the server was busy: a sequence's first output may hold several tokens, whose gaps are
+    known only from the engine's first-token stamp, on the request's last output (a loaded CI run lost them)."""
+    metrics = Metrics(_IdleEngine())
+    timer = metrics.timer(arrival=0.0)
+    timer.observe(_output(CompletionOutput(0, "abc", [5, 6, 7])))
+    timer.observe(_output(CompletionOutput(0, "de", [8, 9], finish_reason="length"), finished=True,
+                          arrival_time=0.0, first_scheduled_time=0.0, first_token_time=0.0))
+    assert _samples(metrics)["triton_serve_inter_token_latency_seconds_count[]"] == 2 + 2
+
+
 def test_http_responses_process_metrics_ping_and_load(llama_path):
     async def main():
         llm = AsyncLLM(llama_path)

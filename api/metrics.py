@@ -174,7 +174,6 @@ class RequestTimer:
             if tokens:
                 m.generation_tokens.inc(tokens)
                 self.generated[i] = self.generated.get(i, 0) + tokens
-                last = self.last.get(i)
                 last, gaps = self.last.get(i), tokens
                 if last is None:
                     m.prompt_tokens.inc(prompt)

@@ -153,8 +153,8 @@ def _fitted(tokenizer, system: list[dict], conversation: list[dict], chat_tools:
     tokens of the context for the reply (OpenAI drops items from the start; the instructions stay), and the
     messages kept. What is kept starts at a user message (templates that alternate roles need one first, and a
     tool result never outlives its call). The whole conversation is tried first; then a bisection over the user
-    messages, a few renders rather than one per message. If even the last user turn leaves no room, it is kept
-    as it is (400 if it does not fit at all)."""
+    messages, a few renders rather than one per message. If no user turn leaves that room, the most that fits
+    the context is kept (the reply then ends at the context's end; 400 if not even the last turn fits)."""
     starts = [0] + [i for i, message in enumerate(conversation) if message["role"] == "user" and i > 0]
 
     def attempt(i: int) -> Prompt | None:
@@ -172,6 +172,8 @@ def _fitted(tokenizer, system: list[dict], conversation: list[dict], chat_tools:
     last = len(starts) - 1
     best = attempt(last) if last else None
     if best is None:
+        if room > 1:
+            return _fitted(tokenizer, system, conversation, chat_tools, max_model_len, 1)
         kept = conversation[starts[last]:]
         return _encode(tokenizer, system + kept, chat_tools, max_model_len), kept
     low, high = 1, last                       # the first start that fits lies in [low, high]

@@ -226,3 +226,5 @@ def test_truncation_keeps_room_for_the_reply_starts_at_a_user_turn_and_renders_l
     assert kept == turns[8:] and len(prompt.token_ids) + 250 <= 400 < len(prompt.token_ids) + 60 + 250
     prompt, kept = _fitted(Counting(), system, turns, [], 100, 500)      # no room anywhere: the last user turn
     assert kept == turns[10:] and len(prompt.token_ids) == 61
+    prompt, kept = _fitted(Counting(), system, turns[:4], [], 400, 500)  # fits, but no room: nothing dropped
+    assert kept == turns[:4] and len(prompt.token_ids) == 121

@@ -48,12 +48,11 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     parser = state.settings.tool_call_parser
     form = constraint(body.response_format, body.structured_outputs)
     form_param = "response_format" if body.response_format is not None else "structured_outputs"
-    tool_constraint = tools.constraint(body.tools, body.effective_tool_choice, body.parallel_tool_calls, parser,
-                                       form, form_param)
+    structured = tools.constraint(body.tools, body.effective_tool_choice, body.parallel_tool_calls, parser, form,
+                                  form_param)
     params = sampling_params(body, n=body.n or 1, max_tokens=max_tokens, logprobs=top,
                              prompt_logprobs=body.prompt_logprobs,
-                             vocab_size=state.vocab_size, defaults=llm.sampling_defaults,
-                             tool_constraint=tool_constraint)
+                             vocab_size=state.vocab_size, defaults=llm.sampling_defaults, structured=structured)
     job = Job("chatcmpl", body.model, [prompt], params, params.n, arrival=arrival)
     view = _View(state, job, body)
     return await answer(state, job, request, framed(view.events()) if body.stream else None,

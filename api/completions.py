@@ -20,6 +20,7 @@ from api.sampling import capped, check_context, completion_prompts, sampling_par
 from api.state import SYSTEM_FINGERPRINT, ServerState, check_model, server_state
 from api.stops import stop_fields
 from api.streaming import StreamUsage, framed, usage
+from api.structured import constraint
 from engine.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 
 router = APIRouter()
@@ -47,7 +48,8 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     wanted = [k for k in (body.logprobs if body.echo else None, body.prompt_logprobs) if k is not None]
     params = sampling_params(body, n=best_of, max_tokens=max_tokens, logprobs=logprobs,
                              prompt_logprobs=max(wanted) if wanted else None, vocab_size=state.vocab_size,
-                             defaults=llm.sampling_defaults)
+                             defaults=llm.sampling_defaults,
+                             structured=constraint(body.response_format, body.structured_outputs))
     job = Job("cmpl", body.model, prompts, params, n, arrival=arrival)
     view = _View(state, job, body)
     return await answer(state, job, request, framed(view.events()) if body.stream else None, view.response)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from api.errors import APIError, bad_request
 from api.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingRequest
-from api.structured import constraint
 from api.tools import Tool, for_template
 from engine.sampling_params import SamplingParams
 from engine.structured_output import StructuredOutputsParams
@@ -164,12 +163,11 @@ def or_defaults(defaults: dict, **sent) -> dict:
 
 def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None, logprobs: int | None,
                     prompt_logprobs: int | None, vocab_size: int, defaults: dict,
-                    tool_constraint: StructuredOutputsParams | None = None) -> SamplingParams:
+                    structured: StructuredOutputsParams | None) -> SamplingParams:
     """The engine's SamplingParams for a request (its ValueError becomes a 400 naming the field), the fields it
-    leaves out from the model's `defaults`; `tool_constraint`, where the request has tools, is the reply's
-    constraint under its tool choice and output format (`api.tools.constraint`), else the format's."""
+    leaves out from the model's `defaults`; `structured` is the reply's constraint, as the route decided it (the
+    output format's, `api.structured.constraint`, or with tools `api.tools.constraint`)."""
     logit_bias = {int(k): v for k, v in (request.logit_bias or {}).items()}
-    structured = tool_constraint or constraint(request.response_format, request.structured_outputs)
     for name, ids in (("logit_bias", list(logit_bias)), ("stop_token_ids", request.stop_token_ids or []),
                       ("allowed_token_ids", request.allowed_token_ids or [])):
         if any(t >= vocab_size for t in ids):
@@ -186,7 +184,7 @@ def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None,
             prompt_logprobs=prompt_logprobs, logit_bias=logit_bias or None,
             skip_special_tokens=_or(request.skip_special_tokens, True),
             allowed_token_ids=request.allowed_token_ids, bad_words=request.bad_words,
-            structured_outputs=structured or tool_constraint)
+            structured_outputs=structured)
     except ValueError as exc:
         field = str(exc).split(" ", 1)[0]
         raise bad_request(str(exc), _PARAM_NAMES.get(field, field)) from exc

@@ -173,21 +173,19 @@ def _text_or_calls(form: StructuredOutputsParams, param: str, arguments: dict[st
 
 
 def _compact_json(schema: dict, param: str) -> dict:
-    """A structural-tag element of JSON matching `schema`, written as the engine writes a JSON constraint alone
-    (its own property order, no whitespace beyond one space after ',' and ':'): a structural tag's own json_schema
+    """A structural-tag element of JSON matching `schema`, the grammar the engine builds for a JSON constraint
+    alone (`StructuredOutputsParams.parse`: its own property order, compact): a structural tag's own json_schema
     element would allow any run of whitespace, which a model can repeat until max_tokens."""
     try:
         return {"type": "grammar", "grammar": _json_grammar(json.dumps(schema))}
-    except Exception as exc:           # a schema the API's checks let through but xgrammar refuses
+    except ValueError as exc:          # a schema the API's checks let through but the engine refuses
         raise bad_request(f"The {param} schema cannot be enforced: {exc}", param) from None
 
 
 @functools.lru_cache(maxsize=256)
 def _json_grammar(schema: str) -> str:
-    """The EBNF of compact JSON matching `schema` (remembered: requests repeat their schemas)."""
-    import xgrammar as xgr
-
-    return str(xgr.Grammar.from_json_schema(schema, any_whitespace=False))
+    """The EBNF of the engine's grammar for JSON matching `schema` (remembered: requests repeat their schemas)."""
+    return str(StructuredOutputsParams(json=schema).parse())
 
 
 def hermes_calls(schemas: dict[str, dict]) -> dict:

@@ -90,6 +90,16 @@ def asgi_client(app) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=TIMEOUT)
 
 
+def anthropic_asgi_client(app):
+    """The anthropic SDK's async client of `app` in-process (over httpx2, the SDK's fork of httpx); `async with`
+    closes it."""
+    import anthropic
+    import httpx2
+
+    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://test", timeout=TIMEOUT)
+    return anthropic.AsyncAnthropic(base_url="http://test", api_key="x", http_client=http, max_retries=0)
+
+
 def sse_events(response: httpx.Response) -> list:
     """The `data:` payloads of an SSE body (parsed JSON, or the string '[DONE]'), checking the framing."""
     text = response.text

@@ -344,7 +344,7 @@ def test_thinking_adaptive_and_disabled_reach_the_template_and_a_budget_is_refus
     import asyncio
     import shutil
 
-    import httpx2
+    from api_helpers import anthropic_asgi_client
 
     from api import ServerSettings, create_app
     from engine import AsyncLLM
@@ -359,8 +359,7 @@ def test_thinking_adaptive_and_disabled_reach_the_template_and_a_budget_is_refus
         llm = AsyncLLM(str(path))
         app = create_app(llm, ServerSettings("tiny"))
         try:
-            async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://test") as http:
-                claude = anthropic.AsyncAnthropic(base_url="http://test", api_key="x", http_client=http, max_retries=0)
+            async with anthropic_asgi_client(app) as claude:
                 counts = [(await claude.messages.count_tokens(model="tiny", messages=USER, **extra)).input_tokens
                           for extra in ({}, {"thinking": {"type": "adaptive"}}, {"thinking": {"type": "disabled"}})]
                 reply = await claude.messages.create(model="tiny", max_tokens=3, messages=USER,

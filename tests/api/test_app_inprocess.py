@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import TIMEOUT, asgi_client
+from api_helpers import TIMEOUT, anthropic_asgi_client, asgi_client
 
 import api.cli as cli
 import engine
@@ -97,15 +97,13 @@ def test_full_waiting_queue_is_429(llama_path):
     """A full queue is 429 with `retry-after`, and Anthropic's 529 overloaded_error on /v1/messages (the anthropic
     SDK's OverloadedError), so that clients back off and retry."""
     import anthropic
-    import httpx2  # the anthropic SDK's fork of httpx
     import openai
 
     async def main():
         llm = AsyncLLM(llama_path, max_num_seqs=2, max_queued_seqs=2)
         app = create_app(llm, ServerSettings("tiny"))
         try:
-            async with asgi_client(app) as http, httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app),
-                                                                     base_url="http://test") as http2:
+            async with asgi_client(app) as http, anthropic_asgi_client(app) as claude:
                 busy = await llm.add_request("hello", SamplingParams(n=3, max_tokens=200, ignore_eos=True))
                 body = {"model": "tiny", "prompt": "hi", "n": 2, "max_tokens": 2}
                 rejected = await http.post("/v1/completions", json=body)
@@ -115,8 +113,6 @@ def test_full_waiting_queue_is_429(llama_path):
                 with pytest.raises(openai.RateLimitError) as openai_error:
                     await chat.chat.completions.create(model="tiny", n=2, max_tokens=2,
                                                        messages=[{"role": "user", "content": "hi"}])
-                claude = anthropic.AsyncAnthropic(base_url="http://test", api_key="x", http_client=http2,
-                                                  max_retries=0)
                 await llm.add_request("hello", SamplingParams(max_tokens=200, ignore_eos=True))   # 4 of 4 now
                 with pytest.raises(anthropic.OverloadedError) as anthropic_error:
                     await claude.messages.create(model="tiny", max_tokens=2,

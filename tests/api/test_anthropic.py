@@ -9,7 +9,7 @@ import json
 import httpx
 import jsonschema
 import pytest
-from api_helpers import TIMEOUT
+from api_helpers import TIMEOUT, anthropic_asgi_client
 
 anthropic = pytest.importorskip("anthropic")
 
@@ -343,8 +343,6 @@ def test_thinking_adaptive_and_disabled_reach_the_template_and_a_budget_is_refus
     the reply), `adaptive` leaves the template's default; a budget_tokens cannot be enforced here: 400 by name."""
     import asyncio
     import shutil
-
-    from api_helpers import anthropic_asgi_client
 
     from api import ServerSettings, create_app
     from engine import AsyncLLM

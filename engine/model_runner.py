@@ -32,6 +32,7 @@ from engine.speculative import accepted_length
 from engine.step_inputs import StepChannel, StepInputs
 from engine.transfer import tensor_to_device, to_device
 from llm_kernels import backend as kernel_backends
+from llm_kernels.cpu.linear import bound_caches
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class ModelRunner:
         self.device = config.torch_device(tp.rank)
         if self.device.type == "cpu":
             keep_freed_memory()            # each step's activations reuse resident pages (engine/cpu_malloc.py)
+            bound_caches()                 # oneDNN's compiled products, one per step shape (llm_kernels/cpu/linear.py)
         self.dtype = config.torch_dtype(model_config, self.device)
         self.block_size = config.block_size
         self.max_model_len = max_model_len

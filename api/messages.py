@@ -53,6 +53,9 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     state = server_state(request)
     check_model(state, body.model)
     llm = state.llm
+    budget = body.thinking_budget()
+    if budget is not None and budget >= body.max_tokens:
+        raise bad_request("max_tokens must be greater than thinking.budget_tokens", "max_tokens")
     openai_tools = _tools(body)
     choice = _tool_choice(body) if openai_tools or body.tool_choice is not None else None   # no tools: 400 but none
     prompt = await asyncio.to_thread(_prompt, body, llm.tokenizer, openai_tools, llm.max_model_len)
@@ -65,7 +68,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     try:
         sent = or_defaults(llm.sampling_defaults, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k)
         params = SamplingParams(max_tokens=capped(body.max_tokens, llm.max_tokens_cap), stop=body.stop_sequences,
-                                structured_outputs=constraint, **sent)
+                                structured_outputs=constraint, thinking_token_budget=body.thinking_budget(), **sent)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     job = Job("msg", body.model, [prompt], params, 1, arrival=arrival)

@@ -2,7 +2,8 @@
 response shapes for /openapi.json.
 
 Content is text, and tool_use / tool_result blocks, paired as Anthropic requires (and an earlier reply's thinking
-blocks, not rendered); images and documents are refused by name, and so is a thinking budget. `system` may be a
+blocks, not rendered); images and documents are refused by name. A thinking budget is the engine's
+thinking_token_budget (a model without `<think>` tokens refuses it). `system` may be a
 string or text blocks. A last assistant message is a prefill: the reply continues it (an empty one is dropped: the
 reply is a new turn).
 """
@@ -186,7 +187,15 @@ class ThinkingDisabled(StrictModel):
     type: Literal["disabled"]
 
 
-Thinking = Annotated[ThinkingAdaptive | ThinkingDisabled, Field(discriminator="type")]
+class ThinkingEnabled(StrictModel):
+    """`thinking: {"type": "enabled", "budget_tokens": N}`: the model thinks for N tokens at most, then its
+    `</think>` is drawn (the engine's thinking_token_budget). Anthropic's bounds: at least 1024, below max_tokens."""
+
+    type: Literal["enabled"]
+    budget_tokens: Annotated[int, Field(ge=1024)]
+
+
+Thinking = Annotated[ThinkingAdaptive | ThinkingDisabled | ThinkingEnabled, Field(discriminator="type")]
 
 
 class Conversation(TextRequest):
@@ -208,14 +217,9 @@ class Conversation(TextRequest):
         """What `thinking` asks of the chat template."""
         return {"enable_thinking": False} if isinstance(self.thinking, ThinkingDisabled) else None
 
-    @field_validator("thinking", mode="before")
-    @classmethod
-    def _no_budget(cls, value: Any) -> Any:
-        if isinstance(value, dict) and value.get("type") == "enabled":     # a budget this server cannot enforce
-            raise PydanticCustomError("unsupported", "thinking of type 'enabled' (a budget_tokens) is not supported "
-                                      "by this server; send thinking.type 'adaptive' (the model thinks as it "
-                                      "chooses) or 'disabled'")
-        return value
+    def thinking_budget(self) -> int | None:
+        """The engine's thinking_token_budget: `budget_tokens` of an enabled thinking, else None."""
+        return self.thinking.budget_tokens if isinstance(self.thinking, ThinkingEnabled) else None
 
     @field_validator("messages")
     @classmethod

@@ -138,6 +138,7 @@ class SamplingRequest(TextRequest):
     truncate_prompt_tokens: Annotated[int, Field(ge=1)] | None = None
     allowed_token_ids: TokenIds | None = None
     bad_words: Annotated[list[Text], Field(max_length=MAX_BAD_WORDS)] | None = None
+    thinking_token_budget: Annotated[int, Field(ge=0)] | None = None
     perf_metrics_in_response: bool | None = None
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None

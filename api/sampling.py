@@ -184,7 +184,7 @@ def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None,
             prompt_logprobs=prompt_logprobs, logit_bias=logit_bias or None,
             skip_special_tokens=_or(request.skip_special_tokens, True),
             allowed_token_ids=request.allowed_token_ids, bad_words=request.bad_words,
-            structured_outputs=structured)
+            structured_outputs=structured, thinking_token_budget=request.thinking_token_budget)
     except ValueError as exc:
         field = str(exc).split(" ", 1)[0]
         raise bad_request(str(exc), _PARAM_NAMES.get(field, field)) from exc

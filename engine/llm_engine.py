@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine import structured_output
+from engine import structured_output, thinking
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig
 from engine.cpu_threads import FixedThreads, ThreadTuner, thread_policy
@@ -25,6 +25,7 @@ from engine.scheduler import Scheduler
 from engine.sequence import Request, Sequence, SequenceStatus, derive_seed
 from engine.speculative import Speculation
 from engine.structured_output import GrammarCompiler
+from engine.thinking import ThinkingBudget
 from engine.tokenizer import PromptTooLongError, Tokenizer
 from engine.tp_workers import TPWorkers, serve_if_launched_worker
 
@@ -150,6 +151,7 @@ class LLMEngine:
         else:
             text, token_ids = None, _token_ids(prompt)
         self._validate(token_ids, params)
+        thinking_ids = self._thinking_ids(params)
         request = Request(request_id, text, token_ids, params, stream)
         if params.bad_words:
             request.bad_words_token_ids = self._bad_words(params.bad_words)
@@ -165,6 +167,8 @@ class LLMEngine:
             detok = self.tokenizer.detokenizer(token_ids, params.skip_special_tokens)
             seq = Sequence(self._next_seq_id, request, index, list(token_ids), derive_seed(base_seed, index),
                            max_tokens, detok)
+            if thinking_ids is not None:
+                seq.thinking = ThinkingBudget.for_prompt(token_ids, thinking_ids, params.thinking_token_budget)
             self._next_seq_id += 1
             request.seqs.append(seq)
         self.requests[request_id] = request
@@ -227,6 +231,17 @@ class LLMEngine:
                 raise ValueError("min_tokens leaves no token to draw: every token allowed is a stop token "
                                  "(stop_token_ids or EOS), which cannot be drawn before min_tokens tokens, or a "
                                  "bad word")
+
+    def _thinking_ids(self, params: SamplingParams) -> tuple[int, int] | None:
+        """The `<think>` and `</think>` ids a thinking_token_budget needs (None without one); a ValueError where the
+        model's vocabulary lacks them."""
+        if params.thinking_token_budget is None:
+            return None
+        ids = thinking.markers(self.tokenizer)
+        if ids is None or max(ids) >= self.model_config.vocab_size:
+            raise ValueError(f"thinking_token_budget needs a model that thinks between {thinking.START} and "
+                             f"{thinking.END} tokens; this model's vocabulary has no such tokens")
+        return ids
 
     def _bad_words(self, words: list[str]) -> list[list[int]]:
         sequences = self.tokenizer.word_token_ids(words)

@@ -62,6 +62,8 @@ class OutputProcessor:
             for row in range(first, first + accepted + 1):      # its accepted drafts, then one token more
                 token = token_ids[row]
                 seq.token_ids.append(token)
+                if seq.thinking is not None:
+                    seq.thinking.accept(token)
                 if logprob_row and row in logprob_row:
                     self._add_logprobs(seq, sampled.logprobs, logprob_row[row], token)
                 if (seq.matcher is not None and _grammar_ended(seq, token)) or self._check_stop(seq, token):

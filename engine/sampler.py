@@ -1,8 +1,8 @@
-"""From logits to tokens: min_tokens, allowed_token_ids, bad_words, logit_bias, penalties and structured outputs'
-token masks, then the engine's `sample` kernel, plus logprobs. Structured outputs' masks are filled on the host
-first, before anything waits for the logits: on a GPU the forward is still running then. (Not on a thread beside
-it: on the CPU, a second thread running torch ops kept its own OpenMP workers spinning, and every later step of the
-engine took 30% longer.) A row that its bans leave no token draws EOS.
+"""From logits to tokens: min_tokens, allowed_token_ids, bad_words, logit_bias, penalties, structured outputs'
+token masks and a spent thinking budget's `</think>`, then the engine's `sample` kernel, plus logprobs. Structured
+outputs' masks are filled on the host first, before anything waits for the logits: on a GPU the forward is still
+running then. (Not on a thread beside it: on the CPU, a second thread running torch ops kept its own OpenMP workers
+spinning, and every later step of the engine took 30% longer.) A row that its bans leave no token draws EOS.
 
 Logprobs are the log-softmax of the raw logits, before any of the processing (vLLM's default), so they
 describe the model rather than the sampling settings.
@@ -94,6 +94,7 @@ class Sampler:
                                              to_device(mask_rows, torch.int64, device))
         if banning or mask_rows:
             self._end_dead_rows(logits, banning + mask_rows)
+        self._force(logits, seqs)
         kernel = self.kernel_rows(seqs, offsets)
         # Parameter-major: each parameter is a contiguous row, which the kernels read without a copy.
         temperature, top_p, min_p = to_device([kernel.temperature, kernel.top_p, kernel.min_p], torch.float32,
@@ -130,7 +131,8 @@ class Sampler:
             params = seq.params
             if (params.logprobs is not None or seq.matcher is not None or params.logit_bias or params.has_penalties
                     or seq.num_output_tokens < params.min_tokens or params.allowed_token_ids is not None
-                    or seq.request.bad_words_token_ids):
+                    or seq.request.bad_words_token_ids
+                    or (seq.thinking is not None and seq.thinking.forced() is not None)):
                 return False
         return True
 
@@ -171,6 +173,15 @@ class Sampler:
                     logits[i, to_device(banned, torch.int64, logits.device)] = float("-inf")
                     rows.append(i)
         return rows
+
+    @staticmethod
+    def _force(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        """A thinking budget that is spent draws `</think>` (engine/thinking.py), after every other mask."""
+        for i, seq in enumerate(seqs):
+            token = seq.thinking.forced() if seq.thinking is not None else None
+            if token is not None:
+                logits[i] = float("-inf")
+                logits[i, token] = 0.0
 
     def _end_dead_rows(self, logits: torch.Tensor, rows: list[int]) -> None:
         """A row whose bans and masks left no token (allowed_token_ids that a grammar or a bad word's completion

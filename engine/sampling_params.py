@@ -31,7 +31,8 @@ class SamplingParams:
     detokenize False leaves the output text empty (token ids only; stop strings then need it).
     structured_outputs constrains the text (a JSON schema, regex, choice or grammar; a dict of
     StructuredOutputsParams' fields is taken too): every sequence then matches it, and ends ("stop") when it is
-    complete.
+    complete. thinking_token_budget (vLLM's) lets a model that thinks between `<think>` and `</think>` tokens
+    think for that many tokens at most, then draws `</think>` (engine/thinking.py).
     """
 
     n: int = 1
@@ -57,6 +58,7 @@ class SamplingParams:
     bad_words: list[str] | None = None
     detokenize: bool = True
     structured_outputs: StructuredOutputsParams | None = None
+    thinking_token_budget: int | None = None
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -83,7 +85,7 @@ class SamplingParams:
             _check(_is_number(getattr(self, name)), name, "must be a number", getattr(self, name))
         for name in ("n", "top_k", "min_tokens"):
             _check(_is_int(getattr(self, name)), name, "must be an integer", getattr(self, name))
-        for name in ("max_tokens", "seed", "logprobs", "prompt_logprobs"):
+        for name in ("max_tokens", "seed", "logprobs", "prompt_logprobs", "thinking_token_budget"):
             value = getattr(self, name)
             _check(value is None or _is_int(value), name, "must be None or an integer", value)
         _check(self.stop is None or isinstance(self.stop, str) or _list_of(self.stop, str), "stop",
@@ -134,6 +136,11 @@ class SamplingParams:
         _check(self.structured_outputs is None or isinstance(self.structured_outputs, StructuredOutputsParams),
                "structured_outputs", "must be a StructuredOutputsParams, a dict of its fields or None",
                self.structured_outputs)
+        _check(self.thinking_token_budget is None or self.thinking_token_budget >= 0, "thinking_token_budget",
+               "must be None or an integer >= 0", self.thinking_token_budget)
+        _check(self.thinking_token_budget is None or self.structured_outputs is None, "thinking_token_budget",
+               "cannot be combined with structured_outputs (the grammar covers the whole reply, thinking included)",
+               self.thinking_token_budget)
         _check(self.structured_outputs is None or self.min_tokens == 0, "min_tokens",
                "cannot be combined with structured_outputs (the grammar decides when the output may end)",
                self.min_tokens)

@@ -9,6 +9,7 @@ from enum import Enum
 
 from engine.outputs import PositionLogprobs
 from engine.sampling_params import SamplingParams
+from engine.thinking import ThinkingBudget
 from engine.tokenizer import IncrementalDetokenizer
 
 _MASK64 = (1 << 64) - 1
@@ -51,6 +52,7 @@ class Sequence:
     block_hashes: list[int] = field(default_factory=list)   # chained hashes of the full blocks computed
     num_preemptions: int = 0
     matcher: object | None = None                 # its structured output's GrammarState (engine/structured_output)
+    thinking: ThinkingBudget | None = None        # its thinking_token_budget's state (engine/thinking.py)
     next_prompt_logprob: int = 1                  # the scheduler's: first prompt position whose logprob is due
     draft_token_ids: list[int] = field(default_factory=list)   # the proposer's guess at the next tokens
     text: str = ""

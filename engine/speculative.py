@@ -16,7 +16,8 @@ token-identical with and without speculation, greedy or sampled, whatever the ba
 speculation on and off freely.
 
 Not every sequence speculates: structured outputs (the grammar must see each token first), penalties and bad_words
-(they depend on the tokens before each row) and sequences still under `min_tokens` decode one token at a time.
+(they depend on the tokens before each row), sequences still under `min_tokens` and a thinking budget until the
+thinking has closed (its count decides a row's token) decode one token at a time.
 
 `SpeculationGate` (engine/speculation_gate.py) switches speculation off for a step when it would not pay: verifying
 k drafts costs k more tokens of compute per sequence, which is nearly free for a small batch and not for a large
@@ -122,7 +123,8 @@ def can_speculate(seq: Sequence) -> bool:
     """Whether `seq` is decoding and its sampling allows drafts (see the module docstring)."""
     params = seq.params
     return (seq.num_computed_tokens == seq.num_tokens - 1 and seq.matcher is None and not params.has_penalties
-            and seq.num_output_tokens >= params.min_tokens and not seq.request.bad_words_token_ids)
+            and seq.num_output_tokens >= params.min_tokens and not seq.request.bad_words_token_ids
+            and (seq.thinking is None or seq.thinking.done))
 
 
 class Speculation:

@@ -59,8 +59,9 @@ ARCHITECTURES = {
 }
 
 
-def build_tokenizer(path: Path) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on CORPUS and save it with a ChatML template under `path`."""
+def build_tokenizer(path: Path, thinking: bool = False) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on CORPUS and save it with a ChatML template under `path`; `thinking` adds `<think>`
+    and `</think>` as tokens of their own (not special: their text stays in the output, as Qwen3's)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -69,16 +70,18 @@ def build_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                                    additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    if thinking:
+        fast.add_tokens(["<think>", "</think>"])
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(path)
     return fast
 
 
 def build_checkpoint(path: Path, arch: str = "llama", *, tie: bool = False, dtype: torch.dtype = torch.float32,
-                     seed: int = 0, **overrides) -> Path:
+                     seed: int = 0, thinking: bool = False, **overrides) -> Path:
     """A two-layer random-weight checkpoint of `arch` with the test tokenizer, saved under `path`."""
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(path)
+    tokenizer = build_tokenizer(path, thinking)
     config_cls, extra = ARCHITECTURES[arch]
     settings = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

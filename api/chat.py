@@ -68,6 +68,8 @@ class _View:
                                   state.settings.return_tokens_as_token_ids)
         last = body.messages[-1]            # vLLM's echo: the last message, when it is of the reply's role
         self.echo = last.text() if body.echo and (not body.generation_prompt or last.role == "assistant") else ""
+        self.opened = bool(state.settings.reasoning_parser) and reasoning.opened(state.llm.tokenizer,
+                                                                                job.prompts[0].token_ids)
 
     def _header(self, obj: str) -> dict:
         job = self.job
@@ -93,7 +95,8 @@ class _View:
     def _message(self, choice: CompletionOutput) -> tuple[dict, str | None]:
         """The reply's message (its thinking apart with a reasoning parser), and its finish reason ("tool_calls"
         when it chose to call tools)."""
-        thinking, text = reasoning.split(choice.text) if self.state.settings.reasoning_parser else (None, choice.text)
+        thinking, text = (reasoning.split(choice.text, opened=self.opened) if self.state.settings.reasoning_parser
+                          else (None, choice.text))
         message = {"role": "assistant", "content": text}
         if thinking is not None:
             message["reasoning_content"] = thinking
@@ -117,7 +120,7 @@ class _View:
         if counts is not None and self.state.settings.reasoning_parser:
             tokenizer = self.state.llm.tokenizer
             counts["completion_tokens_details"] = {
-                "reasoning_tokens": sum(reasoning.reasoning_tokens(tokenizer, ids) for ids in token_ids)}
+                "reasoning_tokens": sum(reasoning.reasoning_tokens(tokenizer, ids, self.opened) for ids in token_ids)}
         return counts
 
     def response(self, final: RequestOutput) -> dict:
@@ -163,7 +166,8 @@ class _View:
             yield chunk
             if self.echo:
                 yield self._chunk(index, {"content": self.echo}, None, None, tracker.for_chunk(False))
-        splits = [reasoning.StreamSplit() for _ in range(job.n)] if self.state.settings.reasoning_parser else None
+        splits = ([reasoning.StreamSplit(self.opened) for _ in range(job.n)] if self.state.settings.reasoning_parser
+                  else None)
         choice_tools = self.body.effective_tool_choice
         parallel = self.body.parallel_tool_calls is not False
         readers = ([tools.reader(choice_tools, self.state.settings.tool_call_parser, parallel) for _ in range(job.n)]

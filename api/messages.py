@@ -167,7 +167,8 @@ class _View:
         self.state, self.job, self.max_tokens = state, job, max_tokens
         choice = choice if choice not in (None, "none") else None
         self.reader = tools.reader(choice, state.settings.tool_call_parser, parallel) if choice else None
-        self.split = reasoning.StreamSplit() if state.settings.reasoning_parser else None
+        self.split = reasoning.StreamSplit(reasoning.opened(state.llm.tokenizer, job.prompts[0].token_ids)) \
+            if state.settings.reasoning_parser else None
         self.blocks = _Blocks()
         self.id = f"msg_{uuid.uuid4().hex[:24]}"
 

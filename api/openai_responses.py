@@ -196,7 +196,8 @@ class _View:
         self.choice = choice if choice not in (None, "none") else None
         self.id = f"resp_{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.split = reasoning.StreamSplit() if state.settings.reasoning_parser else None
+        self.split = reasoning.StreamSplit(reasoning.opened(state.llm.tokenizer, job.prompts[0].token_ids)) \
+            if state.settings.reasoning_parser else None
         self.reader = tools.reader(self.choice, state.settings.tool_call_parser,
                                    body.parallel_tool_calls is not False) if self.choice else None
         self.items = Items()
@@ -217,7 +218,8 @@ class _View:
         b = self.body
         cached = self.job.cached_tokens()
         generated = len(self.token_ids)
-        thought = reasoning.reasoning_tokens(self.state.llm.tokenizer, self.token_ids) if self.split else 0
+        thought = reasoning.reasoning_tokens(self.state.llm.tokenizer, self.token_ids, self.split.opened) \
+            if self.split else 0
         usage = {"input_tokens": self.job.prompt_tokens,         # nothing is billed for writing the prefix cache
                  "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
                  "output_tokens": generated, "output_tokens_details": {"reasoning_tokens": thought},

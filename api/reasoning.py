@@ -2,37 +2,49 @@
 fields for Qwen3 and DeepSeek R1).
 
 `qwen3`: a reply that starts with `<think>` thinks until `</think>` (or to its end, if cut short); what follows,
-less the blank lines after the tag, is its content. A reply that does not start with `<think>` (thinking switched
-off with `chat_template_kwargs: {"enable_thinking": false}`) is all content.
+less the blank lines after the tag, is its content. So does a reply whose prompt left a thinking open (templates
+that write `<think>` for the model, as Qwen3.5's and the Thinking-2507 models' do: `opened`), from its first token.
+Any other reply (thinking switched off with `chat_template_kwargs: {"enable_thinking": false}`, whose prompt
+closes it) is all content.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine import thinking
 from engine.tokenizer import Tokenizer
 
 PARSERS = ("qwen3",)
 START, END = "<think>", "</think>"
 
 
-def split(text: str, final: bool = True) -> tuple[str | None, str]:
-    """(reasoning or None, content) of a reply's text; while it streams (`final` False) a text that may still
-    become `<think>` is neither yet."""
-    if not text.startswith(START):
+def opened(tokenizer: Tokenizer, prompt_ids: list[int]) -> bool:
+    """Whether the reply to `prompt_ids` thinks from its first token (its prompt left a `<think>` open)."""
+    ids = thinking.markers(tokenizer)
+    return ids is not None and thinking.is_open(prompt_ids, ids)
+
+
+def split(text: str, final: bool = True, opened: bool = False) -> tuple[str | None, str]:
+    """(reasoning or None, content) of a reply's text (`opened`: its prompt opened the thinking); while it
+    streams (`final` False) a text that may still become `<think>` is neither yet."""
+    if opened:
+        body = text
+    elif not text.startswith(START):
         return ("", "") if not final and START.startswith(text) else (None, text)
-    body = text[len(START):]
+    else:
+        body = text[len(START):]
     at = body.find(END)
     if at < 0:
         return body, ""
     return body[:at], body[at + len(END):].lstrip("\n")
 
 
-def reasoning_tokens(tokenizer: Tokenizer, token_ids: list[int]) -> int:
+def reasoning_tokens(tokenizer: Tokenizer, token_ids: list[int], opened: bool = False) -> int:
     """How many of a reply's tokens are its thinking (through the one that completes `</think>`): all of them if
-    it never closes, none if it does not start with `<think>`."""
+    it never closes, none if it neither starts with `<think>` nor follows a prompt that `opened` the thinking."""
     detokenizer = tokenizer.detokenizer([], skip_special_tokens=False)
-    text = ""
+    text = START if opened else ""
     for i, token in enumerate(token_ids):
         text += detokenizer.step(token)
         if len(text) >= len(START) and not text.startswith(START):
@@ -47,6 +59,7 @@ class StreamSplit:
     """One streamed choice: turns each text delta into (reasoning delta, content delta), holding back what could
     still be the start of `<think>` or `</think>`."""
 
+    opened: bool = False            # its prompt opened the thinking
     text: str = ""
     sent_reasoning: int = 0
     sent_content: int = 0
@@ -54,7 +67,7 @@ class StreamSplit:
     def add(self, delta: str, final: bool) -> tuple[str, str]:
         """The new reasoning and content text once `delta` is appended (`final`: the reply has ended)."""
         self.text += delta
-        reasoning, content = split(self.text, final)
+        reasoning, content = split(self.text, final, self.opened)
         if not final:
             reasoning = _hold(reasoning or "", END) if reasoning is not None else None
         new_reasoning = (reasoning or "")[self.sent_reasoning:]

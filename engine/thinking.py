@@ -26,6 +26,18 @@ def markers(tokenizer: Tokenizer) -> tuple[int, int] | None:
     return None if start is None or end is None else (start, end)
 
 
+def is_open(prompt: list[int], ids: tuple[int, int]) -> bool:
+    """Whether `prompt` leaves a thinking open: its last `<think>` has no `</think>` after it (a template that
+    writes `<think>` for the model, as Qwen3.5's and Qwen3's Thinking-2507 models' do)."""
+    start, end = ids
+    for token in reversed(prompt):
+        if token == end:
+            return False
+        if token == start:
+            return True
+    return False
+
+
 @dataclass(slots=True)
 class ThinkingBudget:
     """One sequence's thinking: how many tokens it has thought since its thinking opened (None while closed)."""
@@ -39,10 +51,7 @@ class ThinkingBudget:
     @classmethod
     def for_prompt(cls, prompt: list[int], ids: tuple[int, int], budget: int) -> ThinkingBudget:
         """The budget of a sequence that starts after `prompt` (thinking open if the prompt left it open)."""
-        start, end = ids
-        last_start = max((i for i, t in enumerate(prompt) if t == start), default=-1)
-        last_end = max((i for i, t in enumerate(prompt) if t == end), default=-1)
-        return cls(start, end, budget, 0 if last_start > last_end else None)
+        return cls(*ids, budget, 0 if is_open(prompt, ids) else None)
 
     def forced(self) -> int | None:
         """`</think>` when the budget is spent and the thinking still open, else None."""

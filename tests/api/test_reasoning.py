@@ -73,6 +73,8 @@ def test_the_split_holds_back_what_may_be_a_tag():
     assert split("<think>a b</think>\n\nhello") == ("a b", "hello")
     assert split("<think>cut short") == ("cut short", "")
     assert split("no thinking") == (None, "no thinking")
+    assert split("a b</think>\n\nhello", opened=True) == ("a b", "hello")      # the prompt opened it
+    assert split("<th", final=False, opened=True) == ("<th", "")
     stream, parts = StreamSplit(), []
     for delta in ["<th", "ink>ab", "c</th", "ink>", "\n\nans", "wer"]:
         parts.append(stream.add(delta, False))

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 from api_helpers import anthropic_asgi_client
+from transformers import AutoTokenizer
 
 from api import ServerSettings, create_app
 from engine import AsyncLLM
@@ -56,13 +57,58 @@ def test_chat_completions_budget_with_the_reasoning_parser(checkpoint_factory):
     assert reply.usage.completion_tokens_details.reasoning_tokens == 4
 
 
-def test_messages_budget_tokens_cuts_the_thinking(checkpoint_factory, tmp_path):
-    """A template that opens the thinking for the model: with budget_tokens 1024 the reply's text has `</think>`
-    where the same greedy reply without a budget goes on thinking; Anthropic's bounds are 400s."""
-    path = tmp_path / "opens"
+@pytest.fixture(scope="module")
+def opens(checkpoint_factory, tmp_path_factory) -> str:
+    """A thinking checkpoint whose template opens the thinking for the model (writes `<think>` after the
+    assistant's header, as Qwen3.5's and the Thinking-2507 models' templates do)."""
+    path = tmp_path_factory.mktemp("opens") / "model"
     shutil.copytree(checkpoint_factory("qwen3", thinking=True, max_position_embeddings=2048), path)
     template = path / "chat_template.jinja"
     template.write_text(template.read_text() + "{% if add_generation_prompt %}<think>\n{% endif %}")
+    return str(path)
+
+
+def test_a_reply_to_a_prompt_that_opens_the_thinking_thinks_from_its_first_token(opens):
+    """The reasoning parser takes what comes before `</think>` as the thinking when the prompt opened it (the
+    budget puts the `</think>` after 3 tokens): chat, streamed chat and usage agree, Anthropic's reply starts with
+    a thinking block and the Responses API's with a reasoning item."""
+    common = dict(model="tiny", messages=USER, max_tokens=8, temperature=0,
+                  extra_body={"thinking_token_budget": 3, "ignore_eos": True, "return_token_ids": True})
+
+    async def calls(app):
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+        async with openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http) as client:
+            whole = await client.chat.completions.create(**common)
+            thinking, content = "", ""
+            async for chunk in await client.chat.completions.create(stream=True, **common):
+                for choice in chunk.choices:
+                    thinking += (choice.delta.model_extra or {}).get("reasoning_content") or ""
+                    content += choice.delta.content or ""
+            response = await client.responses.create(model="tiny", input=USER, max_output_tokens=8, temperature=0)
+        async with anthropic_asgi_client(app) as claude:
+            message = await claude.messages.create(model="tiny", max_tokens=1100, messages=USER,
+                                                   extra_body={"temperature": 0, "stop_sequences": None},
+                                                   thinking={"type": "enabled", "budget_tokens": 1024})
+        return whole, (thinking, content), response, message
+
+    whole, streamed, response, message = _serve(opens, ServerSettings("tiny", reasoning_parser="qwen3"), calls)
+    tokenizer = AutoTokenizer.from_pretrained(opens)
+    ids = whole.choices[0].model_extra["token_ids"]
+    assert ids[3] == tokenizer.convert_tokens_to_ids("</think>")
+    reply = whole.choices[0].message
+    assert reply.model_extra["reasoning_content"] == tokenizer.decode(ids[:3])
+    assert reply.content == tokenizer.decode(ids[4:]).lstrip("\n")
+    assert whole.usage.completion_tokens_details.reasoning_tokens == 4
+    assert streamed == (reply.model_extra["reasoning_content"], reply.content)
+    assert response.output[0].type == "reasoning"           # no budget on the Responses API: the reply thinks
+    assert response.usage.output_tokens_details.reasoning_tokens > 0
+    assert message.content[0].type == "thinking" and message.content[1].type == "text"
+    assert message.content[0].thinking.startswith(reply.model_extra["reasoning_content"])
+
+
+def test_messages_budget_tokens_cuts_the_thinking(opens):
+    """A template that opens the thinking for the model: with budget_tokens 1024 the reply's text has `</think>`
+    where the same greedy reply without a budget goes on thinking; Anthropic's bounds are 400s."""
 
     async def calls(app):
         async with anthropic_asgi_client(app) as claude:
@@ -79,7 +125,7 @@ def test_messages_budget_tokens_cuts_the_thinking(checkpoint_factory, tmp_path):
                 refusals.append(str(refused.value))
             return replies, refusals
 
-    (budgeted, free), refusals = _serve(str(path), ServerSettings("tiny"), calls)
+    (budgeted, free), refusals = _serve(opens, ServerSettings("tiny"), calls)
     text, free_text = budgeted.content[0].text, free.content[0].text
     thought = text.split("</think>")[0]
     assert "</think>" in text and len(thought) > 0

@@ -167,3 +167,29 @@ def test_speculative_decoding_changes_no_token_on_the_gpu(device, checkpoint_fac
     stats = spec.engine.stats()
     assert stats.spec_num_accepted_tokens > 0 and stats.num_preemptions > 0
     assert spec.engine.blocks.num_free_blocks == spec.engine.blocks.num_blocks
+
+
+def test_a_thinking_budget_on_the_gpu(device, checkpoint_factory):
+    """A spent thinking budget's `</think>` is forced on the eager sampling path (a step with a force due is no
+    graph draw), then the graphs draw again: the tokens before and after it are the free run's and those of the
+    prompt that ends with the forced `</think>`."""
+    path = checkpoint_factory("qwen3", seed=7, thinking=True)
+    llm = LLM(path, device=device.type, dtype="float32", max_model_len=128,
+              kernels="triton" if device.type == "cpu" else "auto")
+    try:
+        vocab = llm.engine.tokenizer.hf.get_vocab()
+        start, end = vocab["<think>"], vocab["</think>"]
+        prompts = [[(5 * i + 11 * j) % 300 + 1 for j in range(9)] + [start] for i in range(4)]
+        greedy = dict(temperature=0, ignore_eos=True)
+        free = [o.outputs[0].token_ids for o in llm.generate(prompts, SamplingParams(max_tokens=6, **greedy))]
+        params = SamplingParams(max_tokens=12, thinking_token_budget=4, **greedy)
+        budgeted = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+        for prompt, alone, got in zip(prompts, free, budgeted):
+            if end in alone[:4]:
+                continue                                    # the model closed it itself
+            assert got[:4] == alone[:4] and got[4] == end
+            after = llm.generate([prompt + got[:5]], SamplingParams(max_tokens=7, **greedy))[0].outputs[0].token_ids
+            assert got[5:] == after
+        assert any(end not in alone[:4] for alone in free)
+    finally:
+        llm.close()

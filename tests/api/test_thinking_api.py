@@ -87,7 +87,7 @@ def test_a_reply_to_a_prompt_that_opens_the_thinking_thinks_from_its_first_token
             response = await client.responses.create(model="tiny", input=USER, max_output_tokens=8, temperature=0)
         async with anthropic_asgi_client(app) as claude:
             message = await claude.messages.create(model="tiny", max_tokens=1100, messages=USER,
-                                                   extra_body={"temperature": 0, "stop_sequences": None},
+                                                   extra_body={"temperature": 0},
                                                    thinking={"type": "enabled", "budget_tokens": 1024})
         return whole, (thinking, content), response, message
 

@@ -65,10 +65,15 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     form = checked(StructuredOutputsParams(json=given.schema_), "output_config.format.schema") if given else None
     constraint = tools.constraint(openai_tools or None, choice, parallel, state.settings.tool_call_parser, form,
                                   "output_config.format")
+    if budget is not None and constraint is not None:       # the constraint's grammar covers the thinking too
+        raise bad_request("Thinking may not be enabled when tool_choice forces tool use."
+                          if choice not in (None, "auto", "none") else
+                          "thinking of type 'enabled' cannot be combined with output_config.format or strict tools "
+                          "on this server: their grammar covers the whole reply, thinking included", "thinking")
     try:
         sent = or_defaults(llm.sampling_defaults, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k)
         params = SamplingParams(max_tokens=capped(body.max_tokens, llm.max_tokens_cap), stop=body.stop_sequences,
-                                structured_outputs=constraint, thinking_token_budget=body.thinking_budget(), **sent)
+                                structured_outputs=constraint, thinking_token_budget=budget, **sent)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     job = Job("msg", body.model, [prompt], params, 1, arrival=arrival)

@@ -117,11 +117,18 @@ def test_messages_budget_tokens_cuts_the_thinking(opens):
                        for extra in ({"thinking": {"type": "enabled", "budget_tokens": 1024}},
                                      {"thinking": {"type": "adaptive"}})]
             refusals = []
-            for thinking, max_tokens in (({"type": "enabled", "budget_tokens": 1024}, 1024),
-                                         ({"type": "enabled", "budget_tokens": 1023}, 2000)):
+            enabled = {"type": "enabled", "budget_tokens": 1024}
+            tool = {"name": "add", "input_schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}
+            schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+                      "additionalProperties": False}
+            for thinking, max_tokens, extra in (
+                    (enabled, 1024, {}), ({"type": "enabled", "budget_tokens": 1023}, 2000, {}),
+                    (enabled, 2000, {"tools": [tool], "tool_choice": {"type": "any"}}),
+                    (enabled, 2000, {"extra_body": {"output_config": {"format": {"type": "json_schema",
+                                                                                 "schema": schema}}}})):
                 with pytest.raises(anthropic.BadRequestError) as refused:
                     await claude.messages.create(model="tiny", max_tokens=max_tokens, messages=USER,
-                                                 thinking=thinking)
+                                                 thinking=thinking, **extra)
                 refusals.append(str(refused.value))
             return replies, refusals
 
@@ -132,3 +139,5 @@ def test_messages_budget_tokens_cuts_the_thinking(opens):
     assert free_text.startswith(thought) and not free_text[len(thought):].startswith("</think>")
     assert "max_tokens must be greater than thinking.budget_tokens" in refusals[0]
     assert "budget_tokens" in refusals[1]
+    assert "Thinking may not be enabled when tool_choice forces tool use" in refusals[2]
+    assert "output_config.format" in refusals[3]

@@ -77,7 +77,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     job = Job("msg", body.model, [prompt], params, 1, arrival=arrival)
-    view = _View(state, job, choice, parallel, body.max_tokens)
+    view = _View(state, job, choice, parallel, body.max_tokens, reasoning.opened(llm.tokenizer, prompt.token_ids))
     events = named_events(view.events(), _error_event) if body.stream else None
     return await answer(state, job, request, events,
                         lambda finals: view.message(finals[0]))
@@ -165,15 +165,15 @@ def _stop(finish_reason: str | None, stop_reason: str | int | None, calls: bool,
 
 class _View:
     """Renders a messages job's engine outputs as an Anthropic message, or as its event stream; both build their
-    content blocks with one `_Blocks`, in the order they are generated."""
+    content blocks with one `_Blocks`, in the order they are generated (`opened`: the prompt left the thinking
+    open, so the reply's first block is thinking)."""
 
     def __init__(self, state: ServerState, job: Job, choice: tools.ToolChoice | None, parallel: bool,
-                 max_tokens: int | None = None) -> None:
+                 max_tokens: int | None = None, opened: bool = False) -> None:
         self.state, self.job, self.max_tokens = state, job, max_tokens
         choice = choice if choice not in (None, "none") else None
         self.reader = tools.reader(choice, state.settings.tool_call_parser, parallel) if choice else None
-        self.split = reasoning.StreamSplit(reasoning.opened(state.llm.tokenizer, job.prompts[0].token_ids)) \
-            if state.settings.reasoning_parser else None
+        self.split = reasoning.StreamSplit(opened) if state.settings.reasoning_parser else None
         self.blocks = _Blocks()
         self.id = f"msg_{uuid.uuid4().hex[:24]}"
 

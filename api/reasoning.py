@@ -2,8 +2,9 @@
 fields for Qwen3 and DeepSeek R1).
 
 `qwen3`: a reply that starts with `<think>` thinks until `</think>` (or to its end, if cut short); what follows,
-less the blank lines after the tag, is its content. So does a reply whose prompt left a thinking open (templates
-that write `<think>` for the model, as Qwen3.5's and the Thinking-2507 models' do: `opened`), from its first token.
+less the blank lines after the tag, is its content. So does a reply whose prompt ends with `<think>` (templates
+that write it for the model, as Qwen3.5's and the Thinking-2507 models' do: `opened`), from its first token; a
+`<think>` elsewhere in the prompt (a user's message that mentions it) does not count.
 Any other reply (thinking switched off with `chat_template_kwargs: {"enable_thinking": false}`, whose prompt
 closes it) is all content.
 """
@@ -20,9 +21,10 @@ START, END = "<think>", "</think>"
 
 
 def opened(tokenizer: Tokenizer, prompt_ids: list[int]) -> bool:
-    """Whether the reply to `prompt_ids` thinks from its first token (its prompt left a `<think>` open)."""
+    """Whether the reply to `prompt_ids` thinks from its first token (its prompt ends with a `<think>` that the
+    template wrote for the model: engine/thinking.py's `is_open`)."""
     ids = thinking.markers(tokenizer)
-    return ids is not None and thinking.is_open(prompt_ids, ids)
+    return ids is not None and thinking.is_open(prompt_ids, ids[0], tokenizer)
 
 
 def split(text: str, final: bool = True, opened: bool = False) -> tuple[str | None, str]:

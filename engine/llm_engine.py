@@ -152,6 +152,7 @@ class LLMEngine:
             text, token_ids = None, _token_ids(prompt)
         self._validate(token_ids, params)
         thinking_ids = self._thinking_ids(params)
+        opened = thinking_ids is not None and thinking.is_open(token_ids, thinking_ids[0], self.tokenizer)
         request = Request(request_id, text, token_ids, params, stream)
         if params.bad_words:
             request.bad_words_token_ids = self._bad_words(params.bad_words)
@@ -168,7 +169,7 @@ class LLMEngine:
             seq = Sequence(self._next_seq_id, request, index, list(token_ids), derive_seed(base_seed, index),
                            max_tokens, detok)
             if thinking_ids is not None:
-                seq.thinking = ThinkingBudget.for_prompt(token_ids, thinking_ids, params.thinking_token_budget)
+                seq.thinking = ThinkingBudget.starting(thinking_ids, params.thinking_token_budget, opened)
             self._next_seq_id += 1
             request.seqs.append(seq)
         self.requests[request_id] = request

@@ -2,8 +2,10 @@
 thought for `budget` tokens, its next token is `</think>`.
 
 A model thinks between a `<think>` and a `</think>` token of its vocabulary (Qwen3's, DeepSeek R1's). The thinking
-is open from the first generated token when the prompt's last `<think>` has no `</think>` after it (templates that
-open it for the model), or else from a drawn `<think>`. Each token drawn while it is open counts; the `<think>`
+is open from the first generated token when the prompt ends with `<think>` and at most some whitespace (templates
+that open it for the model: Qwen3.5's, Qwen3 Thinking-2507's, DeepSeek R1's), or else from a drawn `<think>`. A
+`<think>` earlier in the prompt (a user's message that mentions it, a prefill that has begun to think) does not
+open it. Each token drawn while it is open counts; the `<think>`
 that opens it does not. When the count reaches the budget, the sampler draws `</think>` whatever the logits say
 (after every other mask: the budget wins). The first `</think>`, drawn or forced, ends the budget's part: the
 reply that follows is not limited by it.
@@ -26,15 +28,16 @@ def markers(tokenizer: Tokenizer) -> tuple[int, int] | None:
     return None if start is None or end is None else (start, end)
 
 
-def is_open(prompt: list[int], ids: tuple[int, int]) -> bool:
-    """Whether `prompt` leaves a thinking open: its last `<think>` has no `</think>` after it (a template that
-    writes `<think>` for the model, as Qwen3.5's and Qwen3's Thinking-2507 models' do)."""
-    start, end = ids
-    for token in reversed(prompt):
-        if token == end:
-            return False
-        if token == start:
-            return True
+TAIL = 16          # the most tokens of whitespace after the `<think>` that opens the thinking for the model
+
+
+def is_open(prompt: list[int], start_id: int, tokenizer: Tokenizer) -> bool:
+    """Whether `prompt` ends with a `<think>` (its id `start_id`) and nothing after it but whitespace."""
+    tail = prompt[-(TAIL + 1):]
+    for k in range(len(tail) - 1, -1, -1):
+        if tail[k] == start_id:
+            rest = tail[k + 1:]
+            return not rest or tokenizer.decode(rest, skip_special_tokens=False).strip() == ""
     return False
 
 
@@ -49,9 +52,9 @@ class ThinkingBudget:
     done: bool = False               # its thinking has closed: nothing more to count or force
 
     @classmethod
-    def for_prompt(cls, prompt: list[int], ids: tuple[int, int], budget: int) -> ThinkingBudget:
-        """The budget of a sequence that starts after `prompt` (thinking open if the prompt left it open)."""
-        return cls(*ids, budget, 0 if is_open(prompt, ids) else None)
+    def starting(cls, ids: tuple[int, int], budget: int, opened: bool) -> ThinkingBudget:
+        """The budget of a new sequence (`opened`: its prompt opened the thinking, see `is_open`)."""
+        return cls(*ids, budget, 0 if opened else None)
 
     def forced(self) -> int | None:
         """`</think>` when the budget is spent and the thinking still open, else None."""

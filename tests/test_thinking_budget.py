@@ -48,8 +48,12 @@ def test_thinking_opened_by_a_drawn_think_token(thinker):
 
 
 def test_closed_thinking_and_no_thinking_are_left_alone(thinker):
+    """No `<think>`, a closed one, and an open one that the prompt goes on after (a user's message that mentions
+    it): nothing is forced."""
     llm, start, end = thinker
-    for prompt in (PROMPT, PROMPT[:3] + [start, 7, end] + PROMPT[3:]):
+    mention = PROMPT[:3] + [start] + PROMPT[3:]
+    assert llm.engine.tokenizer.decode(PROMPT[3:], skip_special_tokens=False).strip()      # not just whitespace
+    for prompt in (PROMPT, PROMPT[:3] + [start, 7, end] + PROMPT[3:], mention):
         budgeted = _tokens(llm, prompt, SamplingParams(max_tokens=8, thinking_token_budget=0, **GREEDY))
         assert budgeted == _tokens(llm, prompt, SamplingParams(max_tokens=8, **GREEDY))
 

@@ -35,7 +35,8 @@ def _serve(path: str, settings: ServerSettings, calls):
 
 def test_chat_completions_budget_with_the_reasoning_parser(checkpoint_factory):
     """A bias makes the model draw `<think>` each time: with a budget of 2 the reply thinks `<think><think>`, then
-    `</think>` is drawn, and usage counts those 4 tokens as reasoning."""
+    `</think>` is drawn, and usage counts those 4 tokens as reasoning. A user's message that mentions `<think>`
+    opens no thinking."""
     path = checkpoint_factory("qwen3", thinking=True)
 
     async def calls(app):
@@ -45,16 +46,25 @@ def test_chat_completions_budget_with_the_reasoning_parser(checkpoint_factory):
             reply = await client.chat.completions.create(
                 model="tiny", messages=USER, max_tokens=6, temperature=0, logit_bias={str(start): 100},
                 extra_body={"thinking_token_budget": 2, "ignore_eos": True})
+            mention = await client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "What is <think> for?"}], max_tokens=4,
+                temperature=0, logit_bias={str(start): -100},
+                extra_body={"thinking_token_budget": 0, "ignore_eos": True, "return_token_ids": True})
             with pytest.raises(openai.BadRequestError, match="thinking_token_budget"):
                 await client.chat.completions.create(model="tiny", messages=USER, max_tokens=6,
                                                      extra_body={"thinking_token_budget": -1})
-        return reply
+        return reply, mention
 
-    reply = _serve(path, ServerSettings("tiny", reasoning_parser="qwen3"), calls)
+    reply, mention = _serve(path, ServerSettings("tiny", reasoning_parser="qwen3"), calls)
     message = reply.choices[0].message
     assert message.model_extra["reasoning_content"] == "<think><think>"
     assert message.content == "<think><think>"
     assert reply.usage.completion_tokens_details.reasoning_tokens == 4
+    # A `<think>` in the user's message opens nothing: no `</think>` forced, no reasoning.
+    end = AutoTokenizer.from_pretrained(path).convert_tokens_to_ids("</think>")
+    assert end not in mention.choices[0].model_extra["token_ids"]
+    assert mention.choices[0].message.model_extra.get("reasoning_content") is None
+    assert mention.usage.completion_tokens_details.reasoning_tokens == 0
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine import thinking
+from engine.thinking import END, START
 from engine.tokenizer import Tokenizer
 
 PARSERS = ("qwen3",)
-START, END = "<think>", "</think>"
 
 
 def opened(tokenizer: Tokenizer, prompt_ids: list[int]) -> bool:

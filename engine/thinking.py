@@ -5,10 +5,9 @@ A model thinks between a `<think>` and a `</think>` token of its vocabulary (Qwe
 is open from the first generated token when the prompt ends with `<think>` and at most some whitespace (templates
 that open it for the model: Qwen3.5's, Qwen3 Thinking-2507's, DeepSeek R1's), or else from a drawn `<think>`. A
 `<think>` earlier in the prompt (a user's message that mentions it, a prefill that has begun to think) does not
-open it. Each token drawn while it is open counts; the `<think>`
-that opens it does not. When the count reaches the budget, the sampler draws `</think>` whatever the logits say
-(after every other mask: the budget wins). The first `</think>`, drawn or forced, ends the budget's part: the
-reply that follows is not limited by it.
+open it. Each token drawn while it is open counts; the `<think>` that opens it does not. When the count reaches
+the budget, the sampler draws `</think>` whatever the logits say (after every other mask: the budget wins). The
+first `</think>`, drawn or forced, ends the budget's part: the reply that follows is not limited by it.
 
 The output processor feeds the budget each token it appends; the sampler asks it which token, if any, is due.
 """

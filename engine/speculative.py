@@ -16,8 +16,10 @@ token-identical with and without speculation, greedy or sampled, whatever the ba
 speculation on and off freely.
 
 Not every sequence speculates: structured outputs (the grammar must see each token first), penalties and bad_words
-(they depend on the tokens before each row), sequences still under `min_tokens` and a thinking budget until the
-thinking has closed (its count decides a row's token) decode one token at a time.
+(they depend on the tokens before each row) and sequences still under `min_tokens` decode one token at a time. A
+thinking budget's count decides which token a row must draw, and the sampler reads it as it was before the step:
+its drafts stop before a `<think>` that would open the thinking and, while it is open, before the budget's end
+(`ThinkingBudget.verifiable`, engine/thinking.py).
 
 `SpeculationGate` (engine/speculation_gate.py) switches speculation off for a step when it would not pay: verifying
 k drafts costs k more tokens of compute per sequence, which is nearly free for a small batch and not for a large
@@ -119,12 +121,16 @@ def accepted_length(drafts: list[int], drawn: list[int]) -> int:
     return n
 
 
+def _verifiable(seq: Sequence, drafts: list[int]) -> list[int]:
+    """The leading drafts a step may verify for `seq` (all of them without a thinking budget)."""
+    return drafts if seq.thinking is None else seq.thinking.verifiable(drafts)
+
+
 def can_speculate(seq: Sequence) -> bool:
     """Whether `seq` is decoding and its sampling allows drafts (see the module docstring)."""
     params = seq.params
     return (seq.num_computed_tokens == seq.num_tokens - 1 and seq.matcher is None and not params.has_penalties
-            and seq.num_output_tokens >= params.min_tokens and not seq.request.bad_words_token_ids
-            and (seq.thinking is None or seq.thinking.done))
+            and seq.num_output_tokens >= params.min_tokens and not seq.request.bad_words_token_ids)
 
 
 class Speculation:
@@ -185,8 +191,9 @@ class Speculation:
             if k < 1:
                 continue
             if self.draft is None:
-                seq.draft_token_ids = ngram_proposal(seq.token_ids, k, cfg.prompt_lookup_min, cfg.prompt_lookup_max,
-                                                     self._bytes_of(seq, running))
+                drafts = ngram_proposal(seq.token_ids, k, cfg.prompt_lookup_min, cfg.prompt_lookup_max,
+                                        self._bytes_of(seq, running))
+                seq.draft_token_ids = _verifiable(seq, drafts)
                 if seq.draft_token_ids:
                     picked.append(seq)
             elif reserve(seq, seq.num_tokens + k - 1):
@@ -194,7 +201,8 @@ class Speculation:
                 ks.append(k)
         if self.draft is not None and picked:
             for seq, drafts in zip(picked, self.draft.propose(picked, ks)):
-                seq.draft_token_ids = drafts
+                seq.draft_token_ids = _verifiable(seq, drafts)
+            picked = [seq for seq in picked if seq.draft_token_ids]
         self._propose_s = time.perf_counter() - started if allowed else None
         self._picked = picked
         if picked:

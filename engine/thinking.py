@@ -59,6 +59,17 @@ class ThinkingBudget:
         """`</think>` when the budget is spent and the thinking still open, else None."""
         return self.end_id if self.used is not None and self.used >= self.budget else None
 
+    def verifiable(self, drafts: list[int]) -> list[int]:
+        """The leading `drafts` that one step may verify (engine/speculative.py). The sampler forces each row of the
+        step by this state, before any of the drafts, so no row may come where the state would differ in what it
+        forces: none after a `<think>` that would open the thinking, and none at the budget or past it while the
+        thinking is open (a `</think>` among the drafts closes it, which forces nothing after)."""
+        if self.done:
+            return drafts
+        if self.used is None:
+            return drafts[:drafts.index(self.start_id)] if self.start_id in drafts else drafts
+        return drafts[:max(self.budget - self.used - 1, 0)]
+
     def accept(self, token: int) -> None:
         """Count a token the sequence drew."""
         if self.done:

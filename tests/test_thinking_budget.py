@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from engine import LLM, SamplingParams
+from engine.thinking import ThinkingBudget
 
 
 @pytest.fixture(scope="module")
@@ -68,26 +69,68 @@ def test_every_choice_has_its_own_budget(thinker):
             assert tokens.index(end) < 2
 
 
-def test_with_preemption_and_speculation(checkpoint_factory):
-    """Sequences preempted and resumed, or an n-gram speculator (which skips a sequence until its thinking has
-    closed; drafts accepted across the budget were seen to skip the forced token): the same tokens as a roomy
-    engine without speculation."""
-    path = checkpoint_factory("qwen3", thinking=True, initializer_range=0.05)     # repeats itself: drafts hold
+@pytest.fixture(scope="module")
+def repeater(checkpoint_factory):
+    """A thinker that repeats itself (n-gram drafts hold), a roomy engine without speculation as the oracle, its
+    `<think>` / `</think>` ids, prompts that open the thinking and prompts that do not."""
+    path = checkpoint_factory("qwen3", thinking=True, initializer_range=0.05)
     roomy = LLM(path, max_model_len=128)
     vocab = roomy.engine.tokenizer.hf.get_vocab()
     start, end = vocab["<think>"], vocab["</think>"]
-    prompts = [[(7 * i + 3 * j) % 300 + 1 for j in range(12)] + [start] for i in range(6)]
+    closed = [[(7 * i + 3 * j) % 300 + 1 for j in range(12)] for i in range(6)]
+    return path, roomy, start, end, [p + [start] for p in closed], closed
+
+
+def _draft_model(path: str) -> dict:
+    """The target as its own draft model: every guess is its greedy token, so a row drawn unforced where the budget
+    forces `</think>` would be accepted and show."""
+    return {"method": "draft_model", "model": path, "num_speculative_tokens": 3}
+
+
+def test_with_preemption_and_speculation(repeater):
+    """Sequences preempted and resumed, an n-gram speculator or a draft model: the same tokens as a roomy engine
+    without speculation, for prompts that open the thinking (cut at each budget) and prompts that do not."""
+    path, roomy, start, end, opening, closed = repeater
     tight = LLM(path, max_model_len=64, block_size=4, kv_cache_blocks=20, max_num_batched_tokens=16)
-    speculating = LLM(path, max_model_len=128,
-                      speculative_config={"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 2})
-    for budget in range(1, 12):
+    ngram = LLM(path, max_model_len=128,
+                speculative_config={"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 2})
+    drafting = LLM(path, max_model_len=128, speculative_config=_draft_model(path))
+    for budget in range(0, 9):
         params = SamplingParams(max_tokens=24, thinking_token_budget=budget, **GREEDY)
-        expected = [list(o.outputs[0].token_ids) for o in roomy.generate(prompts, params)]
-        assert all(tokens[budget] == end for tokens in expected)
-        for llm in (tight, speculating):
-            assert [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params)] == expected, budget
+        expected = [list(o.outputs[0].token_ids) for o in roomy.generate(opening + closed, params)]
+        assert all(tokens[budget] == end for tokens in expected[:len(opening)])
+        for llm in (tight, ngram, drafting):
+            assert [list(o.outputs[0].token_ids) for o in llm.generate(opening + closed, params)] == expected, budget
     assert tight.engine.stats().num_preemptions > 0
-    assert speculating.engine.stats().spec_num_accepted_tokens > 0
+    assert ngram.engine.stats().spec_num_accepted_tokens > 0
+
+
+def test_a_budget_leaves_room_for_drafts(repeater):
+    """A budgeted sequence speculates before its thinking opens and while it is open, as far as the budget allows:
+    drafts are accepted where the thinking never closes within max_tokens, with the tokens of the engine without
+    speculation."""
+    path, roomy, start, end, opening, closed = repeater
+    drafting = LLM(path, max_model_len=128, speculative_config=_draft_model(path))
+    for prompts, budget in ((closed, 0), (opening, 40)):
+        params = SamplingParams(max_tokens=16, thinking_token_budget=budget, **GREEDY)
+        expected = [list(o.outputs[0].token_ids) for o in roomy.generate(prompts, params)]
+        assert not any(end in tokens for tokens in expected)        # the thinking never closed
+        before = drafting.engine.stats().spec_num_accepted_tokens
+        assert [list(o.outputs[0].token_ids) for o in drafting.generate(prompts, params)] == expected
+        assert drafting.engine.stats().spec_num_accepted_tokens > before, budget
+
+
+@pytest.mark.parametrize("used, budget, drafts, verifiable", [
+    (None, 4, [9, 1, 8], [9, 1, 8]),        # not thinking: all of them,
+    (None, 4, [9, 1, 2, 8], [9, 1]),        # up to a <think> (2), which would open it
+    (0, 4, [9, 3, 8, 7, 6], [9, 3, 8]),     # thinking: the rows up to the budget's end
+    (3, 4, [9, 3], []),
+    (5, 4, [9], []),
+    ("done", 0, [2, 9, 2], [2, 9, 2]),      # closed: all of them
+])
+def test_the_drafts_a_budget_lets_a_step_verify(used, budget, drafts, verifiable):
+    thinking = ThinkingBudget(2, 3, budget, done=used == "done", used=None if used == "done" else used)
+    assert thinking.verifiable(drafts) == verifiable
 
 
 def test_refusals(thinker, llama_path):

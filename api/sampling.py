@@ -172,6 +172,10 @@ def sampling_params(request: SamplingRequest, *, n: int, max_tokens: int | None,
                       ("allowed_token_ids", request.allowed_token_ids or [])):
         if any(t >= vocab_size for t in ids):
             raise bad_request(f"{name} has token ids outside the vocabulary [0, {vocab_size}).", name)
+    if request.thinking_token_budget is not None and structured is not None:     # by the request's own fields
+        raise bad_request("thinking_token_budget cannot be combined with a constrained reply (response_format, "
+                          "structured_outputs, or tools that must be called or are strict): the grammar covers the "
+                          "whole reply, thinking included.", "thinking_token_budget")
     try:
         return SamplingParams(
             n=n, max_tokens=max_tokens, **or_defaults(

@@ -53,9 +53,20 @@ def test_chat_completions_budget_with_the_reasoning_parser(checkpoint_factory):
             with pytest.raises(openai.BadRequestError, match="thinking_token_budget"):
                 await client.chat.completions.create(model="tiny", messages=USER, max_tokens=6,
                                                      extra_body={"thinking_token_budget": -1})
+            # A grammar would cover the thinking too: refused, in the request's own terms.
+            tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+            for constrained in ({"response_format": {"type": "json_object"}},
+                                {"tools": [tool], "tool_choice": "required"},
+                                {"tools": [{**tool, "function": {**tool["function"], "strict": True}}]}):
+                with pytest.raises(openai.BadRequestError, match="response_format, structured_outputs, or tools") \
+                        as refused:
+                    await client.chat.completions.create(model="tiny", messages=USER, max_tokens=6,
+                                                         extra_body={"thinking_token_budget": 4}, **constrained)
+                assert refused.value.body["param"] == "thinking_token_budget"
         return reply, mention
 
-    reply, mention = _serve(path, ServerSettings("tiny", reasoning_parser="qwen3"), calls)
+    settings = ServerSettings("tiny", reasoning_parser="qwen3", tool_call_parser="hermes")
+    reply, mention = _serve(path, settings, calls)
     message = reply.choices[0].message
     assert message.model_extra["reasoning_content"] == "<think><think>"
     assert message.content == "<think><think>"

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api import reasoning, tools
 from api.errors import APIError, bad_request
+from api.logprobs import chat_logprobs, token_table
 from api.openai_responses_protocol import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -33,6 +34,7 @@ from api.sampling import Prompt, capped, check_context, conversation_prompt, or_
 from api.state import ServerState, check_model, server_state
 from api.streaming import named_events
 from api.structured import checked
+from engine.outputs import CompletionOutput
 from engine.sampling_params import SamplingParams
 from engine.structured_output import StructuredOutputsParams
 
@@ -70,7 +72,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
                                   state.settings.tool_call_parser, _format(body), "text.format")
     try:
         sent = or_defaults(llm.sampling_defaults, temperature=body.temperature, top_p=body.top_p)
-        params = SamplingParams(max_tokens=max_tokens, structured_outputs=constraint, **sent)
+        params = SamplingParams(max_tokens=max_tokens, structured_outputs=constraint, logprobs=body.num_logprobs,
+                                **sent)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     job = Job("resp", body.model, [prompt], params, 1, arrival=arrival)
@@ -202,6 +205,19 @@ class _View:
                                    body.parallel_tool_calls is not False) if self.choice else None
         self.items = Items()
         self.token_ids: list[int] = []
+        self.tokens = token_table(state.tokens, None, state.settings.return_tokens_as_token_ids)
+        self.pending: list[dict] = []           # logprobs of tokens whose text no output_text delta has carried
+
+    def _add(self, choice: CompletionOutput) -> None:
+        """Count the choice's new tokens and, with logprobs asked for, keep theirs for the next text."""
+        self.token_ids += choice.token_ids
+        k = self.body.num_logprobs
+        if k is not None:
+            self.pending += chat_logprobs(self.tokens, choice.token_ids, choice.logprobs or [], k)
+
+    def _take(self) -> list[dict]:
+        taken, self.pending = self.pending, []
+        return taken
 
     def _feed(self, text: str, ended: bool) -> list[dict]:
         """The events of the reply's next piece of text."""
@@ -209,7 +225,7 @@ class _View:
         events = self.items.reasoning(thinking) if thinking else []
         for delta in self.reader.feed(text, ended) if self.reader else ([{"content": text}] if text else []):
             if "content" in delta:
-                events += self.items.text(delta["content"])
+                events += self.items.text(delta["content"], self._take())
             for part in delta.get("tool_calls", []):
                 events += self.items.call(part)
         return events
@@ -240,12 +256,17 @@ class _View:
                 "user": b.user, "usage": usage if status != "in_progress" else None, "background": False,
                 "reasoning": {"effort": None, "summary": None}, "prompt_cache_key": b.prompt_cache_key,
                 "safety_identifier": b.safety_identifier,
-                "service_tier": "default" if b.service_tier is not None else None}
+                "service_tier": "default" if b.service_tier is not None else None,
+                "top_logprobs": b.top_logprobs or 0}
 
     def _finish(self, finish: str | None) -> tuple[list[dict], dict]:
         """The events that close the reply's items, and the final Response, kept in the store unless `store` is
         false."""
-        events = self.items.text("") if not self.items.output else []     # no text: still an (empty) message
+        if self.items.output:
+            self.items.message_logprobs(self._take())
+            events = []
+        else:
+            events = self.items.text("", self._take())      # no text: still an (empty) message
         events += self.items.close("incomplete" if finish == "length" else "completed")
         body = self._body("incomplete" if finish == "length" else "completed", finish)
         if self.body.store is not False:
@@ -255,7 +276,7 @@ class _View:
     def whole(self, final) -> dict:
         """The non-streamed Response."""
         choice = final.outputs[0]
-        self.token_ids = list(choice.token_ids)
+        self._add(choice)
         self._feed(choice.text, True)
         return self._finish(choice.finish_reason)[1]
 
@@ -267,7 +288,7 @@ class _View:
         finish = None
         async for _, output in outputs(self.state, self.job):
             for choice in output.outputs:
-                self.token_ids += choice.token_ids
+                self._add(choice)
                 for event in self._feed(choice.text, choice.finish_reason is not None):
                     yield event
                 finish = choice.finish_reason or finish

@@ -128,6 +128,9 @@ class TextConfig(StrictModel):
     verbosity: Literal["medium"] | None = None
 
 
+LOGPROBS = "message.output_text.logprobs"          # the one `include` value honoured: the message's logprobs
+
+
 class ResponsesRequest(StrictModel):
     """POST /v1/responses."""
 
@@ -149,10 +152,27 @@ class ResponsesRequest(StrictModel):
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
     truncation: Literal["disabled", "auto"] | None = None      # auto: the conversation's first items dropped to fit
-    include: Annotated[list, Empty] | None = None
+    include: list[Literal["message.output_text.logprobs"]] | None = None      # the message's logprobs
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     reasoning: Annotated[dict, Empty] | None = None
     background: Literal[False] | None = None
     service_tier: Literal["auto", "default"] | None = None
+
+    @field_validator("include", mode="before")
+    @classmethod
+    def _includable(cls, value: Any) -> Any:
+        unsupported = [v for v in value if isinstance(v, str) and v != LOGPROBS] if isinstance(value, list) else []
+        if unsupported:
+            raise ValueError(f"only {LOGPROBS!r} can be included by this server, not {unsupported}")
+        return value
+
+    @property
+    def num_logprobs(self) -> int | None:
+        """How many alternatives each token's logprob lists, or None where the reply carries no logprobs: they are
+        asked for by `include`, or by `top_logprobs` above 0 (a request for alternatives)."""
+        if LOGPROBS in (self.include or ()) or self.top_logprobs:
+            return self.top_logprobs or 0
+        return None
 
     @field_validator("input", mode="before")
     @classmethod

@@ -41,15 +41,24 @@ class Items:
         return events + [{"type": "response.reasoning_text.delta", "item_id": self._open["id"],
                           "output_index": len(self.output) - 1, "content_index": 0, "delta": text}]
 
-    def text(self, text: str) -> list[dict]:
-        """More of the message's text."""
+    def text(self, text: str, logprobs: list[dict] = ()) -> list[dict]:
+        """More of the message's text, and the logprobs of the tokens that came with it."""
         events = [] if self._kind() == "message" else self._start(
             {"id": _id("msg"), "type": "message", "role": "assistant", "status": "in_progress",
              "content": [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}]})
-        self._open["content"][0]["text"] += text
+        part = self._open["content"][0]
+        part["text"] += text
+        part["logprobs"] += logprobs
         return events + [{"type": "response.output_text.delta", "item_id": self._open["id"],
                           "output_index": len(self.output) - 1, "content_index": 0, "delta": text,
-                          "logprobs": []}]
+                          "logprobs": list(logprobs)}]
+
+    def message_logprobs(self, logprobs: list[dict]) -> None:
+        """Logprobs of tokens after the message's last text (a reply that went on to a call, say): the message's,
+        when there is one, in its final part (not in a delta)."""
+        message = next((i for i in reversed(self.output) if i["type"] == "message"), None)
+        if message is not None:
+            message["content"][0]["logprobs"] += logprobs
 
     def call(self, part: dict) -> list[dict]:
         """A tool-call reader's delta: a new function_call item, or its arguments' next fragment."""
@@ -70,7 +79,7 @@ class Items:
         if item["type"] == "message":
             part = item["content"][0]
             events += [{"type": "response.output_text.done", "item_id": item["id"], "output_index": index,
-                        "content_index": 0, "text": part["text"], "logprobs": []},
+                        "content_index": 0, "text": part["text"], "logprobs": part["logprobs"]},
                        {"type": "response.content_part.done", "item_id": item["id"], "output_index": index,
                         "content_index": 0, "part": part}]
         elif item["type"] == "reasoning":

@@ -55,6 +55,37 @@ def test_the_event_stream_adds_up_to_the_response(server, client):
     assert json.loads(final.output_text) in ({"a": True}, {"a": False})
 
 
+def test_logprobs_of_the_message(server, client):
+    """include ["message.output_text.logprobs"] and top_logprobs: each token of the reply with its logprob and
+    alternatives, as chat completions lists them for the same prompt (checked against transformers in
+    test_chat.py); a stream's output_text.delta events carry them as they come, adding up to the response's.
+    top_logprobs alone asks for them too."""
+    common = dict(model=server.model, input="Hello there", max_output_tokens=6, temperature=0, store=False)
+    include = ["message.output_text.logprobs"]
+    r = client.responses.create(**common, include=include, top_logprobs=3)
+    chat = client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "Hello there"}],
+                                          max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    got, expected = r.output[0].content[0].logprobs, chat.choices[0].logprobs.content
+    assert len(got) == r.usage.output_tokens and r.top_logprobs == 3
+    assert [(t.token, t.bytes) for t in got] == [(t.token, t.bytes) for t in expected]
+    assert [t.logprob for t in got] == pytest.approx([t.logprob for t in expected], abs=1e-4)
+    assert [[a.token for a in t.top_logprobs] for t in got] == [[a.token for a in t.top_logprobs] for t in expected]
+    assert all(len(t.top_logprobs) == 3 for t in got)
+    events = list(client.responses.create(**common, include=include, top_logprobs=3, stream=True))
+    streamed = [t for e in events if e.type == "response.output_text.delta" for t in e.logprobs]
+    assert [t.token for t in streamed] == [t.token for t in got]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in got], abs=1e-4)
+    done = next(e for e in events if e.type == "response.output_text.done")
+    final = events[-1].response.output[0].content[0].logprobs
+    assert [(t.token, t.logprob) for t in done.logprobs] == [(t.token, t.logprob) for t in final] == \
+        [(t.token, t.logprob) for t in streamed]
+    assert not client.responses.create(**common).output[0].content[0].logprobs
+    bare = client.responses.create(**common, include=include).output[0].content[0].logprobs
+    assert [t.token for t in bare] == [t.token for t in got] and all(t.top_logprobs == [] for t in bare)
+    alone = client.responses.create(**common, top_logprobs=2).output[0].content[0].logprobs
+    assert [t.token for t in alone] == [t.token for t in got] and all(len(t.top_logprobs) == 2 for t in alone)
+
+
 def test_previous_response_id_continues_a_stored_conversation(server, client):
     first = client.responses.create(model=server.model, input="My name is Ada.", max_output_tokens=4)
     assert client.responses.retrieve(first.id).output_text == first.output_text
@@ -97,9 +128,12 @@ def test_text_format_json_schema(server, client):
 
 def test_what_cannot_be_honoured_is_a_400(server, client):
     for extra in ({"reasoning": {"effort": "high"}}, {"include": ["reasoning.encrypted_content"]},
-                  {"background": True}, {"top_logprobs": 2}):
+                  {"background": True}, {"top_logprobs": 21}):
         with pytest.raises(openai.BadRequestError):
             client.responses.create(model=server.model, input="x", max_output_tokens=1, **extra)
+    with pytest.raises(openai.BadRequestError, match="only 'message.output_text.logprobs' can be included"):
+        client.responses.create(model=server.model, input="x", max_output_tokens=1,
+                                include=["message.output_text.logprobs", "reasoning.encrypted_content"])
     with pytest.raises(openai.BadRequestError, match="not supported"):
         client.responses.create(model=server.model, max_output_tokens=1,
                                 input=[{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -270,11 +270,12 @@ def named_event_stream(body: type[BaseModel], event: str, description: str) -> d
     return {"model": body, "description": description, "content": {"text/event-stream": {"itemSchema": item}}}
 
 
-def generation_responses(body: type[BaseModel], chunk: type[BaseModel] | None = None) -> dict[int | str, dict]:
-    """The responses of a generation route: `body` as JSON, or with `stream: true` server-sent events, each
-    `data: ` and a `chunk` (`body` by default; or the error envelope, when the engine fails mid-stream), the last
-    `data: [DONE]`. The events are described the way FastAPI describes its own (`itemSchema`, one event)."""
-    payload = {"anyOf": [{"$ref": f"#/components/schemas/{(chunk or body).__name__}"},
+def generation_responses(body: Any, *chunks: type[BaseModel]) -> dict[int | str, dict]:
+    """The responses of a generation route: `body` (a model, or a union of them) as JSON, or with `stream: true`
+    server-sent events, each `data: ` and one of the `chunks` (`body` by default; or the error envelope, when the
+    engine fails mid-stream), the last `data: [DONE]`. The events are described the way FastAPI describes its own
+    (`itemSchema`, one event)."""
+    payload = {"anyOf": [*({"$ref": f"#/components/schemas/{chunk.__name__}"} for chunk in chunks or (body,)),
                          {"$ref": "#/components/schemas/ErrorResponse"}]}
     data = {"anyOf": [{"const": "[DONE]"},
                       {"type": "string", "contentMediaType": "application/json", "contentSchema": payload}]}

@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from api import chat, completions, messages, openai_responses, utility
+from api import chat, completions, invocations, messages, openai_responses, utility
 from api.errors import envelope, install_handlers
 from api.metrics import CONTENT_TYPE
 from api.middleware import (
@@ -44,6 +44,7 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
     app.include_router(utility.router)
     app.include_router(messages.router)
     app.include_router(openai_responses.router)
+    app.include_router(invocations.router)
     app.add_api_route("/v1/models", list_models, methods=["GET"], response_model=None,
                       responses={200: {"model": ModelList}, **errors(500)})
     app.add_api_route("/health", health, methods=["GET"], response_model=None,

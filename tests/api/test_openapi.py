@@ -26,7 +26,7 @@ OPERATIONS = [("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("G
               ("GET", "/v1/models/{model}"), ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/version"),
               ("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"), ("POST", "/v1/responses"),
               ("GET", "/v1/responses/{response_id}"), ("GET", "/health"), ("GET", "/ping"), ("POST", "/ping"),
-              ("GET", "/load"), ("GET", "/metrics")]
+              ("GET", "/load"), ("GET", "/metrics"), ("POST", "/invocations")]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ class TextPart(StrictModel):
     type: Literal["input_text", "output_text", "text"]
     text: str
     annotations: Annotated[list, Empty] | None = None
-    logprobs: Annotated[list, Empty] | None = None
+    logprobs: list | None = None        # an earlier response's output sent back with its logprobs: not rendered
 
 
 class MessageItem(StrictModel):

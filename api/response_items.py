@@ -53,12 +53,10 @@ class Items:
                           "output_index": len(self.output) - 1, "content_index": 0, "delta": text,
                           "logprobs": list(logprobs)}]
 
-    def message_logprobs(self, logprobs: list[dict]) -> None:
-        """Logprobs of tokens after the message's last text (a reply that went on to a call, say): the message's,
-        when there is one, in its final part (not in a delta)."""
-        message = next((i for i in reversed(self.output) if i["type"] == "message"), None)
-        if message is not None:
-            message["content"][0]["logprobs"] += logprobs
+    def trailing_logprobs(self, logprobs: list[dict]) -> list[dict]:
+        """Logprobs of the reply's last tokens, which no text came with (an EOS): an empty text delta carries them
+        while the message is open. Once it has closed (a call came after it), they are not the message's."""
+        return self.text("", logprobs) if logprobs and self._kind() == "message" else []
 
     def call(self, part: dict) -> list[dict]:
         """A tool-call reader's delta: a new function_call item, or its arguments' next fragment."""

@@ -188,6 +188,8 @@ class Speculation:
             if len(picked) == allowed:
                 break
             k = min(cfg.num_speculative_tokens, seq.max_tokens - seq.num_output_tokens - 1)
+            if seq.thinking is not None:
+                k = seq.thinking.room(k)
             if k < 1:
                 continue
             if self.draft is None:

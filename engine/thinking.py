@@ -64,11 +64,14 @@ class ThinkingBudget:
         step by this state, before any of the drafts, so no row may come where the state would differ in what it
         forces: none after a `<think>` that would open the thinking, and none at the budget or past it while the
         thinking is open (a `</think>` among the drafts closes it, which forces nothing after)."""
-        if self.done:
-            return drafts
-        if self.used is None:
+        if self.used is None and not self.done:
             return drafts[:drafts.index(self.start_id)] if self.start_id in drafts else drafts
-        return drafts[:max(self.budget - self.used - 1, 0)]
+        return drafts[:self.room(len(drafts))]
+
+    def room(self, k: int) -> int:
+        """The most of k drafts a step may verify: all of them, or while the thinking is open, as many as leave its
+        last row short of the budget (what a proposer need not guess; `verifiable` also cuts at a `<think>`)."""
+        return k if self.used is None else min(k, max(self.budget - self.used - 1, 0))
 
     def accept(self, token: int) -> None:
         """Count a token the sequence drew."""

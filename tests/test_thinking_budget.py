@@ -131,6 +131,8 @@ def test_a_budget_leaves_room_for_drafts(repeater):
 def test_the_drafts_a_budget_lets_a_step_verify(used, budget, drafts, verifiable):
     thinking = ThinkingBudget(2, 3, budget, done=used == "done", used=None if used == "done" else used)
     assert thinking.verifiable(drafts) == verifiable
+    # How many a proposer need guess: all while the thinking is not open, else the rows short of the budget.
+    assert thinking.room(len(drafts)) == (len(drafts) if not isinstance(used, int) else len(verifiable))
 
 
 def test_refusals(thinker, llama_path):

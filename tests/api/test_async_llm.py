@@ -73,8 +73,11 @@ def test_cancelling_the_consumer_or_abort_frees_the_blocks(llama_path):
 
             task = asyncio.create_task(consume("a"))
             other = asyncio.create_task(consume("b"))
-            await asyncio.sleep(0.2)
-            busy = llm.stats()
+            for _ in range(3000):                        # both running (soon, on a busy machine too)
+                busy = llm.stats()
+                if busy.num_running == 2:
+                    break
+                await asyncio.sleep(0.01)
             task.cancel()
             await llm.abort("b")
             await asyncio.gather(task, other, return_exceptions=True)

@@ -79,6 +79,20 @@ def test_logprobs_of_the_message(server, client):
     final = events[-1].response.output[0].content[0].logprobs
     assert [(t.token, t.logprob) for t in done.logprobs] == [(t.token, t.logprob) for t in final] == \
         [(t.token, t.logprob) for t in streamed]
+    # A reply that ends by itself: its EOS has a logprob and no text, and comes in an empty delta.
+    small = {"format": {"type": "json_schema", "name": "a", "schema": {
+        "type": "object", "properties": {"a": {"type": "boolean"}}, "required": ["a"], "additionalProperties": False}}}
+    ended = dict(common, max_output_tokens=40, text=small, include=include)
+    events = list(client.responses.create(**ended, stream=True))
+    streamed = [t.token for e in events if e.type == "response.output_text.delta" for t in e.logprobs]
+    done = next(e for e in events if e.type == "response.output_text.done")
+    final = events[-1].response
+    assert final.status == "completed" and len(streamed) == final.usage.output_tokens
+    assert streamed == [t.token for t in done.logprobs] == [t.token for t in final.output[0].content[0].logprobs]
+    # A response's output, logprobs and all, goes back as input.
+    sent_back = [*r.model_dump()["output"], {"role": "user", "content": "More"}]
+    again = client.responses.create(**dict(common, input=sent_back))
+    assert again.status in ("completed", "incomplete")
     assert not client.responses.create(**common).output[0].content[0].logprobs
     bare = client.responses.create(**common, include=include).output[0].content[0].logprobs
     assert [t.token for t in bare] == [t.token for t in got] and all(t.top_logprobs == [] for t in bare)

@@ -10,7 +10,8 @@ end-to-end latency (arrival at the server to its finish), queue time (engine arr
 time (first scheduled to first token), decode time (first token to its finish), inference time (first scheduled
 to its finish), time per output token (decode time / (tokens - 1)), its prompt and generated tokens, and its
 finish reason. Speculative decoding's counters are vLLM's: the acceptance rate is accepted / draft tokens, the
-mean accepted length 1 + accepted / drafts.
+mean accepted length 1 + accepted / drafts. Each of these samples is labelled `model_name` (the served name), as
+vLLM's are.
 """
 
 from __future__ import annotations
@@ -96,52 +97,67 @@ class _EngineCollector:
             yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
 
 
-class Metrics:
-    """One registry per app, so that several apps (tests) never share counters."""
+class _ModelLabel:
+    """The server's own metrics (a registry of theirs), each sample labelled `model_name` (vLLM's label): several
+    servers scraped into one Prometheus tell their models apart. The process's own metrics go without it."""
 
-    def __init__(self, llm: AsyncLLM) -> None:
+    def __init__(self, registry: CollectorRegistry, model_name: str) -> None:
+        self.inner, self.model_name = registry, model_name
+
+    def collect(self):
+        for family in self.inner.collect():
+            family.samples = [s._replace(labels={**s.labels, "model_name": self.model_name}) for s in family.samples]
+            yield family
+
+
+class Metrics:
+    """One registry per app, so that several apps (tests) never share counters. `model_name`: the served name."""
+
+    def __init__(self, llm: AsyncLLM, model_name: str) -> None:
+        own = CollectorRegistry()
         self.registry = CollectorRegistry()
-        self.registry.register(_EngineCollector(llm))
+        self.registry.register(_ModelLabel(own, model_name))
+        own.register(_EngineCollector(llm))
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):     # stateless: shared by apps
             self.registry.register(collector)
         self.prompt_tokens = Counter(f"{PREFIX}_prompt_tokens", "Prompt tokens prefilled (per sequence)",
-                                     registry=self.registry)
+                                     registry=own)
         self.generation_tokens = Counter(f"{PREFIX}_generation_tokens", "Tokens generated",
-                                         registry=self.registry)
+                                         registry=own)
         self.ttft = Histogram(f"{PREFIX}_time_to_first_token_seconds", "From arrival to the first generated token",
-                              buckets=_TTFT_BUCKETS, registry=self.registry)
+                              buckets=_TTFT_BUCKETS, registry=own)
         self.itl = Batched(f"{PREFIX}_inter_token_latency_seconds", "Between consecutive tokens of a sequence",
                            _ITL_BUCKETS)
-        self.registry.register(self.itl)
+        own.register(self.itl)
         self.tpot = Histogram(f"{PREFIX}_request_time_per_output_token_seconds",
                               "A sequence's decode time per token after its first", buckets=_ITL_BUCKETS,
-                              registry=self.registry)
+                              registry=own)
         seconds = (("e2e", "e2e_request_latency_seconds", "From arrival at the server to the sequence's finish"),
                    ("queue", "request_queue_time_seconds", "From arrival at the engine to first scheduled"),
                    ("prefill", "request_prefill_time_seconds", "From first scheduled to the first token"),
                    ("decode", "request_decode_time_seconds", "From the first token to the sequence's finish"),
                    ("inference", "request_inference_time_seconds", "From first scheduled to the sequence's finish"))
         for attr, name, doc in seconds:
-            setattr(self, attr, Histogram(f"{PREFIX}_{name}", doc, buckets=_REQUEST_BUCKETS, registry=self.registry))
+            setattr(self, attr, Histogram(f"{PREFIX}_{name}", doc, buckets=_REQUEST_BUCKETS, registry=own))
         self.request_prompt_tokens = Histogram(f"{PREFIX}_request_prompt_tokens", "Prompt tokens per sequence",
-                                               buckets=_TOKEN_BUCKETS, registry=self.registry)
+                                               buckets=_TOKEN_BUCKETS, registry=own)
         self.request_generation_tokens = Histogram(f"{PREFIX}_request_generation_tokens",
                                                    "Tokens generated per sequence", buckets=_TOKEN_BUCKETS,
-                                                   registry=self.registry)
+                                                   registry=own)
         self.max_generation_tokens = Histogram(f"{PREFIX}_request_max_num_generation_tokens",
                                                "Per request, the most tokens one of its sequences generated",
-                                               buckets=_TOKEN_BUCKETS, registry=self.registry)
+                                               buckets=_TOKEN_BUCKETS, registry=own)
         self.success = Counter(f"{PREFIX}_request_success", "Finished sequences, by finish reason",
-                               ["finished_reason"], registry=self.registry)
+                               ["finished_reason"], registry=own)
         for reason in FINISH_REASONS:
             self.success.labels(reason)
         self.cached_prompt_tokens = Counter(f"{PREFIX}_prompt_tokens_cached",
                                             "Prompt tokens of finished requests served from the prefix cache (as "
                                             "usage's cached_tokens: per request, not per sequence)",
-                                            registry=self.registry)
+                                            registry=own)
         self.http_requests = Counter(f"{PREFIX}_http_requests", "HTTP requests answered, by method, route and "
                                      "status (route: the path template; 'other' for a path no route serves)",
-                                     ["method", "handler", "status"], registry=self.registry)
+                                     ["method", "handler", "status"], registry=own)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -55,7 +55,7 @@ class ServerState:
         """Everything derived from the engine (whose tokenizer then renders with --chat-template, if given)."""
         if settings.chat_template is not None:
             llm.tokenizer.hf.chat_template = settings.chat_template
-        return cls(llm, settings, TokenTable(llm.tokenizer.hf), Metrics(llm))
+        return cls(llm, settings, TokenTable(llm.tokenizer.hf), Metrics(llm, settings.served_model_name))
 
     @property
     def vocab_size(self) -> int:

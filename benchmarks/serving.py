@@ -153,13 +153,13 @@ async def run_load(base_url: str, model: str, work: Workload, concurrency: int |
 
 
 def scrape(base_url: str) -> dict[str, float]:
-    """The server's /metrics samples without labels, by name."""
+    """The server's /metrics samples without labels (but `model_name`), by name."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=60) as response:
         text = response.read().decode()
     return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
-            if not s.labels}
+            if set(s.labels) <= {"model_name"}}
 
 
 def server_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

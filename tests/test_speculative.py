@@ -396,7 +396,7 @@ def test_through_the_server_with_the_openai_client(checkpoint_factory):
     plain_text, plain_tokens, _ = asyncio.run(run(None))
     text, tokens, metrics = asyncio.run(run(options["speculative_config"]))
     assert (text, tokens) == (plain_text, plain_tokens) and len(tokens) == 40
-    counts = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+    counts = {line.split("{")[0]: float(line.split()[1]) for line in metrics.splitlines()
               if line.startswith("triton_serve_spec_decode_")}
     assert counts["triton_serve_spec_decode_num_accepted_tokens_total"] > 0
     assert counts["triton_serve_spec_decode_num_draft_tokens_total"] >= counts[

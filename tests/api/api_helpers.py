@@ -53,10 +53,12 @@ class Server:
 
     def metrics(self) -> dict[str, float]:
         """Samples of /metrics by name (histograms as name_count / name_sum; a labelled one as
-        'name{label="value"}'), buckets left out."""
+        'name{label="value"}', without the `model_name` label every sample of the server's own carries),
+        buckets left out."""
         text = httpx.get(f"{self.url}/metrics", timeout=TIMEOUT).text
-        return {s.name + _labels(s.labels): s.value for family in text_string_to_metric_families(text)
-                for s in family.samples if not s.name.endswith("_bucket")}
+        return {s.name + _labels({k: v for k, v in s.labels.items() if k != "model_name"}): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples
+                if not s.name.endswith("_bucket")}
 
 
 def _labels(labels: dict[str, str]) -> str:

@@ -63,7 +63,8 @@ def test_engine_death_health_and_errors(llama_path):
     assert health.status_code == 503 and health.json()["error"]["type"] == "server_error"
     for r in (after, chat):
         assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
-    gauges = dict(line.split() for line in metrics.text.splitlines() if line.startswith("triton_serve_"))
+    gauges = {line.split("{")[0]: line.split()[1] for line in metrics.text.splitlines()
+              if line.startswith("triton_serve_")}
     assert gauges["triton_serve_engine_healthy"] == "0.0"
     for name in ("num_requests_running", "num_requests_waiting", "kv_cache_blocks_used"):   # nothing runs now
         assert gauges[f"triton_serve_{name}"] == "0.0"

@@ -25,9 +25,13 @@ class _IdleEngine:
 
 
 def _samples(metrics: Metrics) -> dict[str, float]:
+    """The samples by name and labels, but `model_name`, which each of them has (the served name, "m")."""
     text = metrics.render().decode()
-    return {s.name + repr(sorted(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name.startswith("triton_serve_")]
+    assert samples and all(s.labels["model_name"] == "m" for s in samples)
+    return {s.name + repr(sorted((k, v) for k, v in s.labels.items() if k != "model_name")): s.value
+            for s in samples}
 
 
 def _output(*choices: CompletionOutput, finished: bool = False, **times: float) -> RequestOutput:
@@ -37,7 +41,7 @@ def _output(*choices: CompletionOutput, finished: bool = False, **times: float) 
 def test_a_sequence_counts_its_prompt_once_prefilled_and_each_of_its_tokens_gaps():
     """Prompt tokens count per sequence at its first token (never for one cut while it waited); a delta holding
     several tokens adds an inter-token sample for each; each sequence's end is observed once."""
-    metrics = Metrics(_IdleEngine())
+    metrics = Metrics(_IdleEngine(), "m")
     cut = metrics.timer(arrival=0.0)
     cut.observe(_output(CompletionOutput(0, "", [], finish_reason="abort"), finished=True, arrival_time=0.0))
     timer = metrics.timer(arrival=0.0)
@@ -62,7 +66,7 @@ def test_a_sequence_counts_its_prompt_once_prefilled_and_each_of_its_tokens_gaps
 def test_a_first_output_of_several_tokens_counts_its_gaps_once_the_stamp_arrives():
     """Outputs merged while the server was busy: a sequence's first output may hold several tokens, whose gaps are
     known only from the engine's first-token stamp, on the request's last output (a loaded CI run lost them)."""
-    metrics = Metrics(_IdleEngine())
+    metrics = Metrics(_IdleEngine(), "m")
     timer = metrics.timer(arrival=0.0)
     timer.observe(_output(CompletionOutput(0, "abc", [5, 6, 7])))
     timer.observe(_output(CompletionOutput(0, "de", [8, 9], finish_reason="length"), finished=True,
@@ -95,14 +99,16 @@ def test_http_responses_process_metrics_ping_and_load(llama_path):
     assert load.json() == {"server_load": 0}
     assert (empty.status_code, empty.json()) == (200, {"prompt": ""})
     for reason in ("stop", "length", "abort"):                 # listed before any request finished
-        assert f'triton_serve_request_success_total{{finished_reason="{reason}"}} 0.0' in idle
+        assert f'triton_serve_request_success_total{{finished_reason="{reason}",model_name="tiny"}} 0.0' in idle
     assert "process_resident_memory_bytes" in idle and "python_gc_objects_collected_total" in idle
-    assert "triton_serve_kv_cache_usage_perc 0.0" in idle
+    assert 'triton_serve_kv_cache_usage_perc{model_name="tiny"} 0.0' in idle
+    assert "\nprocess_resident_memory_bytes " in idle                 # the process's own: no model label
     http = {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(text)
             for s in family.samples if s.name == "triton_serve_http_requests_total"}
 
     def count(method: str, handler: str, status: int) -> float:
-        return http.get((("handler", handler), ("method", method), ("status", str(status))), 0.0)
+        return http.get((("handler", handler), ("method", method), ("model_name", "tiny"), ("status", str(status))),
+                        0.0)
 
     assert count("POST", "/v1/completions", 200) == 1
     assert count("POST", "/v1/completions", 400) == 1           # the trailing slash is the same route

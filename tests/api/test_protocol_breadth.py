@@ -182,7 +182,7 @@ def test_request_metrics(server, client):
     assert grew("triton_serve_request_generation_tokens_sum") == 8
     assert grew("triton_serve_e2e_request_latency_seconds_sum") >= grew("triton_serve_request_decode_time_seconds_sum")
     text = httpx.get(f"{server.url}/metrics", timeout=TIMEOUT).text
-    assert 'triton_serve_request_success_total{finished_reason="length"}' in text
+    assert f'triton_serve_request_success_total{{finished_reason="length",model_name="{server.model}"}}' in text
 
 
 def test_the_end_of_text_is_matched_stop_but_no_stop_reason(server, client, hf_tokenizer):

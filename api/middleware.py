@@ -32,9 +32,15 @@ def route_path(scope: Scope) -> str:
     return path[len(root):] if root and (path == root or path.startswith(root + "/")) else path
 
 
+def needs_key(path: str) -> bool:
+    """Whether a route generates or reads the API's data, and so takes the API key: the /v1 routes and SageMaker's
+    /invocations (not /health, /ping, /load, /metrics, /version, /tokenize, /detokenize, /openapi.json)."""
+    return path == "/v1" or path.startswith("/v1/") or path == "/invocations"
+
+
 class ApiKeyMiddleware:
-    """Every /v1 route requires `Authorization: Bearer <key>` for one of `api_keys` (compared in constant time);
-    the Anthropic Messages API also takes it as `x-api-key: <key>`, as Anthropic's clients send it."""
+    """Every route that `needs_key` requires `Authorization: Bearer <key>` for one of `api_keys` (compared in
+    constant time); the Anthropic Messages API also takes it as `x-api-key: <key>`, as Anthropic's clients send it."""
 
     def __init__(self, app: ASGIApp, api_keys: list[str]) -> None:
         self.app = app
@@ -42,7 +48,7 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)
-        if scope["type"] == "http" and (path == "/v1" or path.startswith("/v1/")):
+        if scope["type"] == "http" and needs_key(path):
             headers = dict(scope["headers"])
             given = headers.get(b"authorization", b"")
             ok = self._known(given.removeprefix(b"Bearer ")) and given.startswith(b"Bearer ")

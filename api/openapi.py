@@ -1,7 +1,8 @@
 """/openapi.json as the app answers: FastAPI's description of the routes, less the 422 it documents for every
 route with a body (validation errors are sent as 400, see api/errors.py), with every error as the JSON envelope
 (FastAPI documents a route's errors in the media type of its success, text/plain for /metrics), with the models
-of streamed chunks, plus the 401 and the bearer scheme of the /v1 routes when the server requires an API key."""
+of streamed chunks, plus the 401 and the bearer scheme of the routes that take the API key (`needs_key`) when
+the server requires one."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 from api.errors import is_anthropic
 from api.messages_protocol import MessageStreamEvent
+from api.middleware import needs_key
 from api.openai_responses_protocol import ResponseStreamEvent
 from api.responses import ERRORS, STREAMED
 
@@ -37,7 +39,7 @@ def _tidy(schema: dict[str, Any], api_key: bool) -> dict[str, Any]:
         for operation in item.values():
             responses = operation["responses"]
             responses.pop("422", None)
-            if api_key and path.startswith("/v1/"):
+            if api_key and needs_key(path):
                 operation["security"] = [{"bearer": []}]
                 responses["401"] = {"description": ERRORS[401]}
             for status, response in responses.items():

@@ -107,6 +107,9 @@ def test_api_key(small_server):
     assert _error(httpx.get(url), 401)["type"] == "authentication_error"
     assert _error(httpx.get(url, headers={"Authorization": "Bearer wrong"}), 401)["type"] == "authentication_error"
     assert _error(httpx.post(f"{small_server.url}/v1/completions", json={}), 401)["type"] == "authentication_error"
+    generate = {"model": small_server.model, "prompt": "x", "max_tokens": 1}      # SageMaker's route generates too
+    assert _error(httpx.post(f"{small_server.url}/invocations", json=generate), 401)["type"] == "authentication_error"
+    assert small_server.post("/invocations", generate).status_code == 200
     assert httpx.get(url, headers=small_server.headers()).json()["data"][0]["id"] == small_server.model
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{small_server.url}/v1", api_key="nope", max_retries=0).models.list()

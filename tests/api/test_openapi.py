@@ -149,13 +149,14 @@ def test_responses_match_the_schema(served, method, path):
 
 
 def test_the_api_key_is_documented_where_it_is_required(served):
-    """401 and the bearer scheme only when the server requires a key, and only on /v1; 422 never."""
+    """401 and the bearer scheme only when the server requires a key, and only on /v1 and /invocations; 422
+    never."""
     _, llm = served
     for api_key in (None, "k"):
         spec = create_app(llm, ServerSettings(MODEL, api_key)).openapi()
         for path, item in spec["paths"].items():
             for operation in item.values():
-                guarded = api_key is not None and path.startswith("/v1/")
+                guarded = api_key is not None and (path.startswith("/v1/") or path == "/invocations")
                 assert ("401" in operation["responses"]) == guarded == ("security" in operation), (path, api_key)
                 assert "422" not in operation["responses"]
         assert ("securitySchemes" in spec["components"]) == (api_key is not None)

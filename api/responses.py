@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
@@ -272,10 +272,11 @@ def named_event_stream(body: type[BaseModel], event: str, description: str) -> d
 
 def generation_responses(body: Any, *chunks: type[BaseModel]) -> dict[int | str, dict]:
     """The responses of a generation route: `body` (a model, or a union of them) as JSON, or with `stream: true`
-    server-sent events, each `data: ` and one of the `chunks` (`body` by default; or the error envelope, when the
+    server-sent events, each `data: ` and one of the `chunks` (`body`'s by default; or the error envelope, when the
     engine fails mid-stream), the last `data: [DONE]`. The events are described the way FastAPI describes its own
     (`itemSchema`, one event)."""
-    payload = {"anyOf": [*({"$ref": f"#/components/schemas/{chunk.__name__}"} for chunk in chunks or (body,)),
+    members = chunks or get_args(body) or (body,)
+    payload = {"anyOf": [*({"$ref": f"#/components/schemas/{chunk.__name__}"} for chunk in members),
                          {"$ref": "#/components/schemas/ErrorResponse"}]}
     data = {"anyOf": [{"const": "[DONE]"},
                       {"type": "string", "contentMediaType": "application/json", "contentSchema": payload}]}

@@ -2,7 +2,8 @@
 route with a body (validation errors are sent as 400, see api/errors.py), with every error as the JSON envelope
 (FastAPI documents a route's errors in the media type of its success, text/plain for /metrics), with the models
 of streamed chunks, plus the 401 and the bearer scheme of the routes that take the API key (`needs_key`) when
-the server requires one."""
+the server requires one. A thinking budget (`thinking_token_budget`, Anthropic's enabled `thinking`) is described
+only where the model has `<think>` and `</think>` tokens: elsewhere the server refuses it."""
 
 from __future__ import annotations
 
@@ -22,13 +23,16 @@ _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorRes
 _ANTHROPIC_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/AnthropicError"}}}
 
 
-def document(app: FastAPI, api_key: bool) -> None:
-    """Make `app.openapi()` (what /openapi.json serves) describe what the app sends."""
+def document(app: FastAPI, api_key: bool, thinks: bool) -> None:
+    """Make `app.openapi()` (what /openapi.json serves) describe what the app sends (`thinks`: the model has the
+    tokens a thinking budget needs)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = _tidy(generate(), api_key)
+            if not thinks:
+                _without_budgets(app.openapi_schema["components"]["schemas"])
         return app.openapi_schema
 
     app.openapi = openapi
@@ -57,3 +61,14 @@ def _tidy(schema: dict[str, Any], api_key: bool) -> dict[str, Any]:
     if api_key:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return schema
+
+
+def _without_budgets(schemas: dict[str, Any]) -> None:
+    """The request schemas without a thinking budget, for a model that cannot honour one."""
+    for schema in schemas.values():
+        properties = schema.get("properties", {})
+        properties.pop("thinking_token_budget", None)
+        for union in (kind for kind in properties.get("thinking", {}).get("anyOf", ()) if "oneOf" in kind):
+            union["oneOf"] = [kind for kind in union["oneOf"] if not kind["$ref"].endswith("/ThinkingEnabled")]
+            union["discriminator"]["mapping"].pop("enabled", None)
+    schemas.pop("ThinkingEnabled", None)

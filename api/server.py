@@ -19,6 +19,7 @@ from api.middleware import (
 from api.openapi import document
 from api.responses import HealthResponse, LoadResponse, ModelList, errors
 from api.state import ServerSettings, ServerState, model_card, served_names, server_state
+from engine import thinking
 from engine.async_llm import AsyncLLM
 
 
@@ -56,7 +57,7 @@ def create_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
                       responses={200: {"model": LoadResponse}, **errors(500)})
     app.add_api_route("/metrics", metrics, methods=["GET"], response_model=None, response_class=PlainTextResponse,
                       responses={200: {"description": "Prometheus text exposition format"}, **errors(500)})
-    document(app, api_key=bool(settings.api_key))
+    document(app, api_key=bool(settings.api_key), thinks=thinking.markers(llm.tokenizer) is not None)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_keys=[settings.api_key, *settings.more_api_keys])    # before bodies

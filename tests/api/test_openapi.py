@@ -54,8 +54,7 @@ def _prepare(body: Any, vocab_size: int) -> Any:
     """A generated body made cheap and answerable by this server, valid if it was: the served model's name, a few
     tokens and choices at most, token ids inside its vocabulary, the rules across fields that the schema does not
     state (best_of >= n, min_tokens <= max_tokens, prompt_logprobs not streamed, continue_final_message with a
-    last assistant message and without add_generation_prompt, chat_template only on a server that trusts it, no
-    thinking budget (the built-in model has no `<think>` tokens; nor would a budget go with a constraint),
+    last assistant message and without add_generation_prompt, chat_template only on a server that trusts it,
     truncate_prompt_tokens below the context, no Anthropic tool_use / tool_result blocks, whose pairing across
     messages is a rule the schema cannot state, no empty message and no prefill ending in whitespace, distinct tool
     names), and structured outputs that are valid
@@ -74,10 +73,8 @@ def _prepare(body: Any, vocab_size: int) -> Any:
         body["best_of"] = body.get("n") or 1
     if body.get("stream"):
         body.pop("prompt_logprobs", None)
-    for key in ("continue_final_message", "chat_template", "truncate_prompt_tokens", "thinking_token_budget"):
+    for key in ("continue_final_message", "chat_template", "truncate_prompt_tokens"):
         body.pop(key, None)
-    if isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "enabled":
-        body["thinking"] = {"type": "adaptive"}
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt and not isinstance(prompt[0], str):
         body["prompt"] = _in_vocabulary(prompt, vocab_size)
@@ -146,6 +143,23 @@ def test_responses_match_the_schema(served, method, path):
         case.call_and_validate(checks=CHECKS)
 
     run()
+
+
+def test_a_thinking_budget_is_documented_where_the_model_has_the_tokens(served, checkpoint_factory):
+    """The built-in model has no `<think>` tokens: its schema has no thinking_token_budget nor Anthropic's enabled
+    thinking (the schemathesis run above then never sends them as valid); a thinking model's has both."""
+    _, llm = served
+    thinker = AsyncLLM(checkpoint_factory("qwen3", thinking=True))
+    try:
+        for model, thinks in ((llm, False), (thinker, True)):
+            spec = create_app(model, ServerSettings(MODEL)).openapi()
+            schemas = spec["components"]["schemas"]
+            assert ("thinking_token_budget" in schemas["ChatCompletionRequest"]["properties"]) == thinks
+            assert ("thinking_token_budget" in schemas["CompletionRequest"]["properties"]) == thinks
+            assert ("ThinkingEnabled" in str(spec)) == thinks
+            assert "ThinkingAdaptive" in str(schemas["MessagesRequest"])
+    finally:
+        thinker.shutdown()
 
 
 def test_the_api_key_is_documented_where_it_is_required(served):

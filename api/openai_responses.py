@@ -262,8 +262,7 @@ class _View:
     def _finish(self, finish: str | None) -> tuple[list[dict], dict]:
         """The events that close the reply's items, and the final Response, kept in the store unless `store` is
         false."""
-        # (no item at all: still an (empty) message)
-        events = self.items.trailing_logprobs(self._take()) if self.items.output else self.items.text("", self._take())
+        events = self.items.end_text(self._take())
         events += self.items.close("incomplete" if finish == "length" else "completed")
         body = self._body("incomplete" if finish == "length" else "completed", finish)
         if self.body.store is not False:

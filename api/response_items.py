@@ -53,10 +53,11 @@ class Items:
                           "output_index": len(self.output) - 1, "content_index": 0, "delta": text,
                           "logprobs": list(logprobs)}]
 
-    def trailing_logprobs(self, logprobs: list[dict]) -> list[dict]:
-        """Logprobs of the reply's last tokens, which no text came with (an EOS): an empty text delta carries them
-        while the message is open. Once it has closed (a call came after it), they are not the message's."""
-        return self.text("", logprobs) if logprobs and self._kind() == "message" else []
+    def end_text(self, logprobs: list[dict]) -> list[dict]:
+        """Before the items close: a reply with no item at all still has an (empty) message, and the logprobs of its
+        last tokens, which no text came with (an EOS), ride an empty text delta while the message is open. Once it
+        has closed (a call came after it), they are not the message's."""
+        return self.text("", logprobs) if not self.output or (logprobs and self._kind() == "message") else []
 
     def call(self, part: dict) -> list[dict]:
         """A tool-call reader's delta: a new function_call item, or its arguments' next fragment."""
